@@ -1,0 +1,99 @@
+//! The command line: argument types and dispatch. This is the binary's edge,
+//! where errors get their context and become exit codes.
+
+mod render;
+mod schema;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Exit status when the configuration is bad (sysexits `EX_CONFIG`).
+pub const EXIT_CONFIG: u8 = 78;
+/// Exit status for bad command-line usage.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Scheduled LLM work on the cheap batch lane, with deadlines held by a synchronous fallback.
+#[derive(Debug, Parser)]
+#[command(name = "orchestrator", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ORCHESTRATOR_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where manifests, templates and the model catalog are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProjectArgs {
+    /// Directory of job manifests.
+    #[arg(long, default_value = "jobs", env = "ORCHESTRATOR_JOBS")]
+    pub jobs: PathBuf,
+    /// Directory that template paths in manifests are relative to.
+    #[arg(long, default_value = "prompts", env = "ORCHESTRATOR_PROMPTS")]
+    pub prompts: PathBuf,
+    /// Model catalog (models, lanes, prices); the built-in one when absent.
+    #[arg(long, env = "ORCHESTRATOR_CATALOG")]
+    pub catalog: Option<PathBuf>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check every manifest and template; print every problem with file, line and column.
+    Validate(validate::Args),
+    /// Print the JSON Schema of job manifests.
+    Schema,
+    /// Print the exact provider request bodies the next run of a job would send.
+    Render(render::Args),
+}
+
+/// Diagnostic output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Blocks of text with the source line and a caret.
+    Human,
+    /// A JSON array of `{file, line, column, severity, code, message, help}`.
+    Json,
+}
+
+/// Parses the command line, runs the command and returns the exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let result = match cli.command {
+        Command::Validate(args) => validate::run(&args),
+        Command::Schema => schema::run(),
+        Command::Render(args) => render::run(&args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("ORCHESTRATOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

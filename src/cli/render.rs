@@ -1,0 +1,105 @@
+//! `orchestrator render JOB`.
+
+use std::io::Write;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+
+use super::{EXIT_CONFIG, EXIT_USAGE, ProjectArgs};
+use crate::catalog::Catalog;
+use crate::diagnostics::Severity;
+use crate::manifest::ItemSource;
+use crate::render::{Renderer, RunInfo, render_path};
+use crate::schedule::{cron_parser, next_after};
+use crate::sources::{self, Item};
+use crate::suggest;
+use crate::validate::{Inputs, validate_dir};
+
+/// Arguments of `render`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The job (its manifest's file stem).
+    pub job: String,
+    /// Where the project is.
+    #[command(flatten)]
+    pub project: ProjectArgs,
+    /// Render for this one item (a JSON object) instead of reading the job's items.
+    #[arg(long)]
+    pub item: Option<String>,
+    /// The run's scheduled instant (RFC 3339); default: the job's next firing.
+    #[arg(long)]
+    pub scheduled_for: Option<DateTime<Utc>>,
+    /// Print at most this many requests.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
+    let catalog = Catalog::load(args.project.catalog.as_deref())?;
+    let now = Utc::now();
+    let report = validate_dir(Inputs {
+        jobs_dir: &args.project.jobs,
+        prompts_dir: &args.project.prompts,
+        catalog: &catalog,
+        now,
+    });
+    let Some(job) = report.job(&args.job) else {
+        let names = report.jobs.iter().map(|job| job.name.as_str());
+        let hint = suggest::did_you_mean(&args.job, names).map(|h| format!(" ({h})")).unwrap_or_default();
+        eprintln!("error: no valid job `{}` in {}{hint}", args.job, args.project.jobs.display());
+        return Ok(EXIT_USAGE);
+    };
+    let errors: Vec<_> =
+        report.diagnostics.iter().filter(|d| d.file == job.file && d.severity == Severity::Error).collect();
+    if !errors.is_empty() {
+        for diagnostic in errors {
+            eprint!("{}", diagnostic.render_human());
+        }
+        eprintln!("error: fix the manifest first (see `orchestrator validate`)");
+        return Ok(EXIT_CONFIG);
+    }
+    let scheduled_for = match args.scheduled_for {
+        Some(instant) => instant,
+        None => next_firing(job, now)?,
+    };
+    let run = RunInfo::new(job, scheduled_for)?;
+    let items = match &args.item {
+        Some(text) => vec![serde_json::from_str::<Item>(text).context("--item must be a JSON object")?],
+        None => read_items(job, &run)?,
+    };
+    let renderer = Renderer::new(job, &args.project.prompts, &catalog)?;
+    let mut stdout = std::io::stdout().lock();
+    for (index, item) in items.iter().enumerate().take(args.limit.unwrap_or(usize::MAX)) {
+        let request = renderer.request(&run, index + 1, item)?;
+        writeln!(stdout, "{}", serde_json::to_string(&request)?).context("cannot write to standard output")?;
+    }
+    Ok(0)
+}
+
+fn next_firing(job: &crate::manifest::Job, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
+    let schedule = &job.manifest.schedule;
+    let cron = cron_parser().parse(&schedule.cron)?;
+    let tz = schedule.timezone.parse().map_err(|_| anyhow::anyhow!("unknown time zone `{}`", schedule.timezone))?;
+    match next_after(&cron, tz, now) {
+        Some(next) => Ok(next),
+        None => bail!("job `{}` never fires", job.name),
+    }
+}
+
+fn read_items(job: &crate::manifest::Job, run: &RunInfo) -> anyhow::Result<Vec<Item>> {
+    let source = match &job.manifest.items {
+        Some(items) => Some(ItemSource {
+            jsonl: items.jsonl.as_deref().map(|p| render_path(job, run, p)).transpose()?,
+            glob: items.glob.as_deref().map(|p| render_path(job, run, p)).transpose()?,
+            command: items.command.as_deref().map(|p| render_path(job, run, p)).transpose()?,
+            skip_malformed: items.skip_malformed,
+        }),
+        None => None,
+    };
+    let items =
+        sources::read_items(source.as_ref()).with_context(|| format!("cannot read the items of job `{}`", job.name))?;
+    for (line, reason) in &items.skipped {
+        tracing::warn!(job = %job.name, line, reason = %reason, "skipped malformed item line");
+    }
+    Ok(items.items)
+}

@@ -1,0 +1,15 @@
+//! orchestrator: scheduled LLM work on the provider batch APIs (half the
+//! price), with a synchronous fallback that holds every deadline.
+//!
+//! The binary is a thin shell over [`cli::run`]; everything else lives here.
+
+pub mod catalog;
+pub mod cli;
+pub mod diagnostics;
+pub mod manifest;
+pub mod render;
+pub mod schedule;
+pub mod sources;
+pub mod suggest;
+pub mod templates;
+pub mod validate;

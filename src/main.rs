@@ -1,0 +1,5 @@
+//! The `orchestrator` binary: everything happens in the library.
+
+fn main() -> std::process::ExitCode {
+    orchestrator::cli::main()
+}

@@ -1,0 +1,286 @@
+//! The job manifest: one YAML file per job in `jobs/`.
+//!
+//! These types are the contract. They are deserialized with
+//! `deny_unknown_fields` and the JSON Schema in `schemas/job.schema.json` is
+//! generated from them, so a doc comment here is the field's documentation.
+//! Values whose checks need a source location (cron, time zone, durations,
+//! model names) are kept as strings and checked by `validate`, which can point
+//! at them.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One scheduled LLM workflow.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "orchestrator job manifest")]
+pub struct Manifest {
+    /// What the job is for, in a sentence; shown on the dashboard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// When the job fires.
+    pub schedule: Schedule,
+    /// Latency promise; decides the lane. `realtime` runs on the synchronous
+    /// API, `soft` and `batch` on the batch API (50% cheaper) with a
+    /// synchronous fallback that holds the deadline.
+    #[serde(default)]
+    pub tier: Tier,
+    /// Time after the scheduled instant by which every result must be final,
+    /// e.g. `90s`, `45m`, `6h`, `1d`. Defaults: realtime 60s, soft 1h, batch 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+    /// Provider from the model catalog.
+    #[serde(default = "default_provider")]
+    pub provider: String,
+    /// A model id or alias from the model catalog, e.g. `claude-sonnet-4-6`.
+    pub model: String,
+    /// Maximum output tokens per request (at least 1, at most the model's
+    /// limit for the lane the tier routes to).
+    pub max_tokens: i64,
+    /// Sampling temperature, 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// System prompt: a template path under `prompts/`, or `{ inline: "..." }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<PromptSource>,
+    /// User prompt, rendered once per item: a template path under
+    /// `prompts/`, or `{ inline: "..." }`.
+    pub prompt: PromptSource,
+    /// Extra template variables, available as `vars` in templates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, serde_json::Value>,
+    /// Further Messages API parameters passed through as given: `thinking`,
+    /// `stop_sequences`, `top_p`, `top_k`, `tools`, `tool_choice`, `metadata`,
+    /// `service_tier`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Where a run's items come from. Absent: one item per run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<ItemSource>,
+    /// Where results go. Absent: results stay in the state database only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<Sink>,
+    /// Prompt-caching breakpoints and their TTL (`5m` or `1h`). Batch-lane
+    /// jobs should use `1h`: batches outlive a 5-minute cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<Cache>,
+    /// `anthropic-beta` values sent with every request of the job.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub betas: Vec<String>,
+    /// Retry policy per request.
+    #[serde(default)]
+    pub retry: Retry,
+    /// What to do when the previous run is still open at the next firing.
+    #[serde(default)]
+    pub overlap: Overlap,
+    /// Which instants missed while the daemon was down are run on start.
+    #[serde(default)]
+    pub catch_up: CatchUp,
+    /// Spending cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+    /// Labels for grouping on the dashboard and in cost reports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Upper bound on requests per batch, below the provider's own limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_requests: Option<u32>,
+}
+
+fn default_provider() -> String {
+    "anthropic".to_owned()
+}
+
+/// When a job fires: a cron expression in a time zone.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// Standard 5-field crontab (`minute hour day-of-month month day-of-week`),
+    /// e.g. `30 2 * * *`, with `L`, `W`, `#` and nicknames like `@daily`.
+    pub cron: String,
+    /// IANA time zone the cron expression is read in, e.g. `Europe/Berlin`.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+}
+
+fn default_timezone() -> String {
+    "UTC".to_owned()
+}
+
+/// Latency promise of a job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    /// Under a minute: synchronous API.
+    Realtime,
+    /// Minutes to an hour: batch API with a short deadline and early fallback.
+    Soft,
+    /// An hour to a day: batch API.
+    #[default]
+    Batch,
+}
+
+impl Tier {
+    /// The name used in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Realtime => "realtime",
+            Tier::Soft => "soft",
+            Tier::Batch => "batch",
+        }
+    }
+
+    /// The lane a request of this tier starts in.
+    pub fn lane(self) -> Lane {
+        match self {
+            Tier::Realtime => Lane::Sync,
+            Tier::Soft | Tier::Batch => Lane::Batch,
+        }
+    }
+}
+
+/// How a request is executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    /// The provider's synchronous Messages API.
+    Sync,
+    /// The provider's batch API.
+    Batch,
+}
+
+impl Lane {
+    /// The name used in the catalog, the store and the dashboard.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Sync => "sync",
+            Lane::Batch => "batch",
+        }
+    }
+}
+
+/// A prompt template: a path under `prompts/` or inline text.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum PromptSource {
+    /// Path of a template file, relative to the prompts directory.
+    Path(String),
+    /// Template text written in the manifest.
+    Inline {
+        /// The template text.
+        inline: String,
+    },
+}
+
+/// Where a run's items come from. Exactly one of `jsonl`, `glob`, `command`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ItemSource {
+    /// A JSON Lines file, one object per item. May contain `{{ run.date }}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jsonl: Option<String>,
+    /// A file glob; each matching file is an item with `path`, `name`, `content`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub glob: Option<String>,
+    /// A shell command (`sh -c`) whose standard output is JSON Lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Skip malformed JSON lines (reported) instead of refusing to start the run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_malformed: bool,
+}
+
+/// Where results go. Exactly one of `jsonl`, `dir`, `sqlite`, `command`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Sink {
+    /// Append one JSON line per result to this file. May contain `{{ run.date }}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jsonl: Option<String>,
+    /// Write one `<custom_id>.json` file per result into this directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// Upsert each result into a SQLite table, keyed by custom_id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlite: Option<SqliteSink>,
+    /// Pipe each result as a JSON line to this shell command's standard input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+}
+
+/// A SQLite table that receives results.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSink {
+    /// Database file.
+    pub path: String,
+    /// Table name (letters, digits, underscores).
+    pub table: String,
+}
+
+/// Prompt-caching breakpoints: which blocks get `cache_control`, with which TTL.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cache {
+    /// TTL of a breakpoint on the system prompt: `5m` or `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// TTL of a breakpoint on the last tool definition in `params.tools`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<String>,
+}
+
+/// Retry policy per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Attempts per request, counting the first (default 3).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: i64,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry { max_attempts: default_max_attempts() }
+    }
+}
+
+fn default_max_attempts() -> i64 {
+    3
+}
+
+/// What to do when a run is still open at the next firing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// Do not start the new run; record the skipped instant.
+    #[default]
+    Skip,
+    /// Start the new run when the open one finishes.
+    Queue,
+    /// Start the new run at once.
+    Allow,
+}
+
+/// Which missed instants run after downtime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUp {
+    /// One run for the most recent missed instant, if its deadline can be met.
+    #[default]
+    Latest,
+    /// Every missed instant, oldest first.
+    All,
+    /// None; missed instants are recorded as skipped.
+    None,
+}
+
+/// Spending caps.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Monthly cap in US dollars.
+    pub monthly_usd: f64,
+}

@@ -1,0 +1,232 @@
+//! From a job and its items to provider request bodies.
+//!
+//! The same code renders for `orchestrator render` and for real runs, so
+//! what an author previews is what is sent and paid for.
+
+use std::path::Path;
+
+use chrono::{DateTime, NaiveTime, Utc};
+use chrono_tz::Tz;
+use minijinja::Environment;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::catalog::Catalog;
+use crate::manifest::Job;
+use crate::schedule::{cron_parser, next_after};
+use crate::sources::Item;
+use crate::templates::{self, TemplateLoadError};
+
+/// Why a request could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// A template file could not be loaded.
+    #[error(transparent)]
+    Load(#[from] TemplateLoadError),
+    /// A template failed to compile or render.
+    #[error("template {name}: {source}")]
+    Template {
+        /// Template name (file path or `<job>:<field>`).
+        name: String,
+        /// minijinja's error, with line.
+        #[source]
+        source: minijinja::Error,
+    },
+    /// The job's model or provider is not in the catalog.
+    #[error("model `{model}` of provider `{provider}` is not in the catalog")]
+    UnknownModel {
+        /// Provider name.
+        provider: String,
+        /// Model as written in the manifest.
+        model: String,
+    },
+    /// The job's time zone or cron cannot be read.
+    #[error("schedule of job `{0}` is invalid; run `orchestrator validate`")]
+    Schedule(String),
+}
+
+/// One run's identity as templates and custom_ids see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunInfo {
+    /// `<job>-<YYYYMMDDTHHMM>` in the job's time zone: unique per run.
+    pub id: String,
+    /// Scheduled date in the job's time zone, `YYYY-MM-DD`.
+    pub date: String,
+    /// Scheduled instant, RFC 3339 with the job's UTC offset.
+    pub scheduled_for: String,
+    /// Prefix of every custom_id of the run, without the sequence number.
+    #[serde(skip)]
+    pub custom_id_prefix: String,
+}
+
+impl RunInfo {
+    /// The run of `job` scheduled for `scheduled_for`.
+    pub fn new(job: &Job, scheduled_for: DateTime<Utc>) -> Result<RunInfo, RenderError> {
+        let schedule = &job.manifest.schedule;
+        let tz: Tz = schedule.timezone.parse().map_err(|_| RenderError::Schedule(job.name.clone()))?;
+        let local = scheduled_for.with_timezone(&tz);
+        let stamp = local.format("%Y%m%dT%H%M").to_string();
+        let date = local.format("%Y-%m-%d").to_string();
+        let many = fires_more_than_once_a_day(&schedule.cron, tz, scheduled_for);
+        let custom_id_prefix = if many { format!("{}-{stamp}", job.name) } else { format!("{}-{date}", job.name) };
+        Ok(RunInfo { id: format!("{}-{stamp}", job.name), date, scheduled_for: local.to_rfc3339(), custom_id_prefix })
+    }
+
+    /// The custom_id of the run's `seq`-th request (1-based): `<job>-<YYYY-MM-DD>-<seq>`,
+    /// or `<job>-<YYYYMMDDTHHMM>-<seq>` for jobs firing more than once a day.
+    pub fn custom_id(&self, seq: usize) -> String {
+        format!("{}-{seq:03}", self.custom_id_prefix)
+    }
+}
+
+/// Whether the cron fires at least twice on the local day of `around`.
+fn fires_more_than_once_a_day(cron: &str, tz: Tz, around: DateTime<Utc>) -> bool {
+    let Ok(cron) = cron_parser().parse(cron) else {
+        return false;
+    };
+    let day = around.with_timezone(&tz).date_naive();
+    let start_of = |date: chrono::NaiveDate| {
+        date.and_time(NaiveTime::MIN).and_local_timezone(tz).earliest().map(|t| t.with_timezone(&Utc))
+    };
+    let (Some(start), Some(end)) = (start_of(day), day.succ_opt().and_then(start_of)) else {
+        return false;
+    };
+    let first = next_after(&cron, tz, start - chrono::Duration::seconds(1));
+    let second = first.and_then(|first| next_after(&cron, tz, first));
+    matches!(second, Some(second) if second < end)
+}
+
+/// One entry of a batch: the `custom_id` and the Messages API `params`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BatchRequest {
+    /// `<job>-<YYYY-MM-DD>-<seq>`.
+    pub custom_id: String,
+    /// The Messages API body.
+    pub params: Value,
+}
+
+/// A job's templates, compiled once, and the fixed parts of its requests.
+pub struct Renderer<'job> {
+    job: &'job Job,
+    env: Environment<'static>,
+    has_system: bool,
+    model_id: String,
+}
+
+const SYSTEM: &str = "system";
+const PROMPT: &str = "prompt";
+
+impl<'job> Renderer<'job> {
+    /// Loads and compiles the job's templates and resolves its model.
+    pub fn new(job: &'job Job, prompts_dir: &Path, catalog: &Catalog) -> Result<Renderer<'job>, RenderError> {
+        let manifest = &job.manifest;
+        let (model_id, _) = catalog.model(&manifest.provider, &manifest.model).ok_or_else(|| {
+            RenderError::UnknownModel { provider: manifest.provider.clone(), model: manifest.model.clone() }
+        })?;
+        let mut env = templates::environment();
+        let mut add = |key: &'static str, source: &crate::manifest::PromptSource| -> Result<(), RenderError> {
+            let text = templates::load(source, prompts_dir, &format!("{}:{key}", job.file))?;
+            env.add_template_owned(key, text.source).map_err(|source| RenderError::Template { name: text.name, source })
+        };
+        if let Some(system) = &manifest.system {
+            add(SYSTEM, system)?;
+        }
+        add(PROMPT, &manifest.prompt)?;
+        Ok(Renderer { job, env, has_system: manifest.system.is_some(), model_id: model_id.to_owned() })
+    }
+
+    /// Renders the request for the `seq`-th item (1-based) of `run`.
+    pub fn request(&self, run: &RunInfo, seq: usize, item: &Item) -> Result<BatchRequest, RenderError> {
+        let manifest = &self.job.manifest;
+        let context = json!({
+            "item": item,
+            "vars": manifest.vars,
+            "job": { "name": self.job.name, "tags": manifest.tags },
+            "run": run,
+        });
+        let mut params = Map::new();
+        params.insert("model".into(), json!(self.model_id));
+        params.insert("max_tokens".into(), json!(manifest.max_tokens));
+        if let Some(temperature) = manifest.temperature {
+            params.insert("temperature".into(), json!(temperature));
+        }
+        if self.has_system {
+            let text = self.render(SYSTEM, &context)?;
+            params.insert("system".into(), self.system_value(text));
+        }
+        let prompt = self.render(PROMPT, &context)?;
+        params.insert("messages".into(), json!([{ "role": "user", "content": prompt }]));
+        for (name, value) in &manifest.params {
+            params.insert(name.clone(), value.clone());
+        }
+        self.mark_cached_tools(&mut params);
+        Ok(BatchRequest { custom_id: run.custom_id(seq), params: Value::Object(params) })
+    }
+
+    fn render(&self, key: &str, context: &Value) -> Result<String, RenderError> {
+        let template =
+            self.env.get_template(key).map_err(|source| RenderError::Template { name: key.to_owned(), source })?;
+        template
+            .render(minijinja::value::Serde(context))
+            .map_err(|source| RenderError::Template { name: self.template_name(key), source })
+    }
+
+    fn template_name(&self, key: &str) -> String {
+        let source = if key == SYSTEM { self.job.manifest.system.as_ref() } else { Some(&self.job.manifest.prompt) };
+        match source {
+            Some(crate::manifest::PromptSource::Path(path)) => path.clone(),
+            _ => format!("{}:{key}", self.job.file),
+        }
+    }
+
+    /// A plain string, or a text block with `cache_control` when the job caches its system prompt.
+    fn system_value(&self, text: String) -> Value {
+        match self.job.manifest.cache.as_ref().and_then(|c| c.system.as_deref()) {
+            Some(ttl) => json!([{ "type": "text", "text": text, "cache_control": cache_control(ttl) }]),
+            None => Value::String(text),
+        }
+    }
+
+    fn mark_cached_tools(&self, params: &mut Map<String, Value>) {
+        let Some(ttl) = self.job.manifest.cache.as_ref().and_then(|c| c.tools.as_deref()) else {
+            return;
+        };
+        if let Some(Value::Object(last)) =
+            params.get_mut("tools").and_then(Value::as_array_mut).and_then(|tools| tools.last_mut())
+        {
+            last.insert("cache_control".into(), cache_control(ttl));
+        }
+    }
+}
+
+/// The TTL is always written out: the 5-minute default is never used silently.
+fn cache_control(ttl: &str) -> Value {
+    json!({ "type": "ephemeral", "ttl": ttl })
+}
+
+/// Renders a templated path (`out/{{ run.date }}.jsonl`) for a run.
+pub fn render_path(job: &Job, run: &RunInfo, text: &str) -> Result<String, RenderError> {
+    if !text.contains("{{") && !text.contains("{%") {
+        return Ok(text.to_owned());
+    }
+    let context = json!({ "job": { "name": job.name, "tags": job.manifest.tags }, "run": run });
+    templates::render_str(&templates::environment(), text, text, context)
+        .map_err(|source| RenderError::Template { name: text.to_owned(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn daily_jobs_get_dated_ids_and_frequent_jobs_timestamped_ids() {
+        let berlin: Tz = "Europe/Berlin".parse().unwrap();
+        assert!(!fires_more_than_once_a_day("30 6 * * *", berlin, utc("2026-11-22T05:30:00Z")));
+        assert!(fires_more_than_once_a_day("0 */6 * * *", Tz::UTC, utc("2026-11-22T06:00:00Z")));
+        assert!(!fires_more_than_once_a_day("0 2 * * 1", Tz::UTC, utc("2026-11-23T02:00:00Z")));
+    }
+}

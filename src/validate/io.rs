@@ -1,0 +1,156 @@
+//! Checks of items, sink, retry, budget and batch size, one job at a time,
+//! and of sinks shared between jobs.
+
+use std::collections::BTreeMap;
+
+use crate::diagnostics::{Code, Diagnostic};
+use crate::manifest::{Job, Sink};
+
+/// The provider's limit on requests per batch.
+pub const MAX_BATCH_REQUESTS: u32 = 100_000;
+
+pub(super) fn check(job: &Job, out: &mut Vec<Diagnostic>) {
+    check_items(job, out);
+    check_sink(job, out);
+    let manifest = &job.manifest;
+    if manifest.retry.max_attempts < 1 {
+        out.push(
+            job.at_value(
+                Code::InvalidRetry,
+                "retry.max_attempts",
+                format!("retry.max_attempts {} is below 1", manifest.retry.max_attempts),
+            )
+            .help("write 1 for no retries, or e.g. `3`"),
+        );
+    }
+    if let Some(budget) = manifest.budget.filter(|b| !(b.monthly_usd.is_finite() && b.monthly_usd > 0.0)) {
+        out.push(
+            job.at_value(
+                Code::InvalidBudget,
+                "budget.monthly_usd",
+                format!("budget.monthly_usd {} is not a positive amount", budget.monthly_usd),
+            )
+            .help("write an amount in dollars such as `25`, or remove `budget`"),
+        );
+    }
+    if let Some(size) = manifest.max_batch_requests.filter(|n| *n == 0 || *n > MAX_BATCH_REQUESTS) {
+        out.push(
+            job.at_value(
+                Code::InvalidBatchSize,
+                "max_batch_requests",
+                format!("max_batch_requests {size} is outside 1..={MAX_BATCH_REQUESTS}"),
+            )
+            .help(format!("write a number from 1 to {MAX_BATCH_REQUESTS}")),
+        );
+    }
+}
+
+fn check_items(job: &Job, out: &mut Vec<Diagnostic>) {
+    let Some(items) = &job.manifest.items else {
+        return;
+    };
+    let set = [&items.jsonl, &items.glob, &items.command].iter().filter(|v| v.is_some()).count();
+    if set != 1 {
+        out.push(
+            job.at_key(Code::ItemsSourceCount, "items", format!("items has {set} sources; it needs exactly one"))
+                .help("write one of `{ jsonl: PATH }`, `{ glob: PATTERN }`, `{ command: CMD }`"),
+        );
+    }
+    if items.command.as_deref().is_some_and(|cmd| cmd.trim().is_empty()) {
+        out.push(
+            job.at_value(Code::EmptyItemsCommand, "items.command", "items.command is empty")
+                .help("write a command whose output is JSON Lines, e.g. `cat data/items.jsonl`"),
+        );
+    }
+    for (field, value) in [("jsonl", &items.jsonl), ("glob", &items.glob)] {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            out.push(
+                job.at_value(Code::EmptySinkValue, &format!("items.{field}"), format!("items.{field} is empty"))
+                    .help("write a path relative to the working directory"),
+            );
+        }
+    }
+}
+
+fn check_sink(job: &Job, out: &mut Vec<Diagnostic>) {
+    let Some(sink) = &job.manifest.sink else {
+        return;
+    };
+    let targets = [sink.jsonl.is_some(), sink.dir.is_some(), sink.sqlite.is_some(), sink.command.is_some()];
+    let set = targets.iter().filter(|t| **t).count();
+    if set != 1 {
+        out.push(
+            job.at_key(Code::SinkTargetCount, "sink", format!("sink has {set} targets; it needs exactly one")).help(
+                "write one of `{ jsonl: PATH }`, `{ dir: PATH }`, `{ sqlite: { path, table } }`, `{ command: CMD }`",
+            ),
+        );
+    }
+    let texts = [
+        ("sink.jsonl", sink.jsonl.as_deref()),
+        ("sink.dir", sink.dir.as_deref()),
+        ("sink.command", sink.command.as_deref()),
+        ("sink.sqlite.path", sink.sqlite.as_ref().map(|s| s.path.as_str())),
+    ];
+    for (path, value) in texts {
+        if value.is_some_and(|v| v.trim().is_empty()) {
+            out.push(
+                job.at_value(Code::EmptySinkValue, path, format!("`{path}` is empty"))
+                    .help("write a path relative to the working directory, or a command"),
+            );
+        }
+    }
+    if let Some(sqlite) = sink.sqlite.as_ref().filter(|s| !is_identifier(&s.table)) {
+        out.push(
+            job.at_value(
+                Code::InvalidSinkTable,
+                "sink.sqlite.table",
+                format!("table name `{}` is not a plain identifier", sqlite.table),
+            )
+            .help("use letters, digits and underscores, starting with a letter, e.g. `results`"),
+        );
+    }
+}
+
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// What a sink writes to, as a comparable key and the path of the value to underline.
+fn sink_target(sink: &Sink) -> Option<(String, &'static str)> {
+    if let Some(path) = &sink.jsonl {
+        return Some((format!("file {path}"), "sink.jsonl"));
+    }
+    if let Some(path) = &sink.dir {
+        return Some((format!("directory {path}"), "sink.dir"));
+    }
+    sink.sqlite.as_ref().map(|s| (format!("table {} in {}", s.table, s.path), "sink.sqlite.path"))
+}
+
+/// Warns once per job when two or more jobs write the same sink target.
+pub(super) fn check_shared_sinks(jobs: &[Job], out: &mut Vec<Diagnostic>) {
+    let mut writers: BTreeMap<String, Vec<(&Job, &'static str)>> = BTreeMap::new();
+    for job in jobs {
+        if let Some((target, path)) = job.manifest.sink.as_ref().and_then(sink_target) {
+            writers.entry(target).or_default().push((job, path));
+        }
+    }
+    for (target, jobs) in writers.into_iter().filter(|(_, jobs)| jobs.len() > 1) {
+        for (job, path) in &jobs {
+            let others: Vec<_> = jobs
+                .iter()
+                .filter(|(other, _)| other.name != job.name)
+                .map(|(other, _)| format!("`{}`", other.name))
+                .collect();
+            out.push(
+                job.at_value(
+                    Code::SharedSinkPath,
+                    path,
+                    format!("job `{}` writes the same {target} as {}", job.name, others.join(", ")),
+                )
+                .help("give each job its own sink path, e.g. `out/<job>/...`"),
+            );
+        }
+    }
+}

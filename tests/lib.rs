@@ -1,0 +1,7 @@
+//! Integration tests: the real binary on real files.
+
+mod render;
+mod schema;
+mod support;
+mod validate;
+mod validate_props;

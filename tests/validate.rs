@@ -1,0 +1,152 @@
+//! `orchestrator validate` on the example jobs and on the broken corpus.
+
+use crate::support::{broken_dir, code, run, run_in, stdout};
+
+const BROKEN: &[&str] =
+    &["validate", "--jobs", "tests/fixtures/broken/jobs", "--prompts", "tests/fixtures/broken/prompts"];
+
+#[test]
+fn the_example_jobs_validate_clean() {
+    let output = run(&["validate", "--deny-warnings"]);
+    let text = stdout(&output);
+    assert_eq!(code(&output), 0, "{text}");
+    assert!(text.starts_with("ok: ") && text.contains(" 0 errors, 0 warnings"), "{text}");
+}
+
+#[test]
+fn the_broken_corpus_fails_with_every_problem_shown() {
+    let output = run(BROKEN);
+    assert_eq!(code(&output), 78);
+    insta::assert_snapshot!("broken_human", stdout(&output));
+}
+
+#[test]
+fn the_broken_corpus_as_json() {
+    let mut args = BROKEN.to_vec();
+    args.extend(["--format", "json"]);
+    let output = run(&args);
+    assert_eq!(code(&output), 78);
+    let value: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("valid JSON");
+    for diagnostic in value.as_array().expect("an array") {
+        let keys: Vec<_> = diagnostic.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys, ["file", "line", "column", "severity", "code", "message", "help"]);
+    }
+    insta::assert_json_snapshot!("broken_json", value);
+}
+
+/// Each file of the corpus holds one mistake; this is the code it must get,
+/// at a line and column (0 for problems of the whole file).
+const EXPECTED: &[(&str, &str, usize)] = &[
+    ("BadName.yaml", "E007", 0),
+    ("beta-wrong-lane.yaml", "E035", 8),
+    ("cache-5m-on-batch.yaml", "W041", 9),
+    ("cache-ttl-invalid.yaml", "E040", 8),
+    ("cron-never-fires.yaml", "E011", 3),
+    ("deadline-over-expiry.yaml", "W022", 6),
+    ("deadline-tier-mismatch.yaml", "W021", 6),
+    ("deadline-unparseable.yaml", "E020", 5),
+    ("deadline-zero.yaml", "E020", 5),
+    ("duplicate-key.yaml", "E003", 5),
+    ("empty-items-command.yaml", "E061", 7),
+    ("invalid-cron.yaml", "E010", 3),
+    ("max-tokens-over-limit.yaml", "E033", 5),
+    ("max-tokens-zero.yaml", "E033", 4),
+    ("missing-field.yaml", "E005", 4),
+    ("no-batch-support.yaml", "E032", 4),
+    ("shared-sink-a.yaml", "W063", 6),
+    ("shared-sink-b.yaml", "W063", 6),
+    ("temperature-out-of-range.yaml", "E037", 5),
+    ("template-missing.yaml", "E050", 5),
+    ("unknown-field.yaml", "E004", 6),
+    ("unknown-model.yaml", "E031", 3),
+    ("unknown-param.yaml", "E038", 7),
+    ("unknown-provider.yaml", "E030", 3),
+    ("unknown-tier.yaml", "E006", 3),
+    ("unknown-timezone.yaml", "E012", 4),
+    ("wrong-type.yaml", "E006", 4),
+    ("yaml-syntax.yaml", "E002", 3),
+];
+
+#[test]
+fn every_broken_file_gets_its_code_at_its_line() {
+    let mut args = BROKEN.to_vec();
+    args.extend(["--format", "json"]);
+    let diagnostics: Vec<serde_json::Value> = serde_json::from_str(&stdout(&run(&args))).unwrap();
+    for (file, expected_code, expected_line) in EXPECTED {
+        let path = format!("tests/fixtures/broken/jobs/{file}");
+        let found: Vec<_> = diagnostics.iter().filter(|d| d["file"] == path.as_str()).collect();
+        assert_eq!(found.len(), 1, "{file}: expected exactly one diagnostic, got {found:#?}");
+        assert_eq!(found[0]["code"], *expected_code, "{file}");
+        assert_eq!(found[0]["line"], *expected_line, "{file}");
+        if *expected_line > 0 {
+            assert!(found[0]["column"].as_u64().unwrap() >= 1, "{file}");
+        }
+    }
+    let manifests = std::fs::read_dir(broken_dir().join("jobs")).unwrap().count();
+    assert_eq!(manifests, EXPECTED.len() + 3, "every manifest in the corpus is listed here or has a template problem");
+}
+
+#[test]
+fn template_problems_point_into_the_template_file() {
+    let mut args = BROKEN.to_vec();
+    args.extend(["--format", "json"]);
+    let diagnostics: Vec<serde_json::Value> = serde_json::from_str(&stdout(&run(&args))).unwrap();
+    let at =
+        |file: &str| diagnostics.iter().find(|d| d["file"] == file).unwrap_or_else(|| panic!("nothing for {file}"));
+    let syntax = at("tests/fixtures/broken/prompts/shared/syntax-error.md.j2");
+    assert_eq!(
+        (syntax["code"].as_str(), syntax["line"].as_u64(), syntax["column"].as_u64()),
+        (Some("E051"), Some(3), Some(12))
+    );
+    let undefined = at("tests/fixtures/broken/prompts/shared/undefined-var.md.j2");
+    assert_eq!(
+        (undefined["code"].as_str(), undefined["line"].as_u64(), undefined["column"].as_u64()),
+        (Some("E052"), Some(2), Some(14))
+    );
+    let vars = at("tests/fixtures/broken/prompts/shared/undefined-vars-field.md.j2");
+    assert_eq!(vars["code"], "E052");
+    assert_eq!(vars["help"], "did you mean `audience`?");
+}
+
+fn project_with(manifest: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("jobs")).unwrap();
+    std::fs::create_dir(dir.path().join("prompts")).unwrap();
+    std::fs::write(dir.path().join("jobs/only.yaml"), manifest).unwrap();
+    dir
+}
+
+#[test]
+fn warnings_pass_unless_denied() {
+    let dir = project_with(
+        "schedule: { cron: '0 6 * * *' }\nmodel: claude-haiku-4-5\nmax_tokens: 100\ndeadline: 30h\nprompt: { inline: hi }\n",
+    );
+    let output = run_in(dir.path(), &["validate"]);
+    assert_eq!(code(&output), 0, "{}", stdout(&output));
+    assert!(stdout(&output).contains("warning[W022]"));
+    assert_eq!(code(&run_in(dir.path(), &["validate", "--deny-warnings"])), 78);
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    assert_eq!(code(&run(&["validate", "--format", "xml"])), 2);
+    assert_eq!(code(&run(&["no-such-command"])), 2);
+}
+
+#[test]
+fn a_missing_jobs_directory_is_a_config_error() {
+    let output = run(&["validate", "--jobs", "no/such/dir"]);
+    assert_eq!(code(&output), 78);
+    assert!(stdout(&output).contains("no/such/dir: error[E001]: cannot read jobs directory"), "{}", stdout(&output));
+}
+
+#[test]
+fn a_user_catalog_changes_what_is_known() {
+    let dir =
+        project_with("schedule: { cron: '0 6 * * *' }\nmodel: house-model\nmax_tokens: 100\nprompt: { inline: hi }\n");
+    assert_eq!(code(&run_in(dir.path(), &["validate"])), 78);
+    let catalog = "providers:\n  anthropic:\n    batch_discount: 0.5\n    batch_expiry: 24h\n    models:\n      house-model:\n        batch: true\n        max_output_tokens: 1000\n        prices: { input: 1, output: 2, cache_write_5m: 1.25, cache_write_1h: 2, cache_read: 0.1 }\n";
+    std::fs::write(dir.path().join("catalog.yaml"), catalog).unwrap();
+    let output = run_in(dir.path(), &["validate", "--catalog", "catalog.yaml"]);
+    assert_eq!(code(&output), 0, "{}", stdout(&output));
+}
