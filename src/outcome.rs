@@ -1,0 +1,112 @@
+//! What came back for one request, whichever lane it went through.
+//!
+//! Providers produce these; the store records them. Neither knows the other.
+
+use serde::{Deserialize, Serialize};
+
+/// Token usage of one billed response, split the way prices are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Uncached input tokens (after the last cache breakpoint).
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Input tokens written to the cache with a 5-minute TTL.
+    pub cache_write_5m_tokens: u64,
+    /// Input tokens written to the cache with a 1-hour TTL.
+    pub cache_write_1h_tokens: u64,
+    /// Input tokens read from the cache.
+    pub cache_read_tokens: u64,
+}
+
+/// The final word on one request from one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The model answered.
+    Succeeded {
+        /// The provider's message object, as received (JSON text).
+        message: String,
+        /// Why the model stopped (`end_turn`, `max_tokens`, ...).
+        stop_reason: Option<String>,
+        /// Billed usage.
+        usage: Usage,
+    },
+    /// The provider refused or failed the request.
+    Errored {
+        /// The provider's error type (`invalid_request_error`, `overloaded_error`, ...).
+        error_type: String,
+        /// The provider's message.
+        message: String,
+    },
+    /// The batch was canceled before the request ran (not billed).
+    Canceled,
+    /// The batch expired before the request ran (not billed).
+    Expired,
+}
+
+impl Outcome {
+    /// The status word stored and shown: `succeeded`, `errored`, `canceled`, `expired`.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded { .. } => "succeeded",
+            Outcome::Errored { .. } => "errored",
+            Outcome::Canceled => "canceled",
+            Outcome::Expired => "expired",
+        }
+    }
+
+    /// Whether trying again can help. `invalid_request_error` (the body must
+    /// change) and the other client errors are permanent.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Outcome::Succeeded { .. } => false,
+            Outcome::Errored { error_type, .. } => !is_permanent_error_type(error_type),
+            Outcome::Canceled | Outcome::Expired => true,
+        }
+    }
+}
+
+/// The text blocks of a provider message, concatenated.
+pub fn message_text(message: &serde_json::Value) -> String {
+    message
+        .get("content")
+        .and_then(serde_json::Value::as_array)
+        .map(|blocks| {
+            blocks
+                .iter()
+                .filter(|block| block.get("type").and_then(serde_json::Value::as_str) == Some("text"))
+                .filter_map(|block| block.get("text").and_then(serde_json::Value::as_str))
+                .collect::<Vec<_>>()
+                .join("")
+        })
+        .unwrap_or_default()
+}
+
+/// Error types that no retry can fix.
+pub fn is_permanent_error_type(error_type: &str) -> bool {
+    matches!(
+        error_type,
+        "invalid_request_error"
+            | "authentication_error"
+            | "permission_error"
+            | "not_found_error"
+            | "request_too_large"
+            | "billing_error"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_fixable_outcomes_are_retryable() {
+        let errored = |t: &str| Outcome::Errored { error_type: t.into(), message: String::new() };
+        assert!(!errored("invalid_request_error").is_retryable());
+        assert!(errored("overloaded_error").is_retryable());
+        assert!(errored("api_error").is_retryable());
+        assert!(errored("some_future_error").is_retryable(), "unknown types are treated as transient");
+        assert!(Outcome::Expired.is_retryable());
+        assert!(Outcome::Canceled.is_retryable());
+    }
+}

@@ -1,0 +1,278 @@
+//! Batches: the intent is committed before the create call, the provider's
+//! id the moment it returns.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Row, params};
+
+use super::{Store, StoreError, from_millis, to_millis};
+
+/// Where a batch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchState {
+    /// Intent committed; the create call may or may not have reached the provider.
+    Submitting,
+    /// The provider is processing it.
+    InProgress,
+    /// Cancel requested; the provider has not ended it yet.
+    Canceling,
+    /// The provider ended it; results can be (or have been) ingested.
+    Ended,
+    /// Never created at the provider, and given up (its requests went back to pending).
+    Abandoned,
+}
+
+impl BatchState {
+    /// The stored word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchState::Submitting => "submitting",
+            BatchState::InProgress => "in_progress",
+            BatchState::Canceling => "canceling",
+            BatchState::Ended => "ended",
+            BatchState::Abandoned => "abandoned",
+        }
+    }
+
+    fn parse(text: &str) -> BatchState {
+        match text {
+            "in_progress" => BatchState::InProgress,
+            "canceling" => BatchState::Canceling,
+            "ended" => BatchState::Ended,
+            "abandoned" => BatchState::Abandoned,
+            _ => BatchState::Submitting,
+        }
+    }
+}
+
+/// A stored batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchRow {
+    /// Database id.
+    pub id: i64,
+    /// The run it belongs to.
+    pub run_id: i64,
+    /// Provider name.
+    pub provider: String,
+    /// The provider's id, once the create call returned.
+    pub provider_batch_id: Option<String>,
+    /// Where it is.
+    pub state: BatchState,
+    /// Number of requests in it.
+    pub request_count: u64,
+    /// When the intent was committed (just before the create call).
+    pub intent_at: DateTime<Utc>,
+    /// When the create call returned.
+    pub submitted_at: Option<DateTime<Utc>>,
+    /// When the provider ended it.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Where its results are.
+    pub results_url: Option<String>,
+    /// Whether every result line has been committed.
+    pub results_ingested: bool,
+}
+
+const COLUMNS: &str = "id, run_id, provider, provider_batch_id, state, request_count, intent_at, submitted_at, ended_at, results_url, results_ingested";
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<BatchRow> {
+    Ok(BatchRow {
+        id: row.get(0)?,
+        run_id: row.get(1)?,
+        provider: row.get(2)?,
+        provider_batch_id: row.get(3)?,
+        state: BatchState::parse(&row.get::<_, String>(4)?),
+        request_count: row.get(5)?,
+        intent_at: from_millis(row.get(6)?),
+        submitted_at: row.get::<_, Option<i64>>(7)?.map(from_millis),
+        ended_at: row.get::<_, Option<i64>>(8)?.map(from_millis),
+        results_url: row.get(9)?,
+        results_ingested: row.get(10)?,
+    })
+}
+
+impl Store {
+    /// Commits the intent to submit `custom_ids` as one batch: the batch row
+    /// (`submitting`) and its request list, with the requests `queued`.
+    /// Call this before the create call, never after.
+    pub fn record_batch_intent(
+        &mut self,
+        run_id: i64,
+        provider: &str,
+        custom_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<BatchRow, StoreError> {
+        let path = self.path.clone();
+        let e = |source| super::sqlite(&path, source);
+        let tx = self.conn.transaction().map_err(e)?;
+        tx.execute(
+            "INSERT INTO batches (run_id, provider, state, request_count, intent_at) VALUES (?1, ?2, 'submitting', ?3, ?4)",
+            params![run_id, provider, custom_ids.len() as i64, to_millis(now)],
+        )
+        .map_err(e)?;
+        let batch_id = tx.last_insert_rowid();
+        {
+            let mut member =
+                tx.prepare_cached("INSERT INTO batch_requests (batch_id, custom_id) VALUES (?1, ?2)").map_err(e)?;
+            let mut queue = tx
+                .prepare_cached(
+                    "UPDATE requests SET state = 'queued', lane = 'batch', attempts = attempts + 1, updated_at = ?2
+                     WHERE custom_id = ?1 AND state NOT IN ('succeeded', 'permanent_failed')",
+                )
+                .map_err(e)?;
+            for custom_id in custom_ids {
+                member.execute(params![batch_id, custom_id]).map_err(e)?;
+                queue.execute(params![custom_id, to_millis(now)]).map_err(e)?;
+            }
+        }
+        let detail = serde_json::json!({ "batch": batch_id, "requests": custom_ids.len() });
+        super::events::insert(&tx, Some(run_id), None, "batch_intent", &detail, now).map_err(e)?;
+        tx.commit().map_err(e)?;
+        Ok(self.batch(batch_id)?.expect("the batch exists after insert"))
+    }
+
+    /// Commits the provider's batch id the moment the create call returns.
+    pub fn mark_batch_submitted(
+        &mut self,
+        batch_id: i64,
+        provider_batch_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let e = |source| super::sqlite(&path, source);
+        let tx = self.conn.transaction().map_err(e)?;
+        tx.execute(
+            "UPDATE batches SET provider_batch_id = ?2, state = 'in_progress', submitted_at = ?3 WHERE id = ?1",
+            params![batch_id, provider_batch_id, to_millis(now)],
+        )
+        .map_err(e)?;
+        tx.execute(
+            "UPDATE requests SET state = 'in_flight', updated_at = ?2
+             WHERE custom_id IN (SELECT custom_id FROM batch_requests WHERE batch_id = ?1) AND state = 'queued'",
+            params![batch_id, to_millis(now)],
+        )
+        .map_err(e)?;
+        let run_id: i64 =
+            tx.query_row("SELECT run_id FROM batches WHERE id = ?1", [batch_id], |row| row.get(0)).map_err(e)?;
+        let detail = serde_json::json!({ "batch": batch_id, "provider_batch_id": provider_batch_id });
+        super::events::insert(&tx, Some(run_id), None, "batch_submitted", &detail, now).map_err(e)?;
+        tx.commit().map_err(e)
+    }
+
+    /// Gives up on a batch that was never created at the provider: its
+    /// requests go back to `pending` for another batch or the sync lane.
+    pub fn abandon_batch(&mut self, batch_id: i64, reason: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let e = |source| super::sqlite(&path, source);
+        let tx = self.conn.transaction().map_err(e)?;
+        tx.execute("UPDATE batches SET state = 'abandoned', error = ?2 WHERE id = ?1", params![batch_id, reason])
+            .map_err(e)?;
+        tx.execute(
+            "UPDATE requests SET state = 'pending', updated_at = ?2
+             WHERE custom_id IN (SELECT custom_id FROM batch_requests WHERE batch_id = ?1) AND state IN ('queued', 'in_flight')",
+            params![batch_id, to_millis(now)],
+        )
+        .map_err(e)?;
+        let run_id: i64 =
+            tx.query_row("SELECT run_id FROM batches WHERE id = ?1", [batch_id], |row| row.get(0)).map_err(e)?;
+        super::events::insert(
+            &tx,
+            Some(run_id),
+            None,
+            "batch_abandoned",
+            &serde_json::json!({ "batch": batch_id, "reason": reason }),
+            now,
+        )
+        .map_err(e)?;
+        tx.commit().map_err(e)
+    }
+
+    /// Records what a poll saw.
+    pub fn update_batch_status(
+        &mut self,
+        batch_id: i64,
+        state: BatchState,
+        ended_at: Option<DateTime<Utc>>,
+        results_url: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE batches SET state = ?2, ended_at = COALESCE(?3, ended_at), results_url = COALESCE(?4, results_url), polled_at = ?5
+                 WHERE id = ?1",
+                params![batch_id, state.as_str(), ended_at.map(to_millis), results_url, to_millis(now)],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Marks a batch's results as fully committed. Set last, after every result line.
+    pub fn mark_results_ingested(&mut self, batch_id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let e = |source| super::sqlite(&path, source);
+        let tx = self.conn.transaction().map_err(e)?;
+        tx.execute("UPDATE batches SET results_ingested = 1 WHERE id = ?1", [batch_id]).map_err(e)?;
+        // Requests of the batch without any result line (a provider that
+        // dropped them) must not stay in flight forever: a retry can fix them.
+        tx.execute(
+            "UPDATE requests SET state = 'retryable_failed', updated_at = ?2
+             WHERE custom_id IN (SELECT custom_id FROM batch_requests WHERE batch_id = ?1) AND state = 'in_flight'
+               AND NOT EXISTS (SELECT 1 FROM results r WHERE r.custom_id = requests.custom_id AND r.batch_id = ?1)",
+            params![batch_id, to_millis(now)],
+        )
+        .map_err(e)?;
+        let run_id: i64 =
+            tx.query_row("SELECT run_id FROM batches WHERE id = ?1", [batch_id], |row| row.get(0)).map_err(e)?;
+        super::events::insert(
+            &tx,
+            Some(run_id),
+            None,
+            "batch_results_ingested",
+            &serde_json::json!({ "batch": batch_id }),
+            now,
+        )
+        .map_err(e)?;
+        tx.commit().map_err(e)
+    }
+
+    /// The batch with database id `id`.
+    pub fn batch(&self, id: i64) -> Result<Option<BatchRow>, StoreError> {
+        use rusqlite::OptionalExtension;
+        self.conn
+            .query_row(&format!("SELECT {COLUMNS} FROM batches WHERE id = ?1"), [id], from_row)
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Batches in any of `states`, oldest first.
+    pub fn batches_in(&self, states: &[BatchState]) -> Result<Vec<BatchRow>, StoreError> {
+        Ok(self.all_batches(None)?.into_iter().filter(|b| states.contains(&b.state)).collect())
+    }
+
+    /// The batches of a run (or all with `None`), oldest first.
+    pub fn all_batches(&self, run_id: Option<i64>) -> Result<Vec<BatchRow>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM batches WHERE ?1 IS NULL OR run_id = ?1 ORDER BY id"))
+            .map_err(|e| self.err(e))?;
+        let rows = statement.query_map([run_id], from_row).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Calls `each(custom_id, params_json)` for every request of a batch, in
+    /// custom_id order, without loading them all at once.
+    pub fn for_each_batch_request(&self, batch_id: i64, mut each: impl FnMut(&str, &str)) -> Result<(), StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT r.custom_id, r.params FROM batch_requests b JOIN requests r ON r.custom_id = b.custom_id
+                 WHERE b.batch_id = ?1 ORDER BY b.custom_id",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = statement.query([batch_id]).map_err(|e| self.err(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+            let custom_id = row.get_ref(0).and_then(|v| v.as_str().map_err(Into::into)).map_err(|e| self.err(e))?;
+            let params = row.get_ref(1).and_then(|v| v.as_str().map_err(Into::into)).map_err(|e| self.err(e))?;
+            each(custom_id, params);
+        }
+        Ok(())
+    }
+}

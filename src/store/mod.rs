@@ -1,0 +1,157 @@
+//! SQLite state: the source of truth for runs, requests, batches, results,
+//! attempts, events and deliveries. The only module that writes SQL.
+//!
+//! Every step that has a side effect at a provider is preceded by a commit
+//! of the intent and followed by a commit of what came back, so a crash at
+//! any point can be repaired on the next start. rusqlite is blocking: async
+//! callers go through `tokio::task::spawn_blocking`.
+
+mod batches;
+mod events;
+mod requests;
+mod results;
+mod runs;
+mod schema;
+
+pub use batches::{BatchRow, BatchState};
+pub use events::EventRow;
+pub use requests::{NewRequest, RequestState};
+pub use results::{DeliverableResult, ResultCounts};
+pub use runs::{NewRun, RunRow, RunState};
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{Connection, OpenFlags};
+
+/// Default database file, relative to the working directory.
+pub const DEFAULT_PATH: &str = "state/orchestrator.db";
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("state database {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The database or its directory could not be created.
+    #[error("cannot create state database {path}")]
+    Create {
+        /// The database file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database was written by a newer orchestrator.
+    #[error(
+        "state database {path} has schema version {found}, newer than this orchestrator understands ({supported}); \
+         upgrade orchestrator, or point --state at another file. The database was not modified."
+    )]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Version found in the file.
+        found: usize,
+        /// Newest version this build knows.
+        supported: usize,
+    },
+}
+
+/// An open state database.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed, mode 0600) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        create_private(path)?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|source| sqlite(path, source))?;
+        let mut store = Store { conn, path: path.to_owned() };
+        store.configure()?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn configure(&self) -> Result<(), StoreError> {
+        self.conn.busy_timeout(Duration::from_secs(10)).map_err(|e| self.err(e))?;
+        self.conn
+            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .map_err(|e| self.err(e))
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let found: usize = self.conn.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(|e| self.err(e))?;
+        let supported = schema::MIGRATIONS.len();
+        if found > supported {
+            return Err(StoreError::TooNew { path: self.path.clone(), found, supported });
+        }
+        for (version, sql) in schema::MIGRATIONS.iter().enumerate().skip(found) {
+            let tx = self.conn.transaction().map_err(|e| sqlite(&self.path, e))?;
+            tx.execute_batch(sql).map_err(|e| sqlite(&self.path, e))?;
+            tx.pragma_update(None, "user_version", version + 1).map_err(|e| sqlite(&self.path, e))?;
+            tx.commit().map_err(|e| sqlite(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> Result<usize, StoreError> {
+        self.conn.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(|e| self.err(e))
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        sqlite(&self.path, source)
+    }
+}
+
+fn sqlite(path: &Path, source: rusqlite::Error) -> StoreError {
+    StoreError::Sqlite { path: path.to_owned(), source }
+}
+
+/// Creates the file with mode 0600 before SQLite does, so it is never
+/// readable by others, not even for a moment.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    let create_err = |source| StoreError::Create { path: path.to_owned(), source };
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(create_err)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map(drop).map_err(create_err)
+}
+
+/// Milliseconds since the epoch, as stored.
+pub(crate) fn to_millis(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+/// The instant a stored millisecond value stands for.
+pub(crate) fn from_millis(millis: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(millis).single().unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,149 @@
+//! Requests: one rendered call per item, keyed by custom_id.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rusqlite::params;
+
+use super::{Store, StoreError, to_millis};
+
+/// Where a request is. Delivery is recorded separately, in `deliveries`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RequestState {
+    /// Rendered and stored; not yet in any lane.
+    Pending,
+    /// Part of a batch whose create call has not returned yet.
+    Queued,
+    /// At the provider.
+    InFlight,
+    /// A final successful result is stored.
+    Succeeded,
+    /// The last attempt failed in a way that a retry can fix.
+    RetryableFailed,
+    /// Failed in a way no retry can fix (`invalid_request_error`).
+    PermanentFailed,
+}
+
+impl RequestState {
+    /// Every state.
+    pub const ALL: [RequestState; 6] = [
+        RequestState::Pending,
+        RequestState::Queued,
+        RequestState::InFlight,
+        RequestState::Succeeded,
+        RequestState::RetryableFailed,
+        RequestState::PermanentFailed,
+    ];
+
+    /// The stored word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestState::Pending => "pending",
+            RequestState::Queued => "queued",
+            RequestState::InFlight => "in_flight",
+            RequestState::Succeeded => "succeeded",
+            RequestState::RetryableFailed => "retryable_failed",
+            RequestState::PermanentFailed => "permanent_failed",
+        }
+    }
+
+    /// Whether no lane will work on the request again.
+    pub fn is_final(self) -> bool {
+        matches!(self, RequestState::Succeeded | RequestState::PermanentFailed)
+    }
+}
+
+/// A rendered request to store.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    /// `<job>-<YYYY-MM-DD>-<seq>`.
+    pub custom_id: String,
+    /// 1-based position in the run.
+    pub seq: usize,
+    /// The item, as JSON text.
+    pub item: String,
+    /// The Messages API body, as JSON text.
+    pub params: String,
+}
+
+impl Store {
+    /// Stores a run's rendered requests in one transaction. Requests that
+    /// exist already are left as they are, so re-rendering a resumed run is harmless.
+    pub fn insert_requests(
+        &mut self,
+        run_id: i64,
+        requests: &[NewRequest],
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction().map_err(|e| super::sqlite(&self.path, e))?;
+        let mut inserted = 0;
+        {
+            let mut statement = tx
+                .prepare_cached(
+                    "INSERT INTO requests (custom_id, run_id, seq, item, params, state, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6) ON CONFLICT (custom_id) DO NOTHING",
+                )
+                .map_err(|e| super::sqlite(&self.path, e))?;
+            for request in requests {
+                inserted += statement
+                    .execute(params![
+                        request.custom_id,
+                        run_id,
+                        request.seq as i64,
+                        request.item,
+                        request.params,
+                        to_millis(now)
+                    ])
+                    .map_err(|e| super::sqlite(&self.path, e))?;
+            }
+        }
+        tx.commit().map_err(|e| super::sqlite(&self.path, e))?;
+        Ok(inserted)
+    }
+
+    /// custom_ids of a run's requests in any of `states`, in sequence order.
+    pub fn request_ids(&self, run_id: i64, states: &[RequestState]) -> Result<Vec<String>, StoreError> {
+        let wanted: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT custom_id, state FROM requests WHERE run_id = ?1 ORDER BY seq")
+            .map_err(|e| self.err(e))?;
+        let rows = statement
+            .query_map([run_id], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))
+            .map_err(|e| self.err(e))?;
+        let mut ids = Vec::new();
+        for row in rows {
+            let (id, state) = row.map_err(|e| self.err(e))?;
+            if wanted.contains(&state.as_str()) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Number of a run's requests in each state (every state present, zero or not).
+    pub fn request_counts(&self, run_id: i64) -> Result<BTreeMap<&'static str, u64>, StoreError> {
+        let mut counts: BTreeMap<&'static str, u64> = RequestState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT state, COUNT(*) FROM requests WHERE run_id = ?1 GROUP BY state")
+            .map_err(|e| self.err(e))?;
+        let rows = statement
+            .query_map([run_id], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))
+            .map_err(|e| self.err(e))?;
+        for row in rows {
+            let (state, count) = row.map_err(|e| self.err(e))?;
+            if let Some(slot) = RequestState::ALL.iter().find(|s| s.as_str() == state) {
+                counts.insert(slot.as_str(), count);
+            }
+        }
+        Ok(counts)
+    }
+
+    /// How many times each of a run's requests has been sent (batch submissions and sync calls).
+    pub fn request_attempts(&self, custom_id: &str) -> Result<u32, StoreError> {
+        self.conn
+            .query_row("SELECT attempts FROM requests WHERE custom_id = ?1", [custom_id], |row| row.get(0))
+            .map_err(|e| self.err(e))
+    }
+}

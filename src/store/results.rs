@@ -1,0 +1,216 @@
+//! Results: every outcome received, the winner per request, and deliveries.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Transaction, params};
+
+use super::{Store, StoreError, from_millis, to_millis};
+use crate::outcome::{Outcome, Usage};
+
+/// What one call of [`Store::ingest_batch_results`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResultCounts {
+    /// Result lines stored now.
+    pub stored: u64,
+    /// Lines already stored (a repeated ingest).
+    pub already_stored: u64,
+    /// Lines for custom_ids that are not in the batch (ignored, reported).
+    pub unknown: u64,
+    /// Successes for requests that already had a final result (duplicate spend).
+    pub duplicates: u64,
+}
+
+/// A successful result waiting for its sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliverableResult {
+    /// The request.
+    pub custom_id: String,
+    /// The result row.
+    pub result_id: i64,
+    /// The item, as JSON text.
+    pub item: String,
+    /// The provider message, as JSON text.
+    pub message: String,
+    /// Why the model stopped.
+    pub stop_reason: Option<String>,
+    /// Billed usage.
+    pub usage: Usage,
+    /// `batch` or `sync`.
+    pub lane: String,
+    /// When the result arrived.
+    pub received_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Stores a chunk of a batch's result lines in one transaction.
+    /// Idempotent: a line already stored for this batch changes nothing.
+    pub fn ingest_batch_results(
+        &mut self,
+        batch_id: i64,
+        lines: &[(String, Outcome)],
+        now: DateTime<Utc>,
+    ) -> Result<ResultCounts, StoreError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
+        let counts = ingest(&tx, batch_id, lines, now).map_err(|e| super::sqlite(&path, e))?;
+        tx.commit().map_err(|e| super::sqlite(&path, e))?;
+        Ok(counts)
+    }
+
+    /// Successful results of a run that no sink has received yet, in sequence order.
+    pub fn undelivered_results(&self, run_id: i64) -> Result<Vec<DeliverableResult>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT q.custom_id, r.id, q.item, r.message, r.stop_reason, r.input_tokens, r.output_tokens,
+                        r.cache_write_5m, r.cache_write_1h, r.cache_read, r.lane, r.received_at
+                 FROM requests q JOIN results r ON r.id = q.result_id
+                 WHERE q.run_id = ?1 AND q.state = 'succeeded'
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.custom_id = q.custom_id)
+                 ORDER BY q.seq",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = statement
+            .query_map([run_id], |row| {
+                Ok(DeliverableResult {
+                    custom_id: row.get(0)?,
+                    result_id: row.get(1)?,
+                    item: row.get(2)?,
+                    message: row.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    stop_reason: row.get(4)?,
+                    usage: Usage {
+                        input_tokens: row.get(5)?,
+                        output_tokens: row.get(6)?,
+                        cache_write_5m_tokens: row.get(7)?,
+                        cache_write_1h_tokens: row.get(8)?,
+                        cache_read_tokens: row.get(9)?,
+                    },
+                    lane: row.get(10)?,
+                    received_at: from_millis(row.get(11)?),
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Records that a result reached its sink. Recording twice changes nothing.
+    pub fn record_delivery(
+        &mut self,
+        custom_id: &str,
+        result_id: i64,
+        sink: &str,
+        target: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO deliveries (custom_id, result_id, sink, target, delivered_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (custom_id) DO NOTHING",
+                params![custom_id, result_id, sink, target, to_millis(now)],
+            )
+            .map(|n| n == 1)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Number of recorded deliveries of a run.
+    pub fn delivery_count(&self, run_id: i64) -> Result<u64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM deliveries d JOIN requests q ON q.custom_id = d.custom_id WHERE q.run_id = ?1",
+                [run_id],
+                |row| row.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// Permanent failures of a run: custom_id, error type and the provider's message.
+    pub fn permanent_failures(&self, run_id: i64) -> Result<Vec<(String, String, String)>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT q.custom_id, COALESCE(r.error_type, ''), COALESCE(r.error_message, '')
+                 FROM requests q LEFT JOIN results r ON r.id = q.result_id
+                 WHERE q.run_id = ?1 AND q.state = 'permanent_failed' ORDER BY q.seq",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = statement
+            .query_map([run_id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+}
+
+fn ingest(
+    tx: &Transaction<'_>,
+    batch_id: i64,
+    lines: &[(String, Outcome)],
+    now: DateTime<Utc>,
+) -> rusqlite::Result<ResultCounts> {
+    let mut counts = ResultCounts::default();
+    let mut member = tx.prepare_cached("SELECT 1 FROM batch_requests WHERE batch_id = ?1 AND custom_id = ?2")?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO results (custom_id, lane, batch_id, status, error_type, error_message, message, stop_reason,
+                              input_tokens, output_tokens, cache_write_5m, cache_write_1h, cache_read, received_at)
+         VALUES (?1, 'batch', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+         ON CONFLICT (batch_id, custom_id) DO NOTHING",
+    )?;
+    let mut current = tx.prepare_cached("SELECT state FROM requests WHERE custom_id = ?1")?;
+    let mut settle =
+        tx.prepare_cached("UPDATE requests SET state = ?2, result_id = ?3, updated_at = ?4 WHERE custom_id = ?1")?;
+    let mut duplicate = tx.prepare_cached("UPDATE results SET duplicate = 1 WHERE id = ?1")?;
+    for (custom_id, outcome) in lines {
+        if !member.exists(params![batch_id, custom_id])? {
+            counts.unknown += 1;
+            continue;
+        }
+        let (error_type, error_message, message, stop_reason, usage) = columns(outcome);
+        let stored = insert.execute(params![
+            custom_id,
+            batch_id,
+            outcome.status(),
+            error_type,
+            error_message,
+            message,
+            stop_reason,
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_write_5m_tokens,
+            usage.cache_write_1h_tokens,
+            usage.cache_read_tokens,
+            to_millis(now)
+        ])?;
+        if stored == 0 {
+            counts.already_stored += 1;
+            continue;
+        }
+        counts.stored += 1;
+        let result_id = tx.last_insert_rowid();
+        let state: String = current.query_row([custom_id], |row| row.get(0))?;
+        if state == "succeeded" || state == "permanent_failed" {
+            // First final result wins; a later success is paid for but not delivered.
+            if matches!(outcome, Outcome::Succeeded { .. }) {
+                duplicate.execute([result_id])?;
+                counts.duplicates += 1;
+            }
+            continue;
+        }
+        let next = match outcome {
+            Outcome::Succeeded { .. } => "succeeded",
+            other if other.is_retryable() => "retryable_failed",
+            _ => "permanent_failed",
+        };
+        settle.execute(params![custom_id, next, result_id, to_millis(now)])?;
+    }
+    Ok(counts)
+}
+
+type Columns<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, Option<&'a str>, Usage);
+
+fn columns(outcome: &Outcome) -> Columns<'_> {
+    match outcome {
+        Outcome::Succeeded { message, stop_reason, usage } => {
+            (None, None, Some(message), stop_reason.as_deref(), *usage)
+        }
+        Outcome::Errored { error_type, message } => (Some(error_type), Some(message), None, None, Usage::default()),
+        Outcome::Canceled | Outcome::Expired => (None, None, None, None, Usage::default()),
+    }
+}

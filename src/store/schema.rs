@@ -1,0 +1,119 @@
+//! The database schema, as an ordered list of migrations.
+//!
+//! `PRAGMA user_version` holds how many have been applied. A migration is
+//! never edited once released; changes are new entries.
+
+/// Migrations in order; entry `i` moves the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[V1];
+
+/// Times are integer milliseconds since the Unix epoch (UTC).
+const V1: &str = r#"
+CREATE TABLE runs (
+    id             INTEGER PRIMARY KEY,
+    job            TEXT    NOT NULL,
+    scheduled_for  INTEGER NOT NULL,
+    run_key        TEXT    NOT NULL,
+    tier           TEXT    NOT NULL,
+    deadline_at    INTEGER NOT NULL,
+    state          TEXT    NOT NULL CHECK (state IN ('open', 'completed', 'failed', 'late')),
+    reason         TEXT,
+    created_at     INTEGER NOT NULL,
+    finished_at    INTEGER,
+    UNIQUE (job, scheduled_for)
+);
+
+CREATE TABLE requests (
+    custom_id   TEXT    PRIMARY KEY,
+    run_id      INTEGER NOT NULL REFERENCES runs (id),
+    seq         INTEGER NOT NULL,
+    item        TEXT    NOT NULL,
+    params      TEXT    NOT NULL,
+    state       TEXT    NOT NULL CHECK (state IN ('pending', 'queued', 'in_flight', 'succeeded',
+                                                  'retryable_failed', 'permanent_failed')),
+    lane        TEXT,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    result_id   INTEGER REFERENCES results (id),
+    updated_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX requests_by_run_state ON requests (run_id, state);
+
+CREATE TABLE batches (
+    id                 INTEGER PRIMARY KEY,
+    run_id             INTEGER NOT NULL REFERENCES runs (id),
+    provider           TEXT    NOT NULL,
+    provider_batch_id  TEXT    UNIQUE,
+    state              TEXT    NOT NULL CHECK (state IN ('submitting', 'in_progress', 'canceling',
+                                                         'ended', 'abandoned')),
+    request_count      INTEGER NOT NULL,
+    intent_at          INTEGER NOT NULL,
+    submitted_at       INTEGER,
+    ended_at           INTEGER,
+    results_url        TEXT,
+    results_ingested   INTEGER NOT NULL DEFAULT 0,
+    polled_at          INTEGER,
+    error              TEXT
+);
+CREATE INDEX batches_by_state ON batches (state);
+
+CREATE TABLE batch_requests (
+    batch_id   INTEGER NOT NULL REFERENCES batches (id),
+    custom_id  TEXT    NOT NULL REFERENCES requests (custom_id),
+    PRIMARY KEY (batch_id, custom_id)
+) WITHOUT ROWID;
+
+CREATE TABLE results (
+    id                  INTEGER PRIMARY KEY,
+    custom_id           TEXT    NOT NULL REFERENCES requests (custom_id),
+    lane                TEXT    NOT NULL CHECK (lane IN ('batch', 'sync')),
+    batch_id            INTEGER REFERENCES batches (id),
+    attempt_id          INTEGER REFERENCES attempts (id),
+    status              TEXT    NOT NULL CHECK (status IN ('succeeded', 'errored', 'canceled', 'expired')),
+    error_type          TEXT,
+    error_message       TEXT,
+    message             TEXT,
+    stop_reason         TEXT,
+    input_tokens        INTEGER NOT NULL DEFAULT 0,
+    output_tokens       INTEGER NOT NULL DEFAULT 0,
+    cache_write_5m      INTEGER NOT NULL DEFAULT 0,
+    cache_write_1h      INTEGER NOT NULL DEFAULT 0,
+    cache_read          INTEGER NOT NULL DEFAULT 0,
+    duplicate           INTEGER NOT NULL DEFAULT 0,
+    received_at         INTEGER NOT NULL,
+    UNIQUE (batch_id, custom_id)
+);
+CREATE INDEX results_by_custom_id ON results (custom_id);
+
+CREATE TABLE attempts (
+    id            INTEGER PRIMARY KEY,
+    run_id        INTEGER REFERENCES runs (id),
+    batch_id      INTEGER REFERENCES batches (id),
+    custom_id     TEXT,
+    lane          TEXT    NOT NULL,
+    operation     TEXT    NOT NULL,
+    request_id    TEXT,
+    started_at    INTEGER NOT NULL,
+    finished_at   INTEGER,
+    http_status   INTEGER,
+    error_type    TEXT,
+    error_message TEXT
+);
+CREATE INDEX attempts_by_run ON attempts (run_id);
+
+CREATE TABLE events (
+    id      INTEGER PRIMARY KEY,
+    at      INTEGER NOT NULL,
+    run_id  INTEGER REFERENCES runs (id),
+    job     TEXT,
+    kind    TEXT    NOT NULL,
+    detail  TEXT    NOT NULL
+);
+CREATE INDEX events_by_run ON events (run_id);
+
+CREATE TABLE deliveries (
+    custom_id     TEXT    PRIMARY KEY REFERENCES requests (custom_id),
+    result_id     INTEGER NOT NULL REFERENCES results (id),
+    sink          TEXT    NOT NULL,
+    target        TEXT    NOT NULL,
+    delivered_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;

@@ -1,0 +1,204 @@
+use chrono::{DateTime, Duration, Utc};
+
+use super::*;
+use crate::outcome::{Outcome, Usage};
+
+fn at(minutes: i64) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-22T06:00:00Z").unwrap().with_timezone(&Utc) + Duration::minutes(minutes)
+}
+
+fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state/orchestrator.db")).unwrap();
+    (dir, store)
+}
+
+fn run_with_requests(store: &mut Store, n: usize) -> RunRow {
+    let new = NewRun {
+        job: "feed",
+        scheduled_for: at(0),
+        run_key: "feed-20261122T0600",
+        tier: "batch",
+        deadline_at: at(600),
+    };
+    let (run, created) = store.create_run(&new, at(0)).unwrap();
+    assert!(created);
+    let requests: Vec<NewRequest> = (1..=n)
+        .map(|seq| NewRequest {
+            custom_id: format!("feed-2026-11-22-{seq:03}"),
+            seq,
+            item: "{}".into(),
+            params: format!("{{\"n\":{seq}}}"),
+        })
+        .collect();
+    store.insert_requests(run.id, &requests, at(0)).unwrap();
+    run
+}
+
+fn success(text: &str) -> Outcome {
+    Outcome::Succeeded {
+        message: format!("{{\"content\":[{{\"type\":\"text\",\"text\":\"{text}\"}}]}}"),
+        stop_reason: Some("end_turn".into()),
+        usage: Usage { input_tokens: 10, output_tokens: 5, ..Usage::default() },
+    }
+}
+
+#[test]
+fn a_new_database_is_private_migrated_and_in_wal_mode() {
+    let (dir, store) = open();
+    let path = dir.path().join("state/orchestrator.db");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    assert_eq!(store.schema_version().unwrap(), schema::MIGRATIONS.len());
+    let mode: String = store.conn.query_row("PRAGMA journal_mode", [], |row| row.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+    let fk: i64 = store.conn.query_row("PRAGMA foreign_keys", [], |row| row.get(0)).unwrap();
+    assert_eq!(fk, 1);
+    drop(store);
+    assert_eq!(
+        Store::open(&path).unwrap().schema_version().unwrap(),
+        schema::MIGRATIONS.len(),
+        "reopening is harmless"
+    );
+}
+
+#[test]
+fn a_database_from_a_newer_version_is_refused_and_left_alone() {
+    let (dir, store) = open();
+    let path = dir.path().join("state/orchestrator.db");
+    store.conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(store);
+    let before = std::fs::read(&path).unwrap();
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+    assert!(err.to_string().contains("not modified"));
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+#[test]
+fn a_run_is_created_once_per_key() {
+    let (_dir, mut store) = open();
+    let first = run_with_requests(&mut store, 2);
+    let new = NewRun {
+        job: "feed",
+        scheduled_for: at(0),
+        run_key: "feed-20261122T0600",
+        tier: "batch",
+        deadline_at: at(600),
+    };
+    let (again, created) = store.create_run(&new, at(5)).unwrap();
+    assert!(!created);
+    assert_eq!(again.id, first.id);
+    assert_eq!(store.open_runs().unwrap().len(), 1);
+}
+
+#[test]
+fn intent_then_submission_moves_requests_through_the_states() {
+    let (_dir, mut store) = open();
+    let run = run_with_requests(&mut store, 3);
+    let ids = store.request_ids(run.id, &[RequestState::Pending]).unwrap();
+    let batch = store.record_batch_intent(run.id, "anthropic", &ids, at(1)).unwrap();
+    assert_eq!(batch.state, BatchState::Submitting);
+    assert_eq!(store.request_counts(run.id).unwrap()["queued"], 3);
+    assert_eq!(store.batches_in(&[BatchState::Submitting]).unwrap().len(), 1);
+    store.mark_batch_submitted(batch.id, "msgbatch_1", at(2)).unwrap();
+    assert_eq!(store.request_counts(run.id).unwrap()["in_flight"], 3);
+    let mut seen = Vec::new();
+    store.for_each_batch_request(batch.id, |id, params| seen.push((id.to_owned(), params.to_owned()))).unwrap();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0], ("feed-2026-11-22-001".to_owned(), "{\"n\":1}".to_owned()));
+    assert_eq!(store.request_attempts("feed-2026-11-22-001").unwrap(), 1);
+}
+
+#[test]
+fn ingest_is_idempotent_and_settles_each_request() {
+    let (_dir, mut store) = open();
+    let run = run_with_requests(&mut store, 4);
+    let ids = store.request_ids(run.id, &[RequestState::Pending]).unwrap();
+    let batch = store.record_batch_intent(run.id, "anthropic", &ids, at(1)).unwrap();
+    store.mark_batch_submitted(batch.id, "msgbatch_1", at(2)).unwrap();
+    let lines = vec![
+        (ids[0].clone(), success("a")),
+        (ids[1].clone(), Outcome::Errored { error_type: "invalid_request_error".into(), message: "bad".into() }),
+        (ids[2].clone(), Outcome::Expired),
+        ("someone-else-001".to_owned(), success("x")),
+    ];
+    let first = store.ingest_batch_results(batch.id, &lines, at(30)).unwrap();
+    assert_eq!(first, ResultCounts { stored: 3, already_stored: 0, unknown: 1, duplicates: 0 });
+    let again = store.ingest_batch_results(batch.id, &lines, at(31)).unwrap();
+    assert_eq!(again, ResultCounts { stored: 0, already_stored: 3, unknown: 1, duplicates: 0 });
+    store.mark_results_ingested(batch.id, at(32)).unwrap();
+    let counts = store.request_counts(run.id).unwrap();
+    assert_eq!(
+        (counts["succeeded"], counts["permanent_failed"], counts["retryable_failed"], counts["in_flight"]),
+        (1, 1, 2, 0)
+    );
+    assert_eq!(
+        store.permanent_failures(run.id).unwrap(),
+        vec![(ids[1].clone(), "invalid_request_error".into(), "bad".into())]
+    );
+    assert!(store.batch(batch.id).unwrap().unwrap().results_ingested);
+}
+
+#[test]
+fn a_late_success_after_a_final_result_is_duplicate_spend() {
+    let (_dir, mut store) = open();
+    let run = run_with_requests(&mut store, 1);
+    let ids = store.request_ids(run.id, &[RequestState::Pending]).unwrap();
+    let first = store.record_batch_intent(run.id, "anthropic", &ids, at(1)).unwrap();
+    store.mark_batch_submitted(first.id, "msgbatch_1", at(2)).unwrap();
+    store.ingest_batch_results(first.id, &[(ids[0].clone(), success("first"))], at(3)).unwrap();
+    let second = store.record_batch_intent(run.id, "anthropic", &ids, at(4)).unwrap();
+    store.mark_batch_submitted(second.id, "msgbatch_2", at(5)).unwrap();
+    let counts = store.ingest_batch_results(second.id, &[(ids[0].clone(), success("second"))], at(6)).unwrap();
+    assert_eq!(counts.duplicates, 1);
+    let deliverable = store.undelivered_results(run.id).unwrap();
+    assert_eq!(deliverable.len(), 1);
+    assert!(deliverable[0].message.contains("first"), "the first final result wins");
+}
+
+#[test]
+fn deliveries_are_recorded_once() {
+    let (_dir, mut store) = open();
+    let run = run_with_requests(&mut store, 2);
+    let ids = store.request_ids(run.id, &[RequestState::Pending]).unwrap();
+    let batch = store.record_batch_intent(run.id, "anthropic", &ids, at(1)).unwrap();
+    store.mark_batch_submitted(batch.id, "msgbatch_1", at(2)).unwrap();
+    store
+        .ingest_batch_results(batch.id, &[(ids[0].clone(), success("a")), (ids[1].clone(), success("b"))], at(3))
+        .unwrap();
+    let pending = store.undelivered_results(run.id).unwrap();
+    assert_eq!(pending.len(), 2);
+    assert!(store.record_delivery(&pending[0].custom_id, pending[0].result_id, "jsonl", "out/a.jsonl", at(4)).unwrap());
+    assert!(
+        !store.record_delivery(&pending[0].custom_id, pending[0].result_id, "jsonl", "out/a.jsonl", at(5)).unwrap()
+    );
+    assert_eq!(store.undelivered_results(run.id).unwrap().len(), 1);
+    assert_eq!(store.delivery_count(run.id).unwrap(), 1);
+}
+
+#[test]
+fn an_abandoned_intent_returns_its_requests_to_pending() {
+    let (_dir, mut store) = open();
+    let run = run_with_requests(&mut store, 2);
+    let ids = store.request_ids(run.id, &[RequestState::Pending]).unwrap();
+    let batch = store.record_batch_intent(run.id, "anthropic", &ids, at(1)).unwrap();
+    store.abandon_batch(batch.id, "create failed: 400 invalid_request_error", at(2)).unwrap();
+    assert_eq!(store.request_ids(run.id, &[RequestState::Pending]).unwrap(), ids);
+    assert_eq!(store.batch(batch.id).unwrap().unwrap().state, BatchState::Abandoned);
+    let kinds: Vec<String> = store.events(Some(run.id)).unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["run_created", "batch_intent", "batch_abandoned"]);
+}
+
+#[test]
+fn finishing_a_run_closes_it_with_its_reason() {
+    let (_dir, mut store) = open();
+    let run = run_with_requests(&mut store, 1);
+    store.finish_run(run.id, RunState::Late, Some("deadline passed with 1 request open"), at(700)).unwrap();
+    let row = store.run(run.id).unwrap().unwrap();
+    assert_eq!((row.state, row.reason.as_deref()), (RunState::Late, Some("deadline passed with 1 request open")));
+    assert!(store.open_runs().unwrap().is_empty());
+}
