@@ -8,6 +8,7 @@ pub mod cli;
 pub mod diagnostics;
 pub mod manifest;
 pub mod outcome;
+pub mod providers;
 pub mod render;
 pub mod schedule;
 pub mod sources;

@@ -1,0 +1,99 @@
+//! Provider errors, typed by what the caller should do about them.
+
+use std::time::Duration;
+
+/// A failed provider call.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The provider answered with an error status.
+    #[error("{status} {error_type}: {message} (request-id {})", .request_id.as_deref().unwrap_or("none"))]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The provider's error type (`rate_limit_error`, ...), or `http_<status>` when the body had none.
+        error_type: String,
+        /// The provider's message.
+        message: String,
+        /// The `request-id` header.
+        request_id: Option<String>,
+        /// The wait the provider asked for (`retry-after`).
+        retry_after: Option<Duration>,
+    },
+    /// The connection failed or timed out.
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// The provider's answer could not be understood.
+    #[error("malformed response: {0}")]
+    Malformed(String),
+    /// No credentials were found.
+    #[error("no API key: set {env} or put the key in $CREDENTIALS_DIRECTORY/{credential} (systemd LoadCredential=)")]
+    MissingKey {
+        /// Environment variable.
+        env: &'static str,
+        /// Credential file name.
+        credential: &'static str,
+    },
+}
+
+impl ProviderError {
+    /// Whether the same call may succeed later: 408, 409, 429, 5xx and 529,
+    /// transport errors and malformed answers. 400, 401, 403, 404, 413 are permanent.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ProviderError::Api { status, .. } => matches!(status, 408 | 409 | 429 | 500..=599),
+            ProviderError::Transport(_) | ProviderError::Malformed(_) => true,
+            ProviderError::MissingKey { .. } => false,
+        }
+    }
+
+    /// The wait the provider asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProviderError::Api { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// A short type for logs, events and metrics.
+    pub fn kind(&self) -> String {
+        match self {
+            ProviderError::Api { error_type, .. } => error_type.clone(),
+            ProviderError::Transport(_) => "transport_error".to_owned(),
+            ProviderError::Malformed(_) => "malformed_response".to_owned(),
+            ProviderError::MissingKey { .. } => "missing_key".to_owned(),
+        }
+    }
+}
+
+impl From<reqwest::Error> for ProviderError {
+    fn from(err: reqwest::Error) -> Self {
+        // reqwest's Display never includes headers, so the key cannot leak here.
+        ProviderError::Transport(err.without_url().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16) -> ProviderError {
+        ProviderError::Api {
+            status,
+            error_type: "x".into(),
+            message: String::new(),
+            request_id: None,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn retryable_and_permanent_statuses() {
+        for status in [408, 409, 429, 500, 504, 529] {
+            assert!(api(status).is_retryable(), "{status}");
+        }
+        for status in [400, 401, 403, 404, 413] {
+            assert!(!api(status).is_retryable(), "{status}");
+        }
+        assert!(ProviderError::Transport("timeout".into()).is_retryable());
+    }
+}
