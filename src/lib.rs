@@ -11,6 +11,7 @@ pub mod outcome;
 pub mod providers;
 pub mod render;
 pub mod schedule;
+pub mod sinks;
 pub mod sources;
 pub mod store;
 pub mod suggest;

@@ -12,6 +12,7 @@ mod requests;
 mod results;
 mod runs;
 mod schema;
+pub mod sink_table;
 
 pub use batches::{BatchRow, BatchState};
 pub use events::EventRow;
