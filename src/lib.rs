@@ -5,12 +5,17 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod clock;
 pub mod diagnostics;
+pub mod engine;
+pub mod failpoint;
+pub mod lanes;
 pub mod manifest;
 pub mod outcome;
 pub mod providers;
 pub mod render;
 pub mod schedule;
+pub mod sim;
 pub mod sinks;
 pub mod sources;
 pub mod store;

@@ -72,6 +72,13 @@ impl RunInfo {
         Ok(RunInfo { id: format!("{}-{stamp}", job.name), date, scheduled_for: local.to_rfc3339(), custom_id_prefix })
     }
 
+    /// The same run with `<job>-<YYYYMMDDTHHMM>-<seq>` ids, for a run whose
+    /// date-form ids are taken by another run of the same day (a manual run).
+    pub fn with_timestamped_ids(mut self) -> RunInfo {
+        self.custom_id_prefix = self.id.clone();
+        self
+    }
+
     /// The custom_id of the run's `seq`-th request (1-based): `<job>-<YYYY-MM-DD>-<seq>`,
     /// or `<job>-<YYYYMMDDTHHMM>-<seq>` for jobs firing more than once a day.
     pub fn custom_id(&self, seq: usize) -> String {

@@ -1,6 +1,7 @@
 //! Integration tests: the real binary on real files.
 
 mod render;
+mod run;
 mod schema;
 mod support;
 mod validate;

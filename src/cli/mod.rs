@@ -2,7 +2,9 @@
 //! where errors get their context and become exit codes.
 
 mod render;
+mod run;
 mod schema;
+mod sim;
 mod validate;
 
 use std::path::PathBuf;
@@ -59,6 +61,10 @@ pub enum Command {
     Schema,
     /// Print the exact provider request bodies the next run of a job would send.
     Render(render::Args),
+    /// Run a job once in the foreground: submit, poll, ingest, deliver. Resumable.
+    Run(run::Args),
+    /// Run the provider simulator: the Anthropic Messages and Message Batches API on loopback, no API key needed.
+    Sim(crate::sim::SimConfig),
 }
 
 /// Diagnostic output formats.
@@ -78,6 +84,8 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => validate::run(&args),
         Command::Schema => schema::run(),
         Command::Render(args) => render::run(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Sim(config) => sim::run(&config),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -12,13 +12,15 @@ mod requests;
 mod results;
 mod runs;
 mod schema;
+pub mod shared;
 pub mod sink_table;
 
 pub use batches::{BatchRow, BatchState};
 pub use events::EventRow;
-pub use requests::{NewRequest, RequestState};
+pub use requests::{NewRequest, RequestState, Waiting};
 pub use results::{DeliverableResult, ResultCounts};
 pub use runs::{NewRun, RunRow, RunState};
+pub use shared::SharedStore;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -147,3 +147,52 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 }
+
+/// A request waiting for a lane, with what splitting needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// Its id.
+    pub custom_id: String,
+    /// Length of its params JSON in bytes.
+    pub params_len: usize,
+}
+
+impl Store {
+    /// Requests of a run that a lane should take: `pending`, and
+    /// `retryable_failed` with fewer than `max_attempts` attempts; in sequence order.
+    pub fn waiting_requests(&self, run_id: i64, max_attempts: u32) -> Result<Vec<Waiting>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT custom_id, length(params) FROM requests
+                 WHERE run_id = ?1 AND (state = 'pending' OR (state = 'retryable_failed' AND attempts < ?2))
+                 ORDER BY seq",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = statement
+            .query_map(params![run_id, max_attempts], |row| {
+                Ok(Waiting { custom_id: row.get(0)?, params_len: row.get(1)? })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Whether `provider_batch_id` is already one of ours.
+    pub fn knows_provider_batch(&self, provider_batch_id: &str) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM batches WHERE provider_batch_id = ?1")
+            .and_then(|mut s| s.exists([provider_batch_id]))
+            .map_err(|e| self.err(e))
+    }
+}
+
+impl Store {
+    /// The run that owns `custom_id`, if any.
+    pub fn custom_id_owner(&self, custom_id: &str) -> Result<Option<i64>, StoreError> {
+        use rusqlite::OptionalExtension;
+        self.conn
+            .query_row("SELECT run_id FROM requests WHERE custom_id = ?1", [custom_id], |row| row.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+}

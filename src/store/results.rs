@@ -214,3 +214,30 @@ fn columns(outcome: &Outcome) -> Columns<'_> {
         Outcome::Canceled | Outcome::Expired => (None, None, None, None, Usage::default()),
     }
 }
+
+impl Store {
+    /// Records a round of deliveries to one sink in one transaction.
+    pub fn record_deliveries(
+        &mut self,
+        delivered: &[(String, i64)],
+        sink: &str,
+        target: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let e = |source| super::sqlite(&path, source);
+        let tx = self.conn.transaction().map_err(e)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO deliveries (custom_id, result_id, sink, target, delivered_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (custom_id) DO NOTHING",
+                )
+                .map_err(e)?;
+            for (custom_id, result_id) in delivered {
+                insert.execute(params![custom_id, result_id, sink, target, to_millis(now)]).map_err(e)?;
+            }
+        }
+        tx.commit().map_err(e)
+    }
+}

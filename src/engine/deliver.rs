@@ -1,0 +1,85 @@
+//! Moving successful results into the job's sink, and recording it.
+
+use chrono::{DateTime, Utc};
+
+use crate::manifest::{Job, Sink, SqliteSink};
+use crate::outcome::message_text;
+use crate::render::{RenderError, RunInfo, render_path};
+use crate::sinks::{self, DeliveredResult, SinkError};
+use crate::store::{DeliverableResult, SharedStore, StoreError};
+
+/// Why a delivery round failed; nothing of the round is recorded then.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    /// The sink path template failed.
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    /// The sink failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The state database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Delivers every successful, undelivered result of the run; returns how many.
+pub async fn deliver_pending(
+    store: &SharedStore,
+    job: &Job,
+    info: &RunInfo,
+    run_id: i64,
+    now: DateTime<Utc>,
+) -> Result<usize, DeliverError> {
+    let pending = store.call(move |s| s.undelivered_results(run_id)).await?;
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let sink = rendered_sink(job, info)?;
+    let (kind, target) = sinks::describe(&sink);
+    let delivered: Vec<DeliveredResult> = pending.iter().map(|r| delivered_result(job, info, r, now)).collect();
+    let sink_for_thread = sink.clone();
+    tokio::task::spawn_blocking(move || sinks::deliver(&sink_for_thread, &delivered))
+        .await
+        .expect("sink task panicked")?;
+    crate::failpoint::hit("after_sink_write");
+    let ids: Vec<(String, i64)> = pending.iter().map(|r| (r.custom_id.clone(), r.result_id)).collect();
+    let count = ids.len();
+    store.call(move |s| s.record_deliveries(&ids, kind, &target, now)).await?;
+    tracing::info!(run = %info.id, delivered = count, sink = kind, "results delivered");
+    Ok(count)
+}
+
+fn rendered_sink(job: &Job, info: &RunInfo) -> Result<Sink, RenderError> {
+    let Some(sink) = &job.manifest.sink else {
+        return Ok(Sink::default());
+    };
+    let render = |text: &Option<String>| text.as_deref().map(|t| render_path(job, info, t)).transpose();
+    Ok(Sink {
+        jsonl: render(&sink.jsonl)?,
+        dir: render(&sink.dir)?,
+        command: render(&sink.command)?,
+        sqlite: match &sink.sqlite {
+            Some(s) => Some(SqliteSink { path: render_path(job, info, &s.path)?, table: s.table.clone() }),
+            None => None,
+        },
+    })
+}
+
+fn delivered_result(job: &Job, info: &RunInfo, result: &DeliverableResult, now: DateTime<Utc>) -> DeliveredResult {
+    let message: serde_json::Value = serde_json::from_str(&result.message).unwrap_or_default();
+    DeliveredResult {
+        custom_id: result.custom_id.clone(),
+        job: job.name.clone(),
+        run: info.id.clone(),
+        scheduled_for: info.scheduled_for.clone(),
+        item: serde_json::from_str(&result.item).unwrap_or_default(),
+        text: message_text(&message),
+        stop_reason: result.stop_reason.clone(),
+        usage: result.usage,
+        lane: result.lane.clone(),
+        cost_usd: None,
+        sync_equivalent_usd: None,
+        received_at: result.received_at.to_rfc3339(),
+        delivered_at: now.to_rfc3339(),
+    }
+}

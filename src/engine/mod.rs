@@ -1,0 +1,7 @@
+//! The engine: the life of a run, from items to delivered results.
+
+mod deliver;
+mod prepare;
+mod run;
+
+pub use run::{RunOutcome, RunSettings, run_to_completion};

@@ -1,0 +1,127 @@
+//! Creating a run and storing its rendered requests, once.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+
+use crate::catalog::Catalog;
+use crate::manifest::{ItemSource, Job};
+use crate::render::{RenderError, Renderer, RunInfo, render_path};
+use crate::sources::{self, SourceError};
+use crate::store::{NewRequest, NewRun, RunRow, RunState, SharedStore, StoreError};
+
+/// Why a run could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// Rendering failed (template, model, schedule).
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    /// Items could not be read.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The state database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Another run already uses this run's custom_ids.
+    #[error("custom_id `{0}` belongs to another run: pick a --scheduled-for in another minute")]
+    IdsTaken(String),
+}
+
+/// Creates the run for `(job, scheduled_for)` or resumes it. A new run reads
+/// its items and stores every rendered request in one transaction; a
+/// resumed run keeps the requests it has. A run whose items cannot be read
+/// is closed as failed, with the reason.
+pub async fn prepare_run(
+    store: &SharedStore,
+    job: &Job,
+    info: &RunInfo,
+    scheduled_for: DateTime<Utc>,
+    prompts_dir: &Path,
+    catalog: &Catalog,
+    now: DateTime<Utc>,
+) -> Result<RunRow, PrepareError> {
+    let deadline_at = scheduled_for + chrono::Duration::from_std(job.deadline()).unwrap_or_default();
+    let (name, key, tier) = (job.name.clone(), info.id.clone(), job.manifest.tier.as_str().to_owned());
+    let (run, _) = store
+        .call(move |s| {
+            s.create_run(&NewRun { job: &name, scheduled_for, run_key: &key, tier: &tier, deadline_at }, now)
+        })
+        .await?;
+    let run_id = run.id;
+    let existing: u64 = store.call(move |s| Ok(s.request_counts(run_id)?.values().sum())).await?;
+    if existing > 0 {
+        tracing::info!(run = %run.run_key, requests = existing, "resuming run");
+        return Ok(run);
+    }
+    let prepared = match distinct_ids(store, info, run_id).await {
+        Ok(info) => render_requests(job, &info, prompts_dir, catalog),
+        Err(error) => Err(error),
+    };
+    let requests = match prepared {
+        Ok(requests) => requests,
+        Err(error) => {
+            let reason = error.to_string();
+            store.call(move |s| s.finish_run(run_id, RunState::Failed, Some(&reason), now)).await?;
+            return Err(error);
+        }
+    };
+    let count = requests.len();
+    store.call(move |s| s.insert_requests(run_id, &requests, now)).await?;
+    tracing::info!(run = %run.run_key, requests = count, "run prepared");
+    Ok(run)
+}
+
+/// The run's ids, switched to the timestamped form when another run of the
+/// same day already uses the date form. Collisions would otherwise drop requests.
+async fn distinct_ids(store: &SharedStore, info: &RunInfo, run_id: i64) -> Result<RunInfo, PrepareError> {
+    let taken = |info: &RunInfo| {
+        let first = info.custom_id(1);
+        async move { store.call(move |s| s.custom_id_owner(&first)).await.map(|owner| owner.is_some_and(|o| o != run_id)) }
+    };
+    if !taken(info).await? {
+        return Ok(info.clone());
+    }
+    let timestamped = info.clone().with_timestamped_ids();
+    if taken(&timestamped).await? {
+        return Err(PrepareError::IdsTaken(timestamped.custom_id(1)));
+    }
+    Ok(timestamped)
+}
+
+fn render_requests(
+    job: &Job,
+    info: &RunInfo,
+    prompts_dir: &Path,
+    catalog: &Catalog,
+) -> Result<Vec<NewRequest>, PrepareError> {
+    let items = sources::read_items(rendered_source(job, info)?.as_ref())?;
+    for (line, reason) in &items.skipped {
+        tracing::warn!(job = %job.name, line, reason = %reason, "skipped malformed item line");
+    }
+    let renderer = Renderer::new(job, prompts_dir, catalog)?;
+    let mut requests = Vec::with_capacity(items.items.len());
+    for (index, item) in items.items.iter().enumerate() {
+        let request = renderer.request(info, index + 1, item)?;
+        requests.push(NewRequest {
+            custom_id: request.custom_id,
+            seq: index + 1,
+            item: serde_json::to_string(item).expect("items serialize"),
+            params: request.params.to_string(),
+        });
+    }
+    Ok(requests)
+}
+
+/// The job's item source with `{{ run.* }}` filled in.
+pub fn rendered_source(job: &Job, info: &RunInfo) -> Result<Option<ItemSource>, RenderError> {
+    let Some(items) = &job.manifest.items else {
+        return Ok(None);
+    };
+    let render = |text: &Option<String>| text.as_deref().map(|t| render_path(job, info, t)).transpose();
+    Ok(Some(ItemSource {
+        jsonl: render(&items.jsonl)?,
+        glob: render(&items.glob)?,
+        command: render(&items.command)?,
+        skip_malformed: items.skip_malformed,
+    }))
+}

@@ -1,0 +1,316 @@
+//! The batch lane: split, submit (intent first), reconcile, poll, ingest.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use chrono::{DateTime, Utc};
+
+use super::retry::{RetryPolicy, with_retries};
+use crate::clock::Clock;
+use crate::outcome::Outcome;
+use crate::providers::anthropic::{AnthropicClient, MessageBatch};
+use crate::providers::{ProviderError, parse_result_line};
+use crate::store::{BatchRow, BatchState, ResultCounts, SharedStore, Store, StoreError, Waiting};
+
+/// Result lines committed per transaction.
+const INGEST_CHUNK: usize = 2000;
+/// Bytes of request body sent per chunk of the streamed create call.
+const BODY_CHUNK: usize = 64 * 1024;
+
+/// The provider's limits on one batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Requests per batch.
+    pub max_requests: usize,
+    /// Bytes of request body per batch.
+    pub max_bytes: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        // Anthropic: 100,000 requests or 256 MB, whichever comes first.
+        BatchLimits { max_requests: 100_000, max_bytes: 256 * 1024 * 1024 }
+    }
+}
+
+/// Why the lane could not proceed.
+#[derive(Debug, thiserror::Error)]
+pub enum LaneError {
+    /// The provider failed, after retries where retrying made sense.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The state database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Splits waiting requests into batches within `limits`, in order.
+pub fn split(waiting: &[Waiting], limits: BatchLimits) -> Vec<Vec<String>> {
+    let envelope = |w: &Waiting| w.params_len + w.custom_id.len() + 32;
+    let mut batches: Vec<Vec<String>> = Vec::new();
+    let mut bytes = usize::MAX;
+    for request in waiting {
+        let size = envelope(request);
+        let full = batches.last().is_none_or(|b| b.len() >= limits.max_requests) || bytes + size > limits.max_bytes;
+        if full {
+            batches.push(Vec::new());
+            bytes = 16;
+        }
+        batches.last_mut().expect("a batch was just pushed").push(request.custom_id.clone());
+        bytes += size;
+    }
+    batches
+}
+
+/// The batch lane of one provider account.
+#[derive(Clone)]
+pub struct BatchLane {
+    client: AnthropicClient,
+    store: SharedStore,
+    clock: Arc<dyn Clock>,
+    policy: RetryPolicy,
+}
+
+impl BatchLane {
+    /// A lane over `client`, recording in `store`, timed by `clock`.
+    pub fn new(client: AnthropicClient, store: SharedStore, clock: Arc<dyn Clock>) -> BatchLane {
+        BatchLane { client, store, clock, policy: RetryPolicy::default() }
+    }
+
+    /// Submits `custom_ids` of `run_id` as one batch: the intent is committed
+    /// first, the provider's id right after the create call returns.
+    pub async fn submit(
+        &self,
+        run_id: i64,
+        custom_ids: Vec<String>,
+        betas: &[String],
+        deadline: DateTime<Utc>,
+    ) -> Result<i64, LaneError> {
+        let now = self.clock.now();
+        let batch = self.store.call(move |s| s.record_batch_intent(run_id, "anthropic", &custom_ids, now)).await?;
+        crate::failpoint::hit("after_intent");
+        self.create(batch.id, betas, deadline).await?;
+        Ok(batch.id)
+    }
+
+    /// Sends the create call for a batch whose intent is committed, and commits the id.
+    async fn create(&self, batch_id: i64, betas: &[String], deadline: DateTime<Utc>) -> Result<(), LaneError> {
+        let created = with_retries(self.clock.as_ref(), self.policy, Some(deadline), "create_batch", || {
+            self.client.create_batch(request_body(self.store.path().to_owned(), batch_id), betas)
+        })
+        .await;
+        let created = match created {
+            Ok(created) => created,
+            Err(error) => {
+                if !error.is_retryable() {
+                    let reason = format!("batch create refused: {error}");
+                    let now = self.clock.now();
+                    self.store.call(move |s| s.abandon_batch(batch_id, &reason, now)).await?;
+                }
+                return Err(error.into());
+            }
+        };
+        crate::failpoint::hit("after_create");
+        let now = self.clock.now();
+        let id = created.id.clone();
+        self.store.call(move |s| s.mark_batch_submitted(batch_id, &id, now)).await?;
+        tracing::info!(batch = batch_id, provider_batch_id = %created.id, "batch submitted");
+        Ok(())
+    }
+
+    /// Settles a batch left `submitting` by a crash: adopts the provider's
+    /// batch created for it if there is one, else submits it again.
+    pub async fn reconcile(
+        &self,
+        batch: &BatchRow,
+        betas: &[String],
+        deadline: DateTime<Utc>,
+    ) -> Result<(), LaneError> {
+        if let Some(found) = self.find_created(batch).await? {
+            let now = self.clock.now();
+            let (batch_id, id) = (batch.id, found.id.clone());
+            self.store.call(move |s| s.mark_batch_submitted(batch_id, &id, now)).await?;
+            tracing::info!(batch = batch.id, provider_batch_id = %found.id, "adopted batch created before a restart");
+            let detail = serde_json::json!({ "batch": batch.id, "provider_batch_id": found.id });
+            let run_id = batch.run_id;
+            self.store.call(move |s| s.record_event(Some(run_id), None, "batch_adopted", &detail, now)).await?;
+            return Ok(());
+        }
+        tracing::info!(batch = batch.id, "no provider batch matches the intent: submitting it again");
+        self.create(batch.id, betas, deadline).await
+    }
+
+    /// The provider batch created for `batch`: the oldest one with the same
+    /// request count, created no earlier than shortly before the intent, that
+    /// is not already ours. There is no upper time bound: the provider's clock
+    /// (or a time-scaled simulator's) may run ahead of ours.
+    async fn find_created(&self, batch: &BatchRow) -> Result<Option<MessageBatch>, LaneError> {
+        let earliest = batch.intent_at - chrono::Duration::minutes(2);
+        let created_at =
+            |b: &MessageBatch| DateTime::parse_from_rfc3339(&b.created_at).ok().map(|t| t.with_timezone(&Utc));
+        let mut after: Option<String> = None;
+        let mut oldest_match: Option<MessageBatch> = None;
+        loop {
+            let cursor = after.clone();
+            let page = with_retries(self.clock.as_ref(), self.policy, None, "list_batches", || {
+                self.client.list_batches(cursor.as_deref(), 100)
+            })
+            .await?;
+            for candidate in &page.data {
+                let recent = created_at(candidate).is_some_and(|t| t >= earliest);
+                let id = candidate.id.clone();
+                if recent
+                    && candidate.total() == batch.request_count
+                    && !self.store.call(move |s| s.knows_provider_batch(&id)).await?
+                {
+                    // Pages are newest first: the last match seen is the oldest.
+                    oldest_match = Some(candidate.clone());
+                }
+            }
+            let reached_older = page.data.last().and_then(created_at).is_none_or(|t| t < earliest);
+            if !page.has_more || reached_older {
+                return Ok(oldest_match);
+            }
+            after = page.last_id.or_else(|| page.data.last().map(|b| b.id.clone()));
+        }
+    }
+
+    /// Polls a submitted batch and records what it saw; true once it has ended.
+    pub async fn poll(&self, batch: &BatchRow) -> Result<bool, LaneError> {
+        let Some(provider_id) = batch.provider_batch_id.clone() else {
+            return Ok(false);
+        };
+        let seen = with_retries(self.clock.as_ref(), self.policy, None, "retrieve_batch", || {
+            self.client.retrieve_batch(&provider_id)
+        })
+        .await?;
+        let state = match seen.processing_status.as_str() {
+            "ended" => BatchState::Ended,
+            "canceling" => BatchState::Canceling,
+            _ => BatchState::InProgress,
+        };
+        let ended_at =
+            seen.ended_at.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc));
+        let now = self.clock.now();
+        let (batch_id, url) = (batch.id, seen.results_url.clone());
+        self.store.call(move |s| s.update_batch_status(batch_id, state, ended_at, url.as_deref(), now)).await?;
+        Ok(state == BatchState::Ended && seen.results_url.is_some())
+    }
+
+    /// Streams an ended batch's results into the store, a chunk per
+    /// transaction, then marks it ingested. Safe to repeat after a crash.
+    pub async fn ingest(&self, batch: &BatchRow) -> Result<ResultCounts, LaneError> {
+        let url = match batch.results_url.clone() {
+            Some(url) => url,
+            None => return Ok(ResultCounts::default()),
+        };
+        let counts =
+            with_retries(self.clock.as_ref(), self.policy, None, "ingest_results", || self.ingest_once(batch.id, &url))
+                .await?;
+        let now = self.clock.now();
+        let batch_id = batch.id;
+        self.store.call(move |s| s.mark_results_ingested(batch_id, now)).await?;
+        tracing::info!(batch = batch.id, stored = counts.stored, unknown = counts.unknown, "batch results ingested");
+        Ok(counts)
+    }
+
+    async fn ingest_once(&self, batch_id: i64, url: &str) -> Result<ResultCounts, ProviderError> {
+        let mut reader = self.client.results(url).await?;
+        let mut total = ResultCounts::default();
+        let mut chunk: Vec<(String, Outcome)> = Vec::with_capacity(INGEST_CHUNK);
+        let mut first_chunk = true;
+        while let Some(line) = reader.next_line().await? {
+            match parse_result_line(&line) {
+                Ok(parsed) => chunk.push((parsed.custom_id, parsed.outcome)),
+                Err(reason) => tracing::warn!(batch = batch_id, reason = %reason, "skipped an unreadable result line"),
+            }
+            if chunk.len() >= INGEST_CHUNK {
+                add(&mut total, self.commit_chunk(batch_id, std::mem::take(&mut chunk)).await?);
+                if std::mem::take(&mut first_chunk) {
+                    crate::failpoint::hit("mid_ingest");
+                }
+            }
+        }
+        add(&mut total, self.commit_chunk(batch_id, chunk).await?);
+        Ok(total)
+    }
+
+    async fn commit_chunk(&self, batch_id: i64, chunk: Vec<(String, Outcome)>) -> Result<ResultCounts, ProviderError> {
+        let now = self.clock.now();
+        // A store failure is not the provider's fault, but ingest is idempotent,
+        // so it is retried the same way.
+        self.store
+            .call(move |s| s.ingest_batch_results(batch_id, &chunk, now))
+            .await
+            .map_err(|e| ProviderError::Transport(format!("state database: {e}")))
+    }
+}
+
+fn add(total: &mut ResultCounts, part: ResultCounts) {
+    total.stored += part.stored;
+    total.already_stored += part.already_stored;
+    total.unknown += part.unknown;
+    total.duplicates += part.duplicates;
+}
+
+/// The create body, streamed from a separate read connection (WAL lets it
+/// read while the writer works) so a 256 MB batch is never held in memory.
+fn request_body(db: std::path::PathBuf, batch_id: i64) -> reqwest::Body {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let failed = |e: StoreError| std::io::Error::other(e.to_string());
+        let mut buffer = BytesMut::with_capacity(BODY_CHUNK * 2);
+        buffer.put_slice(b"{\"requests\":[");
+        let mut first = true;
+        let result = Store::open(&db).map_err(failed).and_then(|store| {
+            store
+                .for_each_batch_request(batch_id, |custom_id, params| {
+                    if !std::mem::take(&mut first) {
+                        buffer.put_u8(b',');
+                    }
+                    buffer.put_slice(b"{\"custom_id\":");
+                    buffer.put_slice(serde_json::to_string(custom_id).expect("strings serialize").as_bytes());
+                    buffer.put_slice(b",\"params\":");
+                    buffer.put_slice(params.as_bytes());
+                    buffer.put_u8(b'}');
+                    if buffer.len() >= BODY_CHUNK {
+                        let _ = sender.blocking_send(Ok(buffer.split().freeze()));
+                    }
+                })
+                .map_err(failed)
+        });
+        match result {
+            Ok(()) => {
+                buffer.put_slice(b"]}");
+                let _ = sender.blocking_send(Ok(buffer.freeze()));
+            }
+            Err(error) => {
+                let _ = sender.blocking_send(Err(error));
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(n: usize, len: usize) -> Vec<Waiting> {
+        (0..n).map(|i| Waiting { custom_id: format!("job-2026-11-22-{i:03}"), params_len: len }).collect()
+    }
+
+    #[test]
+    fn splits_by_request_count_and_by_bytes() {
+        let limits = BatchLimits { max_requests: 3, max_bytes: 1_000_000 };
+        let sizes: Vec<usize> = split(&waiting(7, 100), limits).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [3, 3, 1]);
+        let by_bytes = BatchLimits { max_requests: 100, max_bytes: 500 };
+        let sizes: Vec<usize> = split(&waiting(5, 150), by_bytes).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [2, 2, 1]);
+        assert!(split(&[], limits).is_empty());
+    }
+}

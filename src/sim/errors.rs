@@ -1,0 +1,97 @@
+//! API errors in the provider's shape (`PROVIDERS.md` §1.5):
+//! `{"type":"error","error":{"type":..,"message":..},"request_id":..}`.
+//!
+//! Handlers return [`ApiError`]; its response carries the error as an
+//! extension, and the gate middleware renders the body with the request id
+//! it also puts in the `request-id` header.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// One error answer: HTTP status, `error.type`, message, optional `retry-after`.
+#[derive(Debug, Clone)]
+pub(crate) struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, kind, message: message.into(), retry_after: None }
+    }
+
+    /// 400 `invalid_request_error`.
+    pub(crate) fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+
+    /// 401 `authentication_error`.
+    pub(crate) fn authentication(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "authentication_error", message)
+    }
+
+    /// 404 `not_found_error`.
+    pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found_error", message)
+    }
+
+    /// 413 `request_too_large`.
+    pub(crate) fn too_large(limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("Request exceeds the maximum allowed number of bytes ({limit})."),
+        )
+    }
+
+    /// 429 `rate_limit_error` with `retry-after`.
+    pub(crate) fn rate_limited(retry_after: u64) -> ApiError {
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "Number of requests has exceeded your rate limit (simulated).",
+        );
+        err.retry_after = Some(retry_after);
+        err
+    }
+
+    /// 529 `overloaded_error`.
+    pub(crate) fn overloaded() -> ApiError {
+        let status = StatusCode::from_u16(529).expect("529 is a valid status");
+        ApiError::new(status, "overloaded_error", "Overloaded (simulated).")
+    }
+
+    /// 500 `api_error` with `retry-after`.
+    pub(crate) fn server(retry_after: u64) -> ApiError {
+        let mut err =
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "Internal server error (simulated).");
+        err.retry_after = Some(retry_after);
+        err
+    }
+
+    /// The full response, body included, for the request `request_id`.
+    pub(crate) fn render(&self, request_id: &str) -> Response {
+        let body = error_body(self.kind, &self.message, request_id);
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// The error object, as in an error response or nested in an `errored` result line.
+pub(crate) fn error_body(kind: &str, message: &str, request_id: &str) -> serde_json::Value {
+    json!({"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id})
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = self.status.into_response();
+        response.extensions_mut().insert(self);
+        response
+    }
+}

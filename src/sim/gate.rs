@@ -1,0 +1,71 @@
+//! The middleware every API call passes: request id, credentials and
+//! `anthropic-version` checks, fault injection, per-endpoint counts, and the
+//! rendering of [`ApiError`]s with the request id.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::errors::ApiError;
+use super::faults;
+use super::state::Sim;
+
+/// The request number of an API call (faults and truncation are rolled from it).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestNo(pub u64);
+
+/// Runs around every route and the fallback.
+pub(crate) async fn gate(State(sim): State<Arc<Sim>>, mut req: Request, next: Next) -> Response {
+    let n = sim.next_request();
+    let request_id = sim.request_id(n);
+    let internal = req.uri().path().starts_with("/_sim/");
+    let mut response = if internal {
+        next.run(req).await
+    } else {
+        let endpoint = endpoint(req.method().as_str(), req.uri().path());
+        sim.lock().stats.call(endpoint);
+        if let Err(err) = check_headers(req.headers()) {
+            err.into_response()
+        } else if let Some((label, err)) = faults::roll_fault(&sim.config, n) {
+            tracing::debug!(fault = label, path = req.uri().path(), "injecting a fault");
+            sim.lock().stats.fault(label);
+            err.into_response()
+        } else {
+            req.extensions_mut().insert(RequestNo(n));
+            next.run(req).await
+        }
+    };
+    if let Some(err) = response.extensions_mut().remove::<ApiError>() {
+        response = err.render(&request_id);
+    }
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("request-id", value);
+    }
+    response
+}
+
+/// `"METHOD /path"` with batch ids replaced by `{id}`, e.g. `GET /v1/messages/batches/{id}`.
+fn endpoint(method: &str, path: &str) -> String {
+    let path: Vec<&str> =
+        path.split('/').map(|segment| if segment.starts_with("msgbatch_") { "{id}" } else { segment }).collect();
+    format!("{method} {}", path.join("/"))
+}
+
+/// A credential (`x-api-key`, or `Authorization: Bearer`) and `anthropic-version` must be present.
+fn check_headers(headers: &HeaderMap) -> Result<(), ApiError> {
+    let non_empty =
+        |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
+    let bearer = non_empty("authorization")
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .filter(|token| !token.trim().is_empty());
+    if non_empty("x-api-key").is_none() && bearer.is_none() {
+        return Err(ApiError::authentication("x-api-key header is required (or Authorization: Bearer <token>)"));
+    }
+    if non_empty("anthropic-version").is_none() {
+        return Err(ApiError::invalid("anthropic-version: header is required"));
+    }
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! Deterministic answers: a `Message` object (`PROVIDERS.md` §1.4) derived
+//! from the prompt's hash and first words.
+
+use serde_json::{Value, json};
+
+use super::hash::mix;
+use super::params::{Prompt, tokens};
+
+const WORDS: [&str; 48] = [
+    "the",
+    "item",
+    "describes",
+    "a",
+    "clear",
+    "topic",
+    "with",
+    "several",
+    "points",
+    "about",
+    "cost",
+    "latency",
+    "batch",
+    "work",
+    "and",
+    "its",
+    "deadline",
+    "overall",
+    "signal",
+    "is",
+    "positive",
+    "neutral",
+    "mixed",
+    "key",
+    "detail",
+    "suggests",
+    "further",
+    "review",
+    "of",
+    "scope",
+    "risk",
+    "value",
+    "for",
+    "readers",
+    "team",
+    "model",
+    "infrastructure",
+    "security",
+    "policy",
+    "research",
+    "summary",
+    "notes",
+    "one",
+    "main",
+    "reason",
+    "because",
+    "it",
+    "matters",
+];
+
+/// Token usage of one answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Usage {
+    /// Input tokens after the last cache breakpoint.
+    pub input_tokens: u32,
+    pub cache_creation_5m: u32,
+    pub cache_creation_1h: u32,
+    pub cache_read: u32,
+}
+
+impl Usage {
+    /// Usage of `prompt`'s input, given whether its cached prefix was a hit.
+    pub(crate) fn of(prompt: &Prompt, cache_hit: bool) -> Usage {
+        let Some(plan) = prompt.cache else {
+            return Usage {
+                input_tokens: prompt.input_tokens,
+                cache_creation_5m: 0,
+                cache_creation_1h: 0,
+                cache_read: 0,
+            };
+        };
+        let prefix = plan.tokens_1h + plan.tokens_5m;
+        let input_tokens = prompt.input_tokens.saturating_sub(prefix);
+        if cache_hit {
+            Usage { input_tokens, cache_creation_5m: 0, cache_creation_1h: 0, cache_read: prefix }
+        } else {
+            Usage { input_tokens, cache_creation_5m: plan.tokens_5m, cache_creation_1h: plan.tokens_1h, cache_read: 0 }
+        }
+    }
+}
+
+/// The answer text and stop reason for `prompt`: its length comes from the
+/// hash (mostly 12–150 tokens, one in sixteen 200–800), cut at `max_tokens`.
+pub(crate) fn reply(prompt: &Prompt) -> (String, &'static str) {
+    let mut h = mix(prompt.hash);
+    let target = if h.is_multiple_of(16) { 200 + (h >> 8) % 600 } else { 12 + (h >> 8) % 140 };
+    let mut text = if prompt.lead.is_empty() {
+        "Simulated reply:".to_owned()
+    } else {
+        format!("Simulated reply to \"{}\":", prompt.lead)
+    };
+    while (text.len() as u64) < target * 4 {
+        h = mix(h);
+        text.push(' ');
+        text.push_str(WORDS[(h % WORDS.len() as u64) as usize]);
+    }
+    text.push('.');
+    let limit = prompt.max_tokens as usize * 4;
+    if tokens(text.chars().count() as u64) > prompt.max_tokens {
+        if let Some((cut, _)) = text.char_indices().nth(limit) {
+            text.truncate(cut);
+        }
+        return (text, "max_tokens");
+    }
+    (text, "end_turn")
+}
+
+/// The full `Message` object answering `prompt`; `service_tier` is `"standard"` or `"batch"`.
+pub(crate) fn message(id: &str, prompt: &Prompt, cache_hit: bool, service_tier: &str) -> Value {
+    let usage = Usage::of(prompt, cache_hit);
+    let (text, stop_reason) = reply(prompt);
+    let output_tokens = tokens(text.chars().count() as u64).min(prompt.max_tokens);
+    let content = if text.is_empty() { json!([]) } else { json!([{"type": "text", "text": text}]) };
+    json!({
+        "id": id,
+        "type": "message",
+        "role": "assistant",
+        "model": &*prompt.model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": null,
+        "stop_details": null,
+        "container": null,
+        "usage": {
+            "input_tokens": usage.input_tokens,
+            "output_tokens": output_tokens,
+            "cache_creation_input_tokens": usage.cache_creation_5m + usage.cache_creation_1h,
+            "cache_read_input_tokens": usage.cache_read,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": usage.cache_creation_5m,
+                "ephemeral_1h_input_tokens": usage.cache_creation_1h,
+            },
+            "server_tool_use": {"web_search_requests": 0, "web_fetch_requests": 0},
+            "service_tier": service_tier,
+            "inference_geo": "global",
+            "output_tokens_details": {"thinking_tokens": 0},
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn prompt(hash: u64, max_tokens: u32) -> Prompt {
+        Prompt { model: Arc::from("m"), max_tokens, hash, input_tokens: 10, lead: "Hello world".into(), cache: None }
+    }
+
+    #[test]
+    fn small_max_tokens_cut_some_answers() {
+        let cut = (0..200).filter(|h| reply(&prompt(*h, 40)).1 == "max_tokens").count();
+        assert!(cut > 20 && cut < 190, "{cut}");
+        for h in 0..50 {
+            let p = prompt(h, 40);
+            let msg = message("msg_x", &p, false, "batch");
+            assert!(msg["usage"]["output_tokens"].as_u64().unwrap() <= 40);
+        }
+        let (text, stop) = reply(&prompt(1, 0));
+        assert_eq!((text.as_str(), stop), ("", "max_tokens"));
+    }
+}

@@ -1,0 +1,88 @@
+//! The results JSONL of an ended batch (`PROVIDERS.md` §2.4), generated line
+//! by line while it streams, in a shuffled but deterministic order.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use futures_util::stream;
+use serde_json::json;
+
+use super::SimConfig;
+use super::batches::{Core, Fate};
+use super::errors::error_body;
+use super::hash::{self, Key};
+use super::messages::message;
+
+/// Lines per streamed chunk.
+const CHUNK_LINES: usize = 256;
+
+/// What a results download needs, detached from the state lock.
+pub(crate) struct Download {
+    pub config: SimConfig,
+    pub core: Arc<Core>,
+    pub cancel_at: Option<f64>,
+    /// Cut the stream in the middle of the line at this fraction of all lines.
+    pub truncate_at: Option<f64>,
+}
+
+impl Download {
+    /// The streaming response body.
+    pub(crate) fn into_body(self) -> Body {
+        let order = shuffled(&self.config, &self.core);
+        let cut = self.truncate_at.map(|at| ((at * order.len() as f64) as usize).min(order.len() - 1));
+        let state = (self, order, cut, 0usize);
+        let chunks = stream::unfold(state, |(download, order, cut, pos)| async move {
+            let end = pos.saturating_add(CHUNK_LINES).min(order.len());
+            if pos >= end {
+                return None;
+            }
+            let mut buf = Vec::with_capacity((end - pos) * 512);
+            for (n, &i) in order[pos..end].iter().enumerate() {
+                let at = pos + n;
+                let line = download.line(i as usize);
+                if cut == Some(at) {
+                    buf.extend_from_slice(&line[..line.len() / 2]);
+                    return Some((Ok::<_, std::io::Error>(Bytes::from(buf)), (download, order, cut, usize::MAX)));
+                }
+                buf.extend_from_slice(&line);
+            }
+            Some((Ok(Bytes::from(buf)), (download, order, cut, end)))
+        });
+        Body::from_stream(chunks)
+    }
+
+    /// The JSONL line (with its newline) of request `i`.
+    fn line(&self, i: usize) -> Vec<u8> {
+        let record = &self.core.records[i];
+        let seed = self.config.seed;
+        let key = Key::new(seed, "result").str(&record.custom_id).num(u64::from(record.submission));
+        let result = match self.core.fate(i, self.cancel_at, &self.config) {
+            Fate::Succeeded(prompt) => {
+                let id = hash::id("msg_", key.str("msg").finish(), prompt.hash);
+                json!({"type": "succeeded", "message": message(&id, prompt, record.cache_hit, "batch")})
+            }
+            Fate::Errored(kind, text) => {
+                let request_id = hash::id("req_", key.str("req").finish(), u64::from(record.submission));
+                json!({"type": "errored", "error": error_body(kind, text, &request_id)})
+            }
+            Fate::Canceled => json!({"type": "canceled"}),
+            Fate::Expired => json!({"type": "expired"}),
+        };
+        let mut line = serde_json::to_vec(&json!({"custom_id": &*record.custom_id, "result": result}))
+            .expect("a result line serializes");
+        line.push(b'\n');
+        line
+    }
+}
+
+/// Request indices in the order their lines are sent: by a hash of seed and `custom_id`.
+fn shuffled(config: &SimConfig, core: &Core) -> Vec<u32> {
+    let mut keyed: Vec<(u64, u32)> = core
+        .records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (Key::new(config.seed, "order").str(&r.custom_id).finish(), i as u32))
+        .collect();
+    keyed.sort_unstable();
+    keyed.into_iter().map(|(_, i)| i).collect()
+}

@@ -1,0 +1,39 @@
+//! Counters of what the simulator has seen, served at `GET /_sim/stats`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// What the simulator has seen so far. Tests use it to prove, for example,
+/// that no `custom_id` was submitted in two batches.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SimStats {
+    /// Batches created (`POST /v1/messages/batches` that returned 200).
+    pub batches_created: u64,
+    /// Requests in all created batches (sum of batch sizes).
+    pub requests_received: u64,
+    /// Messages answered by `POST /v1/messages` (200 responses).
+    pub messages_calls: u64,
+    /// Batches that received a cancel while still processing.
+    pub batches_canceled: u64,
+    /// Batches deleted.
+    pub batches_deleted: u64,
+    /// Calls per endpoint, keyed `"METHOD /path/{id}"`, counted before auth and faults.
+    pub endpoint_calls: BTreeMap<String, u64>,
+    /// `custom_id`s that appeared in more than one created batch.
+    pub custom_ids_submitted_more_than_once: u64,
+    /// Injected faults by kind: `"429"`, `"529"`, `"500"`, `"truncated_results"`.
+    pub faults_injected: BTreeMap<String, u64>,
+}
+
+impl SimStats {
+    /// Counts one call of `endpoint`.
+    pub(crate) fn call(&mut self, endpoint: String) {
+        *self.endpoint_calls.entry(endpoint).or_default() += 1;
+    }
+
+    /// Counts one injected fault of `kind`.
+    pub(crate) fn fault(&mut self, kind: &str) {
+        *self.faults_injected.entry(kind.to_owned()).or_default() += 1;
+    }
+}
