@@ -11,7 +11,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::diagnostics::Severity;
 use crate::engine::{RunOutcome, RunSettings, run_to_completion};
 use crate::lanes::BatchLane;
-use crate::providers::anthropic::AnthropicClient;
+use crate::providers::anthropic::{AnthropicClient, ApiKey};
 use crate::store::{RunState, SharedStore, Store};
 use crate::validate::{Inputs, validate_dir};
 
@@ -38,6 +38,10 @@ pub struct Args {
     /// First wait between polls of a batch; it doubles while nothing changes, up to 5 minutes.
     #[arg(long, default_value = "2s", value_parser = parse_interval)]
     pub poll_interval: std::time::Duration,
+    /// Start the built-in provider simulator on a loopback port and send
+    /// everything there: no API key needed, nothing leaves the machine.
+    #[arg(long)]
+    pub simulate: bool,
 }
 
 fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
@@ -64,27 +68,48 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         errors.iter().for_each(|d| eprint!("{}", d.render_human()));
         return Ok(EXIT_CONFIG);
     }
-    let client = match AnthropicClient::from_environment() {
-        Ok(client) => client,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return Ok(EXIT_CONFIG);
-        }
-    };
     let scheduled_for = match args.scheduled_for {
         Some(at) => at,
         None => clock.now().duration_trunc(chrono::Duration::minutes(1)).context("cannot truncate the current time")?,
     };
     let store = SharedStore::new(Store::open(&args.state)?);
-    let lane = BatchLane::new(client, store.clone(), Arc::clone(&clock));
     let mut settings = RunSettings::new(args.project.prompts.clone(), catalog);
     settings.poll_initial = args.poll_interval;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let outcome = runtime
-        .block_on(run_to_completion(store, lane, clock, &job, scheduled_for, &settings))
-        .with_context(|| format!("run of `{}` stopped; run the same command again to resume it", job.name))?;
-    print_summary(&outcome);
-    Ok(exit_code(&outcome))
+    runtime.block_on(async {
+        let simulator = match args.simulate {
+            true => Some(crate::sim::start(simulator_config()).await.context("cannot start the simulator")?),
+            false => None,
+        };
+        let client = match &simulator {
+            Some(sim) => AnthropicClient::new(&sim.base_url(), ApiKey::new("simulated"))?,
+            None => match AnthropicClient::from_environment() {
+                Ok(client) => client,
+                Err(err) => {
+                    eprintln!("error: {err} (or pass --simulate to use the built-in simulator)");
+                    return Ok(EXIT_CONFIG);
+                }
+            },
+        };
+        let lane = BatchLane::new(client, store.clone(), Arc::clone(&clock));
+        let outcome = run_to_completion(store, lane, clock, &job, scheduled_for, &settings)
+            .await
+            .with_context(|| format!("run of `{}` stopped; run the same command again to resume it", job.name))?;
+        print_summary(&outcome);
+        if let Some(sim) = simulator {
+            sim.shutdown().await;
+        }
+        Ok(exit_code(&outcome))
+    })
+}
+
+/// The simulator `--simulate` starts: any free loopback port, default knobs
+/// (a small batch ends within seconds).
+fn simulator_config() -> crate::sim::SimConfig {
+    crate::sim::SimConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..crate::sim::SimConfig::default()
+    }
 }
 
 fn print_summary(outcome: &RunOutcome) {
