@@ -143,7 +143,7 @@ impl Diagnostic {
         self.line = line;
         self.column = column;
         self.len = len.max(1);
-        self.source_line = source.lines().nth(line.saturating_sub(1)).map(str::to_owned);
+        self.source_line = yaml_lines(source).nth(line.saturating_sub(1)).map(str::to_owned);
         self
     }
 
@@ -185,6 +185,12 @@ impl Diagnostic {
     }
 }
 
+/// Lines as YAML counts them: `\r\n`, `\n` and a lone `\r` all end a line
+/// (`str::lines` ignores a lone `\r`, which would shift line numbers).
+fn yaml_lines(source: &str) -> impl Iterator<Item = &str> {
+    source.split('\n').flat_map(|line| line.strip_suffix('\r').unwrap_or(line).split('\r'))
+}
+
 /// Sorts diagnostics by file, then position, then code, so output is stable.
 pub fn sort(diagnostics: &mut [Diagnostic]) {
     diagnostics.sort_by(|a, b| (&a.file, a.line, a.column, a.code).cmp(&(&b.file, b.line, b.column, b.code)));
@@ -219,6 +225,15 @@ mod tests {
             "jobs/a.yaml:3:9: error[E010]: bad cron\n\
              3 |   cron: \"61 * * * *\"\n  |         ^^^^^^^^^^^^\nhelp: write five fields\n"
         );
+    }
+
+    #[test]
+    fn a_lone_carriage_return_ends_a_line_as_in_yaml() {
+        let source = "a: 1\rb: 2\r\nc: 3\n";
+        let lines: Vec<&str> = yaml_lines(source).collect();
+        assert_eq!(lines, ["a: 1", "b: 2", "c: 3", ""]);
+        let at_third = Diagnostic::new(Code::InvalidValue, "f", "m").at(source, 3, 1, 1);
+        assert_eq!(at_third.source_line.as_deref(), Some("c: 3"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod render;
 mod run;
 mod schema;
+mod sim;
 mod support;
 mod validate;
 mod validate_props;

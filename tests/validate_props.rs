@@ -49,3 +49,14 @@ fn the_base_manifest_of_the_properties_is_valid() {
     let problems: Vec<_> = report.diagnostics.iter().filter(|d| d.code.as_str() != "W036").collect();
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+#[test]
+fn a_carriage_return_inside_a_manifest_keeps_its_snippet() {
+    // Found by `a_valid_manifest_with_one_byte_changed_never_panics`: YAML
+    // counts a lone CR as a line break, `str::lines` did not.
+    let mut bytes = VALID.as_bytes().to_vec();
+    bytes[170] = b'\r';
+    for diagnostic in &check(&bytes).diagnostics {
+        assert!(diagnostic.line == 0 || diagnostic.source_line.is_some(), "{diagnostic:?}");
+    }
+}

@@ -171,7 +171,7 @@ impl Batch {
             "processing_status": self.status(),
             "request_counts": counts,
             "created_at": clock.timestamp(self.core.created),
-            "expires_at": clock.timestamp(self.core.created + DAY),
+            "expires_at": clock.timestamp_plus(self.core.created, chrono::Duration::days(1)),
             "ended_at": ended_at,
             "cancel_initiated_at": self.cancel_at.map(|at| clock.timestamp(at)),
             "archived_at": null,

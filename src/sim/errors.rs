@@ -7,7 +7,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 /// One error answer: HTTP status, `error.type`, message, optional `retry-after`.
 #[derive(Debug, Clone)]
@@ -84,8 +84,24 @@ impl ApiError {
 }
 
 /// The error object, as in an error response or nested in an `errored` result line.
-pub(crate) fn error_body(kind: &str, message: &str, request_id: &str) -> serde_json::Value {
-    json!({"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id})
+#[derive(Debug, Serialize)]
+pub(crate) struct ErrorBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: ErrorDetail<'a>,
+    request_id: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorDetail<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    message: &'a str,
+}
+
+/// The error object of `kind` with `message`, answering request `request_id`.
+pub(crate) fn error_body<'a>(kind: &'a str, message: &'a str, request_id: &'a str) -> ErrorBody<'a> {
+    ErrorBody { kind: "error", error: ErrorDetail { kind, message }, request_id }
 }
 
 impl IntoResponse for ApiError {

@@ -47,8 +47,12 @@ pub(crate) async fn gate(State(sim): State<Arc<Sim>>, mut req: Request, next: Ne
     response
 }
 
-/// `"METHOD /path"` with batch ids replaced by `{id}`, e.g. `GET /v1/messages/batches/{id}`.
+/// `"METHOD /path"` with batch ids replaced by `{id}`, e.g. `GET /v1/messages/batches/{id}`;
+/// `"other"` outside the API.
 fn endpoint(method: &str, path: &str) -> String {
+    if !path.starts_with("/v1/messages") {
+        return "other".to_owned();
+    }
     let path: Vec<&str> =
         path.split('/').map(|segment| if segment.starts_with("msgbatch_") { "{id}" } else { segment }).collect();
     format!("{method} {}", path.join("/"))

@@ -1,7 +1,7 @@
 //! Deterministic answers: a `Message` object (`PROVIDERS.md` §1.4) derived
 //! from the prompt's hash and first words.
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::hash::mix;
 use super::params::{Prompt, tokens};
@@ -93,20 +93,21 @@ impl Usage {
 pub(crate) fn reply(prompt: &Prompt) -> (String, &'static str) {
     let mut h = mix(prompt.hash);
     let target = if h.is_multiple_of(16) { 200 + (h >> 8) % 600 } else { 12 + (h >> 8) % 140 };
+    let limit = u64::from(prompt.max_tokens) * 4;
     let mut text = if prompt.lead.is_empty() {
         "Simulated reply:".to_owned()
     } else {
         format!("Simulated reply to \"{}\":", prompt.lead)
     };
-    while (text.len() as u64) < target * 4 {
+    // Stop early once past the limit: the text is cut there anyway.
+    while (text.len() as u64) < (target * 4).min(limit + 4) {
         h = mix(h);
         text.push(' ');
         text.push_str(WORDS[(h % WORDS.len() as u64) as usize]);
     }
     text.push('.');
-    let limit = prompt.max_tokens as usize * 4;
     if tokens(text.chars().count() as u64) > prompt.max_tokens {
-        if let Some((cut, _)) = text.char_indices().nth(limit) {
+        if let Some((cut, _)) = text.char_indices().nth(limit as usize) {
             text.truncate(cut);
         }
         return (text, "max_tokens");
@@ -114,37 +115,90 @@ pub(crate) fn reply(prompt: &Prompt) -> (String, &'static str) {
     (text, "end_turn")
 }
 
+/// A `Message` object, serialized field by field in the API's order.
+#[derive(Debug, Serialize)]
+pub(crate) struct Message<'a> {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    role: &'static str,
+    model: &'a str,
+    content: Vec<TextBlock>,
+    stop_reason: &'static str,
+    stop_sequence: Option<&'static str>,
+    stop_details: Option<&'static str>,
+    container: Option<&'static str>,
+    usage: UsageBody<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct TextBlock {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    text: String,
+}
+
+#[derive(Debug, Serialize)]
+struct UsageBody<'a> {
+    input_tokens: u32,
+    output_tokens: u32,
+    cache_creation_input_tokens: u32,
+    cache_read_input_tokens: u32,
+    cache_creation: CacheCreation,
+    server_tool_use: ServerToolUse,
+    service_tier: &'a str,
+    inference_geo: &'static str,
+    output_tokens_details: OutputDetails,
+}
+
+#[derive(Debug, Serialize)]
+struct CacheCreation {
+    ephemeral_5m_input_tokens: u32,
+    ephemeral_1h_input_tokens: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct ServerToolUse {
+    web_search_requests: u32,
+    web_fetch_requests: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct OutputDetails {
+    thinking_tokens: u32,
+}
+
 /// The full `Message` object answering `prompt`; `service_tier` is `"standard"` or `"batch"`.
-pub(crate) fn message(id: &str, prompt: &Prompt, cache_hit: bool, service_tier: &str) -> Value {
+pub(crate) fn message<'a>(id: String, prompt: &'a Prompt, cache_hit: bool, service_tier: &'a str) -> Message<'a> {
     let usage = Usage::of(prompt, cache_hit);
     let (text, stop_reason) = reply(prompt);
     let output_tokens = tokens(text.chars().count() as u64).min(prompt.max_tokens);
-    let content = if text.is_empty() { json!([]) } else { json!([{"type": "text", "text": text}]) };
-    json!({
-        "id": id,
-        "type": "message",
-        "role": "assistant",
-        "model": &*prompt.model,
-        "content": content,
-        "stop_reason": stop_reason,
-        "stop_sequence": null,
-        "stop_details": null,
-        "container": null,
-        "usage": {
-            "input_tokens": usage.input_tokens,
-            "output_tokens": output_tokens,
-            "cache_creation_input_tokens": usage.cache_creation_5m + usage.cache_creation_1h,
-            "cache_read_input_tokens": usage.cache_read,
-            "cache_creation": {
-                "ephemeral_5m_input_tokens": usage.cache_creation_5m,
-                "ephemeral_1h_input_tokens": usage.cache_creation_1h,
+    let content = if text.is_empty() { Vec::new() } else { vec![TextBlock { kind: "text", text }] };
+    Message {
+        id,
+        kind: "message",
+        role: "assistant",
+        model: &prompt.model,
+        content,
+        stop_reason,
+        stop_sequence: None,
+        stop_details: None,
+        container: None,
+        usage: UsageBody {
+            input_tokens: usage.input_tokens,
+            output_tokens,
+            cache_creation_input_tokens: usage.cache_creation_5m + usage.cache_creation_1h,
+            cache_read_input_tokens: usage.cache_read,
+            cache_creation: CacheCreation {
+                ephemeral_5m_input_tokens: usage.cache_creation_5m,
+                ephemeral_1h_input_tokens: usage.cache_creation_1h,
             },
-            "server_tool_use": {"web_search_requests": 0, "web_fetch_requests": 0},
-            "service_tier": service_tier,
-            "inference_geo": "global",
-            "output_tokens_details": {"thinking_tokens": 0},
+            server_tool_use: ServerToolUse { web_search_requests: 0, web_fetch_requests: 0 },
+            service_tier,
+            inference_geo: "global",
+            output_tokens_details: OutputDetails { thinking_tokens: 0 },
         },
-    })
+    }
 }
 
 #[cfg(test)]
@@ -163,7 +217,7 @@ mod tests {
         assert!(cut > 20 && cut < 190, "{cut}");
         for h in 0..50 {
             let p = prompt(h, 40);
-            let msg = message("msg_x", &p, false, "batch");
+            let msg = serde_json::to_value(message("msg_x".into(), &p, false, "batch")).unwrap();
             assert!(msg["usage"]["output_tokens"].as_u64().unwrap() <= 40);
         }
         let (text, stop) = reply(&prompt(1, 0));

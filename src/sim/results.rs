@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use futures_util::stream;
-use serde_json::json;
+use serde::Serialize;
 
 use super::SimConfig;
 use super::batches::{Core, Fate};
-use super::errors::error_body;
+use super::errors::{ErrorBody, error_body};
 use super::hash::{self, Key};
-use super::messages::message;
+use super::messages::{Message, message};
 
 /// Lines per streamed chunk.
 const CHUNK_LINES: usize = 256;
@@ -56,23 +56,41 @@ impl Download {
         let record = &self.core.records[i];
         let seed = self.config.seed;
         let key = Key::new(seed, "result").str(&record.custom_id).num(u64::from(record.submission));
+        let request_id;
         let result = match self.core.fate(i, self.cancel_at, &self.config) {
             Fate::Succeeded(prompt) => {
                 let id = hash::id("msg_", key.str("msg").finish(), prompt.hash);
-                json!({"type": "succeeded", "message": message(&id, prompt, record.cache_hit, "batch")})
+                LineResult::Succeeded { message: message(id, prompt, record.cache_hit, "batch") }
             }
             Fate::Errored(kind, text) => {
-                let request_id = hash::id("req_", key.str("req").finish(), u64::from(record.submission));
-                json!({"type": "errored", "error": error_body(kind, text, &request_id)})
+                request_id = hash::id("req_", key.str("req").finish(), u64::from(record.submission));
+                LineResult::Errored { error: error_body(kind, text, &request_id) }
             }
-            Fate::Canceled => json!({"type": "canceled"}),
-            Fate::Expired => json!({"type": "expired"}),
+            Fate::Canceled => LineResult::Canceled,
+            Fate::Expired => LineResult::Expired,
         };
-        let mut line = serde_json::to_vec(&json!({"custom_id": &*record.custom_id, "result": result}))
-            .expect("a result line serializes");
+        let mut line =
+            serde_json::to_vec(&Line { custom_id: &record.custom_id, result }).expect("a result line serializes");
         line.push(b'\n');
         line
     }
+}
+
+/// One results line.
+#[derive(Serialize)]
+struct Line<'a> {
+    custom_id: &'a str,
+    result: LineResult<'a>,
+}
+
+/// The `result` of a line: `{"type":"succeeded","message":..}`, `{"type":"errored","error":..}`, ...
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum LineResult<'a> {
+    Succeeded { message: Message<'a> },
+    Errored { error: ErrorBody<'a> },
+    Canceled,
+    Expired,
 }
 
 /// Request indices in the order their lines are sent: by a hash of seed and `custom_id`.

@@ -91,8 +91,13 @@ impl Clock {
 
     /// The RFC 3339 timestamp (microseconds, `Z`) of simulated instant `sim_secs`.
     pub(crate) fn timestamp(&self, sim_secs: f64) -> String {
-        let micros = (sim_secs * 1e6).clamp(0.0, 1e17) as i64;
-        (self.epoch + chrono::Duration::microseconds(micros)).to_rfc3339_opts(SecondsFormat::Micros, true)
+        self.timestamp_plus(sim_secs, chrono::Duration::zero())
+    }
+
+    /// The timestamp of simulated instant `sim_secs`, plus an exact `offset`.
+    pub(crate) fn timestamp_plus(&self, sim_secs: f64, offset: chrono::Duration) -> String {
+        let micros = (sim_secs * 1e6).round().clamp(0.0, 1e17) as i64;
+        (self.epoch + chrono::Duration::microseconds(micros) + offset).to_rfc3339_opts(SecondsFormat::Micros, true)
     }
 }
 
