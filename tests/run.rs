@@ -88,6 +88,7 @@ async fn ten_thousand_items_with_faults_end_final_and_delivered_once() {
         invalid_share: 0.01,
         rate_limit_chance: 0.05,
         overloaded_chance: 0.03,
+        truncate_results_chance: 0.3,
         retry_after_secs: 0,
         seed: 7,
         ..SimConfig::default()
@@ -126,6 +127,28 @@ async fn ten_thousand_items_with_faults_end_final_and_delivered_once() {
     assert!(stdout(&output).contains("invalid_request_error"), "{}", stdout(&output));
     assert_eq!(stats.custom_ids_submitted_more_than_once as i64, sizes[1], "only the retryable ones were sent twice");
     assert_eq!(stats.requests_received as i64, 10_000 + sizes[1]);
+    // Every provider call is in the attempts log, failures with their status.
+    let injected = |key: &str| stats.faults_injected.get(key).copied().unwrap_or(0) as i64;
+    let breakdown: Vec<(String, Option<i64>, Option<String>, i64)> = conn
+        .prepare("SELECT operation, http_status, error_type, COUNT(*) FROM attempts GROUP BY 1, 2, 3")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let faults = &stats.faults_injected;
+    assert!(injected("429") + injected("529") > 0, "the run met injected faults");
+    assert_eq!(
+        count("SELECT COUNT(*) FROM attempts WHERE http_status = 429"),
+        injected("429"),
+        "{breakdown:?} vs {faults:?}"
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM attempts WHERE http_status = 529"), injected("529"));
+    assert_eq!(
+        count("SELECT COUNT(*) FROM attempts WHERE error_type = 'malformed_response'"),
+        injected("truncated_results")
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM attempts WHERE operation = 'create_batch' AND error_type IS NULL"), 2);
     sim.shutdown().await;
 }
 

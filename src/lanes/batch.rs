@@ -10,7 +10,7 @@ use crate::clock::Clock;
 use crate::outcome::Outcome;
 use crate::providers::anthropic::{AnthropicClient, MessageBatch};
 use crate::providers::{ProviderError, parse_result_line};
-use crate::store::{BatchRow, BatchState, ResultCounts, SharedStore, Store, StoreError, Waiting};
+use crate::store::{BatchRow, BatchState, NewAttempt, ResultCounts, SharedStore, Store, StoreError, Waiting};
 
 /// Result lines committed per transaction.
 const INGEST_CHUNK: usize = 2000;
@@ -89,14 +89,25 @@ impl BatchLane {
         let now = self.clock.now();
         let batch = self.store.call(move |s| s.record_batch_intent(run_id, "anthropic", &custom_ids, now)).await?;
         crate::failpoint::hit("after_intent");
-        self.create(batch.id, betas, deadline).await?;
+        self.create(run_id, batch.id, betas, deadline).await?;
         Ok(batch.id)
     }
 
     /// Sends the create call for a batch whose intent is committed, and commits the id.
-    async fn create(&self, batch_id: i64, betas: &[String], deadline: DateTime<Utc>) -> Result<(), LaneError> {
+    async fn create(
+        &self,
+        run_id: i64,
+        batch_id: i64,
+        betas: &[String],
+        deadline: DateTime<Utc>,
+    ) -> Result<(), LaneError> {
         let created = with_retries(self.clock.as_ref(), self.policy, Some(deadline), "create_batch", || {
-            self.client.create_batch(request_body(self.store.path().to_owned(), batch_id), betas)
+            self.recorded(
+                "create_batch",
+                Some(run_id),
+                Some(batch_id),
+                self.client.create_batch(request_body(self.store.path().to_owned(), batch_id), betas),
+            )
         })
         .await;
         let created = match created {
@@ -137,7 +148,7 @@ impl BatchLane {
             return Ok(());
         }
         tracing::info!(batch = batch.id, "no provider batch matches the intent: submitting it again");
-        self.create(batch.id, betas, deadline).await
+        self.create(batch.run_id, batch.id, betas, deadline).await
     }
 
     /// The provider batch created for `batch`: the oldest one with the same
@@ -153,7 +164,12 @@ impl BatchLane {
         loop {
             let cursor = after.clone();
             let page = with_retries(self.clock.as_ref(), self.policy, None, "list_batches", || {
-                self.client.list_batches(cursor.as_deref(), 100)
+                self.recorded(
+                    "list_batches",
+                    Some(batch.run_id),
+                    Some(batch.id),
+                    self.client.list_batches(cursor.as_deref(), 100),
+                )
             })
             .await?;
             for candidate in &page.data {
@@ -181,7 +197,12 @@ impl BatchLane {
             return Ok(false);
         };
         let seen = with_retries(self.clock.as_ref(), self.policy, None, "retrieve_batch", || {
-            self.client.retrieve_batch(&provider_id)
+            self.recorded(
+                "retrieve_batch",
+                Some(batch.run_id),
+                Some(batch.id),
+                self.client.retrieve_batch(&provider_id),
+            )
         })
         .await?;
         let state = match seen.processing_status.as_str() {
@@ -204,9 +225,10 @@ impl BatchLane {
             Some(url) => url,
             None => return Ok(ResultCounts::default()),
         };
-        let counts =
-            with_retries(self.clock.as_ref(), self.policy, None, "ingest_results", || self.ingest_once(batch.id, &url))
-                .await?;
+        let counts = with_retries(self.clock.as_ref(), self.policy, None, "ingest_results", || {
+            self.recorded("results", Some(batch.run_id), Some(batch.id), self.ingest_once(batch.id, &url))
+        })
+        .await?;
         let now = self.clock.now();
         let batch_id = batch.id;
         self.store.call(move |s| s.mark_results_ingested(batch_id, now)).await?;
@@ -243,6 +265,48 @@ impl BatchLane {
             .call(move |s| s.ingest_batch_results(batch_id, &chunk, now))
             .await
             .map_err(|e| ProviderError::Transport(format!("state database: {e}")))
+    }
+}
+
+impl BatchLane {
+    /// Awaits one provider call and appends it to the attempts log.
+    async fn recorded<T, Fut>(
+        &self,
+        operation: &'static str,
+        run_id: Option<i64>,
+        batch_id: Option<i64>,
+        call: Fut,
+    ) -> Result<T, ProviderError>
+    where
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
+        let started_at = self.clock.now();
+        let result = call.await;
+        let (http_status, error_type, error_message, request_id) = match &result {
+            Ok(_) => (None, None, None, None),
+            Err(ProviderError::Api { status, error_type, message, request_id, .. }) => {
+                (Some(*status), Some(error_type.clone()), Some(message.clone()), request_id.clone())
+            }
+            Err(other) => (None, Some(other.kind()), Some(other.to_string()), None),
+        };
+        let attempt = NewAttempt {
+            run_id,
+            batch_id,
+            custom_id: None,
+            lane: "batch",
+            operation,
+            request_id,
+            started_at,
+            finished_at: self.clock.now(),
+            http_status,
+            error_type,
+            error_message,
+        };
+        if let Err(error) = self.store.call(move |s| s.record_attempt(&attempt)).await {
+            // The call itself happened; losing its log line must not stop the run.
+            tracing::warn!(operation, error = %error, "could not record a provider call");
+        }
+        result
     }
 }
 

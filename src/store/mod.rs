@@ -6,6 +6,7 @@
 //! any point can be repaired on the next start. rusqlite is blocking: async
 //! callers go through `tokio::task::spawn_blocking`.
 
+mod attempts;
 mod batches;
 mod events;
 mod requests;
@@ -15,6 +16,7 @@ mod schema;
 pub mod shared;
 pub mod sink_table;
 
+pub use attempts::NewAttempt;
 pub use batches::{BatchRow, BatchState};
 pub use events::EventRow;
 pub use requests::{NewRequest, RequestState, Waiting};

@@ -1,0 +1,73 @@
+//! Attempts: every provider call, with what it was for, when, and how it ended.
+
+use chrono::{DateTime, Utc};
+use rusqlite::params;
+
+use super::{Store, StoreError, to_millis};
+
+/// One provider call to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAttempt {
+    /// The run it served, if any.
+    pub run_id: Option<i64>,
+    /// The batch it concerned, if any (our database id).
+    pub batch_id: Option<i64>,
+    /// The request it carried, for sync calls.
+    pub custom_id: Option<String>,
+    /// `batch` or `sync`.
+    pub lane: &'static str,
+    /// `create_batch`, `retrieve_batch`, `list_batches`, `results`, `cancel_batch`, `message`.
+    pub operation: &'static str,
+    /// The provider's `request-id`, when known.
+    pub request_id: Option<String>,
+    /// When the call started.
+    pub started_at: DateTime<Utc>,
+    /// When it returned.
+    pub finished_at: DateTime<Utc>,
+    /// HTTP status of an error answer.
+    pub http_status: Option<u16>,
+    /// Error type, if it failed.
+    pub error_type: Option<String>,
+    /// Error message, if it failed.
+    pub error_message: Option<String>,
+}
+
+impl Store {
+    /// Appends a provider call to the attempts log.
+    pub fn record_attempt(&self, attempt: &NewAttempt) -> Result<i64, StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO attempts (run_id, batch_id, custom_id, lane, operation, request_id, started_at, finished_at,
+                                       http_status, error_type, error_message)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![
+                    attempt.run_id,
+                    attempt.batch_id,
+                    attempt.custom_id,
+                    attempt.lane,
+                    attempt.operation,
+                    attempt.request_id,
+                    to_millis(attempt.started_at),
+                    to_millis(attempt.finished_at),
+                    attempt.http_status,
+                    attempt.error_type,
+                    attempt.error_message
+                ])
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Number of attempts of a run with `operation`, and how many of them failed.
+    pub fn attempt_counts(&self, run_id: i64, operation: &str) -> Result<(u64, u64), StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*), COUNT(error_type) FROM attempts WHERE run_id = ?1 AND operation = ?2",
+                params![run_id, operation],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(|e| self.err(e))
+    }
+}
