@@ -167,6 +167,23 @@ async fn running_again_resumes_instead_of_starting_over() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_templated_sink_path_is_rendered_for_the_run() {
+    let sim = simulator(SimConfig::default()).await;
+    let dir = project(3, "");
+    let manifest = dir.path().join("jobs/bulk.yaml");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("out/bulk.jsonl", "'out/{{ run.date }}/{{ job.name }}.jsonl'");
+    std::fs::write(&manifest, text).unwrap();
+    let output = run_job(dir.path(), &sim, None).await;
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let written =
+        std::fs::read_to_string(dir.path().join("out/2026-11-22/bulk.jsonl")).expect("the rendered path was written");
+    assert_eq!(written.lines().count(), 3);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_every_crash_point_loses_and_duplicates_nothing() {
     for point in orchestrator::failpoint::POINTS {
         let sim = simulator(SimConfig { seed: 3, ..SimConfig::default() }).await;

@@ -8,10 +8,10 @@ use chrono::{DateTime, Utc};
 use super::{EXIT_CONFIG, EXIT_USAGE, ProjectArgs};
 use crate::catalog::Catalog;
 use crate::diagnostics::Severity;
-use crate::manifest::ItemSource;
-use crate::render::{Renderer, RunInfo, render_path};
+use crate::engine::read_run_items;
+use crate::render::{Renderer, RunInfo};
 use crate::schedule::{cron_parser, next_after};
-use crate::sources::{self, Item};
+use crate::sources::Item;
 use crate::suggest;
 use crate::validate::{Inputs, validate_dir};
 
@@ -65,7 +65,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     let run = RunInfo::new(job, scheduled_for)?;
     let items = match &args.item {
         Some(text) => vec![serde_json::from_str::<Item>(text).context("--item must be a JSON object")?],
-        None => read_items(job, &run)?,
+        None => read_run_items(job, &run).with_context(|| format!("cannot read the items of job `{}`", job.name))?,
     };
     let renderer = Renderer::new(job, &args.project.prompts, &catalog)?;
     let mut stdout = std::io::stdout().lock();
@@ -84,22 +84,4 @@ fn next_firing(job: &crate::manifest::Job, now: DateTime<Utc>) -> anyhow::Result
         Some(next) => Ok(next),
         None => bail!("job `{}` never fires", job.name),
     }
-}
-
-fn read_items(job: &crate::manifest::Job, run: &RunInfo) -> anyhow::Result<Vec<Item>> {
-    let source = match &job.manifest.items {
-        Some(items) => Some(ItemSource {
-            jsonl: items.jsonl.as_deref().map(|p| render_path(job, run, p)).transpose()?,
-            glob: items.glob.as_deref().map(|p| render_path(job, run, p)).transpose()?,
-            command: items.command.as_deref().map(|p| render_path(job, run, p)).transpose()?,
-            skip_malformed: items.skip_malformed,
-        }),
-        None => None,
-    };
-    let items =
-        sources::read_items(source.as_ref()).with_context(|| format!("cannot read the items of job `{}`", job.name))?;
-    for (line, reason) in &items.skipped {
-        tracing::warn!(job = %job.name, line, reason = %reason, "skipped malformed item line");
-    }
-    Ok(items.items)
 }

@@ -4,4 +4,5 @@ mod deliver;
 mod prepare;
 mod run;
 
+pub use prepare::{PrepareError, read_run_items};
 pub use run::{RunOutcome, RunSettings, run_to_completion};

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use crate::catalog::Catalog;
 use crate::manifest::{ItemSource, Job};
 use crate::render::{RenderError, Renderer, RunInfo, render_path};
-use crate::sources::{self, SourceError};
+use crate::sources::{self, Item, SourceError};
 use crate::store::{NewRequest, NewRun, RunRow, RunState, SharedStore, StoreError};
 
 /// Why a run could not be prepared.
@@ -88,19 +88,25 @@ async fn distinct_ids(store: &SharedStore, info: &RunInfo, run_id: i64) -> Resul
     Ok(timestamped)
 }
 
+/// Reads the items of a run exactly as the run reads them, logging skipped lines.
+pub fn read_run_items(job: &Job, info: &RunInfo) -> Result<Vec<Item>, PrepareError> {
+    let items = sources::read_items(rendered_source(job, info)?.as_ref())?;
+    for (line, reason) in &items.skipped {
+        tracing::warn!(job = %job.name, line, reason = %reason, "skipped malformed item line");
+    }
+    Ok(items.items)
+}
+
 fn render_requests(
     job: &Job,
     info: &RunInfo,
     prompts_dir: &Path,
     catalog: &Catalog,
 ) -> Result<Vec<NewRequest>, PrepareError> {
-    let items = sources::read_items(rendered_source(job, info)?.as_ref())?;
-    for (line, reason) in &items.skipped {
-        tracing::warn!(job = %job.name, line, reason = %reason, "skipped malformed item line");
-    }
+    let items = read_run_items(job, info)?;
     let renderer = Renderer::new(job, prompts_dir, catalog)?;
-    let mut requests = Vec::with_capacity(items.items.len());
-    for (index, item) in items.items.iter().enumerate() {
+    let mut requests = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
         let request = renderer.request(info, index + 1, item)?;
         requests.push(NewRequest {
             custom_id: request.custom_id,
@@ -113,7 +119,7 @@ fn render_requests(
 }
 
 /// The job's item source with `{{ run.* }}` filled in.
-pub fn rendered_source(job: &Job, info: &RunInfo) -> Result<Option<ItemSource>, RenderError> {
+fn rendered_source(job: &Job, info: &RunInfo) -> Result<Option<ItemSource>, RenderError> {
     let Some(items) = &job.manifest.items else {
         return Ok(None);
     };

@@ -183,7 +183,7 @@ async fn finish_if_done(
     let in_lane = counts["pending"] + counts["queued"] + counts["in_flight"];
     let can_retry =
         now < run.deadline_at && !store.call(move |s| s.waiting_requests(run_id, max_attempts)).await?.is_empty();
-    let undelivered = !store.call(move |s| s.undelivered_results(run_id)).await?.is_empty();
+    let undelivered = store.call(move |s| s.undelivered_count(run_id)).await? > 0;
     if in_lane > 0 || can_retry || undelivered {
         return Ok(None);
     }

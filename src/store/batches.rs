@@ -89,6 +89,18 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<BatchRow> {
     })
 }
 
+/// Appends an event about `batch_id` to its run's log, inside `tx`.
+fn batch_event(
+    tx: &rusqlite::Transaction<'_>,
+    batch_id: i64,
+    kind: &str,
+    detail: &serde_json::Value,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<()> {
+    let run_id: i64 = tx.query_row("SELECT run_id FROM batches WHERE id = ?1", [batch_id], |row| row.get(0))?;
+    super::events::insert(tx, Some(run_id), None, kind, detail, now).map(drop)
+}
+
 impl Store {
     /// Commits the intent to submit `custom_ids` as one batch: the batch row
     /// (`submitting`) and its request list, with the requests `queued`.
@@ -150,10 +162,8 @@ impl Store {
             params![batch_id, to_millis(now)],
         )
         .map_err(e)?;
-        let run_id: i64 =
-            tx.query_row("SELECT run_id FROM batches WHERE id = ?1", [batch_id], |row| row.get(0)).map_err(e)?;
         let detail = serde_json::json!({ "batch": batch_id, "provider_batch_id": provider_batch_id });
-        super::events::insert(&tx, Some(run_id), None, "batch_submitted", &detail, now).map_err(e)?;
+        batch_event(&tx, batch_id, "batch_submitted", &detail, now).map_err(e)?;
         tx.commit().map_err(e)
     }
 
@@ -171,17 +181,8 @@ impl Store {
             params![batch_id, to_millis(now)],
         )
         .map_err(e)?;
-        let run_id: i64 =
-            tx.query_row("SELECT run_id FROM batches WHERE id = ?1", [batch_id], |row| row.get(0)).map_err(e)?;
-        super::events::insert(
-            &tx,
-            Some(run_id),
-            None,
-            "batch_abandoned",
-            &serde_json::json!({ "batch": batch_id, "reason": reason }),
-            now,
-        )
-        .map_err(e)?;
+        batch_event(&tx, batch_id, "batch_abandoned", &serde_json::json!({ "batch": batch_id, "reason": reason }), now)
+            .map_err(e)?;
         tx.commit().map_err(e)
     }
 
@@ -219,17 +220,8 @@ impl Store {
             params![batch_id, to_millis(now)],
         )
         .map_err(e)?;
-        let run_id: i64 =
-            tx.query_row("SELECT run_id FROM batches WHERE id = ?1", [batch_id], |row| row.get(0)).map_err(e)?;
-        super::events::insert(
-            &tx,
-            Some(run_id),
-            None,
-            "batch_results_ingested",
-            &serde_json::json!({ "batch": batch_id }),
-            now,
-        )
-        .map_err(e)?;
+        batch_event(&tx, batch_id, "batch_results_ingested", &serde_json::json!({ "batch": batch_id }), now)
+            .map_err(e)?;
         tx.commit().map_err(e)
     }
 

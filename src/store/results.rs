@@ -92,6 +92,18 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
+    /// Number of successful results of a run that no sink has received yet.
+    pub fn undelivered_count(&self, run_id: i64) -> Result<u64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM requests q WHERE q.run_id = ?1 AND q.state = 'succeeded'
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.custom_id = q.custom_id)",
+                [run_id],
+                |row| row.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// Records that a result reached its sink. Recording twice changes nothing.
     pub fn record_delivery(
         &mut self,
