@@ -6,6 +6,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod diagnostics;
 pub mod engine;
 pub mod failpoint;
@@ -15,6 +16,7 @@ pub mod outcome;
 pub mod providers;
 pub mod render;
 pub mod schedule;
+pub mod sdnotify;
 pub mod sim;
 pub mod sinks;
 pub mod sources;

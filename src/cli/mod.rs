@@ -4,6 +4,7 @@
 mod render;
 mod run;
 mod schema;
+mod setup;
 mod sim;
 mod validate;
 

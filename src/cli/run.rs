@@ -1,18 +1,19 @@
 //! `orchestrator run JOB`: one run in the foreground, resumable.
 
+use std::io::IsTerminal;
 use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::{DateTime, DurationRound, Utc};
 
+use super::setup::backend;
 use super::{EXIT_CONFIG, EXIT_USAGE, ProjectArgs};
 use crate::catalog::Catalog;
 use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
 use crate::diagnostics::Severity;
-use crate::engine::{RunOutcome, RunSettings, run_to_completion};
-use crate::lanes::BatchLane;
-use crate::providers::anthropic::{AnthropicClient, ApiKey};
-use crate::store::{RunState, SharedStore, Store};
+use crate::engine::{Engine, EngineSettings, RunOutcome};
+use crate::store::RunState;
 use crate::validate::{Inputs, validate_dir};
 
 /// Exit status: the run completed, but some requests failed for good.
@@ -35,9 +36,17 @@ pub struct Args {
     /// Running again with the same instant resumes that run.
     #[arg(long)]
     pub scheduled_for: Option<DateTime<Utc>>,
-    /// First wait between polls of a batch; it doubles while nothing changes, up to 5 minutes.
-    #[arg(long, default_value = "2s", value_parser = parse_interval)]
-    pub poll_interval: std::time::Duration,
+    /// First wait between polls of a batch (default 2s); it doubles while
+    /// nothing changes, up to 5 minutes, and shrinks as the deadline nears.
+    #[arg(long, value_parser = parse_interval)]
+    pub poll_interval: Option<std::time::Duration>,
+    /// The run's deadline, counted from its scheduled instant (e.g. `30m`);
+    /// default: the manifest's. A resumed run keeps the deadline it was created with.
+    #[arg(long, value_parser = parse_interval)]
+    pub deadline: Option<std::time::Duration>,
+    /// Daemon configuration file (lane limits, fallback margins).
+    #[arg(long, env = "ORCHESTRATOR_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
     /// Start the built-in provider simulator on a loopback port and send
     /// everything there: no API key needed, nothing leaves the machine.
     #[arg(long)]
@@ -72,44 +81,69 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         Some(at) => at,
         None => clock.now().duration_trunc(chrono::Duration::minutes(1)).context("cannot truncate the current time")?,
     };
-    let store = SharedStore::new(Store::open(&args.state)?);
-    let mut settings = RunSettings::new(args.project.prompts.clone(), catalog);
-    settings.poll_initial = args.poll_interval;
+    let deadline = args.deadline.unwrap_or_else(|| job.deadline());
+    let deadline_at = scheduled_for + chrono::Duration::from_std(deadline).context("deadline too long")?;
+    let mut settings = EngineSettings::new(args.project.prompts.clone(), catalog);
+    Config::load(args.config.as_deref())?.apply(&mut settings).map_err(anyhow::Error::msg)?;
+    // In the foreground someone watches: poll sooner than the daemon does.
+    settings.poll_initial = args.poll_interval.unwrap_or(settings.poll_initial.min(std::time::Duration::from_secs(2)));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
-        let simulator = match args.simulate {
-            true => Some(crate::sim::start(simulator_config()).await.context("cannot start the simulator")?),
-            false => None,
+        let backend = match backend(&args.state, Arc::clone(&clock), settings, vec![job.clone()], args.simulate).await?
+        {
+            Ok(backend) => backend,
+            Err(code) => return Ok(code),
         };
-        let client = match &simulator {
-            Some(sim) => AnthropicClient::new(&sim.base_url(), ApiKey::new("simulated"))?,
-            None => match AnthropicClient::from_environment() {
-                Ok(client) => client,
-                Err(err) => {
-                    eprintln!("error: {err} (or pass --simulate to use the built-in simulator)");
-                    return Ok(EXIT_CONFIG);
-                }
-            },
-        };
-        let lane = BatchLane::new(client, store.clone(), Arc::clone(&clock));
-        let outcome = run_to_completion(store, lane, clock, &job, scheduled_for, &settings)
+        let engine = Arc::clone(&backend.engine);
+        let run = engine.start_run(&job, scheduled_for, deadline_at).await?;
+        let outcome = drive(&engine, run.id)
             .await
             .with_context(|| format!("run of `{}` stopped; run the same command again to resume it", job.name))?;
         print_summary(&outcome);
-        if let Some(sim) = simulator {
-            sim.shutdown().await;
-        }
+        backend.shutdown().await;
         Ok(exit_code(&outcome))
     })
 }
 
-/// The simulator `--simulate` starts: any free loopback port, default knobs
-/// (a small batch ends within seconds).
-fn simulator_config() -> crate::sim::SimConfig {
-    crate::sim::SimConfig {
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        ..crate::sim::SimConfig::default()
+/// Ticks the run until it closes, with a progress line on a terminal.
+async fn drive(engine: &Engine, run_id: i64) -> Result<RunOutcome, crate::engine::EngineError> {
+    let clock = Arc::clone(engine.clock());
+    let progress = std::io::stderr().is_terminal();
+    loop {
+        let wake = engine.tick(Some(run_id)).await?;
+        if progress {
+            show_progress(engine, run_id).await?;
+        }
+        let run = engine.store().call(move |s| s.run(run_id)).await?.expect("the run exists");
+        if run.state != RunState::Open {
+            if progress {
+                eprintln!();
+            }
+            return engine.outcome(run_id).await;
+        }
+        clock.sleep((wake - clock.now()).to_std().unwrap_or_default()).await;
     }
+}
+
+async fn show_progress(engine: &Engine, run_id: i64) -> Result<(), crate::engine::EngineError> {
+    let (run, counts, batches) = engine
+        .store()
+        .call(move |s| Ok((s.run(run_id)?, s.request_counts(run_id)?, s.all_batches(Some(run_id))?)))
+        .await?;
+    let Some(run) = run else { return Ok(()) };
+    let total: u64 = counts.values().sum();
+    let done = counts["succeeded"] + counts["permanent_failed"];
+    let batch = batches.last().map_or("none", |b| b.state.as_str());
+    let in_flight = engine.sync_lane().outstanding(run_id);
+    let lane = match (run.lane.as_str(), run.fallback_started_at) {
+        ("sync", _) => format!("sync lane, {in_flight} in flight"),
+        (_, Some(_)) => format!("fallback: {in_flight} in flight on the sync lane"),
+        _ => format!("batch {batch}"),
+    };
+    let fallback = run.fallback_at.filter(|_| !run.is_sync());
+    let fallback = fallback.map(|at| format!(" · fallback at {}", at.format("%H:%M:%S"))).unwrap_or_default();
+    eprint!("\r\x1b[2K{}: {done}/{total} final · {lane}{fallback}", run.run_key);
+    Ok(())
 }
 
 fn print_summary(outcome: &RunOutcome) {

@@ -1,8 +1,12 @@
-//! The engine: the life of a run, from items to delivered results.
+//! The engine: the life of a run, from items to delivered results, across
+//! the batch lane, the fallback planner and the sync lane.
 
 mod deliver;
+mod driver;
+mod finish;
+pub mod plan;
 mod prepare;
-mod run;
 
+pub use driver::{Engine, EngineSettings};
+pub use finish::{EngineError, RunOutcome};
 pub use prepare::{PrepareError, read_run_items};
-pub use run::{RunOutcome, RunSettings, run_to_completion};

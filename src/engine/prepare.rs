@@ -4,11 +4,21 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 
+use super::EngineSettings;
 use crate::catalog::Catalog;
 use crate::manifest::{ItemSource, Job};
 use crate::render::{RenderError, Renderer, RunInfo, render_path};
 use crate::sources::{self, Item, SourceError};
 use crate::store::{NewRequest, NewRun, RunRow, RunState, SharedStore, StoreError};
+
+/// When a run is scheduled and when it must be done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunSlot {
+    /// The scheduled instant (the run's key with the job).
+    pub scheduled_for: DateTime<Utc>,
+    /// When every result must be final.
+    pub deadline_at: DateTime<Utc>,
+}
 
 /// Why a run could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +37,8 @@ pub enum PrepareError {
     IdsTaken(String),
 }
 
-/// Creates the run for `(job, scheduled_for)` or resumes it. A new run reads
+/// Creates the run for `(job, scheduled_for)` or resumes it, with its
+/// deadline and the lane its tier asks for. A new run reads
 /// its items and stores every rendered request in one transaction; a
 /// resumed run keeps the requests it has. A run whose items cannot be read
 /// is closed as failed, with the reason.
@@ -35,16 +46,17 @@ pub async fn prepare_run(
     store: &SharedStore,
     job: &Job,
     info: &RunInfo,
-    scheduled_for: DateTime<Utc>,
-    prompts_dir: &Path,
-    catalog: &Catalog,
+    slot: RunSlot,
+    settings: &EngineSettings,
     now: DateTime<Utc>,
 ) -> Result<RunRow, PrepareError> {
-    let deadline_at = scheduled_for + chrono::Duration::from_std(job.deadline()).unwrap_or_default();
+    let RunSlot { scheduled_for, deadline_at } = slot;
     let (name, key, tier) = (job.name.clone(), info.id.clone(), job.manifest.tier.as_str().to_owned());
+    let lane = job.manifest.tier.lane().as_str();
     let (run, _) = store
         .call(move |s| {
-            s.create_run(&NewRun { job: &name, scheduled_for, run_key: &key, tier: &tier, deadline_at }, now)
+            let new = NewRun { job: &name, scheduled_for, run_key: &key, tier: &tier, deadline_at, lane };
+            s.create_run(&new, now)
         })
         .await?;
     let run_id = run.id;
@@ -54,7 +66,7 @@ pub async fn prepare_run(
         return Ok(run);
     }
     let prepared = match distinct_ids(store, info, run_id).await {
-        Ok(info) => render_requests(job, &info, prompts_dir, catalog),
+        Ok(info) => render_requests(job, &info, &settings.prompts_dir, &settings.catalog),
         Err(error) => Err(error),
     };
     let requests = match prepared {

@@ -1,10 +1,11 @@
 //! The batch lane: split, submit (intent first), reconcile, poll, ingest.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 
+use super::limiter::TokenBucket;
 use super::retry::{RetryPolicy, with_retries};
 use crate::clock::Clock;
 use crate::outcome::Outcome;
@@ -62,6 +63,9 @@ pub fn split(waiting: &[Waiting], limits: BatchLimits) -> Vec<Vec<String>> {
     batches
 }
 
+/// Anthropic: 50 requests per minute across the batch endpoints, shared by every run.
+pub const BATCH_REQUESTS_PER_MINUTE: u64 = 50;
+
 /// The batch lane of one provider account.
 #[derive(Clone)]
 pub struct BatchLane {
@@ -69,12 +73,45 @@ pub struct BatchLane {
     store: SharedStore,
     clock: Arc<dyn Clock>,
     policy: RetryPolicy,
+    /// Every batch-endpoint call of every run draws from this one bucket.
+    pacer: Arc<Mutex<TokenBucket>>,
 }
 
 impl BatchLane {
     /// A lane over `client`, recording in `store`, timed by `clock`.
     pub fn new(client: AnthropicClient, store: SharedStore, clock: Arc<dyn Clock>) -> BatchLane {
-        BatchLane { client, store, clock, policy: RetryPolicy::default() }
+        let pacer = Arc::new(Mutex::new(TokenBucket::per_minute(BATCH_REQUESTS_PER_MINUTE, clock.now())));
+        BatchLane { client, store, clock, policy: RetryPolicy::default(), pacer }
+    }
+
+    /// Asks the provider to cancel a batch; what it finished stays billed and
+    /// comes back in the results, the rest comes back `canceled`.
+    pub async fn cancel(&self, batch: &BatchRow) -> Result<(), LaneError> {
+        let Some(provider_id) = batch.provider_batch_id.clone() else {
+            return Ok(());
+        };
+        let seen = with_retries(self.clock.as_ref(), self.policy, None, "cancel_batch", || {
+            self.recorded("cancel_batch", Some(batch.run_id), Some(batch.id), self.client.cancel_batch(&provider_id))
+        })
+        .await?;
+        let state = if seen.processing_status == "ended" { BatchState::Ended } else { BatchState::Canceling };
+        let ended_at =
+            seen.ended_at.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc));
+        let (now, batch_id, url) = (self.clock.now(), batch.id, seen.results_url.clone());
+        self.store.call(move |s| s.update_batch_status(batch_id, state, ended_at, url.as_deref(), now)).await?;
+        let detail = serde_json::json!({ "batch": batch.id, "provider_batch_id": provider_id });
+        let run_id = batch.run_id;
+        self.store.call(move |s| s.record_event(Some(run_id), None, "batch_cancel_requested", &detail, now)).await?;
+        tracing::info!(batch = batch.id, provider_batch_id = %provider_id, "batch cancel requested");
+        Ok(())
+    }
+
+    /// Waits for room in the batch endpoints' rate limit.
+    async fn pace(&self) {
+        let wait = self.pacer.lock().unwrap_or_else(|p| p.into_inner()).reserve(1.0, self.clock.now());
+        if !wait.is_zero() {
+            self.clock.sleep(wait).await;
+        }
     }
 
     /// Submits `custom_ids` of `run_id` as one batch: the intent is committed
@@ -130,12 +167,14 @@ impl BatchLane {
     }
 
     /// Settles a batch left `submitting` by a crash: adopts the provider's
-    /// batch created for it if there is one, else submits it again.
+    /// batch created for it if there is one, else submits it again when
+    /// `may_create`, else abandons it (its requests went to the sync lane).
     pub async fn reconcile(
         &self,
         batch: &BatchRow,
         betas: &[String],
         deadline: DateTime<Utc>,
+        may_create: bool,
     ) -> Result<(), LaneError> {
         if let Some(found) = self.find_created(batch).await? {
             let now = self.clock.now();
@@ -145,6 +184,12 @@ impl BatchLane {
             let detail = serde_json::json!({ "batch": batch.id, "provider_batch_id": found.id });
             let run_id = batch.run_id;
             self.store.call(move |s| s.record_event(Some(run_id), None, "batch_adopted", &detail, now)).await?;
+            return Ok(());
+        }
+        if !may_create {
+            let (batch_id, now) = (batch.id, self.clock.now());
+            let reason = "never created; its requests went to the sync lane";
+            self.store.call(move |s| s.abandon_batch(batch_id, reason, now)).await?;
             return Ok(());
         }
         tracing::info!(batch = batch.id, "no provider batch matches the intent: submitting it again");
@@ -280,6 +325,7 @@ impl BatchLane {
     where
         Fut: std::future::Future<Output = Result<T, ProviderError>>,
     {
+        self.pace().await;
         let started_at = self.clock.now();
         let result = call.await;
         let (http_status, error_type, error_message, request_id) = match &result {
@@ -301,6 +347,7 @@ impl BatchLane {
             http_status,
             error_type,
             error_message,
+            model: None,
         };
         if let Err(error) = self.store.call(move |s| s.record_attempt(&attempt)).await {
             // The call itself happened; losing its log line must not stop the run.

@@ -110,6 +110,62 @@ pub struct BatchPage {
     pub last_id: Option<String>,
 }
 
+/// What a synchronous call returned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageReply {
+    /// The message (always `Succeeded`; errors come back as `ProviderError`).
+    pub outcome: Outcome,
+    /// The provider's `request-id`.
+    pub request_id: Option<String>,
+    /// What the `anthropic-ratelimit-*` headers said.
+    pub rate_limits: RateLimits,
+}
+
+/// One quota from the `anthropic-ratelimit-<kind>-{limit,remaining,reset}` headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Units per minute.
+    pub limit: Option<u64>,
+    /// Units left now.
+    pub remaining: Option<u64>,
+    /// When the quota is full again.
+    pub reset: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The rate-limit headers of a response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimits {
+    /// `requests`.
+    pub requests: Quota,
+    /// `input-tokens`.
+    pub input_tokens: Quota,
+    /// `output-tokens`.
+    pub output_tokens: Quota,
+}
+
+impl RateLimits {
+    /// Reads the headers; absent or unreadable ones stay `None`.
+    pub fn from_headers(headers: &HeaderMap) -> RateLimits {
+        let quota = |kind: &str| {
+            let text = |part: &str| {
+                headers.get(format!("anthropic-ratelimit-{kind}-{part}")).and_then(|v| v.to_str().ok()).map(str::trim)
+            };
+            Quota {
+                limit: text("limit").and_then(|v| v.parse().ok()),
+                remaining: text("remaining").and_then(|v| v.parse().ok()),
+                reset: text("reset")
+                    .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok())
+                    .map(|t| t.with_timezone(&chrono::Utc)),
+            }
+        };
+        RateLimits {
+            requests: quota("requests"),
+            input_tokens: quota("input-tokens"),
+            output_tokens: quota("output-tokens"),
+        }
+    }
+}
+
 /// A client for one API key and base URL.
 #[derive(Debug, Clone)]
 pub struct AnthropicClient {
@@ -152,16 +208,18 @@ impl AnthropicClient {
         format!("{}{path}", self.base_url)
     }
 
-    /// `POST /v1/messages`: one synchronous call; returns the outcome and the `request-id`.
-    pub async fn create_message(
-        &self,
-        params: &Value,
-        betas: &[String],
-    ) -> Result<(Outcome, Option<String>), ProviderError> {
-        let response = self.request(Method::POST, &self.url("/v1/messages"), betas).json(params).send().await?;
+    /// `POST /v1/messages`: one synchronous call, `params` being the JSON body.
+    pub async fn create_message(&self, params: &str, betas: &[String]) -> Result<MessageReply, ProviderError> {
+        let response = self
+            .request(Method::POST, &self.url("/v1/messages"), betas)
+            .header("content-type", "application/json")
+            .body(params.to_owned())
+            .send()
+            .await?;
+        let rate_limits = RateLimits::from_headers(response.headers());
         let (text, request_id) = checked_text(response, "create_message").await?;
         let outcome = succeeded(&text).map_err(ProviderError::Malformed)?;
-        Ok((outcome, request_id))
+        Ok(MessageReply { outcome, request_id, rate_limits })
     }
 
     /// `POST /v1/messages/batches` with a body that is streamed, never built whole.
@@ -316,6 +374,21 @@ mod tests {
         assert_eq!(format!("{key:?}"), "ApiKey(<redacted>)");
         let client = AnthropicClient::new("http://127.0.0.1:1", key).unwrap();
         assert!(!format!("{client:?}").contains("sk-ant-secret"));
+    }
+
+    #[test]
+    fn rate_limit_headers_are_read() {
+        let mut headers = HeaderMap::new();
+        headers.insert("anthropic-ratelimit-requests-limit", HeaderValue::from_static("50"));
+        headers.insert("anthropic-ratelimit-requests-remaining", HeaderValue::from_static("0"));
+        headers.insert("anthropic-ratelimit-requests-reset", HeaderValue::from_static("2026-11-22T06:00:30Z"));
+        headers.insert("anthropic-ratelimit-output-tokens-limit", HeaderValue::from_static("8000"));
+        let limits = RateLimits::from_headers(&headers);
+        assert_eq!(limits.requests.limit, Some(50));
+        assert_eq!(limits.requests.remaining, Some(0));
+        assert_eq!(limits.requests.reset.map(|t| t.to_rfc3339()), Some("2026-11-22T06:00:30+00:00".into()));
+        assert_eq!(limits.output_tokens.limit, Some(8000));
+        assert_eq!(limits.input_tokens, Quota::default());
     }
 
     #[test]

@@ -176,10 +176,20 @@ impl SimHandle {
 
 /// Binds `config.listen` (port 0 allowed) and serves in the background on the current tokio runtime.
 pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
+    start_on(config, None).await
+}
+
+/// Like [`start`], with simulated time following `clock` (times the scale)
+/// instead of the machine's: tests that move a manual clock move batches too.
+pub async fn start_with_clock(config: SimConfig, clock: Arc<dyn crate::clock::Clock>) -> std::io::Result<SimHandle> {
+    start_on(config, Some(clock)).await
+}
+
+async fn start_on(config: SimConfig, clock: Option<Arc<dyn crate::clock::Clock>>) -> std::io::Result<SimHandle> {
     config.check().map_err(|msg| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg))?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let sim = Arc::new(state::Sim::new(config, addr));
+    let sim = Arc::new(state::Sim::new(config, addr, clock));
     let app = routes::router(sim.clone());
     let (shutdown, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {

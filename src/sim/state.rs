@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -43,8 +43,13 @@ pub(crate) struct State {
 }
 
 impl Sim {
-    pub(crate) fn new(config: SimConfig, addr: SocketAddr) -> Sim {
-        let clock = Clock { started: Instant::now(), epoch: Utc::now(), scale: config.time_scale };
+    pub(crate) fn new(config: SimConfig, addr: SocketAddr, injected: Option<Arc<dyn crate::clock::Clock>>) -> Sim {
+        let epoch = injected.as_ref().map_or_else(Utc::now, |c| c.now());
+        let source = match injected {
+            Some(clock) => Source::Injected(clock),
+            None => Source::Real(Instant::now()),
+        };
+        let clock = Clock { source, epoch, scale: config.time_scale };
         let nanos = clock.epoch.timestamp_nanos_opt().unwrap_or_default() as u64;
         let nonce = Key::new(nanos, "nonce").num(u64::from(std::process::id())).finish();
         Sim { config, addr, clock, nonce, requests: AtomicU64::new(0), state: Mutex::new(State::default()) }
@@ -73,15 +78,26 @@ impl Sim {
 
 /// Simulated time: seconds since start-up, times the scale.
 pub(crate) struct Clock {
-    started: Instant,
+    source: Source,
     epoch: DateTime<Utc>,
     scale: f64,
+}
+
+/// Where elapsed time comes from: the machine, or the caller's clock (tests
+/// that move a `ManualClock` move the simulator with it).
+enum Source {
+    Real(Instant),
+    Injected(Arc<dyn crate::clock::Clock>),
 }
 
 impl Clock {
     /// Simulated seconds since start-up.
     pub(crate) fn now(&self) -> f64 {
-        self.started.elapsed().as_secs_f64() * self.scale
+        let elapsed = match &self.source {
+            Source::Real(started) => started.elapsed().as_secs_f64(),
+            Source::Injected(clock) => (clock.now() - self.epoch).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6,
+        };
+        elapsed * self.scale
     }
 
     /// Real seconds that `sim_secs` simulated seconds take.

@@ -30,6 +30,8 @@ pub struct NewAttempt {
     pub error_type: Option<String>,
     /// Error message, if it failed.
     pub error_message: Option<String>,
+    /// The model of a sync call (latency estimates are per model).
+    pub model: Option<String>,
 }
 
 impl Store {
@@ -38,8 +40,8 @@ impl Store {
         self.conn
             .prepare_cached(
                 "INSERT INTO attempts (run_id, batch_id, custom_id, lane, operation, request_id, started_at, finished_at,
-                                       http_status, error_type, error_message)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                       http_status, error_type, error_message, model)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )
             .and_then(|mut statement| {
                 statement.execute(params![
@@ -53,7 +55,8 @@ impl Store {
                     to_millis(attempt.finished_at),
                     attempt.http_status,
                     attempt.error_type,
-                    attempt.error_message
+                    attempt.error_message,
+                    attempt.model
                 ])
             })
             .map_err(|e| self.err(e))?;
@@ -69,5 +72,33 @@ impl Store {
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
             .map_err(|e| self.err(e))
+    }
+}
+
+impl Store {
+    /// The 90th percentile of the latest 200 successful sync calls to
+    /// `model`, in milliseconds; `None` before the first one.
+    pub fn sync_latency_p90_ms(&self, model: &str) -> Result<Option<u64>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT finished_at - started_at FROM attempts
+                 WHERE model = ?1 AND lane = 'sync' AND operation = 'create_message' AND error_type IS NULL
+                 ORDER BY id DESC LIMIT 200",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = statement.query_map([model], |row| row.get::<_, i64>(0)).map_err(|e| self.err(e))?;
+        let mut latencies: Vec<u64> = rows
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?
+            .into_iter()
+            .map(|ms| ms.max(0) as u64)
+            .collect();
+        if latencies.is_empty() {
+            return Ok(None);
+        }
+        latencies.sort_unstable();
+        let index = (latencies.len() * 9).div_ceil(10).saturating_sub(1);
+        Ok(Some(latencies[index]))
     }
 }

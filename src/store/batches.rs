@@ -239,6 +239,22 @@ impl Store {
         Ok(self.all_batches(None)?.into_iter().filter(|b| states.contains(&b.state)).collect())
     }
 
+    /// Batches that still need the lane (submitting, at the provider, or
+    /// ended with results not yet stored), of one run or all; oldest first.
+    pub fn active_batches(&self, run_id: Option<i64>) -> Result<Vec<BatchRow>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM batches
+                 WHERE (state IN ('submitting', 'in_progress', 'canceling') OR (state = 'ended' AND results_ingested = 0))
+                   AND (?1 IS NULL OR run_id = ?1)
+                 ORDER BY id"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = statement.query_map([run_id], from_row).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
     /// The batches of a run (or all with `None`), oldest first.
     pub fn all_batches(&self, run_id: Option<i64>) -> Result<Vec<BatchRow>, StoreError> {
         let mut statement = self

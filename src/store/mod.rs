@@ -12,17 +12,21 @@ mod events;
 mod requests;
 mod results;
 mod runs;
+mod schedules;
 mod schema;
 pub mod shared;
 pub mod sink_table;
+mod sync;
 
 pub use attempts::NewAttempt;
 pub use batches::{BatchRow, BatchState};
 pub use events::EventRow;
-pub use requests::{NewRequest, RequestState, Waiting};
+pub use requests::{NewRequest, RequestState, TokenAverages, Waiting};
 pub use results::{DeliverableResult, ResultCounts};
 pub use runs::{NewRun, RunRow, RunState};
+pub use schedules::ScheduleRow;
 pub use shared::SharedStore;
+pub use sync::{SyncSettle, SyncWork};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

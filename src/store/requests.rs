@@ -196,3 +196,34 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 }
+
+/// Token figures the fallback planner needs for one run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenAverages {
+    /// Average request body length / 4 over the run's requests (about 4 characters per token).
+    pub input_tokens: f64,
+    /// Average output tokens of the job's latest successful results, if any.
+    pub output_tokens: Option<f64>,
+}
+
+impl Store {
+    /// Token averages for planning the rest of `run_id` of `job`.
+    pub fn token_averages(&self, run_id: i64, job: &str) -> Result<TokenAverages, StoreError> {
+        let input: Option<f64> = self
+            .conn
+            .query_row("SELECT AVG(length(params)) FROM requests WHERE run_id = ?1", [run_id], |row| row.get(0))
+            .map_err(|e| self.err(e))?;
+        let output: Option<f64> = self
+            .conn
+            .query_row(
+                "SELECT AVG(output_tokens) FROM (
+                   SELECT r.output_tokens FROM results r
+                   JOIN requests q ON q.custom_id = r.custom_id JOIN runs u ON u.id = q.run_id
+                   WHERE u.job = ?1 AND r.status = 'succeeded' ORDER BY r.id DESC LIMIT 500)",
+                [job],
+                |row| row.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(TokenAverages { input_tokens: input.unwrap_or(0.0) / 4.0, output_tokens: output })
+    }
+}

@@ -215,6 +215,41 @@ fn ingest(
     Ok(counts)
 }
 
+/// Inserts the result of a sync call; returns its id.
+pub(super) fn insert_sync(
+    tx: &Transaction<'_>,
+    custom_id: &str,
+    attempt_id: i64,
+    outcome: &Outcome,
+    duplicate: bool,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<i64> {
+    let (error_type, error_message, message, stop_reason, usage) = columns(outcome);
+    tx.prepare_cached(
+        "INSERT INTO results (custom_id, lane, attempt_id, status, error_type, error_message, message, stop_reason,
+                              input_tokens, output_tokens, cache_write_5m, cache_write_1h, cache_read, duplicate,
+                              received_at)
+         VALUES (?1, 'sync', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )?
+    .execute(params![
+        custom_id,
+        attempt_id,
+        outcome.status(),
+        error_type,
+        error_message,
+        message,
+        stop_reason,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_write_5m_tokens,
+        usage.cache_write_1h_tokens,
+        usage.cache_read_tokens,
+        duplicate,
+        to_millis(now)
+    ])?;
+    Ok(tx.last_insert_rowid())
+}
+
 type Columns<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, Option<&'a str>, Usage);
 
 fn columns(outcome: &Outcome) -> Columns<'_> {

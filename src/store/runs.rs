@@ -58,9 +58,29 @@ pub struct RunRow {
     pub state: RunState,
     /// Why it failed or was late.
     pub reason: Option<String>,
+    /// The lane the router chose: `batch` (with the sync fallback) or `sync`.
+    pub lane: String,
+    /// When the run was created.
+    pub created_at: DateTime<Utc>,
+    /// When the fallback engine plans to move what is left to the sync lane.
+    pub fallback_at: Option<DateTime<Utc>>,
+    /// When the fallback engaged, if it did.
+    pub fallback_started_at: Option<DateTime<Utc>>,
+    /// Why it engaged: `deadline` or `batch_create_failed`.
+    pub fallback_reason: Option<String>,
+    /// When the run closed.
+    pub finished_at: Option<DateTime<Utc>>,
 }
 
-const COLUMNS: &str = "id, job, scheduled_for, run_key, tier, deadline_at, state, reason";
+impl RunRow {
+    /// Whether the sync lane owns what is left of the run.
+    pub fn is_sync(&self) -> bool {
+        self.lane == "sync" || self.fallback_started_at.is_some()
+    }
+}
+
+const COLUMNS: &str = "id, job, scheduled_for, run_key, tier, deadline_at, state, reason, lane, created_at, \
+                       fallback_at, fallback_started_at, fallback_reason, finished_at";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<RunRow> {
     Ok(RunRow {
@@ -72,6 +92,12 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<RunRow> {
         deadline_at: from_millis(row.get(5)?),
         state: RunState::parse(&row.get::<_, String>(6)?),
         reason: row.get(7)?,
+        lane: row.get(8)?,
+        created_at: from_millis(row.get(9)?),
+        fallback_at: row.get::<_, Option<i64>>(10)?.map(from_millis),
+        fallback_started_at: row.get::<_, Option<i64>>(11)?.map(from_millis),
+        fallback_reason: row.get(12)?,
+        finished_at: row.get::<_, Option<i64>>(13)?.map(from_millis),
     })
 }
 
@@ -88,6 +114,8 @@ pub struct NewRun<'a> {
     pub tier: &'a str,
     /// When every result must be final.
     pub deadline_at: DateTime<Utc>,
+    /// `batch` or `sync`, as the router decided.
+    pub lane: &'a str,
 }
 
 impl Store {
@@ -97,15 +125,16 @@ impl Store {
         let inserted = self
             .conn
             .execute(
-                "INSERT INTO runs (job, scheduled_for, run_key, tier, deadline_at, state, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'open', ?6) ON CONFLICT (job, scheduled_for) DO NOTHING",
+                "INSERT INTO runs (job, scheduled_for, run_key, tier, deadline_at, state, created_at, lane)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'open', ?6, ?7) ON CONFLICT (job, scheduled_for) DO NOTHING",
                 params![
                     run.job,
                     to_millis(run.scheduled_for),
                     run.run_key,
                     run.tier,
                     to_millis(run.deadline_at),
-                    to_millis(now)
+                    to_millis(now),
+                    run.lane
                 ],
             )
             .map_err(|e| self.err(e))?;
@@ -115,7 +144,7 @@ impl Store {
                 Some(row.id),
                 Some(run.job),
                 "run_created",
-                &serde_json::json!({ "run_key": run.run_key }),
+                &serde_json::json!({ "run_key": run.run_key, "lane": run.lane }),
                 now,
             )?;
         }
@@ -176,5 +205,58 @@ impl Store {
         )
         .map_err(|e| super::sqlite(&self.path, e))?;
         tx.commit().map_err(|e| super::sqlite(&self.path, e))
+    }
+}
+
+impl Store {
+    /// Stores the fallback engine's current plan for a run.
+    pub fn set_fallback_at(&mut self, id: i64, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.conn
+            .execute("UPDATE runs SET fallback_at = ?2 WHERE id = ?1", params![id, to_millis(at)])
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Hands what is left of a run to the sync lane, once: true if it
+    /// engaged now, false if it had already.
+    pub fn start_fallback(
+        &mut self,
+        id: i64,
+        reason: &str,
+        detail: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction().map_err(|e| super::sqlite(&self.path, e))?;
+        let changed = tx
+            .execute(
+                "UPDATE runs SET fallback_started_at = ?2, fallback_reason = ?3
+                 WHERE id = ?1 AND fallback_started_at IS NULL",
+                params![id, to_millis(now), reason],
+            )
+            .map_err(|e| super::sqlite(&self.path, e))?;
+        if changed == 1 {
+            super::events::insert(&tx, Some(id), None, "fallback_started", detail, now)
+                .map_err(|e| super::sqlite(&self.path, e))?;
+        }
+        tx.commit().map_err(|e| super::sqlite(&self.path, e))?;
+        Ok(changed == 1)
+    }
+
+    /// The open runs of `job`.
+    pub fn open_runs_of(&self, job: &str) -> Result<Vec<RunRow>, StoreError> {
+        Ok(self.open_runs()?.into_iter().filter(|run| run.job == job).collect())
+    }
+
+    /// Runs that closed late or failed, or were skipped, since `since`, newest first (at most `limit`).
+    pub fn recent_unhappy_runs(&self, since: DateTime<Utc>, limit: usize) -> Result<Vec<RunRow>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM runs WHERE state IN ('late', 'failed') AND finished_at >= ?1
+                 ORDER BY finished_at DESC LIMIT ?2"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = statement.query_map(params![to_millis(since), limit as i64], from_row).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 }

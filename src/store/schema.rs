@@ -4,7 +4,7 @@
 //! never edited once released; changes are new entries.
 
 /// Migrations in order; entry `i` moves the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1];
+pub const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// Times are integer milliseconds since the Unix epoch (UTC).
 const V1: &str = r#"
@@ -115,5 +115,26 @@ CREATE TABLE deliveries (
     sink          TEXT    NOT NULL,
     target        TEXT    NOT NULL,
     delivered_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
+
+/// The daemon: where the router sent a run, its fallback plan, the model of
+/// each sync call (for latency estimates), and each job's schedule cursor.
+const V2: &str = r#"
+ALTER TABLE runs ADD COLUMN lane TEXT NOT NULL DEFAULT 'batch' CHECK (lane IN ('batch', 'sync'));
+ALTER TABLE runs ADD COLUMN fallback_at INTEGER;
+ALTER TABLE runs ADD COLUMN fallback_started_at INTEGER;
+ALTER TABLE runs ADD COLUMN fallback_reason TEXT;
+CREATE INDEX runs_by_state ON runs (state);
+
+ALTER TABLE attempts ADD COLUMN model TEXT;
+CREATE INDEX attempts_by_model ON attempts (model, lane, operation);
+
+CREATE TABLE schedules (
+    job             TEXT    PRIMARY KEY,
+    cursor          INTEGER NOT NULL,
+    next_at         INTEGER,
+    last_fired_for  INTEGER,
+    updated_at      INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#;

@@ -20,6 +20,7 @@ fn run_with_requests(store: &mut Store, n: usize) -> RunRow {
         run_key: "feed-20261122T0600",
         tier: "batch",
         deadline_at: at(600),
+        lane: "batch",
     };
     let (run, created) = store.create_run(&new, at(0)).unwrap();
     assert!(created);
@@ -88,6 +89,7 @@ fn a_run_is_created_once_per_key() {
         run_key: "feed-20261122T0600",
         tier: "batch",
         deadline_at: at(600),
+        lane: "batch",
     };
     let (again, created) = store.create_run(&new, at(5)).unwrap();
     assert!(!created);

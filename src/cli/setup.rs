@@ -1,0 +1,72 @@
+//! What `run` and `serve` share: the store, the provider (real or the
+//! built-in simulator), the lanes and the engine.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::EXIT_CONFIG;
+use crate::clock::Clock;
+use crate::engine::{Engine, EngineSettings};
+use crate::lanes::{BatchLane, SyncLane};
+use crate::manifest::Job;
+use crate::providers::anthropic::{AnthropicClient, ApiKey};
+use crate::sim::{SimConfig, SimHandle};
+use crate::store::{SharedStore, Store};
+
+/// A ready engine, and the simulator behind it when there is one.
+pub(super) struct Backend {
+    pub engine: Arc<Engine>,
+    pub simulator: Option<SimHandle>,
+}
+
+impl Backend {
+    /// Stops the simulator, if any.
+    pub async fn shutdown(self) {
+        if let Some(sim) = self.simulator {
+            sim.shutdown().await;
+        }
+    }
+}
+
+/// Opens the store and connects the provider: the simulator with
+/// `simulate`, else the real API with the key from the environment. A
+/// missing key is an operator error: it is printed and becomes `Err(EXIT_CONFIG)`.
+pub(super) async fn backend(
+    state: &Path,
+    clock: Arc<dyn Clock>,
+    mut settings: EngineSettings,
+    jobs: Vec<Job>,
+    simulate: bool,
+) -> anyhow::Result<Result<Backend, u8>> {
+    let store = SharedStore::new(Store::open(state)?);
+    let simulator = match simulate {
+        true => Some(crate::sim::start(simulator_config()).await.context("cannot start the simulator")?),
+        false => None,
+    };
+    let client = match &simulator {
+        Some(sim) => {
+            // The simulator answers in milliseconds; plan with that, not with a real model's latency.
+            settings.assumed_sync_latency = std::time::Duration::from_secs(1);
+            AnthropicClient::new(&sim.base_url(), ApiKey::new("simulated"))?
+        }
+        None => match AnthropicClient::from_environment() {
+            Ok(client) => client,
+            Err(err) => {
+                eprintln!("error: {err} (or pass --simulate to use the built-in simulator)");
+                return Ok(Err(EXIT_CONFIG));
+            }
+        },
+    };
+    let batch = BatchLane::new(client.clone(), store.clone(), Arc::clone(&clock));
+    let sync = SyncLane::new(client, store.clone(), Arc::clone(&clock), settings.sync);
+    let engine = Arc::new(Engine::new(store, batch, sync, clock, settings, jobs));
+    Ok(Ok(Backend { engine, simulator }))
+}
+
+/// The simulator `--simulate` starts: any free loopback port, default knobs
+/// (a small batch ends within seconds).
+fn simulator_config() -> SimConfig {
+    SimConfig { listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)), ..SimConfig::default() }
+}

@@ -1,0 +1,155 @@
+//! The daemon's own configuration (`--config FILE`): limits of the lanes and
+//! the fallback planner's knobs. Every field is optional; an absent file
+//! means the defaults.
+//!
+//! ```yaml
+//! sync:            # per model, on the sync lane
+//!   concurrency: 8
+//!   requests_per_minute: 1000
+//!   input_tokens_per_minute: 400000
+//!   output_tokens_per_minute: 80000
+//! fallback:
+//!   max_safety_margin: 10m     # a tenth of the run's window, at most this
+//!   assumed_sync_latency: 20s  # until sync calls to a model have been observed
+//! batch:
+//!   poll_initial: 10s
+//!   poll_max: 5m
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::engine::EngineSettings;
+use crate::lanes::SyncLimits;
+use crate::manifest::parse_duration;
+
+/// The configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Sync lane limits, per model.
+    pub sync: SyncLimits,
+    /// Fallback planner.
+    pub fallback: FallbackConfig,
+    /// Batch polling.
+    pub batch: BatchConfig,
+}
+
+/// The fallback planner's knobs.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FallbackConfig {
+    /// Longest safety margin before a deadline, e.g. `10m`.
+    pub max_safety_margin: Option<String>,
+    /// Sync latency assumed before any call to a model was observed, e.g. `20s`.
+    pub assumed_sync_latency: Option<String>,
+}
+
+/// Batch polling.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// First wait between polls, e.g. `10s`.
+    pub poll_initial: Option<String>,
+    /// Longest wait between polls, e.g. `5m`.
+    pub poll_max: Option<String>,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid configuration.
+    #[error("configuration {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line and column when known.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads `path`, or the defaults when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else { return Ok(Config::default()) };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let invalid = |message: String| ConfigError::Invalid { path: path.into(), message };
+        let config: Config = serde_saphyr::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        config.check().map_err(invalid)?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let mut probe = EngineSettings::new(PathBuf::new(), crate::catalog::Catalog::builtin());
+        self.apply(&mut probe)?;
+        if self.sync.concurrency == 0 {
+            return Err("sync.concurrency must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Applies the file's values over `settings`.
+    pub fn apply(&self, settings: &mut EngineSettings) -> Result<(), String> {
+        settings.sync = self.sync;
+        let set = |target: &mut Duration, value: &Option<String>, name: &str| -> Result<(), String> {
+            if let Some(text) = value {
+                *target = parse_duration(text).map_err(|e| format!("{name}: {e} (write e.g. `30s`, `10m`)"))?;
+            }
+            Ok(())
+        };
+        set(&mut settings.max_safety_margin, &self.fallback.max_safety_margin, "fallback.max_safety_margin")?;
+        set(&mut settings.assumed_sync_latency, &self.fallback.assumed_sync_latency, "fallback.assumed_sync_latency")?;
+        set(&mut settings.poll_initial, &self.batch.poll_initial, "batch.poll_initial")?;
+        set(&mut settings.poll_max, &self.batch.poll_max, "batch.poll_max")?;
+        if settings.poll_initial.is_zero() {
+            return Err("batch.poll_initial must be longer than zero".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_limits_and_durations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orchestrator.yaml");
+        std::fs::write(
+            &path,
+            "sync: { concurrency: 2, requests_per_minute: 50 }\nfallback: { max_safety_margin: 2m }\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.sync.concurrency, 2);
+        assert_eq!(config.sync.output_tokens_per_minute, SyncLimits::default().output_tokens_per_minute);
+        let mut settings = EngineSettings::new(PathBuf::new(), crate::catalog::Catalog::builtin());
+        config.apply(&mut settings).unwrap();
+        assert_eq!(settings.max_safety_margin, Duration::from_secs(120));
+        assert_eq!(settings.sync.requests_per_minute, 50);
+    }
+
+    #[test]
+    fn names_the_file_and_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orchestrator.yaml");
+        std::fs::write(&path, "fallback: { max_safety_margin: soon }\n").unwrap();
+        let error = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(error.contains("orchestrator.yaml") && error.contains("fallback.max_safety_margin"), "{error}");
+        std::fs::write(&path, "sync: { concurency: 2 }\n").unwrap();
+        let error = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(error.contains("concurency"), "{error}");
+    }
+}

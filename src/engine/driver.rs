@@ -1,0 +1,401 @@
+//! The engine: drives every open run and every active batch, one tick at a
+//! time. A tick reconciles, polls and ingests batches (one poller for all
+//! runs, paced by the batch endpoints' rate limit), keeps each run's
+//! fallback plan, submits batches or hands work to the sync lane, delivers
+//! results and closes runs that are done. It returns when it next needs to
+//! look, so callers sleep on the injected clock in between.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::deliver::deliver_pending;
+use super::finish::finish_if_done;
+use super::plan::{SyncLoad, fallback_at, safety_margin, sync_estimate};
+use super::prepare::{RunSlot, prepare_run};
+use super::{EngineError, RunOutcome};
+use crate::catalog::Catalog;
+use crate::clock::Clock;
+use crate::lanes::batch::split;
+use crate::lanes::{BatchLane, BatchLimits, SyncLane, SyncLimits, SyncRequest};
+use crate::manifest::Job;
+use crate::render::RunInfo;
+use crate::store::{BatchRow, BatchState, RunRow, RunState, SharedStore};
+
+/// How the engine works; defaults suit real providers.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Directory of prompt templates.
+    pub prompts_dir: PathBuf,
+    /// Models and prices.
+    pub catalog: Catalog,
+    /// Provider limits per batch (a job's `max_batch_requests` lowers them).
+    pub limits: BatchLimits,
+    /// First wait between polls of a batch; it doubles while nothing changes.
+    pub poll_initial: Duration,
+    /// Longest wait between polls.
+    pub poll_max: Duration,
+    /// Longest safety margin kept before a deadline (a tenth of the window below that).
+    pub max_safety_margin: Duration,
+    /// Latency assumed for a sync call to a model with no observed calls yet.
+    pub assumed_sync_latency: Duration,
+    /// Limits of the sync lane, per model.
+    pub sync: SyncLimits,
+    /// How often to look while the sync lane works for a run (to deliver its results).
+    pub sync_tick: Duration,
+}
+
+impl EngineSettings {
+    /// Defaults for real providers.
+    pub fn new(prompts_dir: PathBuf, catalog: Catalog) -> EngineSettings {
+        EngineSettings {
+            prompts_dir,
+            catalog,
+            limits: BatchLimits::default(),
+            poll_initial: Duration::from_secs(10),
+            poll_max: Duration::from_secs(300),
+            max_safety_margin: Duration::from_secs(600),
+            assumed_sync_latency: Duration::from_secs(20),
+            sync: SyncLimits::default(),
+            sync_tick: Duration::from_secs(1),
+        }
+    }
+}
+
+/// When to poll a batch next.
+#[derive(Debug, Clone, Copy)]
+struct PollPlan {
+    next_at: DateTime<Utc>,
+    wait: Duration,
+}
+
+/// The engine of one process.
+pub struct Engine {
+    store: SharedStore,
+    batch: BatchLane,
+    sync: SyncLane,
+    clock: Arc<dyn Clock>,
+    settings: EngineSettings,
+    jobs: RwLock<Arc<BTreeMap<String, Job>>>,
+    polls: Mutex<HashMap<i64, PollPlan>>,
+}
+
+/// Longest sleep between ticks when nothing is due.
+const IDLE_TICK: Duration = Duration::from_secs(60);
+
+fn chrono(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+impl Engine {
+    /// An engine over the lanes, with `jobs` as the known manifests.
+    pub fn new(
+        store: SharedStore,
+        batch: BatchLane,
+        sync: SyncLane,
+        clock: Arc<dyn Clock>,
+        settings: EngineSettings,
+        jobs: Vec<Job>,
+    ) -> Engine {
+        let engine = Engine {
+            store,
+            batch,
+            sync,
+            clock,
+            settings,
+            jobs: RwLock::new(Arc::default()),
+            polls: Mutex::new(HashMap::new()),
+        };
+        engine.set_jobs(jobs);
+        engine
+    }
+
+    /// Replaces the known manifests (a reload). Open runs of a job that
+    /// disappeared wait until it comes back.
+    pub fn set_jobs(&self, jobs: Vec<Job>) {
+        let map = jobs.into_iter().map(|job| (job.name.clone(), job)).collect();
+        *self.jobs.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
+    }
+
+    /// The known manifests.
+    pub fn jobs(&self) -> Arc<BTreeMap<String, Job>> {
+        Arc::clone(&self.jobs.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The state database.
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The sync lane.
+    pub fn sync_lane(&self) -> &SyncLane {
+        &self.sync
+    }
+
+    /// Creates (or resumes) the run of `job` for `scheduled_for` with its
+    /// deadline at `deadline_at`, rendering and storing its requests.
+    pub async fn start_run(
+        &self,
+        job: &Job,
+        scheduled_for: DateTime<Utc>,
+        deadline_at: DateTime<Utc>,
+    ) -> Result<RunRow, EngineError> {
+        let info = RunInfo::new(job, scheduled_for)?;
+        let slot = RunSlot { scheduled_for, deadline_at };
+        Ok(prepare_run(&self.store, job, &info, slot, &self.settings, self.clock.now()).await?)
+    }
+
+    /// One pass over the active batches and open runs (of `only`, or all);
+    /// returns when the engine next needs a tick.
+    pub async fn tick(&self, only: Option<i64>) -> Result<DateTime<Utc>, EngineError> {
+        let mut wake = self.clock.now() + chrono(IDLE_TICK);
+        for batch in self.store.call(move |s| s.active_batches(only)).await? {
+            wake = wake.min(self.tend_batch(&batch).await?);
+        }
+        let runs = match only {
+            Some(id) => self.store.call(move |s| s.run(id)).await?.into_iter().collect(),
+            None => self.store.call(|s| s.open_runs()).await?,
+        };
+        for run in runs.into_iter().filter(|run| run.state == RunState::Open) {
+            wake = wake.min(self.tend_run(run).await?);
+        }
+        // Batches submitted during this tick are due for their first poll.
+        let polls = self.polls.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(polls.values().map(|plan| plan.next_at).fold(wake, DateTime::min))
+    }
+
+    /// Ticks until the run is closed; returns its outcome.
+    pub async fn drive(&self, run_id: i64) -> Result<RunOutcome, EngineError> {
+        let _presence = self.clock.enter();
+        loop {
+            let wake = self.tick(Some(run_id)).await?;
+            let run = self.store.call(move |s| s.run(run_id)).await?.expect("a driven run exists");
+            if run.state != RunState::Open {
+                return self.outcome(run_id).await;
+            }
+            self.clock.sleep((wake - self.clock.now()).to_std().unwrap_or_default()).await;
+        }
+    }
+
+    /// What a run amounts to so far (final once it is closed).
+    pub async fn outcome(&self, run_id: i64) -> Result<RunOutcome, EngineError> {
+        let run = self.store.call(move |s| s.run(run_id)).await?.expect("the run exists");
+        super::finish::outcome(&self.store, &run).await
+    }
+
+    /// Stops the sync lane from taking new work (shutdown).
+    pub fn stop(&self) {
+        self.sync.stop();
+    }
+
+    /// Reconciles, polls or ingests one batch when due; returns when to look again.
+    async fn tend_batch(&self, batch: &BatchRow) -> Result<DateTime<Utc>, EngineError> {
+        let run_id = batch.run_id;
+        let run = self.store.call(move |s| s.run(run_id)).await?.expect("a batch's run exists");
+        let job = self.jobs().get(&run.job).cloned();
+        let betas = job.as_ref().map(|j| j.manifest.betas.clone()).unwrap_or_default();
+        let now = self.clock.now();
+        let result = match batch.state {
+            BatchState::Submitting => {
+                let may_create = run.state == RunState::Open && !run.is_sync();
+                self.batch.reconcile(batch, &betas, run.deadline_at, may_create).await
+            }
+            BatchState::InProgress | BatchState::Canceling => {
+                let due = self.poll_plan(batch.id, now).next_at;
+                if due > now {
+                    return Ok(due);
+                }
+                self.poll(batch, &run).await
+            }
+            BatchState::Ended | BatchState::Abandoned => self.batch.ingest(batch).await.map(drop),
+        };
+        if let Err(error) = result {
+            tracing::warn!(batch = batch.id, run = %run.run_key, error = %error, "batch step failed; trying again later");
+            self.reschedule_poll(batch.id, &run, false);
+        }
+        Ok(self.poll_plan(batch.id, self.clock.now()).next_at)
+    }
+
+    async fn poll(&self, batch: &BatchRow, run: &RunRow) -> Result<(), crate::lanes::batch::LaneError> {
+        let ended = self.batch.poll(batch).await?;
+        self.reschedule_poll(batch.id, run, ended);
+        if ended {
+            let batch_id = batch.id;
+            let fresh = self.store.call(move |s| s.batch(batch_id)).await?.expect("a polled batch exists");
+            self.batch.ingest(&fresh).await?;
+            self.polls.lock().unwrap_or_else(|p| p.into_inner()).remove(&batch.id);
+        }
+        Ok(())
+    }
+
+    fn poll_plan(&self, batch_id: i64, now: DateTime<Utc>) -> PollPlan {
+        let mut polls = self.polls.lock().unwrap_or_else(|p| p.into_inner());
+        *polls.entry(batch_id).or_insert(PollPlan { next_at: now, wait: self.settings.poll_initial })
+    }
+
+    /// Backs off while a batch is unchanged, never past the run's fallback
+    /// instant, and faster when little time is left.
+    fn reschedule_poll(&self, batch_id: i64, run: &RunRow, changed: bool) {
+        let now = self.clock.now();
+        let left = (run.fallback_at.unwrap_or(run.deadline_at) - now).to_std().unwrap_or_default();
+        let floor = self.settings.poll_initial.min(left / 10).max(Duration::from_millis(100));
+        let mut polls = self.polls.lock().unwrap_or_else(|p| p.into_inner());
+        let plan = polls.entry(batch_id).or_insert(PollPlan { next_at: now, wait: floor });
+        let wait = if changed { floor } else { (plan.wait * 2).min(self.settings.poll_max) };
+        let wait = wait.min((left / 4).max(floor));
+        *plan = PollPlan { next_at: now + chrono(wait), wait };
+    }
+
+    /// Moves one open run forward; returns when it next needs a tick.
+    async fn tend_run(&self, run: RunRow) -> Result<DateTime<Utc>, EngineError> {
+        let Some(job) = self.jobs().get(&run.job).cloned() else {
+            tracing::warn!(run = %run.run_key, "no manifest for this run's job any more; it waits for a reload");
+            return Ok(self.clock.now() + chrono(IDLE_TICK));
+        };
+        let mut wake = self.clock.now() + chrono(IDLE_TICK);
+        let run = if run.is_sync() { run } else { self.plan_batch_run(&job, run, &mut wake).await? };
+        if run.is_sync() {
+            self.feed_sync_lane(&job, &run).await?;
+            if self.sync.outstanding(run.id) > 0 {
+                wake = wake.min(self.clock.now() + chrono(self.settings.sync_tick));
+            }
+        }
+        let info = RunInfo::new(&job, run.scheduled_for)?;
+        if let Err(error) = deliver_pending(&self.store, &job, &info, run.id, self.clock.now()).await {
+            tracing::warn!(run = %run.run_key, error = %error, "delivery failed; trying again later");
+            return self.fail_if_past_deadline(&run, &error.to_string()).await.map(|()| wake);
+        }
+        let outstanding = self.sync.outstanding(run.id);
+        finish_if_done(&self.store, &run, max_attempts(&job), outstanding, self.clock.now()).await?;
+        Ok(wake)
+    }
+
+    /// For a run on the batch lane: keeps its fallback plan, and either
+    /// submits what waits or hands the rest to the sync lane.
+    async fn plan_batch_run(&self, job: &Job, run: RunRow, wake: &mut DateTime<Utc>) -> Result<RunRow, EngineError> {
+        let now = self.clock.now();
+        let plan = self.fallback_plan(job, &run).await?;
+        let run_id = run.id;
+        if run.fallback_at.is_none_or(|old| (old - plan).num_milliseconds().abs() >= 1000) {
+            self.store.call(move |s| s.set_fallback_at(run_id, plan)).await?;
+        }
+        let has_batches = !self.store.call(move |s| s.all_batches(Some(run_id))).await?.is_empty();
+        if !has_batches && plan <= now {
+            let reason = format!("deadline too close for a batch: the sync lane needs until {plan}");
+            self.store.call(move |s| s.route_to_sync(run_id, &reason, now)).await?;
+            tracing::info!(run = %run.run_key, "routed to the sync lane: deadline too close for a batch");
+        } else if plan <= now {
+            self.start_fallback(&run, "deadline", serde_json::json!({ "fallback_at": plan.to_rfc3339() })).await?;
+        } else if let Err(error) = self.submit_waiting(job, &run).await {
+            let detail = serde_json::json!({ "error": error.to_string() });
+            self.start_fallback(&run, "batch_create_failed", detail).await?;
+        } else {
+            *wake = (*wake).min(plan);
+        }
+        Ok(self.store.call(move |s| s.run(run_id)).await?.expect("the run exists"))
+    }
+
+    /// `deadline − margin − time the sync lane needs for what is left`.
+    async fn fallback_plan(&self, job: &Job, run: &RunRow) -> Result<DateTime<Utc>, EngineError> {
+        let (run_id, name, model) = (run.id, run.job.clone(), job.manifest.model.clone());
+        let (counts, averages, latency) = self
+            .store
+            .call(move |s| {
+                Ok((s.request_counts(run_id)?, s.token_averages(run_id, &name)?, s.sync_latency_p90_ms(&model)?))
+            })
+            .await?;
+        let remaining = counts["pending"] + counts["queued"] + counts["in_flight"] + counts["retryable_failed"];
+        let load = SyncLoad {
+            remaining,
+            input_tokens: averages.input_tokens,
+            output_tokens: averages.output_tokens.unwrap_or(job.manifest.max_tokens as f64 / 2.0),
+            latency: latency.map_or(self.settings.assumed_sync_latency, Duration::from_millis),
+        };
+        let margin = safety_margin(run.created_at, run.deadline_at, self.settings.max_safety_margin);
+        Ok(fallback_at(run.deadline_at, margin, sync_estimate(load, self.sync.limits())))
+    }
+
+    /// Submits the run's waiting requests in batches within the limits.
+    async fn submit_waiting(&self, job: &Job, run: &RunRow) -> Result<(), crate::lanes::batch::LaneError> {
+        if self.clock.now() >= run.deadline_at {
+            return Ok(());
+        }
+        let (run_id, attempts) = (run.id, max_attempts(job));
+        let waiting = self.store.call(move |s| s.waiting_requests(run_id, attempts)).await?;
+        let mut limits = self.settings.limits;
+        if let Some(cap) = job.manifest.max_batch_requests {
+            limits.max_requests = limits.max_requests.min(cap as usize);
+        }
+        for custom_ids in split(&waiting, limits) {
+            let batch_id = self.batch.submit(run.id, custom_ids, &job.manifest.betas, run.deadline_at).await?;
+            let next_at = self.clock.now() + chrono(self.settings.poll_initial);
+            let plan = PollPlan { next_at, wait: self.settings.poll_initial };
+            self.polls.lock().unwrap_or_else(|p| p.into_inner()).insert(batch_id, plan);
+        }
+        Ok(())
+    }
+
+    /// Hands what is left of the run to the sync lane and cancels its batches.
+    async fn start_fallback(&self, run: &RunRow, reason: &str, detail: serde_json::Value) -> Result<(), EngineError> {
+        let (run_id, now, why) = (run.id, self.clock.now(), reason.to_owned());
+        let mut detail = detail;
+        detail["reason"] = serde_json::Value::from(reason);
+        if !self.store.call(move |s| s.start_fallback(run_id, &why, &detail, now)).await? {
+            return Ok(());
+        }
+        tracing::warn!(run = %run.run_key, reason, "fallback: what is left goes to the sync lane");
+        for batch in self.store.call(move |s| s.active_batches(Some(run_id))).await? {
+            if batch.state == BatchState::InProgress
+                && let Err(error) = self.batch.cancel(&batch).await
+            {
+                tracing::warn!(batch = batch.id, error = %error, "could not cancel a batch; its late results will count as duplicates");
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues every request of the run that is not final and not queued yet.
+    async fn feed_sync_lane(&self, job: &Job, run: &RunRow) -> Result<(), EngineError> {
+        let (run_id, attempts) = (run.id, max_attempts(job));
+        let candidates = self.store.call(move |s| s.sync_candidates(run_id, attempts)).await?;
+        let requests = candidates
+            .into_iter()
+            .map(|work| SyncRequest {
+                run_id: run.id,
+                custom_id: work.custom_id,
+                params: work.params,
+                model: job.manifest.model.clone(),
+                betas: job.manifest.betas.clone(),
+                deadline: run.deadline_at,
+            })
+            .collect();
+        let queued = self.sync.send(requests);
+        if queued > 0 {
+            tracing::info!(run = %run.run_key, requests = queued, "sent to the sync lane");
+        }
+        Ok(())
+    }
+
+    /// A sink that keeps failing after the deadline fails the run (results stay stored).
+    async fn fail_if_past_deadline(&self, run: &RunRow, error: &str) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        if now <= run.deadline_at {
+            return Ok(());
+        }
+        let (run_id, reason) = (run.id, format!("delivery still failing after the deadline: {error}"));
+        self.store.call(move |s| s.finish_run(run_id, RunState::Failed, Some(&reason), now)).await?;
+        Ok(())
+    }
+}
+
+fn max_attempts(job: &Job) -> u32 {
+    u32::try_from(job.manifest.retry.max_attempts.max(1)).unwrap_or(u32::MAX)
+}

@@ -1,0 +1,94 @@
+//! The fallback planner: when what is left of a run must leave the batch
+//! lane so the sync lane can still finish it before the deadline.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::lanes::SyncLimits;
+
+/// What the estimate of the sync lane's time needs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SyncLoad {
+    /// Requests not final yet.
+    pub remaining: u64,
+    /// Average input tokens per request.
+    pub input_tokens: f64,
+    /// Average output tokens per request.
+    pub output_tokens: f64,
+    /// Latency of one call (observed p90, or the configured guess).
+    pub latency: Duration,
+}
+
+/// How long the sync lane needs for `load` within `limits`: the slowest of
+/// the concurrency bound and each per-minute rate, plus one call's latency
+/// for the last request.
+pub fn sync_estimate(load: SyncLoad, limits: SyncLimits) -> Duration {
+    if load.remaining == 0 {
+        return Duration::ZERO;
+    }
+    let remaining = load.remaining as f64;
+    let rounds = (remaining / limits.concurrency.max(1) as f64).ceil();
+    let by_concurrency = load.latency.as_secs_f64() * rounds;
+    let per_minute = |amount: f64, limit: u64| amount * 60.0 / limit.max(1) as f64;
+    let by_rate = per_minute(remaining, limits.requests_per_minute)
+        .max(per_minute(remaining * load.input_tokens, limits.input_tokens_per_minute))
+        .max(per_minute(remaining * load.output_tokens, limits.output_tokens_per_minute));
+    Duration::from_secs_f64(by_concurrency.max(by_rate + load.latency.as_secs_f64()))
+}
+
+/// The margin kept before the deadline: a tenth of the run's window,
+/// at least a second, at most `max`. Deadlines of seconds get margins of a second.
+pub fn safety_margin(created_at: DateTime<Utc>, deadline_at: DateTime<Utc>, max: Duration) -> Duration {
+    let window = (deadline_at - created_at).to_std().unwrap_or_default();
+    (window / 10).clamp(Duration::from_secs(1), max.max(Duration::from_secs(1)))
+}
+
+/// `deadline − margin − estimated sync time`: after this instant, waiting
+/// longer for the batch would put the deadline at risk.
+pub fn fallback_at(deadline_at: DateTime<Utc>, margin: Duration, estimate: Duration) -> DateTime<Utc> {
+    let lead = chrono::Duration::from_std(margin + estimate).unwrap_or(chrono::Duration::MAX);
+    deadline_at.checked_sub_signed(lead).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> SyncLimits {
+        SyncLimits {
+            concurrency: 4,
+            requests_per_minute: 60,
+            input_tokens_per_minute: 1_000_000,
+            output_tokens_per_minute: 1_000_000,
+        }
+    }
+
+    fn load(remaining: u64, latency_ms: u64) -> SyncLoad {
+        SyncLoad { remaining, input_tokens: 500.0, output_tokens: 200.0, latency: Duration::from_millis(latency_ms) }
+    }
+
+    #[test]
+    fn the_estimate_follows_the_tightest_limit() {
+        // 8 requests, 4 at a time, 10 s each: two rounds.
+        let slow = SyncLimits { requests_per_minute: 10_000, ..limits() };
+        assert_eq!(sync_estimate(load(8, 10_000), slow), Duration::from_secs(20));
+        // 120 requests at 60 RPM: two minutes, plus the last call.
+        assert_eq!(sync_estimate(load(120, 1_000), limits()), Duration::from_secs(121));
+        // Output tokens: 100 × 200 at 2,000 per minute is ten minutes.
+        let tight = SyncLimits { output_tokens_per_minute: 2_000, requests_per_minute: 10_000, ..limits() };
+        assert_eq!(sync_estimate(load(100, 0), tight), Duration::from_secs(600));
+        assert_eq!(sync_estimate(load(0, 1_000), limits()), Duration::ZERO);
+    }
+
+    #[test]
+    fn margins_scale_with_the_window() {
+        let t0 = DateTime::from_timestamp(1_795_000_000, 0).unwrap();
+        let max = Duration::from_secs(600);
+        assert_eq!(safety_margin(t0, t0 + chrono::Duration::hours(6), max), max);
+        assert_eq!(safety_margin(t0, t0 + chrono::Duration::minutes(30), max), Duration::from_secs(180));
+        assert_eq!(safety_margin(t0, t0 + chrono::Duration::seconds(5), max), Duration::from_secs(1));
+        let at = fallback_at(t0 + chrono::Duration::hours(1), Duration::from_secs(360), Duration::from_secs(240));
+        assert_eq!(at, t0 + chrono::Duration::minutes(50));
+    }
+}

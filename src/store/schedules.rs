@@ -1,0 +1,66 @@
+//! Each job's schedule cursor: instants at or before it have been handled.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, Row, params};
+
+use super::{Store, StoreError, from_millis, to_millis};
+
+/// Where a job's schedule stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleRow {
+    /// The job.
+    pub job: String,
+    /// Every firing at or before this instant has been fired, queued or skipped.
+    pub cursor: DateTime<Utc>,
+    /// The next firing after the cursor, if the cron fires again.
+    pub next_at: Option<DateTime<Utc>>,
+    /// The scheduled instant of the latest run fired.
+    pub last_fired_for: Option<DateTime<Utc>>,
+}
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<ScheduleRow> {
+    Ok(ScheduleRow {
+        job: row.get(0)?,
+        cursor: from_millis(row.get(1)?),
+        next_at: row.get::<_, Option<i64>>(2)?.map(from_millis),
+        last_fired_for: row.get::<_, Option<i64>>(3)?.map(from_millis),
+    })
+}
+
+impl Store {
+    /// The schedule of `job`, if the daemon has seen it.
+    pub fn schedule(&self, job: &str) -> Result<Option<ScheduleRow>, StoreError> {
+        self.conn
+            .query_row("SELECT job, cursor, next_at, last_fired_for FROM schedules WHERE job = ?1", [job], from_row)
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every stored schedule, by job.
+    pub fn schedules(&self) -> Result<Vec<ScheduleRow>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare("SELECT job, cursor, next_at, last_fired_for FROM schedules ORDER BY job")
+            .map_err(|e| self.err(e))?;
+        let rows = statement.query_map([], from_row).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Stores where a job's schedule stands.
+    pub fn save_schedule(&mut self, row: &ScheduleRow, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO schedules (job, cursor, next_at, last_fired_for, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (job) DO UPDATE SET cursor = ?2, next_at = ?3, last_fired_for = ?4, updated_at = ?5",
+                params![
+                    row.job,
+                    to_millis(row.cursor),
+                    row.next_at.map(to_millis),
+                    row.last_fired_for.map(to_millis),
+                    to_millis(now)
+                ],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+}

@@ -1,0 +1,104 @@
+//! The sync lane's side of the store: what is left to send, and its results.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, params};
+
+use super::{Store, StoreError, to_millis};
+use crate::outcome::Outcome;
+
+/// A request the sync lane should send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncWork {
+    /// Its id.
+    pub custom_id: String,
+    /// The Messages API body, as JSON text.
+    pub params: String,
+}
+
+/// What storing a sync result did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncSettle {
+    /// The request took this result as its own.
+    Settled,
+    /// The request already had a final result: this success is duplicate spend.
+    Duplicate,
+    /// The request already had a final result and this outcome is not a success.
+    Ignored,
+}
+
+impl Store {
+    /// Requests of a run that are not final and may still be sent: every
+    /// state but `succeeded` and `permanent_failed`, and `retryable_failed`
+    /// only below `max_attempts`; in sequence order.
+    pub fn sync_candidates(&self, run_id: i64, max_attempts: u32) -> Result<Vec<SyncWork>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT custom_id, params FROM requests
+                 WHERE run_id = ?1 AND state IN ('pending', 'queued', 'in_flight', 'retryable_failed')
+                   AND (state <> 'retryable_failed' OR attempts < ?2)
+                 ORDER BY seq",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = statement
+            .query_map(params![run_id, max_attempts], |row| {
+                Ok(SyncWork { custom_id: row.get(0)?, params: row.get(1)? })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Stores the outcome of a sync call. The first final result of a
+    /// request wins; a later success is kept, flagged as duplicate spend.
+    pub fn record_sync_result(
+        &mut self,
+        custom_id: &str,
+        attempt_id: i64,
+        outcome: &Outcome,
+        now: DateTime<Utc>,
+    ) -> Result<SyncSettle, StoreError> {
+        let path = self.path.clone();
+        let e = |source| super::sqlite(&path, source);
+        let tx = self.conn.transaction().map_err(e)?;
+        let state: Option<String> = tx
+            .query_row("SELECT state FROM requests WHERE custom_id = ?1", [custom_id], |row| row.get(0))
+            .optional()
+            .map_err(e)?;
+        let already_final = matches!(state.as_deref(), Some("succeeded" | "permanent_failed"));
+        let success = matches!(outcome, Outcome::Succeeded { .. });
+        if already_final && !success {
+            tx.commit().map_err(e)?;
+            return Ok(SyncSettle::Ignored);
+        }
+        let result_id =
+            super::results::insert_sync(&tx, custom_id, attempt_id, outcome, already_final, now).map_err(e)?;
+        if already_final {
+            tx.commit().map_err(e)?;
+            return Ok(SyncSettle::Duplicate);
+        }
+        let next = match outcome {
+            Outcome::Succeeded { .. } => "succeeded",
+            other if other.is_retryable() => "retryable_failed",
+            _ => "permanent_failed",
+        };
+        tx.execute(
+            "UPDATE requests SET state = ?2, result_id = ?3, lane = 'sync', attempts = attempts + 1, updated_at = ?4
+             WHERE custom_id = ?1",
+            params![custom_id, next, result_id, to_millis(now)],
+        )
+        .map_err(e)?;
+        tx.commit().map_err(e)?;
+        Ok(SyncSettle::Settled)
+    }
+
+    /// Sends a run straight to the sync lane (the router's decision), with why.
+    pub fn route_to_sync(&mut self, run_id: i64, reason: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let e = |source| super::sqlite(&path, source);
+        let tx = self.conn.transaction().map_err(e)?;
+        tx.execute("UPDATE runs SET lane = 'sync' WHERE id = ?1", [run_id]).map_err(e)?;
+        super::events::insert(&tx, Some(run_id), None, "routed_to_sync", &serde_json::json!({ "reason": reason }), now)
+            .map_err(e)?;
+        tx.commit().map_err(e)
+    }
+}
