@@ -1,5 +1,6 @@
 //! Integration tests: the real binary on real files.
 
+mod fallback;
 mod render;
 mod run;
 mod schema;

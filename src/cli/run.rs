@@ -121,7 +121,7 @@ async fn drive(engine: &Engine, run_id: i64) -> Result<RunOutcome, crate::engine
             }
             return engine.outcome(run_id).await;
         }
-        clock.sleep((wake - clock.now()).to_std().unwrap_or_default()).await;
+        clock.sleep(crate::engine::until(clock.now(), wake)).await;
     }
 }
 

@@ -167,9 +167,14 @@ impl Engine {
         for run in runs.into_iter().filter(|run| run.state == RunState::Open) {
             wake = wake.min(self.tend_run(run).await?);
         }
-        // Batches submitted during this tick are due for their first poll.
-        let polls = self.polls.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(polls.values().map(|plan| plan.next_at).fold(wake, DateTime::min))
+        // Batches submitted or canceled during this tick are due for a poll;
+        // plans of batches that are no longer active are dropped, never waited for.
+        let active: Vec<i64> = self.store.call(move |s| s.active_batches(only)).await?.iter().map(|b| b.id).collect();
+        let mut polls = self.polls.lock().unwrap_or_else(|p| p.into_inner());
+        if only.is_none() {
+            polls.retain(|id, _| active.contains(id));
+        }
+        Ok(active.iter().filter_map(|id| polls.get(id)).map(|plan| plan.next_at).fold(wake, DateTime::min))
     }
 
     /// Ticks until the run is closed; returns its outcome.
@@ -181,7 +186,7 @@ impl Engine {
             if run.state != RunState::Open {
                 return self.outcome(run_id).await;
             }
-            self.clock.sleep((wake - self.clock.now()).to_std().unwrap_or_default()).await;
+            self.clock.sleep(until(self.clock.now(), wake)).await;
         }
     }
 
@@ -245,13 +250,41 @@ impl Engine {
     /// instant, and faster when little time is left.
     fn reschedule_poll(&self, batch_id: i64, run: &RunRow, changed: bool) {
         let now = self.clock.now();
-        let left = (run.fallback_at.unwrap_or(run.deadline_at) - now).to_std().unwrap_or_default();
-        let floor = self.settings.poll_initial.min(left / 10).max(Duration::from_millis(100));
-        let mut polls = self.polls.lock().unwrap_or_else(|p| p.into_inner());
-        let plan = polls.entry(batch_id).or_insert(PollPlan { next_at: now, wait: floor });
-        let wait = if changed { floor } else { (plan.wait * 2).min(self.settings.poll_max) };
-        let wait = wait.min((left / 4).max(floor));
-        *plan = PollPlan { next_at: now + chrono(wait), wait };
+        let wait = if run.fallback_started_at.is_some() {
+            self.settling_poll(run, now)
+        } else {
+            let left = (run.fallback_at.unwrap_or(run.deadline_at) - now).to_std().unwrap_or_default();
+            let floor = self.settings.poll_initial.min(left / 10).max(Duration::from_millis(100));
+            let current = self.polls.lock().unwrap_or_else(|p| p.into_inner()).get(&batch_id).map(|p| p.wait);
+            let wait = match (changed, current) {
+                (false, Some(wait)) => (wait * 2).min(self.settings.poll_max),
+                _ => floor,
+            };
+            wait.min((left / 4).max(floor))
+        };
+        let plan = PollPlan { next_at: now + chrono(wait), wait };
+        self.polls.lock().unwrap_or_else(|p| p.into_inner()).insert(batch_id, plan);
+    }
+
+    /// How long after the fallback engaged the sync lane waits for the
+    /// run's canceled batches to end, so what they finished is not paid twice.
+    fn cancel_grace(&self, run: &RunRow) -> Duration {
+        let margin = safety_margin(run.created_at, run.deadline_at, self.settings.max_safety_margin);
+        (margin / 2).min(Duration::from_secs(120))
+    }
+
+    fn awaiting_cancel(&self, run: &RunRow, now: DateTime<Utc>) -> bool {
+        run.fallback_started_at.is_some_and(|started| now < started + chrono(self.cancel_grace(run)))
+    }
+
+    /// Poll interval for a run's batches once its fallback engaged: quick
+    /// while their cancels settle, then the ordinary first interval (their
+    /// late results only count duplicate spend).
+    fn settling_poll(&self, run: &RunRow, now: DateTime<Utc>) -> Duration {
+        match self.awaiting_cancel(run, now) {
+            true => (self.cancel_grace(run) / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)),
+            false => self.settings.poll_initial,
+        }
     }
 
     /// Moves one open run forward; returns when it next needs a tick.
@@ -263,7 +296,12 @@ impl Engine {
         let mut wake = self.clock.now() + chrono(IDLE_TICK);
         let run = if run.is_sync() { run } else { self.plan_batch_run(&job, run, &mut wake).await? };
         if run.is_sync() {
-            self.feed_sync_lane(&job, &run).await?;
+            if self.settle_batches(&run).await? {
+                let grace_end = run.fallback_started_at.map(|t| t + chrono(self.cancel_grace(&run)));
+                wake = grace_end.map_or(wake, |end| wake.min(end));
+            } else {
+                self.feed_sync_lane(&job, &run).await?;
+            }
             if self.sync.outstanding(run.id) > 0 {
                 wake = wake.min(self.clock.now() + chrono(self.settings.sync_tick));
             }
@@ -352,14 +390,36 @@ impl Engine {
             return Ok(());
         }
         tracing::warn!(run = %run.run_key, reason, "fallback: what is left goes to the sync lane");
-        for batch in self.store.call(move |s| s.active_batches(Some(run_id))).await? {
-            if batch.state == BatchState::InProgress
-                && let Err(error) = self.batch.cancel(&batch).await
-            {
-                tracing::warn!(batch = batch.id, error = %error, "could not cancel a batch; its late results will count as duplicates");
-            }
-        }
         Ok(())
+    }
+
+    /// For a run whose fallback engaged: cancels its batches still in
+    /// progress; true while the sync lane should wait for them to end.
+    async fn settle_batches(&self, run: &RunRow) -> Result<bool, EngineError> {
+        if run.fallback_started_at.is_none() {
+            return Ok(false);
+        }
+        let run_id = run.id;
+        let now = self.clock.now();
+        let mut settling = false;
+        for batch in self.store.call(move |s| s.active_batches(Some(run_id))).await? {
+            if batch.state == BatchState::InProgress {
+                match self.batch.cancel(&batch).await {
+                    Ok(()) => {
+                        let wait = self.settling_poll(run, now);
+                        let plan = PollPlan { next_at: now + chrono(wait), wait };
+                        self.polls.lock().unwrap_or_else(|p| p.into_inner()).insert(batch.id, plan);
+                    }
+                    Err(error) => tracing::warn!(
+                        batch = batch.id,
+                        error = %error,
+                        "could not cancel a batch; results it returns after the sync lane's count as duplicate spend"
+                    ),
+                }
+            }
+            settling |= matches!(batch.state, BatchState::InProgress | BatchState::Canceling);
+        }
+        Ok(settling && self.awaiting_cancel(run, now))
     }
 
     /// Queues every request of the run that is not final and not queued yet.
@@ -395,6 +455,14 @@ impl Engine {
         Ok(())
     }
 }
+
+/// The wait until `wake`, at least a few milliseconds so no caller can spin.
+pub fn until(now: DateTime<Utc>, wake: DateTime<Utc>) -> Duration {
+    (wake - now).to_std().unwrap_or_default().max(MIN_SLEEP)
+}
+
+/// Shortest sleep between ticks.
+const MIN_SLEEP: Duration = Duration::from_millis(10);
 
 fn max_attempts(job: &Job) -> u32 {
     u32::try_from(job.manifest.retry.max_attempts.max(1)).unwrap_or(u32::MAX)

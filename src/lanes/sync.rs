@@ -210,6 +210,12 @@ impl SyncLane {
     /// Sends one request (with retries) and stores its outcome.
     async fn process(&self, model: &ModelQueue, request: SyncRequest) -> Result<SyncSettle, crate::store::StoreError> {
         let clock = self.inner.clock.as_ref();
+        // The engine may have queued it from a snapshot taken just before
+        // another worker finished it: never pay for a request twice.
+        let id = request.custom_id.clone();
+        if self.inner.store.call(move |s| s.is_final(&id)).await? {
+            return Ok(SyncSettle::Ignored);
+        }
         let last_attempt = Mutex::new(None::<i64>);
         let reply = with_retries(clock, self.inner.policy, Some(request.deadline), "create_message", || async {
             self.pace(model, &request).await;

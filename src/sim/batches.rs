@@ -129,12 +129,12 @@ impl Batch {
     }
 
     /// Starts canceling at `now`; false when the batch had already ended or was canceling.
-    pub(crate) fn cancel(&mut self, now: f64, clock: &Clock) -> bool {
+    pub(crate) fn cancel(&mut self, now: f64, clock: &Clock, cancel_secs: Option<f64>) -> bool {
         if self.ended.is_some() || self.cancel_at.is_some() {
             return false;
         }
         self.cancel_at = Some(now);
-        self.cancel_end = now + CANCEL_REAL_SECS / clock.real_secs(1.0);
+        self.cancel_end = now + cancel_secs.unwrap_or(CANCEL_REAL_SECS / clock.real_secs(1.0));
         true
     }
 

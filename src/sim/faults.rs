@@ -24,6 +24,12 @@ pub(crate) fn roll_fault(config: &SimConfig, n: u64) -> Option<(&'static str, Ap
     None
 }
 
+/// Whether the create call for the `seq`-th batch fails (`batch_create_error_chance`).
+pub(crate) fn roll_create_failure(config: &SimConfig, seq: u64) -> bool {
+    config.batch_create_error_chance > 0.0
+        && Key::new(config.seed, "create").num(seq).unit() < config.batch_create_error_chance
+}
+
 /// Whether the results download of request number `n` is cut, and after
 /// which fraction of its lines (in `[0, 1)`).
 pub(crate) fn roll_truncation(config: &SimConfig, n: u64) -> Option<f64> {

@@ -79,6 +79,13 @@ pub struct SimConfig {
     /// Latency of `POST /v1/messages` in real milliseconds.
     #[arg(long, default_value_t = 0)]
     pub message_latency_ms: u64,
+    /// Chance that a batch create call answers 529 `overloaded_error` (on
+    /// top of the per-call faults): the batch lane down while Messages works.
+    #[arg(long, default_value_t = 0.0)]
+    pub batch_create_error_chance: f64,
+    /// Simulated seconds a cancel takes to end the batch (default: a tenth of a real second).
+    #[arg(long)]
+    pub cancel_secs: Option<f64>,
 }
 
 impl Default for SimConfig {
@@ -99,6 +106,8 @@ impl Default for SimConfig {
             never_end: false,
             seed: 0,
             message_latency_ms: 0,
+            batch_create_error_chance: 0.0,
+            cancel_secs: None,
         }
     }
 }
@@ -115,6 +124,7 @@ impl SimConfig {
             ("overloaded_chance", self.overloaded_chance),
             ("server_error_chance", self.server_error_chance),
             ("truncate_results_chance", self.truncate_results_chance),
+            ("batch_create_error_chance", self.batch_create_error_chance),
         ];
         for (name, value) in unit {
             if !(0.0..=1.0).contains(&value) {

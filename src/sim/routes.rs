@@ -99,6 +99,10 @@ async fn create_batch(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bod
         .map_err(ApiError::invalid)?;
     let base = base_url(&sim, &headers);
     let mut state = sim.lock();
+    if faults::roll_create_failure(&sim.config, state.next_seq) {
+        state.stats.fault("batch_create_529");
+        return Err(ApiError::overloaded());
+    }
     let seq = state.create_batch(&sim.config, &sim.clock, sim.nonce, incoming);
     let batch = &state.batches[&seq];
     tracing::info!(batch = %batch.core.id, requests = batch.core.records.len(), "batch created");
@@ -162,7 +166,7 @@ async fn cancel_batch(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id):
     let now = sim.clock.now();
     let mut state = sim.lock();
     let batch = state.batch(sim.nonce, &id, now, &sim.config).ok_or_else(|| unknown(&id))?;
-    let canceled = batch.cancel(now, &sim.clock);
+    let canceled = batch.cancel(now, &sim.clock, sim.config.cancel_secs);
     let body = batch.to_json(&sim.clock, &base_url(&sim, &headers));
     if canceled {
         state.stats.batches_canceled += 1;

@@ -91,6 +91,16 @@ impl Store {
         Ok(SyncSettle::Settled)
     }
 
+    /// Whether `custom_id` already has its final result.
+    pub fn is_final(&self, custom_id: &str) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT 1 FROM requests WHERE custom_id = ?1 AND state IN ('succeeded', 'permanent_failed')",
+            )
+            .and_then(|mut statement| statement.exists([custom_id]))
+            .map_err(|e| self.err(e))
+    }
+
     /// Sends a run straight to the sync lane (the router's decision), with why.
     pub fn route_to_sync(&mut self, run_id: i64, reason: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
         let path = self.path.clone();
