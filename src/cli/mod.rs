@@ -4,9 +4,12 @@
 mod render;
 mod run;
 mod schema;
+mod serve;
 mod setup;
 mod sim;
+mod status;
 mod validate;
+pub mod web;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +67,10 @@ pub enum Command {
     Render(render::Args),
     /// Run a job once in the foreground: submit, poll, ingest, deliver. Resumable.
     Run(run::Args),
+    /// The scheduler daemon: fire runs on their cron, keep every deadline with the sync fallback.
+    Serve(serve::Args),
+    /// Open runs, their batches and fallback plans, next firings, recent skipped or late runs.
+    Status(status::Args),
     /// Run the provider simulator: the Anthropic Messages and Message Batches API on loopback, no API key needed.
     Sim(crate::sim::SimConfig),
 }
@@ -86,6 +93,8 @@ pub fn main() -> ExitCode {
         Command::Schema => schema::run(),
         Command::Render(args) => render::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Serve(args) => serve::run(&args),
+        Command::Status(args) => status::run(&args),
         Command::Sim(config) => sim::run(&config),
     };
     match result {

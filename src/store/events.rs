@@ -68,3 +68,38 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 }
+
+impl Store {
+    /// Events of the given kinds since `since`, newest first, at most `limit`.
+    pub fn recent_events(
+        &self,
+        kinds: &[&str],
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT at, run_id, job, kind, detail FROM events WHERE at >= ?1 ORDER BY id DESC")
+            .map_err(|e| self.err(e))?;
+        let mut rows = statement.query([to_millis(since)]).map_err(|e| self.err(e))?;
+        let mut found = Vec::new();
+        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+            let kind: String = row.get(3).map_err(|e| self.err(e))?;
+            if !kinds.contains(&kind.as_str()) {
+                continue;
+            }
+            let detail: String = row.get(4).map_err(|e| self.err(e))?;
+            found.push(EventRow {
+                at: from_millis(row.get(0).map_err(|e| self.err(e))?),
+                run_id: row.get(1).map_err(|e| self.err(e))?,
+                job: row.get(2).map_err(|e| self.err(e))?,
+                kind,
+                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+            });
+            if found.len() >= limit {
+                break;
+            }
+        }
+        Ok(found)
+    }
+}

@@ -1,0 +1,52 @@
+//! The daemon's HTTP endpoint: `/healthz` for liveness and `/api/v1/status`
+//! (the same document as `orchestrator status --format json`). Read-only.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::engine::Engine;
+
+/// Environment variable holding the bearer token required off loopback.
+pub const TOKEN_ENV: &str = "ORCHESTRATOR_API_TOKEN";
+/// Its file name in `$CREDENTIALS_DIRECTORY`.
+pub const TOKEN_CREDENTIAL: &str = "orchestrator-api-token";
+
+/// The bearer token, from the environment or the systemd credential.
+pub fn token() -> Option<String> {
+    std::env::var(TOKEN_ENV)
+        .ok()
+        .or_else(|| {
+            let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+            std::fs::read_to_string(std::path::Path::new(&dir).join(TOKEN_CREDENTIAL)).ok()
+        })
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+/// Serves until the task is aborted.
+pub async fn serve(listener: tokio::net::TcpListener, engine: Arc<Engine>) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/v1/status", get(status))
+        .with_state(engine);
+    axum::serve(listener, app).await
+}
+
+async fn status(State(engine): State<Arc<Engine>>, headers: HeaderMap) -> Response {
+    if let Some(expected) = token() {
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if given != Some(&format!("Bearer {expected}")) {
+            return (StatusCode::UNAUTHORIZED, "bearer token required\n").into_response();
+        }
+    }
+    let now = engine.clock().now();
+    match engine.store().call(move |s| crate::status::collect(s, None, now)).await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
+}

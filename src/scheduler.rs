@@ -1,0 +1,192 @@
+//! The scheduling loop's logic: which instants of each job's cron fire, once.
+//!
+//! Each job has a cursor in the state database: every firing at or before
+//! it has been handled (fired, queued behind an open run, or skipped with a
+//! recorded reason). A tick fires what lies between the cursor and now, in
+//! order, then moves the cursor. Runs are keyed by `(job, scheduled_for)`,
+//! so a crash between firing and moving the cursor cannot fire twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, DurationRound, Utc};
+use chrono_tz::Tz;
+
+use crate::engine::{Engine, EngineError};
+use crate::manifest::{Job, Overlap};
+use crate::schedule::{cron_parser, due_between, next_after, plan_catch_up};
+use crate::store::ScheduleRow;
+
+/// Firings found in one look; a cron firing every minute after a year of
+/// downtime keeps only the newest of them.
+const MAX_DUE: usize = 1000;
+
+/// Instants this close to start-up count as on time, not as missed.
+const ON_TIME: Duration = Duration::from_secs(60);
+
+/// Fires the runs of every known job on the engine.
+pub struct Scheduler {
+    engine: Arc<Engine>,
+}
+
+/// What happened to one due instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fired {
+    /// A run exists for it now.
+    Started,
+    /// The previous run is still open and the job queues: try again later.
+    Queued,
+    /// The previous run is still open and the job skips (recorded).
+    Skipped,
+}
+
+fn timing(job: &Job) -> Option<(croner::Cron, Tz)> {
+    let cron = cron_parser().parse(&job.manifest.schedule.cron).ok()?;
+    let tz = job.manifest.schedule.timezone.parse().ok()?;
+    Some((cron, tz))
+}
+
+fn chrono(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+impl Scheduler {
+    /// A scheduler firing on `engine` for the engine's known jobs.
+    pub fn new(engine: Arc<Engine>) -> Scheduler {
+        Scheduler { engine }
+    }
+
+    /// After downtime: applies each job's `catch_up` policy to the instants
+    /// missed while nothing ran, recording the ones it skips.
+    pub async fn catch_up(&self) -> Result<(), EngineError> {
+        let now = self.engine.clock().now();
+        for job in self.engine.jobs().values() {
+            let name = job.name.clone();
+            let (Some(row), Some((cron, tz))) =
+                (self.engine.store().call(move |s| s.schedule(&name)).await?, timing(job))
+            else {
+                continue;
+            };
+            let missed = due_between(&cron, tz, row.cursor, now - chrono(ON_TIME), MAX_DUE);
+            let Some(&last) = missed.last() else { continue };
+            let plan = plan_catch_up(&missed, job.manifest.catch_up, now, job.deadline());
+            for (instant, reason) in &plan.skipped {
+                let detail = serde_json::json!({
+                    "scheduled_for": instant.to_rfc3339(), "reason": reason.as_str(), "message": reason.to_string()
+                });
+                self.record(job, "run_skipped", detail).await?;
+            }
+            for &instant in &plan.fire {
+                self.start(job, instant).await?;
+            }
+            tracing::info!(job = %job.name, missed = missed.len(), fired = plan.fire.len(), "caught up after downtime");
+            let row =
+                ScheduleRow { cursor: last, last_fired_for: plan.fire.last().copied().or(row.last_fired_for), ..row };
+            self.save(row).await?;
+        }
+        Ok(())
+    }
+
+    /// Fires one run of every job now (`serve --run-now`), keyed by the current minute.
+    pub async fn run_now(&self) -> Result<(), EngineError> {
+        let now = self.engine.clock().now();
+        let minute = now.duration_trunc(chrono::Duration::minutes(1)).unwrap_or(now);
+        for job in self.engine.jobs().values() {
+            self.start(job, minute).await?;
+        }
+        Ok(())
+    }
+
+    /// Fires every due instant of every job; returns the next firing instant.
+    pub async fn tick(&self) -> Result<Option<DateTime<Utc>>, EngineError> {
+        let mut next: Option<DateTime<Utc>> = None;
+        for job in self.engine.jobs().values() {
+            if let Some(at) = self.tick_job(job).await? {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        Ok(next)
+    }
+
+    async fn tick_job(&self, job: &Job) -> Result<Option<DateTime<Utc>>, EngineError> {
+        let Some((cron, tz)) = timing(job) else { return Ok(None) };
+        let now = self.engine.clock().now();
+        let name = job.name.clone();
+        let stored = self.engine.store().call(move |s| s.schedule(&name)).await?;
+        // A job seen for the first time starts from now: no backfill from the past.
+        let mut row =
+            stored.unwrap_or(ScheduleRow { job: job.name.clone(), cursor: now, next_at: None, last_fired_for: None });
+        let mut cursor = now;
+        for instant in due_between(&cron, tz, row.cursor, now, MAX_DUE) {
+            match self.fire(job, instant, &row).await? {
+                Fired::Started => row.last_fired_for = Some(instant),
+                Fired::Skipped => {}
+                Fired::Queued => {
+                    // Stay just before the queued instant: it is due again on every tick.
+                    cursor = instant - chrono::Duration::milliseconds(1);
+                    break;
+                }
+            }
+        }
+        row.cursor = cursor;
+        row.next_at = next_after(&cron, tz, cursor);
+        let (next_at, queued) = (row.next_at, cursor < now);
+        self.save(row).await?;
+        // A queued instant is retried as runs close: look again soon.
+        Ok(if queued { Some(now + chrono::Duration::seconds(1)) } else { next_at })
+    }
+
+    /// Applies the job's overlap policy to one due instant.
+    async fn fire(&self, job: &Job, instant: DateTime<Utc>, row: &ScheduleRow) -> Result<Fired, EngineError> {
+        let name = job.name.clone();
+        let open = self.engine.store().call(move |s| s.open_runs_of(&name)).await?;
+        let previous_open = open.iter().any(|run| run.scheduled_for < instant);
+        match (previous_open, job.manifest.overlap) {
+            (false, _) | (true, Overlap::Allow) => {
+                self.start(job, instant).await?;
+                Ok(Fired::Started)
+            }
+            (true, Overlap::Skip) => {
+                let detail = serde_json::json!({ "scheduled_for": instant.to_rfc3339(), "reason": "overlap" });
+                self.record(job, "run_skipped", detail).await?;
+                tracing::warn!(job = %job.name, scheduled_for = %instant, "skipped: the previous run is still open");
+                Ok(Fired::Skipped)
+            }
+            (true, Overlap::Queue) => {
+                let first_time = row.cursor < instant - chrono::Duration::milliseconds(1);
+                if first_time {
+                    let detail = serde_json::json!({ "scheduled_for": instant.to_rfc3339() });
+                    self.record(job, "run_queued", detail).await?;
+                }
+                Ok(Fired::Queued)
+            }
+        }
+    }
+
+    /// Creates (or finds) the run of `job` for `instant`. A run whose items
+    /// cannot be read is closed as failed by the engine; that is logged, not fatal.
+    async fn start(&self, job: &Job, instant: DateTime<Utc>) -> Result<(), EngineError> {
+        let deadline_at = instant + chrono(job.deadline());
+        match self.engine.start_run(job, instant, deadline_at).await {
+            Ok(run) => {
+                tracing::info!(job = %job.name, run = %run.run_key, "run fired");
+                Ok(())
+            }
+            Err(EngineError::Store(error)) => Err(EngineError::Store(error)),
+            Err(error) => {
+                tracing::error!(job = %job.name, scheduled_for = %instant, error = %error, "run could not start");
+                Ok(())
+            }
+        }
+    }
+
+    async fn record(&self, job: &Job, kind: &'static str, detail: serde_json::Value) -> Result<(), EngineError> {
+        let (name, now) = (job.name.clone(), self.engine.clock().now());
+        Ok(self.engine.store().call(move |s| s.record_event(None, Some(&name), kind, &detail, now)).await?)
+    }
+
+    async fn save(&self, row: ScheduleRow) -> Result<(), EngineError> {
+        let now = self.engine.clock().now();
+        Ok(self.engine.store().call(move |s| s.save_schedule(&row, now)).await?)
+    }
+}
