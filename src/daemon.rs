@@ -29,6 +29,13 @@ impl Daemon {
         Daemon { scheduler: Scheduler::new(Arc::clone(&engine)), engine, notifier, max_sleep }
     }
 
+    /// Sleeps at most `max` between steps (tests that move a manual clock
+    /// over days use long sleeps; the default keeps the watchdog fed).
+    pub fn with_max_sleep(mut self, max: Duration) -> Daemon {
+        self.max_sleep = max;
+        self
+    }
+
     /// The engine.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine

@@ -1,6 +1,8 @@
 //! Integration tests: the real binary on real files.
 
+mod daemon;
 mod fallback;
+mod harness;
 mod render;
 mod run;
 mod schema;

@@ -46,6 +46,8 @@ pub struct EngineSettings {
     pub sync: SyncLimits,
     /// How often to look while the sync lane works for a run (to deliver its results).
     pub sync_tick: Duration,
+    /// Longest wait between ticks when nothing is due.
+    pub idle_tick: Duration,
 }
 
 impl EngineSettings {
@@ -61,6 +63,7 @@ impl EngineSettings {
             assumed_sync_latency: Duration::from_secs(20),
             sync: SyncLimits::default(),
             sync_tick: Duration::from_secs(1),
+            idle_tick: Duration::from_secs(60),
         }
     }
 }
@@ -82,9 +85,6 @@ pub struct Engine {
     jobs: RwLock<Arc<BTreeMap<String, Job>>>,
     polls: Mutex<HashMap<i64, PollPlan>>,
 }
-
-/// Longest sleep between ticks when nothing is due.
-const IDLE_TICK: Duration = Duration::from_secs(60);
 
 fn chrono(duration: Duration) -> chrono::Duration {
     chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
@@ -156,7 +156,7 @@ impl Engine {
     /// One pass over the active batches and open runs (of `only`, or all);
     /// returns when the engine next needs a tick.
     pub async fn tick(&self, only: Option<i64>) -> Result<DateTime<Utc>, EngineError> {
-        let mut wake = self.clock.now() + chrono(IDLE_TICK);
+        let mut wake = self.clock.now() + chrono(self.settings.idle_tick);
         for batch in self.store.call(move |s| s.active_batches(only)).await? {
             wake = wake.min(self.tend_batch(&batch).await?);
         }
@@ -291,9 +291,9 @@ impl Engine {
     async fn tend_run(&self, run: RunRow) -> Result<DateTime<Utc>, EngineError> {
         let Some(job) = self.jobs().get(&run.job).cloned() else {
             tracing::warn!(run = %run.run_key, "no manifest for this run's job any more; it waits for a reload");
-            return Ok(self.clock.now() + chrono(IDLE_TICK));
+            return Ok(self.clock.now() + chrono(self.settings.idle_tick));
         };
-        let mut wake = self.clock.now() + chrono(IDLE_TICK);
+        let mut wake = self.clock.now() + chrono(self.settings.idle_tick);
         let run = if run.is_sync() { run } else { self.plan_batch_run(&job, run, &mut wake).await? };
         if run.is_sync() {
             if self.settle_batches(&run).await? {

@@ -1,0 +1,162 @@
+//! The daemon's scheduling loop on a manual clock: DST transitions,
+//! catch-up after downtime, and overlap policies, days in milliseconds.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use orchestrator::clock::Clock;
+use orchestrator::daemon::Daemon;
+use orchestrator::sdnotify::Notifier;
+use orchestrator::sim::SimConfig;
+
+use crate::harness::{Harness, harness_at};
+
+fn at(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+}
+
+fn daemon(h: &Harness) -> Daemon {
+    Daemon::new(h.engine.clone(), Notifier::disabled()).with_max_sleep(Duration::from_secs(3600))
+}
+
+/// Steps the daemon as `serve` does until the clock reaches `end`.
+async fn serve_until(h: &Harness, daemon: &Daemon, end: DateTime<Utc>) {
+    let _presence = h.clock.enter();
+    let guard = tokio::time::timeout(Duration::from_secs(60), async {
+        while h.clock.now() < end {
+            let sleep = daemon.step().await.unwrap();
+            h.clock.sleep(sleep).await;
+        }
+    });
+    guard.await.expect("the loop reaches the end within a real minute");
+}
+
+/// Scheduled instants of every run, in order.
+fn fired(h: &Harness) -> Vec<DateTime<Utc>> {
+    let db = h.db();
+    let mut statement = db.prepare("SELECT scheduled_for FROM runs ORDER BY scheduled_for").unwrap();
+    let rows = statement.query_map([], |row| row.get::<_, i64>(0)).unwrap();
+    rows.map(|ms| DateTime::from_timestamp_millis(ms.unwrap()).unwrap()).collect()
+}
+
+async fn dst_case(cron: &str, zone: &str, from: &str, to: &str) -> Vec<DateTime<Utc>> {
+    let head = format!("schedule: {{ cron: '{cron}', timezone: {zone} }}\ntier: soft\ndeadline: 1h\n");
+    let h = harness_at(&head, 1, SimConfig::default(), at(from)).await;
+    let daemon = daemon(&h);
+    daemon.start(false).await.unwrap();
+    serve_until(&h, &daemon, at(to)).await;
+    assert_eq!(h.count("SELECT COUNT(*) FROM runs WHERE state <> 'completed' AND scheduled_for < (SELECT MAX(scheduled_for) FROM runs)"), 0);
+    let runs = fired(&h);
+    h.sim.shutdown().await;
+    runs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn berlin_fall_back_fires_a_repeated_local_time_once() {
+    let runs = dst_case("30 2 * * *", "Europe/Berlin", "2026-10-24T12:00:00Z", "2026-10-27T00:00:00Z").await;
+    // 02:30 CEST on the 25th (00:30 UTC), not again at 02:30 CET; then 02:30 CET (01:30 UTC).
+    assert_eq!(runs, [at("2026-10-25T00:30:00Z"), at("2026-10-26T01:30:00Z")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn berlin_spring_forward_fires_a_missing_local_time_at_the_next_valid_instant() {
+    let runs = dst_case("30 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00Z", "2026-03-31T00:00:00Z").await;
+    // 02:30 does not exist on the 29th: it fires when the clock jumps to 03:00 CEST.
+    assert_eq!(runs, [at("2026-03-29T01:00:00Z"), at("2026-03-30T00:30:00Z")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_york_transitions_fire_once_each() {
+    let spring = dst_case("30 2 * * *", "America/New_York", "2026-03-07T12:00:00Z", "2026-03-10T00:00:00Z").await;
+    assert_eq!(spring, [at("2026-03-08T07:00:00Z"), at("2026-03-09T06:30:00Z")]);
+    // In New York the repeated hour is 01:xx.
+    let fall = dst_case("30 1 * * *", "America/New_York", "2026-10-31T12:00:00Z", "2026-11-03T00:00:00Z").await;
+    assert_eq!(fall, [at("2026-11-01T05:30:00Z"), at("2026-11-02T06:30:00Z")]);
+}
+
+/// Runs a daily 06:00 UTC job, stops the daemon for three days, starts it
+/// again; returns the scheduled instants of the runs and the skipped events.
+async fn downtime(policy: &str) -> (Vec<DateTime<Utc>>, Vec<String>) {
+    let head = format!("schedule: {{ cron: '0 6 * * *' }}\ntier: soft\ndeadline: 12h\ncatch_up: {policy}\n");
+    let h = harness_at(&head, 1, SimConfig::default(), at("2026-11-22T07:00:00Z")).await;
+    let first = daemon(&h);
+    first.start(false).await.unwrap();
+    serve_until(&h, &first, at("2026-11-22T08:00:00Z")).await;
+    drop(first);
+    h.clock.advance(Duration::from_secs(3 * 86_400));
+    let second = daemon(&h);
+    second.start(false).await.unwrap();
+    serve_until(&h, &second, at("2026-11-25T09:00:00Z")).await;
+    let reasons = h.ids("SELECT json_extract(detail, '$.reason') FROM events WHERE kind = 'run_skipped' ORDER BY id");
+    let runs = fired(&h);
+    h.sim.shutdown().await;
+    (runs, reasons)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_latest_runs_only_the_most_recent_missed_instant() {
+    let (runs, skipped) = downtime("latest").await;
+    assert_eq!(runs, [at("2026-11-25T06:00:00Z")]);
+    assert_eq!(skipped, ["not_latest", "not_latest"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_all_runs_every_missed_instant_oldest_first() {
+    let (runs, skipped) = downtime("all").await;
+    assert_eq!(runs, [at("2026-11-23T06:00:00Z"), at("2026-11-24T06:00:00Z"), at("2026-11-25T06:00:00Z")]);
+    assert!(skipped.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_none_records_every_missed_instant_as_skipped() {
+    let (runs, skipped) = downtime("none").await;
+    assert!(runs.is_empty());
+    assert_eq!(skipped, ["catch_up_none", "catch_up_none", "catch_up_none"]);
+}
+
+/// A job every 15 minutes whose batches never end, so each run stays open
+/// until its fallback (about 50 minutes in).
+async fn overlapping(policy: &str) -> Harness {
+    let head = format!("schedule: {{ cron: '*/15 * * * *' }}\ntier: batch\ndeadline: 1h\noverlap: {policy}\n");
+    let sim = SimConfig { never_end: true, ..SimConfig::default() };
+    let h = harness_at(&head, 2, sim, at("2026-11-22T05:59:00Z")).await;
+    let daemon = daemon(&h);
+    daemon.start(false).await.unwrap();
+    serve_until(&h, &daemon, at("2026-11-22T07:10:00Z")).await;
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlap_skip_records_the_skipped_instants() {
+    let h = overlapping("skip").await;
+    // 06:00 runs until its fallback near 06:55; 06:15, 06:30, 06:45 are skipped; 07:00 runs.
+    assert_eq!(fired(&h), [at("2026-11-22T06:00:00Z"), at("2026-11-22T07:00:00Z")]);
+    assert_eq!(
+        h.ids("SELECT json_extract(detail, '$.reason') FROM events WHERE kind = 'run_skipped'"),
+        ["overlap", "overlap", "overlap"]
+    );
+    h.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlap_queue_starts_the_next_run_when_the_open_one_closes() {
+    let h = overlapping("queue").await;
+    let runs = fired(&h);
+    assert_eq!(runs[..2], [at("2026-11-22T06:00:00Z"), at("2026-11-22T06:15:00Z")]);
+    let (first_finished, second_created): (i64, i64) = h
+        .db()
+        .query_row(
+            "SELECT (SELECT finished_at FROM runs ORDER BY scheduled_for LIMIT 1),
+                    (SELECT created_at FROM runs ORDER BY scheduled_for LIMIT 1 OFFSET 1)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(second_created >= first_finished, "the queued run waited for the open one");
+    // 06:15 queued behind 06:00, then 06:30 behind 06:15: each recorded once.
+    let queued =
+        h.ids("SELECT json_extract(detail, '$.scheduled_for') FROM events WHERE kind = 'run_queued' ORDER BY id");
+    assert_eq!(queued, ["2026-11-22T06:15:00+00:00", "2026-11-22T06:30:00+00:00"]);
+    assert_eq!(h.count("SELECT COUNT(*) FROM events WHERE kind = 'run_skipped'"), 0);
+    h.sim.shutdown().await;
+}

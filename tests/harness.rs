@@ -1,0 +1,166 @@
+//! A project, an engine on a manual clock and a simulator following the
+//! same clock: hours of schedule and deadline in milliseconds.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use orchestrator::catalog::Catalog;
+use orchestrator::clock::{Clock, ManualClock};
+use orchestrator::engine::{Engine, EngineSettings, RunOutcome};
+use orchestrator::lanes::{BatchLane, SyncLane, SyncLimits};
+use orchestrator::manifest::Job;
+use orchestrator::providers::anthropic::{AnthropicClient, ApiKey};
+use orchestrator::sim::{SimConfig, SimHandle};
+use orchestrator::store::{SharedStore, Store};
+use orchestrator::validate::{Inputs, validate_dir};
+use rusqlite::Connection;
+use serde_json::Value;
+
+pub fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-22T06:00:00Z").unwrap().with_timezone(&Utc)
+}
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub clock: ManualClock,
+    pub sim: SimHandle,
+    pub engine: Arc<Engine>,
+    pub job: Job,
+}
+
+/// A project with one job `bulk` (`tier`, `deadline`) over `items` items,
+/// an engine on a manual clock at `t0`, and a simulator on the same clock.
+pub async fn harness(tier: &str, deadline: &str, items: usize, sim: SimConfig) -> Harness {
+    let head = format!("schedule: {{ cron: '0 6 * * *' }}\ntier: {tier}\ndeadline: {deadline}\n");
+    harness_at(&head, items, sim, t0()).await
+}
+
+/// Like [`harness`], with the manifest's first lines (schedule, tier,
+/// deadline, policies) given, and the clock starting at `start`.
+pub async fn harness_at(head: &str, items: usize, sim: SimConfig, start: DateTime<Utc>) -> Harness {
+    // Logs show up only for a failing test.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(std::env::var("TEST_LOG").unwrap_or_else(|_| "orchestrator=info".into()))
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("jobs")).unwrap();
+    std::fs::create_dir_all(root.join("prompts")).unwrap();
+    let lines: String = (0..items).map(|i| format!("{{\"id\":{i},\"text\":\"item number {i}\"}}\n")).collect();
+    std::fs::write(root.join("items.jsonl"), lines).unwrap();
+    let manifest = format!(
+        "{head}model: claude-haiku-4-5\nmax_tokens: 64\n\
+         prompt: {{ inline: 'Label {{{{ item.text }}}}' }}\nitems: {{ jsonl: {items_path} }}\n\
+         sink: {{ jsonl: {sink} }}\nretry: {{ max_attempts: 3 }}\n",
+        items_path = root.join("items.jsonl").display(),
+        sink = root.join("out/bulk.jsonl").display(),
+    );
+    std::fs::write(root.join("jobs/bulk.yaml"), manifest).unwrap();
+    let catalog = Catalog::builtin();
+    let report = validate_dir(Inputs {
+        jobs_dir: &root.join("jobs"),
+        prompts_dir: &root.join("prompts"),
+        catalog: &catalog,
+        now: start,
+    });
+    let job = report.job("bulk").cloned().unwrap_or_else(|| panic!("{:?}", report.diagnostics));
+    let clock = ManualClock::new(start);
+    let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+    let sim_config = SimConfig { listen: "127.0.0.1:0".parse().unwrap(), ..sim };
+    let sim = orchestrator::sim::start_with_clock(sim_config, Arc::clone(&shared)).await.unwrap();
+    let store = SharedStore::new(Store::open(&root.join("state/orchestrator.db")).unwrap());
+    let client = AnthropicClient::new(&sim.base_url(), ApiKey::new("sk-test")).unwrap();
+    let mut settings = EngineSettings::new(root.join("prompts"), catalog);
+    settings.assumed_sync_latency = Duration::from_secs(2);
+    settings.sync = SyncLimits { concurrency: 8, ..SyncLimits::default() };
+    settings.idle_tick = Duration::from_secs(3600);
+    let batch = BatchLane::new(client.clone(), store.clone(), Arc::clone(&shared));
+    let sync = SyncLane::new(client, store.clone(), Arc::clone(&shared), settings.sync);
+    let engine = Arc::new(Engine::new(store, batch, sync, shared, settings, vec![job.clone()]));
+    Harness { dir, clock, sim, engine, job }
+}
+
+impl Harness {
+    /// Starts the run for `t0` and drives it to its end (a real-time guard stops a hang).
+    pub async fn run(&self) -> (i64, RunOutcome) {
+        let deadline_at = t0() + chrono::Duration::from_std(self.job.deadline()).unwrap();
+        let run = self.engine.start_run(&self.job, t0(), deadline_at).await.unwrap();
+        let guard = std::env::var("TEST_GUARD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
+        let outcome = match tokio::time::timeout(Duration::from_secs(guard), self.engine.drive(run.id)).await {
+            Ok(outcome) => outcome.unwrap(),
+            Err(_) => panic!(
+                "the run did not end within {guard} real seconds: {:?}, requests {:?}, sync calls {}, sim {:?}",
+                self.clock,
+                self.ids("SELECT state || ':' || COUNT(*) FROM requests GROUP BY state"),
+                self.count("SELECT COUNT(*) FROM attempts WHERE lane = 'sync'"),
+                self.sim.stats()
+            ),
+        };
+        (run.id, outcome)
+    }
+
+    /// Keeps ticking (as the daemon does) until no batch is active any more.
+    pub async fn settle_batches(&self) {
+        let _presence = self.clock.enter();
+        for _ in 0..1000 {
+            let wake = self.engine.tick(None).await.unwrap();
+            if self
+                .count("SELECT COUNT(*) FROM batches WHERE state NOT IN ('ended', 'abandoned') OR results_ingested = 0")
+                == 0
+            {
+                return;
+            }
+            self.clock.sleep(orchestrator::engine::until(self.clock.now(), wake)).await;
+        }
+        panic!("batches never settled");
+    }
+
+    pub fn db(&self) -> Connection {
+        Connection::open(self.dir.path().join("state/orchestrator.db")).unwrap()
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        self.db().query_row(sql, [], |row| row.get(0)).unwrap()
+    }
+
+    pub fn ids(&self, sql: &str) -> Vec<String> {
+        let db = self.db();
+        let mut statement = db.prepare(sql).unwrap();
+        statement.query_map([], |row| row.get(0)).unwrap().map(Result::unwrap).collect()
+    }
+
+    /// custom_id → how many times the sink holds it.
+    pub fn delivered(&self) -> HashMap<String, usize> {
+        let text = std::fs::read_to_string(self.dir.path().join("out/bulk.jsonl")).unwrap_or_default();
+        let mut seen = HashMap::new();
+        for line in text.lines() {
+            let value: Value = serde_json::from_str(line).unwrap();
+            *seen.entry(value["custom_id"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+        }
+        seen
+    }
+
+    /// Deadline minus the instant the run closed, in seconds.
+    pub fn margin_secs(&self, run_id: i64) -> i64 {
+        let (deadline, finished): (i64, i64) = self
+            .db()
+            .query_row("SELECT deadline_at, finished_at FROM runs WHERE id = ?1", [run_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        (deadline - finished) / 1000
+    }
+
+    pub fn assert_each_delivered_once(&self) {
+        let delivered = self.delivered();
+        assert_eq!(delivered.len(), crate::fallback::ITEMS, "every item reached the sink");
+        assert!(delivered.values().all(|&n| n == 1), "no result was delivered twice");
+        assert_eq!(self.count("SELECT COUNT(*) FROM deliveries"), crate::fallback::ITEMS as i64);
+    }
+
+    pub const SYNC_CALLS: &'static str =
+        "SELECT COUNT(*) FROM attempts WHERE lane = 'sync' AND operation = 'create_message' AND error_type IS NULL";
+}
