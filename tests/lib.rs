@@ -6,6 +6,7 @@ mod harness;
 mod render;
 mod run;
 mod schema;
+mod serve;
 mod sim;
 mod support;
 mod validate;

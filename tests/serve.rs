@@ -1,0 +1,217 @@
+//! `orchestrator serve` as a real process against the simulator: SIGTERM and
+//! SIGKILL mid-run then restart lose nothing and duplicate nothing; catch-up
+//! after downtime; status; refusing to start on bad manifests.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use orchestrator::sim::{SimConfig, SimHandle};
+use rusqlite::Connection;
+use serde_json::Value;
+
+const ITEMS: usize = 40;
+
+/// A project with one job `bulk` (`head` gives schedule, tier, deadline).
+fn project(head: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+    std::fs::create_dir_all(dir.path().join("prompts")).unwrap();
+    let lines: String = (0..ITEMS).map(|i| format!("{{\"id\":{i},\"text\":\"item number {i}\"}}\n")).collect();
+    std::fs::write(dir.path().join("items.jsonl"), lines).unwrap();
+    let manifest = format!(
+        "{head}model: claude-haiku-4-5\nmax_tokens: 64\nprompt: {{ inline: 'Label {{{{ item.text }}}}' }}\n\
+         items: {{ jsonl: items.jsonl }}\nsink: {{ jsonl: out/bulk.jsonl }}\n"
+    );
+    std::fs::write(dir.path().join("jobs/bulk.yaml"), manifest).unwrap();
+    std::fs::write(
+        dir.path().join("orchestrator.yaml"),
+        "batch: { poll_initial: 1s }\nfallback: { assumed_sync_latency: 1s }\n",
+    )
+    .unwrap();
+    dir
+}
+
+async fn simulator(config: SimConfig) -> SimHandle {
+    orchestrator::sim::start(SimConfig { listen: "127.0.0.1:0".parse().unwrap(), ..config }).await.unwrap()
+}
+
+fn serve(dir: &Path, sim: &SimHandle, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config", "orchestrator.yaml"])
+        .args(extra)
+        .current_dir(dir)
+        .env("ANTHROPIC_BASE_URL", sim.base_url())
+        .env("ANTHROPIC_API_KEY", "sk-test-not-a-real-key")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn count(dir: &Path, sql: &str) -> i64 {
+    let Ok(db) = Connection::open(dir.join("state/orchestrator.db")) else { return -1 };
+    db.query_row(sql, [], |row| row.get(0)).unwrap_or(-1)
+}
+
+/// Waits (real time) until `sql` counts at least `at_least`.
+async fn wait_for(dir: &Path, sql: &str, at_least: i64, within: Duration) {
+    let start = Instant::now();
+    while count(dir, sql) < at_least {
+        assert!(start.elapsed() < within, "timed out waiting for `{sql}` >= {at_least}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+async fn wait_exit(mut child: Child, within: Duration) -> (Option<i32>, String) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            return (status.code(), stderr);
+        }
+        assert!(start.elapsed() < within, "the daemon did not exit in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn delivered(dir: &Path) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for line in std::fs::read_to_string(dir.join("out/bulk.jsonl")).unwrap_or_default().lines() {
+        let value: Value = serde_json::from_str(line).unwrap();
+        *seen.entry(value["custom_id"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+    }
+    seen
+}
+
+fn assert_complete_once(dir: &Path, sim: &SimHandle) {
+    assert_eq!(count(dir, "SELECT COUNT(*) FROM runs WHERE state = 'completed'"), 1);
+    let delivered = delivered(dir);
+    assert_eq!(delivered.len(), ITEMS, "every item reached the sink");
+    assert!(delivered.values().all(|&n| n == 1), "nothing was delivered twice");
+    assert_eq!(sim.stats().custom_ids_submitted_more_than_once, 0, "no request was in two batches");
+}
+
+const COMPLETED: &str = "SELECT COUNT(*) FROM runs WHERE state = 'completed'";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_run_then_restart_completes_with_nothing_lost_or_duplicated() {
+    // A batch takes about 3 s: SIGTERM lands while it is at the provider.
+    let sim = simulator(SimConfig { batch_median_secs: 3.0, batch_p95_secs: 3.5, ..SimConfig::default() }).await;
+    let dir = project("schedule: { cron: '0 6 * * *' }\ntier: batch\ndeadline: 2h\n");
+    let first = serve(dir.path(), &sim, &["--run-now"]);
+    wait_for(
+        dir.path(),
+        "SELECT COUNT(*) FROM batches WHERE provider_batch_id IS NOT NULL",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    signal(&first, "TERM");
+    let (code, stderr) = wait_exit(first, Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("stopping"), "{stderr}");
+    assert_eq!(
+        count(dir.path(), "SELECT COUNT(*) FROM runs WHERE state = 'open'"),
+        1,
+        "the run waits for the next start"
+    );
+    let second = serve(dir.path(), &sim, &[]);
+    wait_for(dir.path(), COMPLETED, 1, Duration::from_secs(30)).await;
+    signal(&second, "TERM");
+    wait_exit(second, Duration::from_secs(15)).await;
+    assert_complete_once(dir.path(), &sim);
+    assert_eq!(sim.stats().batches_created, 1, "the batch was resumed, not submitted again");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_fallback_then_restart_completes_with_nothing_lost_or_duplicated() {
+    // Batches never end; the fallback fires within seconds; sync calls take 100 ms each.
+    let sim = simulator(SimConfig { never_end: true, message_latency_ms: 100, ..SimConfig::default() }).await;
+    let dir = project("schedule: { cron: '0 6 * * *' }\ntier: soft\ndeadline: 30s\n");
+    let first = serve(dir.path(), &sim, &["--run-now"]);
+    let sync_calls = "SELECT COUNT(*) FROM attempts WHERE lane = 'sync' AND error_type IS NULL";
+    wait_for(dir.path(), sync_calls, 5, Duration::from_secs(40)).await;
+    signal(&first, "KILL");
+    wait_exit(first, Duration::from_secs(5)).await;
+    let before = count(dir.path(), "SELECT COUNT(*) FROM requests WHERE state = 'succeeded'");
+    assert!(before < ITEMS as i64, "killed in the middle of the fallback ({before} done)");
+    let second = serve(dir.path(), &sim, &[]);
+    wait_for(dir.path(), "SELECT COUNT(*) FROM runs WHERE state IN ('completed', 'late')", 1, Duration::from_secs(40))
+        .await;
+    signal(&second, "TERM");
+    wait_exit(second, Duration::from_secs(15)).await;
+    let delivered = delivered(dir.path());
+    assert_eq!(delivered.len(), ITEMS);
+    assert!(delivered.values().all(|&n| n == 1));
+    assert_eq!(sim.stats().batches_created, 1, "the fallback never submits the batch again");
+    assert_eq!(
+        count(
+            dir.path(),
+            "SELECT COUNT(*) FROM results WHERE lane = 'sync' AND duplicate = 0 AND status = 'succeeded'"
+        ),
+        ITEMS as i64
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_after_downtime_follows_the_policy() {
+    let sim = simulator(SimConfig::default()).await;
+    // Hourly; the daemon "was down" for the last three hours and a half.
+    let dir = project("schedule: { cron: '0 * * * *' }\ntier: soft\ndeadline: 2h\ncatch_up: latest\n");
+    let cursor = chrono::Utc::now() - chrono::Duration::minutes(210);
+    {
+        let mut store = orchestrator::store::Store::open(&dir.path().join("state/orchestrator.db")).unwrap();
+        let row = orchestrator::store::ScheduleRow { job: "bulk".into(), cursor, next_at: None, last_fired_for: None };
+        store.save_schedule(&row, cursor).unwrap();
+    }
+    let daemon = serve(dir.path(), &sim, &[]);
+    wait_for(dir.path(), COMPLETED, 1, Duration::from_secs(30)).await;
+    signal(&daemon, "TERM");
+    wait_exit(daemon, Duration::from_secs(15)).await;
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM runs"), 1, "only the latest missed hour ran");
+    let skipped = count(dir.path(), "SELECT COUNT(*) FROM events WHERE kind = 'run_skipped'");
+    assert!((2..=3).contains(&skipped), "the older missed hours are recorded: {skipped}");
+    let status = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["status", "--format", "json"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let kinds: Vec<&str> = report["recent"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"run_skipped"), "status shows the skipped instants: {kinds:?}");
+    assert_eq!(report["schedules"][0]["job"], "bulk");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_bad_manifests_and_a_missing_key() {
+    let dir = project("schedule: { cron: '0 6 * * *' }\ntier: batch\ndeadline: 2h\n");
+    let run = |envs: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+        command.args(["serve", "--listen", "127.0.0.1:0"]).current_dir(dir.path()).env_remove("ANTHROPIC_API_KEY");
+        command.env_remove("CREDENTIALS_DIRECTORY");
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        command.output().unwrap()
+    };
+    let no_key = run(&[]);
+    assert_eq!(no_key.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&no_key.stderr).contains("ANTHROPIC_API_KEY"));
+    std::fs::write(dir.path().join("jobs/broken.yaml"), "schedule: { cron: '61 * * * *' }\n").unwrap();
+    let broken = run(&[("ANTHROPIC_API_KEY", "sk-test")]);
+    assert_eq!(broken.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&broken.stderr);
+    assert!(stderr.contains("broken.yaml:1:"), "{stderr}");
+}
