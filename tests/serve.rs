@@ -153,7 +153,10 @@ async fn sigkill_during_fallback_then_restart_completes_with_nothing_lost_or_dup
     let delivered = delivered(dir.path());
     assert_eq!(delivered.len(), ITEMS);
     assert!(delivered.values().all(|&n| n == 1));
-    assert_eq!(sim.stats().batches_created, 1, "the fallback never submits the batch again");
+    // `--run-now` keys the run to the current minute, so on a slow machine the
+    // 30 s deadline may leave no room for a batch at all (straight to sync).
+    assert!(sim.stats().batches_created <= 1, "the fallback never submits the batch again");
+    assert_eq!(sim.stats().custom_ids_submitted_more_than_once, 0);
     assert_eq!(
         count(
             dir.path(),
