@@ -16,6 +16,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+/// `duration` as a calendar span, saturating instead of failing on absurd lengths.
+pub fn span(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
 /// A source of "now" and a way to wait.
 pub trait Clock: Send + Sync + 'static {
     /// The current instant.
@@ -112,7 +117,7 @@ impl ManualClock {
     /// Moves the clock forward by `duration` and wakes every sleep that is due.
     pub fn advance(&self, duration: Duration) {
         let mut state = lock(&self.shared);
-        state.now += chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX);
+        state.now += span(duration);
         state.wake_due();
     }
 }
@@ -131,7 +136,7 @@ impl Clock for ManualClock {
 
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
         let mut state = lock(&self.shared);
-        let until = state.now + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX);
+        let until = state.now + span(duration);
         state.next_id += 1;
         Box::pin(ManualSleep { shared: Arc::clone(&self.shared), key: (until, state.next_id), registered: false })
     }

@@ -19,6 +19,7 @@ pub mod render;
 pub mod schedule;
 pub mod scheduler;
 pub mod sdnotify;
+pub mod secrets;
 pub mod sim;
 pub mod sinks;
 pub mod sources;

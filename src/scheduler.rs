@@ -12,6 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, DurationRound, Utc};
 use chrono_tz::Tz;
 
+use crate::clock::span;
 use crate::engine::{Engine, EngineError};
 use crate::manifest::{Job, Overlap};
 use crate::schedule::{cron_parser, due_between, next_after, plan_catch_up};
@@ -46,10 +47,6 @@ fn timing(job: &Job) -> Option<(croner::Cron, Tz)> {
     Some((cron, tz))
 }
 
-fn chrono(duration: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
-}
-
 impl Scheduler {
     /// A scheduler firing on `engine` for the engine's known jobs.
     pub fn new(engine: Arc<Engine>) -> Scheduler {
@@ -67,7 +64,7 @@ impl Scheduler {
             else {
                 continue;
             };
-            let missed = due_between(&cron, tz, row.cursor, now - chrono(ON_TIME), MAX_DUE);
+            let missed = due_between(&cron, tz, row.cursor, now - span(ON_TIME), MAX_DUE);
             let Some(&last) = missed.last() else { continue };
             let plan = plan_catch_up(&missed, job.manifest.catch_up, now, job.deadline());
             for (instant, reason) in &plan.skipped {
@@ -166,7 +163,7 @@ impl Scheduler {
     /// Creates (or finds) the run of `job` for `instant`. A run whose items
     /// cannot be read is closed as failed by the engine; that is logged, not fatal.
     async fn start(&self, job: &Job, instant: DateTime<Utc>) -> Result<(), EngineError> {
-        let deadline_at = instant + chrono(job.deadline());
+        let deadline_at = instant + span(job.deadline());
         match self.engine.start_run(job, instant, deadline_at).await {
             Ok(run) => {
                 tracing::info!(job = %job.name, run = %run.run_key, "run fired");

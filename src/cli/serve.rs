@@ -67,7 +67,8 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         eprintln!("error: not starting: fix the manifests above (`orchestrator validate` shows the same)");
         return Ok(EXIT_CONFIG);
     };
-    if !args.listen.ip().is_loopback() && crate::cli::web::token().is_none() {
+    let token = crate::cli::web::token();
+    if !args.listen.ip().is_loopback() && token.is_none() {
         eprintln!(
             "error: --listen {} is not a loopback address: set {} (or the credential `{}`) to require a bearer token",
             args.listen,
@@ -93,7 +94,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let web = tokio::spawn(crate::cli::web::serve(listener, Arc::clone(&backend.engine)));
+        let web = tokio::spawn(crate::cli::web::serve(listener, Arc::clone(&backend.engine), token));
         tracing::info!(listen = %args.listen, jobs = backend.engine.jobs().len(), simulate = args.simulate, "serving");
         daemon.start(args.run_now).await?;
         serve_until_signal(&daemon, args, &catalog).await?;

@@ -18,27 +18,31 @@ pub const TOKEN_CREDENTIAL: &str = "orchestrator-api-token";
 
 /// The bearer token, from the environment or the systemd credential.
 pub fn token() -> Option<String> {
-    std::env::var(TOKEN_ENV)
-        .ok()
-        .or_else(|| {
-            let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
-            std::fs::read_to_string(std::path::Path::new(&dir).join(TOKEN_CREDENTIAL)).ok()
-        })
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
+    crate::secrets::read(TOKEN_ENV, TOKEN_CREDENTIAL)
 }
 
-/// Serves until the task is aborted.
-pub async fn serve(listener: tokio::net::TcpListener, engine: Arc<Engine>) -> std::io::Result<()> {
+/// What the handlers share: the engine, and the token read once at start.
+#[derive(Clone)]
+struct Web {
+    engine: Arc<Engine>,
+    token: Option<Arc<str>>,
+}
+
+/// Serves until the task is aborted; `token`, when set, is required on the API.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    engine: Arc<Engine>,
+    token: Option<String>,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/v1/status", get(status))
-        .with_state(engine);
+        .with_state(Web { engine, token: token.map(Arc::from) });
     axum::serve(listener, app).await
 }
 
-async fn status(State(engine): State<Arc<Engine>>, headers: HeaderMap) -> Response {
-    if let Some(expected) = token() {
+async fn status(State(Web { engine, token }): State<Web>, headers: HeaderMap) -> Response {
+    if let Some(expected) = token {
         let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         if given != Some(&format!("Bearer {expected}")) {
             return (StatusCode::UNAUTHORIZED, "bearer token required\n").into_response();

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -18,7 +18,7 @@ use super::plan::{SyncLoad, fallback_at, safety_margin, sync_estimate};
 use super::prepare::{RunSlot, prepare_run};
 use super::{EngineError, RunOutcome};
 use crate::catalog::Catalog;
-use crate::clock::Clock;
+use crate::clock::{Clock, span};
 use crate::lanes::batch::split;
 use crate::lanes::{BatchLane, BatchLimits, SyncLane, SyncLimits, SyncRequest};
 use crate::manifest::Job;
@@ -84,10 +84,6 @@ pub struct Engine {
     settings: EngineSettings,
     jobs: RwLock<Arc<BTreeMap<String, Job>>>,
     polls: Mutex<HashMap<i64, PollPlan>>,
-}
-
-fn chrono(duration: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }
 
 impl Engine {
@@ -156,7 +152,7 @@ impl Engine {
     /// One pass over the active batches and open runs (of `only`, or all);
     /// returns when the engine next needs a tick.
     pub async fn tick(&self, only: Option<i64>) -> Result<DateTime<Utc>, EngineError> {
-        let mut wake = self.clock.now() + chrono(self.settings.idle_tick);
+        let mut wake = self.clock.now() + span(self.settings.idle_tick);
         for batch in self.store.call(move |s| s.active_batches(only)).await? {
             wake = wake.min(self.tend_batch(&batch).await?);
         }
@@ -170,7 +166,7 @@ impl Engine {
         // Batches submitted or canceled during this tick are due for a poll;
         // plans of batches that are no longer active are dropped, never waited for.
         let active: Vec<i64> = self.store.call(move |s| s.active_batches(only)).await?.iter().map(|b| b.id).collect();
-        let mut polls = self.polls.lock().unwrap_or_else(|p| p.into_inner());
+        let mut polls = self.polls();
         if only.is_none() {
             polls.retain(|id, _| active.contains(id));
         }
@@ -236,14 +232,13 @@ impl Engine {
             let batch_id = batch.id;
             let fresh = self.store.call(move |s| s.batch(batch_id)).await?.expect("a polled batch exists");
             self.batch.ingest(&fresh).await?;
-            self.polls.lock().unwrap_or_else(|p| p.into_inner()).remove(&batch.id);
+            self.polls().remove(&batch.id);
         }
         Ok(())
     }
 
     fn poll_plan(&self, batch_id: i64, now: DateTime<Utc>) -> PollPlan {
-        let mut polls = self.polls.lock().unwrap_or_else(|p| p.into_inner());
-        *polls.entry(batch_id).or_insert(PollPlan { next_at: now, wait: self.settings.poll_initial })
+        *self.polls().entry(batch_id).or_insert(PollPlan { next_at: now, wait: self.settings.poll_initial })
     }
 
     /// Backs off while a batch is unchanged, never past the run's fallback
@@ -255,15 +250,24 @@ impl Engine {
         } else {
             let left = (run.fallback_at.unwrap_or(run.deadline_at) - now).to_std().unwrap_or_default();
             let floor = self.settings.poll_initial.min(left / 10).max(Duration::from_millis(100));
-            let current = self.polls.lock().unwrap_or_else(|p| p.into_inner()).get(&batch_id).map(|p| p.wait);
+            let current = self.polls().get(&batch_id).map(|p| p.wait);
             let wait = match (changed, current) {
                 (false, Some(wait)) => (wait * 2).min(self.settings.poll_max),
                 _ => floor,
             };
             wait.min((left / 4).max(floor))
         };
-        let plan = PollPlan { next_at: now + chrono(wait), wait };
-        self.polls.lock().unwrap_or_else(|p| p.into_inner()).insert(batch_id, plan);
+        self.schedule_poll(batch_id, wait);
+    }
+
+    /// Polls `batch_id` again after `wait`.
+    fn schedule_poll(&self, batch_id: i64, wait: Duration) {
+        let plan = PollPlan { next_at: self.clock.now() + span(wait), wait };
+        self.polls().insert(batch_id, plan);
+    }
+
+    fn polls(&self) -> MutexGuard<'_, HashMap<i64, PollPlan>> {
+        self.polls.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// How long after the fallback engaged the sync lane waits for the
@@ -274,7 +278,7 @@ impl Engine {
     }
 
     fn awaiting_cancel(&self, run: &RunRow, now: DateTime<Utc>) -> bool {
-        run.fallback_started_at.is_some_and(|started| now < started + chrono(self.cancel_grace(run)))
+        run.fallback_started_at.is_some_and(|started| now < started + span(self.cancel_grace(run)))
     }
 
     /// Poll interval for a run's batches once its fallback engaged: quick
@@ -291,19 +295,19 @@ impl Engine {
     async fn tend_run(&self, run: RunRow) -> Result<DateTime<Utc>, EngineError> {
         let Some(job) = self.jobs().get(&run.job).cloned() else {
             tracing::warn!(run = %run.run_key, "no manifest for this run's job any more; it waits for a reload");
-            return Ok(self.clock.now() + chrono(self.settings.idle_tick));
+            return Ok(self.clock.now() + span(self.settings.idle_tick));
         };
-        let mut wake = self.clock.now() + chrono(self.settings.idle_tick);
+        let mut wake = self.clock.now() + span(self.settings.idle_tick);
         let run = if run.is_sync() { run } else { self.plan_batch_run(&job, run, &mut wake).await? };
         if run.is_sync() {
             if self.settle_batches(&run).await? {
-                let grace_end = run.fallback_started_at.map(|t| t + chrono(self.cancel_grace(&run)));
+                let grace_end = run.fallback_started_at.map(|t| t + span(self.cancel_grace(&run)));
                 wake = grace_end.map_or(wake, |end| wake.min(end));
             } else {
                 self.feed_sync_lane(&job, &run).await?;
             }
             if self.sync.outstanding(run.id) > 0 {
-                wake = wake.min(self.clock.now() + chrono(self.settings.sync_tick));
+                wake = wake.min(self.clock.now() + span(self.settings.sync_tick));
             }
         }
         let info = RunInfo::new(&job, run.scheduled_for)?;
@@ -374,9 +378,7 @@ impl Engine {
         }
         for custom_ids in split(&waiting, limits) {
             let batch_id = self.batch.submit(run.id, custom_ids, &job.manifest.betas, run.deadline_at).await?;
-            let next_at = self.clock.now() + chrono(self.settings.poll_initial);
-            let plan = PollPlan { next_at, wait: self.settings.poll_initial };
-            self.polls.lock().unwrap_or_else(|p| p.into_inner()).insert(batch_id, plan);
+            self.schedule_poll(batch_id, self.settings.poll_initial);
         }
         Ok(())
     }
@@ -405,11 +407,7 @@ impl Engine {
         for batch in self.store.call(move |s| s.active_batches(Some(run_id))).await? {
             if batch.state == BatchState::InProgress {
                 match self.batch.cancel(&batch).await {
-                    Ok(()) => {
-                        let wait = self.settling_poll(run, now);
-                        let plan = PollPlan { next_at: now + chrono(wait), wait };
-                        self.polls.lock().unwrap_or_else(|p| p.into_inner()).insert(batch.id, plan);
-                    }
+                    Ok(()) => self.reschedule_poll(batch.id, run, true),
                     Err(error) => tracing::warn!(
                         batch = batch.id,
                         error = %error,

@@ -47,7 +47,7 @@ pub fn safety_margin(created_at: DateTime<Utc>, deadline_at: DateTime<Utc>, max:
 /// `deadline − margin − estimated sync time`: after this instant, waiting
 /// longer for the batch would put the deadline at risk.
 pub fn fallback_at(deadline_at: DateTime<Utc>, margin: Duration, estimate: Duration) -> DateTime<Utc> {
-    let lead = chrono::Duration::from_std(margin + estimate).unwrap_or(chrono::Duration::MAX);
+    let lead = crate::clock::span(margin + estimate);
     deadline_at.checked_sub_signed(lead).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 

@@ -94,11 +94,8 @@ impl BatchLane {
             self.recorded("cancel_batch", Some(batch.run_id), Some(batch.id), self.client.cancel_batch(&provider_id))
         })
         .await?;
-        let state = if seen.processing_status == "ended" { BatchState::Ended } else { BatchState::Canceling };
-        let ended_at =
-            seen.ended_at.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc));
-        let (now, batch_id, url) = (self.clock.now(), batch.id, seen.results_url.clone());
-        self.store.call(move |s| s.update_batch_status(batch_id, state, ended_at, url.as_deref(), now)).await?;
+        self.record_seen(batch, &seen).await?;
+        let now = self.clock.now();
         let detail = serde_json::json!({ "batch": batch.id, "provider_batch_id": provider_id });
         let run_id = batch.run_id;
         self.store.call(move |s| s.record_event(Some(run_id), None, "batch_cancel_requested", &detail, now)).await?;
@@ -250,6 +247,12 @@ impl BatchLane {
             )
         })
         .await?;
+        let state = self.record_seen(batch, &seen).await?;
+        Ok(state == BatchState::Ended && seen.results_url.is_some())
+    }
+
+    /// Stores what the provider said about a batch (retrieve or cancel answer).
+    async fn record_seen(&self, batch: &BatchRow, seen: &MessageBatch) -> Result<BatchState, LaneError> {
         let state = match seen.processing_status.as_str() {
             "ended" => BatchState::Ended,
             "canceling" => BatchState::Canceling,
@@ -257,10 +260,9 @@ impl BatchLane {
         };
         let ended_at =
             seen.ended_at.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc));
-        let now = self.clock.now();
-        let (batch_id, url) = (batch.id, seen.results_url.clone());
+        let (now, batch_id, url) = (self.clock.now(), batch.id, seen.results_url.clone());
         self.store.call(move |s| s.update_batch_status(batch_id, state, ended_at, url.as_deref(), now)).await?;
-        Ok(state == BatchState::Ended && seen.results_url.is_some())
+        Ok(state)
     }
 
     /// Streams an ended batch's results into the store, a chunk per
@@ -328,27 +330,9 @@ impl BatchLane {
         self.pace().await;
         let started_at = self.clock.now();
         let result = call.await;
-        let (http_status, error_type, error_message, request_id) = match &result {
-            Ok(_) => (None, None, None, None),
-            Err(ProviderError::Api { status, error_type, message, request_id, .. }) => {
-                (Some(*status), Some(error_type.clone()), Some(message.clone()), request_id.clone())
-            }
-            Err(other) => (None, Some(other.kind()), Some(other.to_string()), None),
-        };
-        let attempt = NewAttempt {
-            run_id,
-            batch_id,
-            custom_id: None,
-            lane: "batch",
-            operation,
-            request_id,
-            started_at,
-            finished_at: self.clock.now(),
-            http_status,
-            error_type,
-            error_message,
-            model: None,
-        };
+        let started = NewAttempt::started("batch", operation, started_at);
+        let started = NewAttempt { run_id, batch_id, ..started };
+        let attempt = super::ended_attempt(started, self.clock.now(), &result, None);
         if let Err(error) = self.store.call(move |s| s.record_attempt(&attempt)).await {
             // The call itself happened; losing its log line must not stop the run.
             tracing::warn!(operation, error = %error, "could not record a provider call");

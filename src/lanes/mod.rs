@@ -7,3 +7,27 @@ pub mod sync;
 
 pub use batch::{BatchLane, BatchLimits};
 pub use sync::{SyncLane, SyncLimits, SyncRequest};
+
+use chrono::{DateTime, Utc};
+
+use crate::providers::ProviderError;
+use crate::store::NewAttempt;
+
+/// The attempts-log row of a provider call that ended with `result`;
+/// `ok_request_id` is the `request-id` of a successful answer, when the
+/// caller has it (errors carry their own).
+pub(crate) fn ended_attempt<T>(
+    started: NewAttempt,
+    finished_at: DateTime<Utc>,
+    result: &Result<T, ProviderError>,
+    ok_request_id: Option<String>,
+) -> NewAttempt {
+    let (http_status, error_type, error_message, request_id) = match result {
+        Ok(_) => (None, None, None, ok_request_id),
+        Err(ProviderError::Api { status, error_type, message, request_id, .. }) => {
+            (Some(*status), Some(error_type.clone()), Some(message.clone()), request_id.clone())
+        }
+        Err(other) => (None, Some(other.kind()), Some(other.to_string()), None),
+    };
+    NewAttempt { finished_at, http_status, error_type, error_message, request_id, ..started }
+}

@@ -263,27 +263,14 @@ impl SyncLane {
         let clock = self.inner.clock.as_ref();
         let started_at = clock.now();
         let result = self.inner.client.create_message(&request.params, &request.betas).await;
-        let (http_status, error_type, error_message, request_id) = match &result {
-            Ok(reply) => (None, None, None, reply.request_id.clone()),
-            Err(ProviderError::Api { status, error_type, message, request_id, .. }) => {
-                (Some(*status), Some(error_type.clone()), Some(message.clone()), request_id.clone())
-            }
-            Err(other) => (None, Some(other.kind()), Some(other.to_string()), None),
-        };
-        let attempt = NewAttempt {
+        let started = NewAttempt {
             run_id: Some(request.run_id),
-            batch_id: None,
             custom_id: Some(request.custom_id.clone()),
-            lane: "sync",
-            operation: "create_message",
-            request_id,
-            started_at,
-            finished_at: clock.now(),
-            http_status,
-            error_type,
-            error_message,
             model: Some(request.model.clone()),
+            ..NewAttempt::started("sync", "create_message", started_at)
         };
+        let ok_request_id = result.as_ref().ok().and_then(|reply| reply.request_id.clone());
+        let attempt = super::ended_attempt(started, clock.now(), &result, ok_request_id);
         let recorded = self.inner.store.call(move |s| s.record_attempt(&attempt)).await;
         if let Err(error) = &recorded {
             tracing::warn!(custom_id = %request.custom_id, error = %error, "could not record a sync call");

@@ -1,6 +1,5 @@
 //! The Anthropic Messages and Message Batches API over HTTPS (or loopback HTTP to the simulator).
 
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -36,13 +35,8 @@ impl ApiKey {
 
     /// The key from `ANTHROPIC_API_KEY`, else `$CREDENTIALS_DIRECTORY/anthropic-api-key`.
     pub fn from_environment() -> Result<ApiKey, ProviderError> {
-        if let Some(key) = std::env::var(KEY_ENV).ok().filter(|k| !k.trim().is_empty()) {
-            return Ok(ApiKey(key.trim().to_owned()));
-        }
-        std::env::var_os("CREDENTIALS_DIRECTORY")
-            .and_then(|dir| std::fs::read_to_string(Path::new(&dir).join(KEY_CREDENTIAL)).ok())
-            .map(|key| ApiKey(key.trim().to_owned()))
-            .filter(|key| !key.0.is_empty())
+        crate::secrets::read(KEY_ENV, KEY_CREDENTIAL)
+            .map(ApiKey)
             .ok_or(ProviderError::MissingKey { env: KEY_ENV, credential: KEY_CREDENTIAL })
     }
 }

@@ -34,6 +34,27 @@ pub struct NewAttempt {
     pub model: Option<String>,
 }
 
+impl NewAttempt {
+    /// A call of `operation` on `lane` that started at `started_at`, not tied
+    /// to any run, batch or request yet and not ended (set the rest with `..`).
+    pub fn started(lane: &'static str, operation: &'static str, started_at: DateTime<Utc>) -> NewAttempt {
+        NewAttempt {
+            run_id: None,
+            batch_id: None,
+            custom_id: None,
+            lane,
+            operation,
+            request_id: None,
+            started_at,
+            finished_at: started_at,
+            http_status: None,
+            error_type: None,
+            error_message: None,
+            model: None,
+        }
+    }
+}
+
 impl Store {
     /// Appends a provider call to the attempts log.
     pub fn record_attempt(&self, attempt: &NewAttempt) -> Result<i64, StoreError> {

@@ -20,6 +20,17 @@ pub struct EventRow {
     pub detail: serde_json::Value,
 }
 
+fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    let detail: String = row.get(4)?;
+    Ok(EventRow {
+        at: from_millis(row.get(0)?),
+        run_id: row.get(1)?,
+        job: row.get(2)?,
+        kind: row.get(3)?,
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+    })
+}
+
 pub(super) fn insert(
     conn: &Connection,
     run_id: Option<i64>,
@@ -53,18 +64,7 @@ impl Store {
             .conn
             .prepare("SELECT at, run_id, job, kind, detail FROM events WHERE ?1 IS NULL OR run_id = ?1 ORDER BY id")
             .map_err(|e| self.err(e))?;
-        let rows = statement
-            .query_map([run_id], |row| {
-                let detail: String = row.get(4)?;
-                Ok(EventRow {
-                    at: from_millis(row.get(0)?),
-                    run_id: row.get(1)?,
-                    job: row.get(2)?,
-                    kind: row.get(3)?,
-                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
-                })
-            })
-            .map_err(|e| self.err(e))?;
+        let rows = statement.query_map([run_id], from_row).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 }
@@ -81,21 +81,13 @@ impl Store {
             .conn
             .prepare_cached("SELECT at, run_id, job, kind, detail FROM events WHERE at >= ?1 ORDER BY id DESC")
             .map_err(|e| self.err(e))?;
-        let mut rows = statement.query([to_millis(since)]).map_err(|e| self.err(e))?;
+        let rows = statement.query_map([to_millis(since)], from_row).map_err(|e| self.err(e))?;
         let mut found = Vec::new();
-        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
-            let kind: String = row.get(3).map_err(|e| self.err(e))?;
-            if !kinds.contains(&kind.as_str()) {
-                continue;
+        for row in rows {
+            let event = row.map_err(|e| self.err(e))?;
+            if kinds.contains(&event.kind.as_str()) {
+                found.push(event);
             }
-            let detail: String = row.get(4).map_err(|e| self.err(e))?;
-            found.push(EventRow {
-                at: from_millis(row.get(0).map_err(|e| self.err(e))?),
-                run_id: row.get(1).map_err(|e| self.err(e))?,
-                job: row.get(2).map_err(|e| self.err(e))?,
-                kind,
-                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
-            });
             if found.len() >= limit {
                 break;
             }

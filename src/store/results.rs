@@ -159,12 +159,6 @@ fn ingest(
 ) -> rusqlite::Result<ResultCounts> {
     let mut counts = ResultCounts::default();
     let mut member = tx.prepare_cached("SELECT 1 FROM batch_requests WHERE batch_id = ?1 AND custom_id = ?2")?;
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO results (custom_id, lane, batch_id, status, error_type, error_message, message, stop_reason,
-                              input_tokens, output_tokens, cache_write_5m, cache_write_1h, cache_read, received_at)
-         VALUES (?1, 'batch', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-         ON CONFLICT (batch_id, custom_id) DO NOTHING",
-    )?;
     let mut current = tx.prepare_cached("SELECT state FROM requests WHERE custom_id = ?1")?;
     let mut settle =
         tx.prepare_cached("UPDATE requests SET state = ?2, result_id = ?3, updated_at = ?4 WHERE custom_id = ?1")?;
@@ -174,23 +168,8 @@ fn ingest(
             counts.unknown += 1;
             continue;
         }
-        let (error_type, error_message, message, stop_reason, usage) = columns(outcome);
-        let stored = insert.execute(params![
-            custom_id,
-            batch_id,
-            outcome.status(),
-            error_type,
-            error_message,
-            message,
-            stop_reason,
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.cache_write_5m_tokens,
-            usage.cache_write_1h_tokens,
-            usage.cache_read_tokens,
-            to_millis(now)
-        ])?;
-        if stored == 0 {
+        let row = NewResult { custom_id, lane: "batch", batch_id: Some(batch_id), attempt_id: None, duplicate: false };
+        if insert_result(tx, &row, outcome, now)? == 0 {
             counts.already_stored += 1;
             continue;
         }
@@ -215,25 +194,40 @@ fn ingest(
     Ok(counts)
 }
 
-/// Inserts the result of a sync call; returns its id.
-pub(super) fn insert_sync(
+/// Where a result came from.
+pub(super) struct NewResult<'a> {
+    pub custom_id: &'a str,
+    /// `batch` or `sync`.
+    pub lane: &'static str,
+    /// The batch, for batch results.
+    pub batch_id: Option<i64>,
+    /// The call, for sync results.
+    pub attempt_id: Option<i64>,
+    /// Paid for, but another final result came first.
+    pub duplicate: bool,
+}
+
+/// Inserts one result; returns the number of rows stored (0 when this
+/// batch's line for the request is already stored; sync results always store).
+pub(super) fn insert_result(
     tx: &Transaction<'_>,
-    custom_id: &str,
-    attempt_id: i64,
+    row: &NewResult<'_>,
     outcome: &Outcome,
-    duplicate: bool,
     now: DateTime<Utc>,
-) -> rusqlite::Result<i64> {
+) -> rusqlite::Result<usize> {
     let (error_type, error_message, message, stop_reason, usage) = columns(outcome);
     tx.prepare_cached(
-        "INSERT INTO results (custom_id, lane, attempt_id, status, error_type, error_message, message, stop_reason,
-                              input_tokens, output_tokens, cache_write_5m, cache_write_1h, cache_read, duplicate,
-                              received_at)
-         VALUES (?1, 'sync', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        "INSERT INTO results (custom_id, lane, batch_id, attempt_id, status, error_type, error_message, message,
+                              stop_reason, input_tokens, output_tokens, cache_write_5m, cache_write_1h, cache_read,
+                              duplicate, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+         ON CONFLICT (batch_id, custom_id) DO NOTHING",
     )?
     .execute(params![
-        custom_id,
-        attempt_id,
+        row.custom_id,
+        row.lane,
+        row.batch_id,
+        row.attempt_id,
         outcome.status(),
         error_type,
         error_message,
@@ -244,10 +238,9 @@ pub(super) fn insert_sync(
         usage.cache_write_5m_tokens,
         usage.cache_write_1h_tokens,
         usage.cache_read_tokens,
-        duplicate,
+        row.duplicate,
         to_millis(now)
-    ])?;
-    Ok(tx.last_insert_rowid())
+    ])
 }
 
 type Columns<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, Option<&'a str>, Usage);

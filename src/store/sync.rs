@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
+use super::results::{NewResult, insert_result};
 use super::{Store, StoreError, to_millis};
 use crate::outcome::Outcome;
 
@@ -70,8 +71,15 @@ impl Store {
             tx.commit().map_err(e)?;
             return Ok(SyncSettle::Ignored);
         }
-        let result_id =
-            super::results::insert_sync(&tx, custom_id, attempt_id, outcome, already_final, now).map_err(e)?;
+        let row = NewResult {
+            custom_id,
+            lane: "sync",
+            batch_id: None,
+            attempt_id: Some(attempt_id),
+            duplicate: already_final,
+        };
+        insert_result(&tx, &row, outcome, now).map_err(e)?;
+        let result_id = tx.last_insert_rowid();
         if already_final {
             tx.commit().map_err(e)?;
             return Ok(SyncSettle::Duplicate);

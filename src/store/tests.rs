@@ -13,15 +13,20 @@ fn open() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
-fn run_with_requests(store: &mut Store, n: usize) -> RunRow {
-    let new = NewRun {
+/// The run `run_with_requests` creates.
+fn feed_run() -> NewRun<'static> {
+    NewRun {
         job: "feed",
         scheduled_for: at(0),
         run_key: "feed-20261122T0600",
         tier: "batch",
         deadline_at: at(600),
         lane: "batch",
-    };
+    }
+}
+
+fn run_with_requests(store: &mut Store, n: usize) -> RunRow {
+    let new = feed_run();
     let (run, created) = store.create_run(&new, at(0)).unwrap();
     assert!(created);
     let requests: Vec<NewRequest> = (1..=n)
@@ -83,14 +88,7 @@ fn a_database_from_a_newer_version_is_refused_and_left_alone() {
 fn a_run_is_created_once_per_key() {
     let (_dir, mut store) = open();
     let first = run_with_requests(&mut store, 2);
-    let new = NewRun {
-        job: "feed",
-        scheduled_for: at(0),
-        run_key: "feed-20261122T0600",
-        tier: "batch",
-        deadline_at: at(600),
-        lane: "batch",
-    };
+    let new = feed_run();
     let (again, created) = store.create_run(&new, at(5)).unwrap();
     assert!(!created);
     assert_eq!(again.id, first.id);
