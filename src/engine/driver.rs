@@ -23,7 +23,7 @@ use crate::lanes::batch::split;
 use crate::lanes::{BatchLane, BatchLimits, SyncLane, SyncLimits, SyncRequest};
 use crate::manifest::Job;
 use crate::render::RunInfo;
-use crate::store::{BatchRow, BatchState, RunRow, RunState, SharedStore};
+use crate::store::{BatchRow, BatchState, RunRow, RunState, SharedStore, TokenAverages};
 
 /// How the engine works; defaults suit real providers.
 #[derive(Debug, Clone)]
@@ -84,6 +84,9 @@ pub struct Engine {
     settings: EngineSettings,
     jobs: RwLock<Arc<BTreeMap<String, Job>>>,
     polls: Mutex<HashMap<i64, PollPlan>>,
+    /// Token averages per open run: reading every request body on every
+    /// tick would cost more than the plan is worth, and they hardly move.
+    averages: Mutex<HashMap<i64, TokenAverages>>,
 }
 
 impl Engine {
@@ -104,6 +107,7 @@ impl Engine {
             settings,
             jobs: RwLock::new(Arc::default()),
             polls: Mutex::new(HashMap::new()),
+            averages: Mutex::new(HashMap::new()),
         };
         engine.set_jobs(jobs);
         engine
@@ -160,7 +164,14 @@ impl Engine {
             Some(id) => self.store.call(move |s| s.run(id)).await?.into_iter().collect(),
             None => self.store.call(|s| s.open_runs()).await?,
         };
-        for run in runs.into_iter().filter(|run| run.state == RunState::Open) {
+        let open: Vec<RunRow> = runs.into_iter().filter(|run| run.state == RunState::Open).collect();
+        if only.is_none() {
+            self.averages
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|id, _| open.iter().any(|r| r.id == *id));
+        }
+        for run in open {
             wake = wake.min(self.tend_run(run).await?);
         }
         // Batches submitted or canceled during this tick are due for a poll;
@@ -347,13 +358,10 @@ impl Engine {
 
     /// `deadline − margin − time the sync lane needs for what is left`.
     async fn fallback_plan(&self, job: &Job, run: &RunRow) -> Result<DateTime<Utc>, EngineError> {
-        let (run_id, name, model) = (run.id, run.job.clone(), job.manifest.model.clone());
-        let (counts, averages, latency) = self
-            .store
-            .call(move |s| {
-                Ok((s.request_counts(run_id)?, s.token_averages(run_id, &name)?, s.sync_latency_p90_ms(&model)?))
-            })
-            .await?;
+        let (run_id, model) = (run.id, job.manifest.model.clone());
+        let (counts, latency) =
+            self.store.call(move |s| Ok((s.request_counts(run_id)?, s.sync_latency_p90_ms(&model)?))).await?;
+        let averages = self.token_averages(run).await?;
         let remaining = counts["pending"] + counts["queued"] + counts["in_flight"] + counts["retryable_failed"];
         let load = SyncLoad {
             remaining,
@@ -363,6 +371,17 @@ impl Engine {
         };
         let margin = safety_margin(run.created_at, run.deadline_at, self.settings.max_safety_margin);
         Ok(fallback_at(run.deadline_at, margin, sync_estimate(load, self.sync.limits())))
+    }
+
+    /// The run's token averages, read once per run.
+    async fn token_averages(&self, run: &RunRow) -> Result<TokenAverages, EngineError> {
+        if let Some(known) = self.averages.lock().unwrap_or_else(PoisonError::into_inner).get(&run.id) {
+            return Ok(*known);
+        }
+        let (run_id, name) = (run.id, run.job.clone());
+        let averages = self.store.call(move |s| s.token_averages(run_id, &name)).await?;
+        self.averages.lock().unwrap_or_else(PoisonError::into_inner).insert(run.id, averages);
+        Ok(averages)
     }
 
     /// Submits the run's waiting requests in batches within the limits.
