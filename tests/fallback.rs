@@ -135,7 +135,8 @@ async fn a_deadline_of_seconds_still_uses_the_batch_when_it_can() {
     let h = harness("soft", "60s", 20, SimConfig::default()).await;
     let deadline_at = t0() + chrono::Duration::seconds(60);
     let run = h.engine.start_run(&h.job, t0(), deadline_at).await.unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(60), h.engine.drive(run.id)).await.unwrap().unwrap();
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(60), h.engine.drive(run.id, async |_| Ok(()))).await.unwrap().unwrap();
     assert_eq!(outcome.state, RunState::Completed, "{outcome:?}");
     assert_eq!(h.count("SELECT COUNT(*) FROM results WHERE lane = 'batch' AND status = 'succeeded'"), 20);
     assert_eq!(h.count(Harness::SYNC_CALLS), 0);

@@ -89,16 +89,17 @@ impl Harness {
         let deadline_at = t0() + chrono::Duration::from_std(self.job.deadline()).unwrap();
         let run = self.engine.start_run(&self.job, t0(), deadline_at).await.unwrap();
         let guard = std::env::var("TEST_GUARD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
-        let outcome = match tokio::time::timeout(Duration::from_secs(guard), self.engine.drive(run.id)).await {
-            Ok(outcome) => outcome.unwrap(),
-            Err(_) => panic!(
-                "the run did not end within {guard} real seconds: {:?}, requests {:?}, sync calls {}, sim {:?}",
-                self.clock,
-                self.ids("SELECT state || ':' || COUNT(*) FROM requests GROUP BY state"),
-                self.count("SELECT COUNT(*) FROM attempts WHERE lane = 'sync'"),
-                self.sim.stats()
-            ),
-        };
+        let outcome =
+            match tokio::time::timeout(Duration::from_secs(guard), self.engine.drive(run.id, async |_| Ok(()))).await {
+                Ok(outcome) => outcome.unwrap(),
+                Err(_) => panic!(
+                    "the run did not end within {guard} real seconds: {:?}, requests {:?}, sync calls {}, sim {:?}",
+                    self.clock,
+                    self.ids("SELECT state || ':' || COUNT(*) FROM requests GROUP BY state"),
+                    self.count("SELECT COUNT(*) FROM attempts WHERE lane = 'sync'"),
+                    self.sim.stats()
+                ),
+            };
         (run.id, outcome)
     }
 

@@ -218,3 +218,30 @@ async fn serve_refuses_bad_manifests_and_a_missing_key() {
     let stderr = String::from_utf8_lossy(&broken.stderr);
     assert!(stderr.contains("broken.yaml:1:"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_valid_manifests_and_keeps_the_old_set_on_errors() {
+    let sim = simulator(SimConfig::default()).await;
+    let dir = project("schedule: { cron: '0 6 * * *' }\ntier: batch\ndeadline: 2h\n");
+    let schedules_of = |job: &str| format!("SELECT COUNT(*) FROM schedules WHERE job = '{job}'");
+    let mut daemon = serve(dir.path(), &sim, &[]);
+    // The first loop turn stores the schedule; by then the signal handlers are installed.
+    wait_for(dir.path(), &schedules_of("bulk"), 1, Duration::from_secs(20)).await;
+    let manifest = std::fs::read_to_string(dir.path().join("jobs/bulk.yaml")).unwrap();
+    std::fs::write(dir.path().join("jobs/second.yaml"), manifest.replace("out/bulk.jsonl", "out/second.jsonl"))
+        .unwrap();
+    std::fs::write(dir.path().join("jobs/broken.yaml"), "schedule: { cron: '61 * * * *' }\n").unwrap();
+    signal(&daemon, "HUP");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(daemon.try_wait().unwrap().is_none(), "a refused reload does not stop the daemon");
+    assert_eq!(count(dir.path(), &schedules_of("second")), 0, "nothing of a refused set is used");
+    std::fs::remove_file(dir.path().join("jobs/broken.yaml")).unwrap();
+    signal(&daemon, "HUP");
+    wait_for(dir.path(), &schedules_of("second"), 1, Duration::from_secs(20)).await;
+    signal(&daemon, "TERM");
+    let (code, stderr) = wait_exit(daemon, Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("broken.yaml:1:") && stderr.contains("reload refused"), "{stderr}");
+    assert!(stderr.contains("manifests reloaded"), "{stderr}");
+    sim.shutdown().await;
+}

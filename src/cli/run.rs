@@ -13,7 +13,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::diagnostics::Severity;
 use crate::engine::{Engine, EngineSettings, RunOutcome};
-use crate::store::RunState;
+use crate::store::{RunRow, RunState};
 use crate::validate::{Inputs, validate_dir};
 
 /// Exit status: the run completed, but some requests failed for good.
@@ -96,8 +96,14 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         };
         let engine = Arc::clone(&backend.engine);
         let run = engine.start_run(&job, scheduled_for, deadline_at).await?;
-        let outcome = drive(&engine, run.id)
-            .await
+        // A progress line on a terminal; logs alone otherwise.
+        let progress = std::io::stderr().is_terminal();
+        let outcome =
+            engine.drive(run.id, async |run| if progress { show_progress(&engine, run).await } else { Ok(()) }).await;
+        if progress {
+            eprintln!();
+        }
+        let outcome = outcome
             .with_context(|| format!("run of `{}` stopped; run the same command again to resume it", job.name))?;
         print_summary(&outcome);
         backend.shutdown().await;
@@ -105,32 +111,10 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     })
 }
 
-/// Ticks the run until it closes, with a progress line on a terminal.
-async fn drive(engine: &Engine, run_id: i64) -> Result<RunOutcome, crate::engine::EngineError> {
-    let clock = Arc::clone(engine.clock());
-    let progress = std::io::stderr().is_terminal();
-    loop {
-        let wake = engine.tick(Some(run_id)).await?;
-        if progress {
-            show_progress(engine, run_id).await?;
-        }
-        let run = engine.store().call(move |s| s.run(run_id)).await?.expect("the run exists");
-        if run.state != RunState::Open {
-            if progress {
-                eprintln!();
-            }
-            return engine.outcome(run_id).await;
-        }
-        clock.sleep(crate::engine::until(clock.now(), wake)).await;
-    }
-}
-
-async fn show_progress(engine: &Engine, run_id: i64) -> Result<(), crate::engine::EngineError> {
-    let (run, counts, batches) = engine
-        .store()
-        .call(move |s| Ok((s.run(run_id)?, s.request_counts(run_id)?, s.all_batches(Some(run_id))?)))
-        .await?;
-    let Some(run) = run else { return Ok(()) };
+async fn show_progress(engine: &Engine, run: &RunRow) -> Result<(), crate::engine::EngineError> {
+    let run_id = run.id;
+    let (counts, batches) =
+        engine.store().call(move |s| Ok((s.request_counts(run_id)?, s.all_batches(Some(run_id))?))).await?;
     let total: u64 = counts.values().sum();
     let done = counts["succeeded"] + counts["permanent_failed"];
     let batch = batches.last().map_or("none", |b| b.state.as_str());

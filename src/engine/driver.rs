@@ -185,11 +185,17 @@ impl Engine {
     }
 
     /// Ticks until the run is closed; returns its outcome.
-    pub async fn drive(&self, run_id: i64) -> Result<RunOutcome, EngineError> {
+    /// `on_tick` sees the run after every tick (a progress display).
+    pub async fn drive(
+        &self,
+        run_id: i64,
+        mut on_tick: impl AsyncFnMut(&RunRow) -> Result<(), EngineError>,
+    ) -> Result<RunOutcome, EngineError> {
         let _presence = self.clock.enter();
         loop {
             let wake = self.tick(Some(run_id)).await?;
             let run = self.store.call(move |s| s.run(run_id)).await?.expect("a driven run exists");
+            on_tick(&run).await?;
             if run.state != RunState::Open {
                 return self.outcome(run_id).await;
             }
