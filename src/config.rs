@@ -14,6 +14,8 @@
 //! batch:
 //!   poll_initial: 10s
 //!   poll_max: 5m
+//! budget:
+//!   monthly_usd: 500           # all jobs together, calendar month (UTC)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -35,6 +37,16 @@ pub struct Config {
     pub fallback: FallbackConfig,
     /// Batch polling.
     pub batch: BatchConfig,
+    /// The global spending cap.
+    pub budget: GlobalBudget,
+}
+
+/// The spending cap of all jobs together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GlobalBudget {
+    /// Monthly cap in US dollars; each job's `budget.on_budget` says what happens when a run would cross it.
+    pub monthly_usd: Option<f64>,
 }
 
 /// The fallback planner's knobs.
@@ -112,6 +124,12 @@ impl Config {
         set(&mut settings.assumed_sync_latency, &self.fallback.assumed_sync_latency, "fallback.assumed_sync_latency")?;
         set(&mut settings.poll_initial, &self.batch.poll_initial, "batch.poll_initial")?;
         set(&mut settings.poll_max, &self.batch.poll_max, "batch.poll_max")?;
+        if let Some(amount) = self.budget.monthly_usd {
+            if !(amount.is_finite() && amount > 0.0) {
+                return Err(format!("budget.monthly_usd {amount} is not a positive amount (write e.g. `500`)"));
+            }
+            settings.global_budget = Some(crate::cost::micros(amount));
+        }
         if settings.poll_initial.is_zero() {
             return Err("batch.poll_initial must be longer than zero".into());
         }

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod cost;
 pub mod daemon;
 pub mod diagnostics;
 pub mod engine;

@@ -142,6 +142,17 @@ impl<'job> Renderer<'job> {
         Ok(Renderer { job, env, has_system: manifest.system.is_some(), model_id: model_id.to_owned() })
     }
 
+    /// Renders requests for `name` (an id or alias) instead of the job's
+    /// `model`: a batch-lane run of a job with `batch_model`.
+    pub fn use_model(&mut self, catalog: &Catalog, name: &str) -> Result<(), RenderError> {
+        let provider = &self.job.manifest.provider;
+        let (model_id, _) = catalog
+            .model(provider, name)
+            .ok_or_else(|| RenderError::UnknownModel { provider: provider.clone(), model: name.to_owned() })?;
+        self.model_id = model_id.to_owned();
+        Ok(())
+    }
+
     /// Renders the request for the `seq`-th item (1-based) of `run`.
     pub fn request(&self, run: &RunInfo, seq: usize, item: &Item) -> Result<BatchRequest, RenderError> {
         let manifest = &self.job.manifest;

@@ -19,9 +19,10 @@ use super::prepare::{RunSlot, prepare_run};
 use super::{EngineError, RunOutcome};
 use crate::catalog::Catalog;
 use crate::clock::{Clock, span};
+use crate::cost::{Pricer, budget};
 use crate::lanes::batch::split;
 use crate::lanes::{BatchLane, BatchLimits, SyncLane, SyncLimits, SyncRequest};
-use crate::manifest::Job;
+use crate::manifest::{Job, Lane, OnBudget};
 use crate::render::RunInfo;
 use crate::store::{BatchRow, BatchState, RunRow, RunState, SharedStore, TokenAverages};
 
@@ -48,6 +49,8 @@ pub struct EngineSettings {
     pub sync_tick: Duration,
     /// Longest wait between ticks when nothing is due.
     pub idle_tick: Duration,
+    /// The monthly cap of all jobs together, in micro-dollars.
+    pub global_budget: Option<crate::cost::Micros>,
 }
 
 impl EngineSettings {
@@ -64,6 +67,7 @@ impl EngineSettings {
             sync: SyncLimits::default(),
             sync_tick: Duration::from_secs(1),
             idle_tick: Duration::from_secs(60),
+            global_budget: None,
         }
     }
 }
@@ -87,6 +91,8 @@ pub struct Engine {
     /// Token averages per open run: reading every request body on every
     /// tick would cost more than the plan is worth, and they hardly move.
     averages: Mutex<HashMap<i64, TokenAverages>>,
+    /// Prices results as they arrive, for reports and budgets.
+    pricer: Pricer,
 }
 
 impl Engine {
@@ -100,6 +106,7 @@ impl Engine {
         jobs: Vec<Job>,
     ) -> Engine {
         let engine = Engine {
+            pricer: Pricer::new(settings.catalog.clone()),
             store,
             batch,
             sync,
@@ -157,6 +164,8 @@ impl Engine {
     /// returns when the engine next needs a tick.
     pub async fn tick(&self, only: Option<i64>) -> Result<DateTime<Utc>, EngineError> {
         let mut wake = self.clock.now() + span(self.settings.idle_tick);
+        let pricer = self.pricer.clone();
+        self.store.call(move |s| crate::cost::price_pending(s, &pricer)).await?;
         for batch in self.store.call(move |s| s.active_batches(only)).await? {
             wake = wake.min(self.tend_batch(&batch).await?);
         }
@@ -347,16 +356,21 @@ impl Engine {
             self.store.call(move |s| s.set_fallback_at(run_id, plan)).await?;
         }
         let has_batches = !self.store.call(move |s| s.all_batches(Some(run_id))).await?.is_empty();
-        if !has_batches && plan <= now {
+        let sync_wanted = plan <= now;
+        if sync_wanted && !has_batches && self.sync_allowed(job, &run).await? {
             let reason = format!("deadline too close for a batch: the sync lane needs until {plan}");
             self.store.call(move |s| s.route_to_sync(run_id, &reason, now)).await?;
             tracing::info!(run = %run.run_key, "routed to the sync lane: deadline too close for a batch");
-        } else if plan <= now {
+        } else if sync_wanted && has_batches && self.sync_allowed(job, &run).await? {
             self.start_fallback(&run, "deadline", serde_json::json!({ "fallback_at": plan.to_rfc3339() })).await?;
         } else if let Err(error) = self.submit_waiting(job, &run).await {
             let detail = serde_json::json!({ "error": error.to_string() });
-            self.start_fallback(&run, "batch_create_failed", detail).await?;
-        } else {
+            if self.sync_allowed(job, &run).await? {
+                self.start_fallback(&run, "batch_create_failed", detail).await?;
+            } else {
+                tracing::warn!(run = %run.run_key, %error, "batch create failed; the budget blocks the sync lane, so it is retried");
+            }
+        } else if !sync_wanted {
             *wake = (*wake).min(plan);
         }
         Ok(self.store.call(move |s| s.run(run_id)).await?.expect("the run exists"))
@@ -390,9 +404,47 @@ impl Engine {
         Ok(averages)
     }
 
-    /// Submits the run's waiting requests in batches within the limits.
+    /// Whether the budget lets the run's unfinished requests go to the
+    /// sync lane. A crossing under `alert` is recorded and allowed; under
+    /// the other policies it blocks the sync lane for the run, for good.
+    async fn sync_allowed(&self, job: &Job, run: &RunRow) -> Result<bool, EngineError> {
+        if run.sync_blocked.is_some() {
+            return Ok(false);
+        }
+        let input_guess = self.token_averages(run).await?.input_tokens;
+        let (job, run_id, now) = (job.clone(), run.id, self.clock.now());
+        let (pricer, global) = (self.pricer.clone(), self.settings.global_budget);
+        let allowed = self
+            .store
+            .call(move |s| {
+                let (per_request, _) = budget::per_request(s, &job, input_guess)?;
+                let remaining = s.unfinished_requests(run_id)?;
+                let estimate = budget::estimate(&pricer, &job, Lane::Sync, &per_request, remaining);
+                let Some(crossing) = budget::check(s, &pricer, &job, global, estimate, now)? else {
+                    return Ok(true);
+                };
+                let policy = job.manifest.budget.unwrap_or_default().on_budget;
+                if policy == OnBudget::Alert {
+                    let detail = crossing.detail("fallback", policy.as_str(), "alerted");
+                    s.record_event(Some(run_id), None, "budget_exceeded", &detail, now)?;
+                    return Ok(true);
+                }
+                let detail = crossing.detail("fallback", policy.as_str(), "sync_blocked");
+                s.apply_budget(run_id, "batch", Some(&crossing.reason()), &detail, now)?;
+                Ok(false)
+            })
+            .await?;
+        if !allowed {
+            tracing::warn!(run = %run.run_key, "the budget blocks the sync fallback; the run stays on the batch lane");
+        }
+        Ok(allowed)
+    }
+
+    /// Submits the run's waiting requests in batches within the limits. A
+    /// run the budget keeps off the sync lane still submits after its
+    /// deadline: late beats lost.
     async fn submit_waiting(&self, job: &Job, run: &RunRow) -> Result<(), crate::lanes::batch::LaneError> {
-        if self.clock.now() >= run.deadline_at {
+        if self.clock.now() >= run.deadline_at && run.sync_blocked.is_none() {
             return Ok(());
         }
         let (run_id, attempts) = (run.id, max_attempts(job));
@@ -454,7 +506,7 @@ impl Engine {
             .map(|work| SyncRequest {
                 run_id: run.id,
                 custom_id: work.custom_id,
-                params: work.params,
+                params: sync_params(job, work.params),
                 model: job.manifest.model.clone(),
                 betas: job.manifest.betas.clone(),
                 deadline: run.deadline_at,
@@ -476,6 +528,21 @@ impl Engine {
         let (run_id, reason) = (run.id, format!("delivery still failing after the deadline: {error}"));
         self.store.call(move |s| s.finish_run(run_id, RunState::Failed, Some(&reason), now)).await?;
         Ok(())
+    }
+}
+
+/// A request's body for the sync lane: with `batch_model`, requests were
+/// rendered for the batch lane, and the sync lane uses the job's `model`.
+fn sync_params(job: &Job, params: String) -> String {
+    if job.manifest.batch_model.is_none() {
+        return params;
+    }
+    match serde_json::from_str::<serde_json::Value>(&params) {
+        Ok(mut body) => {
+            body["model"] = serde_json::Value::from(job.manifest.model.as_str());
+            body.to_string()
+        }
+        Err(_) => params,
     }
 }
 

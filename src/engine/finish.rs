@@ -70,7 +70,8 @@ pub(super) async fn finish_if_done(
     let counts = store.call(move |s| s.request_counts(run_id)).await?;
     let in_lane = counts["pending"] + counts["queued"] + counts["in_flight"];
     // The sync lane keeps trying past the deadline (late beats lost); the batch lane does not start new batches then.
-    let retry_window_open = now < run.deadline_at || run.is_sync();
+    // So does a run the budget keeps on the batch lane.
+    let retry_window_open = now < run.deadline_at || run.is_sync() || run.sync_blocked.is_some();
     let can_retry =
         retry_window_open && !store.call(move |s| s.waiting_requests(run_id, max_attempts)).await?.is_empty();
     let undelivered = store.call(move |s| s.undelivered_count(run_id)).await? > 0;

@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 
 use super::EngineSettings;
 use crate::catalog::Catalog;
-use crate::manifest::{ItemSource, Job};
+use crate::cost::{Pricer, budget};
+use crate::manifest::{ItemSource, Job, Lane, OnBudget};
 use crate::render::{RenderError, Renderer, RunInfo, render_path};
 use crate::sources::{self, Item, SourceError};
 use crate::store::{NewRequest, NewRun, RunRow, RunState, SharedStore, StoreError};
@@ -53,16 +54,17 @@ pub async fn prepare_run(
     let RunSlot { scheduled_for, deadline_at } = slot;
     let (name, key, tier) = (job.name.clone(), info.id.clone(), job.manifest.tier.as_str().to_owned());
     let lane = job.manifest.tier.lane().as_str();
+    let tags = job.manifest.tags.clone();
     let (run, _) = store
         .call(move |s| {
-            let new = NewRun { job: &name, scheduled_for, run_key: &key, tier: &tier, deadline_at, lane };
+            let new = NewRun { job: &name, scheduled_for, run_key: &key, tier: &tier, deadline_at, lane, tags: &tags };
             s.create_run(&new, now)
         })
         .await?;
     let run_id = run.id;
     let existing: u64 = store.call(move |s| Ok(s.request_counts(run_id)?.values().sum())).await?;
-    if existing > 0 {
-        tracing::info!(run = %run.run_key, requests = existing, "resuming run");
+    if existing > 0 || run.state != RunState::Open {
+        tracing::info!(run = %run.run_key, requests = existing, state = run.state.as_str(), "resuming run");
         return Ok(run);
     }
     let prepared = match distinct_ids(store, info, run_id).await {
@@ -77,10 +79,65 @@ pub async fn prepare_run(
             return Err(error);
         }
     };
+    if let Gate::Skip(reason) = gate_new_run(store, job, &run, &requests, settings, now).await? {
+        tracing::warn!(run = %run.run_key, %reason, "run skipped by its budget policy");
+        store.call(move |s| s.finish_run(run_id, RunState::Skipped, Some(&reason), now)).await?;
+        return Ok(store.call(move |s| s.run(run_id)).await?.expect("the run exists"));
+    }
     let count = requests.len();
     store.call(move |s| s.insert_requests(run_id, &requests, now)).await?;
     tracing::info!(run = %run.run_key, requests = count, "run prepared");
-    Ok(run)
+    Ok(store.call(move |s| s.run(run_id)).await?.expect("the run exists"))
+}
+
+/// What the budget check lets a new run do.
+enum Gate {
+    Proceed,
+    Skip(String),
+}
+
+/// The budget check before a run spends anything: its estimated cost on
+/// its lane against the job's and the global monthly budget. Under
+/// `batch_only` the run keeps (or moves to) the batch lane with the sync
+/// lane blocked; under `alert` it proceeds; under `skip` it does not run.
+async fn gate_new_run(
+    store: &SharedStore,
+    job: &Job,
+    run: &RunRow,
+    requests: &[NewRequest],
+    settings: &EngineSettings,
+    now: DateTime<Utc>,
+) -> Result<Gate, PrepareError> {
+    let (job, run_id, count) = (job.clone(), run.id, requests.len() as u64);
+    let lane = if run.is_sync() { Lane::Sync } else { Lane::Batch };
+    let chars = requests.iter().map(|r| r.params.len()).sum::<usize>() as f64 / requests.len().max(1) as f64;
+    let (pricer, global) = (Pricer::new(settings.catalog.clone()), settings.global_budget);
+    let gate = store
+        .call(move |s| {
+            let (per_request, _) = budget::per_request(s, &job, chars / 4.0)?;
+            let estimate = budget::estimate(&pricer, &job, lane, &per_request, count);
+            let Some(crossing) = budget::check(s, &pricer, &job, global, estimate, now)? else {
+                return Ok(Gate::Proceed);
+            };
+            let policy = job.manifest.budget.unwrap_or_default().on_budget;
+            let action = match policy {
+                OnBudget::Skip => "skipped",
+                OnBudget::BatchOnly => "batch_only",
+                OnBudget::Alert => "alerted",
+            };
+            let detail = crossing.detail("submit", policy.as_str(), action);
+            let (lane, blocked) = match policy {
+                OnBudget::BatchOnly => ("batch", Some(crossing.reason())),
+                _ => (lane.as_str(), None),
+            };
+            s.apply_budget(run_id, lane, blocked.as_deref(), &detail, now)?;
+            Ok(match policy {
+                OnBudget::Skip => Gate::Skip(crossing.reason()),
+                _ => Gate::Proceed,
+            })
+        })
+        .await?;
+    Ok(gate)
 }
 
 /// The run's ids, switched to the timestamped form when another run of the
@@ -116,7 +173,10 @@ fn render_requests(
     catalog: &Catalog,
 ) -> Result<Vec<NewRequest>, PrepareError> {
     let items = read_run_items(job, info)?;
-    let renderer = Renderer::new(job, prompts_dir, catalog)?;
+    let mut renderer = Renderer::new(job, prompts_dir, catalog)?;
+    if let (Lane::Batch, Some(model)) = (job.manifest.tier.lane(), &job.manifest.batch_model) {
+        renderer.use_model(catalog, model)?;
+    }
     let mut requests = Vec::with_capacity(items.len());
     for (index, item) in items.iter().enumerate() {
         let request = renderer.request(info, index + 1, item)?;

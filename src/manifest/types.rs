@@ -78,9 +78,19 @@ pub struct Manifest {
     /// Which instants missed while the daemon was down are run on start.
     #[serde(default)]
     pub catch_up: CatchUp,
-    /// Spending cap.
+    /// Spending cap and what to do when a run would cross it (or the
+    /// daemon's global budget).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
+    /// Cost hints for `orchestrator estimate` and budget checks before the
+    /// job has history: items per run and tokens per item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<EstimateHints>,
+    /// A model used instead of `model` when a run goes through the batch
+    /// lane (e.g. a stronger model for the same money); the sync lane,
+    /// fallback included, keeps `model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_model: Option<String>,
     /// Labels for grouping on the dashboard and in cost reports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
@@ -278,9 +288,55 @@ pub enum CatchUp {
 }
 
 /// Spending caps.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Budget {
-    /// Monthly cap in US dollars.
-    pub monthly_usd: f64,
+    /// Monthly cap in US dollars (calendar month, UTC) for this job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_usd: Option<f64>,
+    /// What happens when a run would cross this budget or the daemon's
+    /// global one: `skip` the run, `batch_only` (default: keep the cheap
+    /// lane, never pay for the sync fallback, alert) or `alert` (run as
+    /// usual and record the crossing).
+    #[serde(default)]
+    pub on_budget: OnBudget,
+}
+
+/// The budget policy of a job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBudget {
+    /// Do not run at all; nothing is spent.
+    Skip,
+    /// Run on the batch lane only; no sync fallback, no sync routing.
+    #[default]
+    BatchOnly,
+    /// Run as usual; record and alert.
+    Alert,
+}
+
+impl OnBudget {
+    /// The name used in manifests and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnBudget::Skip => "skip",
+            OnBudget::BatchOnly => "batch_only",
+            OnBudget::Alert => "alert",
+        }
+    }
+}
+
+/// Cost hints used while a job has no history.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EstimateHints {
+    /// Items in a typical run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items_per_run: Option<u64>,
+    /// Input tokens per request (system prompt included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u64>,
+    /// Output tokens per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
 }

@@ -8,6 +8,7 @@
 
 mod attempts;
 mod batches;
+mod costs;
 mod events;
 mod requests;
 mod results;
@@ -20,6 +21,7 @@ mod sync;
 
 pub use attempts::NewAttempt;
 pub use batches::{BatchRow, BatchState};
+pub use costs::{AverageUsage, ResultCost, UnpricedResult};
 pub use events::EventRow;
 pub use requests::{NewRequest, RequestState, TokenAverages, Waiting};
 pub use results::{DeliverableResult, ResultCounts};
@@ -32,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 /// Default database file, relative to the working directory.
 pub const DEFAULT_PATH: &str = "state/orchestrator.db";
@@ -115,9 +117,33 @@ impl Store {
         if found > supported {
             return Err(StoreError::TooNew { path: self.path.clone(), found, supported });
         }
+        if found == supported {
+            return Ok(());
+        }
+        // A migration may rebuild a table others refer to; the pragma is a
+        // no-op inside a transaction, so it is switched here and every
+        // migration checks the references before it commits.
+        self.conn.execute_batch("PRAGMA foreign_keys = OFF;").map_err(|e| self.err(e))?;
+        let migrated = self.apply_migrations(found);
+        self.conn.execute_batch("PRAGMA foreign_keys = ON;").map_err(|e| self.err(e))?;
+        migrated
+    }
+
+    fn apply_migrations(&mut self, found: usize) -> Result<(), StoreError> {
         for (version, sql) in schema::MIGRATIONS.iter().enumerate().skip(found) {
             let tx = self.conn.transaction().map_err(|e| sqlite(&self.path, e))?;
             tx.execute_batch(sql).map_err(|e| sqlite(&self.path, e))?;
+            let broken: Option<String> = tx
+                .query_row("SELECT \"table\" FROM pragma_foreign_key_check LIMIT 1", [], |row| row.get(0))
+                .optional()
+                .map_err(|e| sqlite(&self.path, e))?;
+            if let Some(table) = broken {
+                let error = rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+                    Some(format!("migration to version {} broke a reference from table {table}", version + 1)),
+                );
+                return Err(sqlite(&self.path, error));
+            }
             tx.pragma_update(None, "user_version", version + 1).map_err(|e| sqlite(&self.path, e))?;
             tx.commit().map_err(|e| sqlite(&self.path, e))?;
         }

@@ -16,6 +16,8 @@ pub enum RunState {
     Failed,
     /// The run finished after its deadline.
     Late,
+    /// A budget policy (`on_budget: skip`) stopped the run before anything was spent.
+    Skipped,
 }
 
 impl RunState {
@@ -26,6 +28,7 @@ impl RunState {
             RunState::Completed => "completed",
             RunState::Failed => "failed",
             RunState::Late => "late",
+            RunState::Skipped => "skipped",
         }
     }
 
@@ -34,6 +37,7 @@ impl RunState {
             "completed" => RunState::Completed,
             "failed" => RunState::Failed,
             "late" => RunState::Late,
+            "skipped" => RunState::Skipped,
             _ => RunState::Open,
         }
     }
@@ -70,6 +74,10 @@ pub struct RunRow {
     pub fallback_reason: Option<String>,
     /// When the run closed.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The job's tags when the run was created (cost attribution).
+    pub tags: Vec<String>,
+    /// Why a budget keeps this run off the sync lane, if one does.
+    pub sync_blocked: Option<String>,
 }
 
 impl RunRow {
@@ -80,7 +88,7 @@ impl RunRow {
 }
 
 const COLUMNS: &str = "id, job, scheduled_for, run_key, tier, deadline_at, state, reason, lane, created_at, \
-                       fallback_at, fallback_started_at, fallback_reason, finished_at";
+                       fallback_at, fallback_started_at, fallback_reason, finished_at, tags, sync_blocked";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<RunRow> {
     Ok(RunRow {
@@ -98,6 +106,8 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<RunRow> {
         fallback_started_at: row.get::<_, Option<i64>>(11)?.map(from_millis),
         fallback_reason: row.get(12)?,
         finished_at: row.get::<_, Option<i64>>(13)?.map(from_millis),
+        tags: serde_json::from_str(&row.get::<_, String>(14)?).unwrap_or_default(),
+        sync_blocked: row.get(15)?,
     })
 }
 
@@ -116,6 +126,8 @@ pub struct NewRun<'a> {
     pub deadline_at: DateTime<Utc>,
     /// `batch` or `sync`, as the router decided.
     pub lane: &'a str,
+    /// The job's tags.
+    pub tags: &'a [String],
 }
 
 impl Store {
@@ -125,8 +137,8 @@ impl Store {
         let inserted = self
             .conn
             .execute(
-                "INSERT INTO runs (job, scheduled_for, run_key, tier, deadline_at, state, created_at, lane)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'open', ?6, ?7) ON CONFLICT (job, scheduled_for) DO NOTHING",
+                "INSERT INTO runs (job, scheduled_for, run_key, tier, deadline_at, state, created_at, lane, tags)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'open', ?6, ?7, ?8) ON CONFLICT (job, scheduled_for) DO NOTHING",
                 params![
                     run.job,
                     to_millis(run.scheduled_for),
@@ -134,7 +146,8 @@ impl Store {
                     run.tier,
                     to_millis(run.deadline_at),
                     to_millis(now),
-                    run.lane
+                    run.lane,
+                    serde_json::to_string(run.tags).unwrap_or_else(|_| "[]".to_owned())
                 ],
             )
             .map_err(|e| self.err(e))?;
@@ -242,6 +255,27 @@ impl Store {
         Ok(changed == 1)
     }
 
+    /// Applies a budget decision to a run before it spends: `lane` is where
+    /// it goes, `sync_blocked` (the reason) keeps it off the sync lane.
+    pub fn apply_budget(
+        &mut self,
+        id: i64,
+        lane: &str,
+        sync_blocked: Option<&str>,
+        detail: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(|e| super::sqlite(&self.path, e))?;
+        tx.execute(
+            "UPDATE runs SET lane = ?2, sync_blocked = COALESCE(?3, sync_blocked) WHERE id = ?1",
+            params![id, lane, sync_blocked],
+        )
+        .map_err(|e| super::sqlite(&self.path, e))?;
+        super::events::insert(&tx, Some(id), None, "budget_exceeded", detail, now)
+            .map_err(|e| super::sqlite(&self.path, e))?;
+        tx.commit().map_err(|e| super::sqlite(&self.path, e))
+    }
+
     /// The open runs of `job`.
     pub fn open_runs_of(&self, job: &str) -> Result<Vec<RunRow>, StoreError> {
         Ok(self.open_runs()?.into_iter().filter(|run| run.job == job).collect())
@@ -252,7 +286,7 @@ impl Store {
         let mut statement = self
             .conn
             .prepare(&format!(
-                "SELECT {COLUMNS} FROM runs WHERE state IN ('late', 'failed') AND finished_at >= ?1
+                "SELECT {COLUMNS} FROM runs WHERE state IN ('late', 'failed', 'skipped') AND finished_at >= ?1
                  ORDER BY finished_at DESC LIMIT ?2"
             ))
             .map_err(|e| self.err(e))?;

@@ -4,7 +4,7 @@
 //! never edited once released; changes are new entries.
 
 /// Migrations in order; entry `i` moves the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// Times are integer milliseconds since the Unix epoch (UTC).
 const V1: &str = r#"
@@ -137,4 +137,47 @@ CREATE TABLE schedules (
     last_fired_for  INTEGER,
     updated_at      INTEGER NOT NULL
 ) WITHOUT ROWID;
+"#;
+
+/// Money: the model and cost of every result (integer micro-dollars, what
+/// was charged and what the synchronous API would have charged), the tags
+/// of a run for cost attribution, budget decisions, and the `skipped` run
+/// state. SQLite cannot change a CHECK constraint in place, so `runs` is
+/// rebuilt (foreign keys are off while migrations run, and checked before
+/// the commit).
+const V3: &str = r#"
+CREATE TABLE runs_v3 (
+    id                   INTEGER PRIMARY KEY,
+    job                  TEXT    NOT NULL,
+    scheduled_for        INTEGER NOT NULL,
+    run_key              TEXT    NOT NULL,
+    tier                 TEXT    NOT NULL,
+    deadline_at          INTEGER NOT NULL,
+    state                TEXT    NOT NULL CHECK (state IN ('open', 'completed', 'failed', 'late', 'skipped')),
+    reason               TEXT,
+    created_at           INTEGER NOT NULL,
+    finished_at          INTEGER,
+    lane                 TEXT    NOT NULL DEFAULT 'batch' CHECK (lane IN ('batch', 'sync')),
+    fallback_at          INTEGER,
+    fallback_started_at  INTEGER,
+    fallback_reason      TEXT,
+    tags                 TEXT    NOT NULL DEFAULT '[]',
+    sync_blocked         TEXT,
+    UNIQUE (job, scheduled_for)
+);
+INSERT INTO runs_v3 (id, job, scheduled_for, run_key, tier, deadline_at, state, reason, created_at, finished_at,
+                     lane, fallback_at, fallback_started_at, fallback_reason)
+    SELECT id, job, scheduled_for, run_key, tier, deadline_at, state, reason, created_at, finished_at,
+           lane, fallback_at, fallback_started_at, fallback_reason
+    FROM runs;
+DROP TABLE runs;
+ALTER TABLE runs_v3 RENAME TO runs;
+CREATE INDEX runs_by_state ON runs (state);
+CREATE INDEX runs_by_job ON runs (job, scheduled_for);
+
+ALTER TABLE results ADD COLUMN model TEXT;
+ALTER TABLE results ADD COLUMN cost_micros INTEGER;
+ALTER TABLE results ADD COLUMN sync_cost_micros INTEGER;
+CREATE INDEX results_unpriced ON results (id) WHERE cost_micros IS NULL;
+CREATE INDEX results_by_received ON results (received_at);
 "#;

@@ -22,6 +22,7 @@ fn feed_run() -> NewRun<'static> {
         tier: "batch",
         deadline_at: at(600),
         lane: "batch",
+        tags: &[],
     }
 }
 
@@ -201,4 +202,36 @@ fn finishing_a_run_closes_it_with_its_reason() {
     let row = store.run(run.id).unwrap().unwrap();
     assert_eq!((row.state, row.reason.as_deref()), (RunState::Late, Some("deadline passed with 1 request open")));
     assert!(store.open_runs().unwrap().is_empty());
+}
+
+#[test]
+fn a_version_2_database_keeps_its_runs_and_results_through_the_money_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        conn.execute_batch(schema::MIGRATIONS[1]).unwrap();
+        conn.execute_batch(
+            "PRAGMA user_version = 2;
+             INSERT INTO runs (id, job, scheduled_for, run_key, tier, deadline_at, state, created_at, lane)
+                 VALUES (7, 'feed', 0, 'feed-19700101T0000', 'batch', 1000, 'completed', 0, 'batch');
+             INSERT INTO requests (custom_id, run_id, seq, item, params, state, updated_at)
+                 VALUES ('feed-1970-01-01-1', 7, 1, '{}', '{\"model\":\"claude-haiku-4-5\"}', 'succeeded', 0);
+             INSERT INTO results (custom_id, lane, status, input_tokens, output_tokens, received_at)
+                 VALUES ('feed-1970-01-01-1', 'batch', 'succeeded', 1000, 100, 0);",
+        )
+        .unwrap();
+    }
+    let mut store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), 3);
+    let run = store.run(7).unwrap().unwrap();
+    assert_eq!((run.state, run.tags.len(), run.sync_blocked), (RunState::Completed, 0, None));
+    let unpriced = store.unpriced_results(10).unwrap();
+    assert_eq!(unpriced.len(), 1);
+    assert_eq!(unpriced[0].model.as_deref(), Some("claude-haiku-4-5"));
+    let fk: i64 = store.conn.query_row("PRAGMA foreign_keys", [], |row| row.get(0)).unwrap();
+    assert_eq!(fk, 1, "references are enforced again after migrating");
+    store.finish_run(7, RunState::Skipped, Some("budget"), at(0)).unwrap();
+    assert_eq!(store.run(7).unwrap().unwrap().state, RunState::Skipped);
 }

@@ -23,12 +23,12 @@ pub(super) fn check(job: &Job, out: &mut Vec<Diagnostic>) {
             .help("write 1 for no retries, or e.g. `3`"),
         );
     }
-    if let Some(budget) = manifest.budget.filter(|b| !(b.monthly_usd.is_finite() && b.monthly_usd > 0.0)) {
+    if let Some(amount) = manifest.budget.and_then(|b| b.monthly_usd).filter(|usd| !(usd.is_finite() && *usd > 0.0)) {
         out.push(
             job.at_value(
                 Code::InvalidBudget,
                 "budget.monthly_usd",
-                format!("budget.monthly_usd {} is not a positive amount", budget.monthly_usd),
+                format!("budget.monthly_usd {amount} is not a positive amount"),
             )
             .help("write an amount in dollars such as `25`, or remove `budget`"),
         );

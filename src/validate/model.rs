@@ -77,6 +77,34 @@ pub(super) fn check(job: &Job, catalog: &Catalog, out: &mut Vec<Diagnostic>) {
     }
     check_max_tokens(job, provider, model_id, model, out);
     check_betas(job, provider, out);
+    check_batch_model(job, catalog, out);
+}
+
+/// `batch_model` must be a known model the batch API accepts.
+fn check_batch_model(job: &Job, catalog: &Catalog, out: &mut Vec<Diagnostic>) {
+    let manifest = &job.manifest;
+    let Some(name) = manifest.batch_model.as_deref() else {
+        return;
+    };
+    match catalog.model(&manifest.provider, name) {
+        None => {
+            let help = suggest::did_you_mean(name, catalog.model_names(&manifest.provider))
+                .unwrap_or_else(|| "see catalog/models.yaml for the models and aliases".to_owned());
+            out.push(
+                job.at_value(
+                    Code::UnknownModel,
+                    "batch_model",
+                    format!("unknown batch_model `{name}` for provider `{}`", manifest.provider),
+                )
+                .help(help),
+            );
+        }
+        Some((id, model)) if !model.batch => out.push(
+            job.at_value(Code::NoBatchSupport, "batch_model", format!("batch_model `{id}` has no batch support"))
+                .help("pick a model with batch support, or remove `batch_model`"),
+        ),
+        Some(_) => {}
+    }
 }
 
 fn check_max_tokens(job: &Job, provider: &Provider, model_id: &str, model: &Model, out: &mut Vec<Diagnostic>) {
