@@ -59,6 +59,14 @@ pub async fn harness_at(head: &str, items: usize, sim: SimConfig, start: DateTim
         sink = root.join("out/bulk.jsonl").display(),
     );
     std::fs::write(root.join("jobs/bulk.yaml"), manifest).unwrap();
+    harness_for(dir, "bulk", sim, start).await
+}
+
+/// An engine over every job of the project in `dir` (`jobs/`, `prompts/`,
+/// `state/`) on a manual clock at `start`, with a simulator on the same
+/// clock; `main` names the job [`Harness::run`] starts.
+pub async fn harness_for(dir: tempfile::TempDir, main: &str, sim: SimConfig, start: DateTime<Utc>) -> Harness {
+    let root = dir.path();
     let catalog = Catalog::builtin();
     let report = validate_dir(Inputs {
         jobs_dir: &root.join("jobs"),
@@ -66,7 +74,8 @@ pub async fn harness_at(head: &str, items: usize, sim: SimConfig, start: DateTim
         catalog: &catalog,
         now: start,
     });
-    let job = report.job("bulk").cloned().unwrap_or_else(|| panic!("{:?}", report.diagnostics));
+    assert!(report.passes(false), "{:?}", report.diagnostics);
+    let job = report.job(main).cloned().unwrap_or_else(|| panic!("{:?}", report.diagnostics));
     let clock = ManualClock::new(start);
     let shared: Arc<dyn Clock> = Arc::new(clock.clone());
     let sim_config = SimConfig { listen: "127.0.0.1:0".parse().unwrap(), ..sim };
@@ -79,7 +88,7 @@ pub async fn harness_at(head: &str, items: usize, sim: SimConfig, start: DateTim
     settings.idle_tick = Duration::from_secs(3600);
     let batch = BatchLane::new(client.clone(), store.clone(), Arc::clone(&shared));
     let sync = SyncLane::new(client, store.clone(), Arc::clone(&shared), settings.sync);
-    let engine = Arc::new(Engine::new(store, batch, sync, shared, settings, vec![job.clone()]));
+    let engine = Arc::new(Engine::new(store, batch, sync, shared, settings, report.jobs.clone()));
     Harness { dir, clock, sim, engine, job }
 }
 

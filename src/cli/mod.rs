@@ -1,6 +1,7 @@
 //! The command line: argument types and dispatch. This is the binary's edge,
 //! where errors get their context and become exit codes.
 
+mod cost;
 mod render;
 mod run;
 mod schema;
@@ -71,6 +72,8 @@ pub enum Command {
     Serve(serve::Args),
     /// Open runs, their batches and fallback plans, next firings, recent skipped or late runs.
     Status(status::Args),
+    /// Spend, the sync baseline, savings and the five KPIs for a window, by job, tag, model, lane or day.
+    Cost(cost::Args),
     /// Run the provider simulator: the Anthropic Messages and Message Batches API on loopback, no API key needed.
     Sim(crate::sim::SimConfig),
 }
@@ -96,6 +99,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Sim(config) => sim::run(&config),
+        Command::Cost(args) => cost::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -7,6 +7,7 @@
 
 pub mod budget;
 pub mod price;
+pub mod report;
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 

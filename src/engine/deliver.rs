@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::cost::{Pricer, price_pending, usd};
 use crate::manifest::{Job, Sink, SqliteSink};
 use crate::outcome::message_text;
 use crate::render::{RenderError, RunInfo, render_path};
@@ -28,9 +29,17 @@ pub async fn deliver_pending(
     job: &Job,
     info: &RunInfo,
     run_id: i64,
+    pricer: &Pricer,
     now: DateTime<Utc>,
 ) -> Result<usize, DeliverError> {
-    let pending = store.call(move |s| s.undelivered_results(run_id)).await?;
+    let pricer = pricer.clone();
+    let pending = store
+        .call(move |s| {
+            // Results carry their cost: price what arrived since the last pass.
+            price_pending(s, &pricer)?;
+            s.undelivered_results(run_id)
+        })
+        .await?;
     if pending.is_empty() {
         return Ok(0);
     }
@@ -77,8 +86,8 @@ fn delivered_result(job: &Job, info: &RunInfo, result: &DeliverableResult, now: 
         stop_reason: result.stop_reason.clone(),
         usage: result.usage,
         lane: result.lane.clone(),
-        cost_usd: None,
-        sync_equivalent_usd: None,
+        cost_usd: result.cost_micros.map(usd),
+        sync_equivalent_usd: result.sync_cost_micros.map(usd),
         received_at: result.received_at.to_rfc3339(),
         delivered_at: now.to_rfc3339(),
     }

@@ -337,7 +337,7 @@ impl Engine {
             }
         }
         let info = RunInfo::new(&job, run.scheduled_for)?;
-        if let Err(error) = deliver_pending(&self.store, &job, &info, run.id, self.clock.now()).await {
+        if let Err(error) = deliver_pending(&self.store, &job, &info, run.id, &self.pricer, self.clock.now()).await {
             tracing::warn!(run = %run.run_key, error = %error, "delivery failed; trying again later");
             return self.fail_if_past_deadline(&run, &error.to_string()).await.map(|()| wake);
         }

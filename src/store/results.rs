@@ -38,6 +38,10 @@ pub struct DeliverableResult {
     pub lane: String,
     /// When the result arrived.
     pub received_at: DateTime<Utc>,
+    /// What it cost, micro-dollars (once priced).
+    pub cost_micros: Option<i64>,
+    /// What the sync API would have charged, micro-dollars (once priced).
+    pub sync_cost_micros: Option<i64>,
 }
 
 impl Store {
@@ -62,7 +66,8 @@ impl Store {
             .conn
             .prepare_cached(
                 "SELECT q.custom_id, r.id, q.item, r.message, r.stop_reason, r.input_tokens, r.output_tokens,
-                        r.cache_write_5m, r.cache_write_1h, r.cache_read, r.lane, r.received_at
+                        r.cache_write_5m, r.cache_write_1h, r.cache_read, r.lane, r.received_at,
+                        r.cost_micros, r.sync_cost_micros
                  FROM requests q JOIN results r ON r.id = q.result_id
                  WHERE q.run_id = ?1 AND q.state = 'succeeded'
                    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.custom_id = q.custom_id)
@@ -86,6 +91,8 @@ impl Store {
                     },
                     lane: row.get(10)?,
                     received_at: from_millis(row.get(11)?),
+                    cost_micros: row.get(12)?,
+                    sync_cost_micros: row.get(13)?,
                 })
             })
             .map_err(|e| self.err(e))?;
