@@ -10,8 +10,16 @@ use serde::Serialize;
 use crate::store::{BatchRow, RunRow, Store, StoreError};
 
 /// Event kinds listed as "recent".
-const NOTABLE: &[&str] =
-    &["run_skipped", "run_queued", "run_late", "run_failed", "fallback_started", "routed_to_sync", "batch_adopted"];
+const NOTABLE: &[&str] = &[
+    "run_skipped",
+    "run_queued",
+    "run_late",
+    "run_failed",
+    "fallback_started",
+    "routed_to_sync",
+    "batch_adopted",
+    "budget_exceeded",
+];
 
 /// The whole report (a public JSON shape: fields are only ever added).
 #[derive(Debug, Clone, Serialize)]

@@ -1,5 +1,6 @@
 //! Integration tests: the real binary on real files.
 
+mod budget;
 mod cost;
 mod daemon;
 mod fallback;

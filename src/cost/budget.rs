@@ -119,3 +119,57 @@ pub fn check(
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+    use crate::store::{NewRequest, NewRun};
+
+    fn job(budget: Option<f64>) -> Job {
+        let source = format!(
+            "schedule: {{ cron: '0 6 * * *' }}\nmodel: claude-haiku-4-5\nmax_tokens: 100\nprompt: {{ inline: hi }}\n{}",
+            budget.map(|usd| format!("budget: {{ monthly_usd: {usd} }}\n")).unwrap_or_default()
+        );
+        let (manifest, spans) = crate::manifest::parse_manifest("jobs/feed.yaml", &source).expect("it parses");
+        Job { name: "feed".into(), file: "jobs/feed.yaml".into(), source, manifest, spans }
+    }
+
+    /// A store where job `feed` spent 1,000,000 output tokens of haiku on the sync lane ($5).
+    fn store_with_spend(now: DateTime<Utc>) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("state.db")).unwrap();
+        let new = NewRun {
+            job: "feed",
+            scheduled_for: now,
+            run_key: "feed-1",
+            tier: "realtime",
+            deadline_at: now,
+            lane: "sync",
+            tags: &[],
+        };
+        let (run, _) = store.create_run(&new, now).unwrap();
+        let params = r#"{"model":"claude-haiku-4-5"}"#.to_owned();
+        let request = NewRequest { custom_id: "feed-1-1".into(), seq: 1, item: "{}".into(), params };
+        store.insert_requests(run.id, &[request], now).unwrap();
+        let usage = crate::outcome::Usage { output_tokens: 1_000_000, ..Default::default() };
+        let outcome = crate::outcome::Outcome::Succeeded { message: "{}".into(), stop_reason: None, usage };
+        let attempt = store.record_attempt(&crate::store::NewAttempt::started("sync", "create_message", now)).unwrap();
+        store.record_sync_result("feed-1-1", attempt, &outcome, now).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn the_job_budget_is_checked_first_then_the_global_one() {
+        let now = Utc::now();
+        let (_dir, mut store) = store_with_spend(now);
+        let pricer = Pricer::new(Catalog::builtin());
+        let within = check(&mut store, &pricer, &job(Some(6.0)), None, 500_000, now).unwrap();
+        assert_eq!(within, None, "$5 spent + $0.50 fits in $6");
+        let crossing = check(&mut store, &pricer, &job(Some(5.2)), None, 500_000, now).unwrap().unwrap();
+        assert_eq!((crossing.scope, crossing.spent, crossing.budget), (Scope::Job, 5_000_000, 5_200_000));
+        let global = check(&mut store, &pricer, &job(None), Some(5_400_000), 500_000, now).unwrap().unwrap();
+        assert_eq!(global.scope, Scope::Global);
+        assert!(global.reason().contains("global monthly budget of $5.40"), "{}", global.reason());
+    }
+}

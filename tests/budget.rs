@@ -1,0 +1,120 @@
+//! Budgets: each `on_budget` policy takes effect before money is spent.
+
+use std::time::Duration;
+
+use orchestrator::clock::Clock;
+use orchestrator::sim::SimConfig;
+use serde_json::Value;
+
+use crate::harness::{Harness, harness_at, t0};
+
+const ITEMS: usize = 20;
+
+/// A job over `ITEMS` items whose budget (a millionth of a dollar) any run crosses.
+async fn over_budget(tier: &str, policy: &str, sim: SimConfig) -> Harness {
+    let head = format!(
+        "schedule: {{ cron: '0 6 * * *' }}\ntier: {tier}\ndeadline: 1h\n\
+         budget: {{ monthly_usd: 0.000001, on_budget: {policy} }}\n"
+    );
+    harness_at(&head, ITEMS, sim, t0()).await
+}
+
+fn budget_events(h: &Harness) -> Vec<Value> {
+    h.ids("SELECT detail FROM events WHERE kind = 'budget_exceeded' ORDER BY id")
+        .iter()
+        .map(|text| serde_json::from_str(text).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_stops_the_run_before_anything_is_submitted() {
+    let h = over_budget("batch", "skip", SimConfig::default()).await;
+    let (_, outcome) = h.run().await;
+    assert_eq!(outcome.state.as_str(), "skipped");
+    assert!(outcome.reason.unwrap().contains("monthly budget of $0.00"));
+    assert_eq!(h.sim.stats().batches_created, 0, "nothing was submitted");
+    assert_eq!(h.count("SELECT COUNT(*) FROM requests"), 0);
+    assert_eq!(h.count("SELECT COUNT(*) FROM attempts"), 0, "no provider call at all");
+    let events = budget_events(&h);
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0]["action"].as_str(), events[0]["stage"].as_str()), (Some("skipped"), Some("submit")));
+    assert!(events[0]["estimate_usd"].as_f64().unwrap() > 0.0);
+    h.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_only_keeps_a_stuck_run_off_the_sync_lane_past_its_fallback() {
+    let h = over_budget("soft", "batch_only", SimConfig { never_end: true, ..SimConfig::default() }).await;
+    let deadline_at = t0() + chrono::Duration::hours(1);
+    let run = h.engine.start_run(&h.job, t0(), deadline_at).await.unwrap();
+    assert!(run.sync_blocked.is_some(), "the budget blocked the sync lane at submission");
+    let _presence = h.clock.enter();
+    let guard = tokio::time::timeout(Duration::from_secs(60), async {
+        while h.clock.now() < deadline_at + chrono::Duration::minutes(30) {
+            let wake = h.engine.tick(Some(run.id)).await.unwrap();
+            h.clock.sleep(orchestrator::engine::until(h.clock.now(), wake)).await;
+        }
+    });
+    guard.await.expect("ticks reach half an hour past the deadline");
+    assert_eq!(h.count("SELECT COUNT(*) FROM attempts WHERE lane = 'sync'"), 0, "no sync call was paid for");
+    assert_eq!(h.sim.stats().batches_created, 1, "the cheap lane kept the work");
+    assert_eq!(h.count("SELECT COUNT(*) FROM runs WHERE fallback_started_at IS NOT NULL"), 0);
+    assert_eq!(h.count("SELECT COUNT(*) FROM runs WHERE state = 'open'"), 1, "the run waits for its batch");
+    let events = budget_events(&h);
+    assert_eq!(events.len(), 1, "one decision, recorded once: {events:?}");
+    assert_eq!(events[0]["action"], "batch_only");
+    h.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_only_moves_a_realtime_run_to_the_batch_lane() {
+    let h = over_budget("realtime", "batch_only", SimConfig::default()).await;
+    let (run_id, outcome) = h.run().await;
+    assert!(outcome.is_complete(), "{outcome:?}");
+    assert_eq!(h.count(&format!("SELECT COUNT(*) FROM runs WHERE id = {run_id} AND lane = 'batch'")), 1);
+    assert_eq!(h.count(Harness::SYNC_CALLS), 0);
+    assert_eq!(h.count("SELECT COUNT(*) FROM results WHERE lane = 'batch' AND status = 'succeeded'"), ITEMS as i64);
+    h.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_runs_as_usual_and_records_the_crossing() {
+    let h = over_budget("realtime", "alert", SimConfig::default()).await;
+    let (_, outcome) = h.run().await;
+    assert!(outcome.is_complete(), "{outcome:?}");
+    assert_eq!(h.count(Harness::SYNC_CALLS), ITEMS as i64, "realtime stays on the sync lane");
+    let events = budget_events(&h);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["action"], "alerted");
+    h.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_crossed_while_the_batch_runs_blocks_the_sync_fallback() {
+    let sim = SimConfig { never_end: true, ..SimConfig::default() };
+    let h = harness_at("schedule: { cron: '0 6 * * *' }\ntier: soft\ndeadline: 1h\n", ITEMS, sim, t0()).await;
+    let deadline_at = t0() + chrono::Duration::hours(1);
+    let run = h.engine.start_run(&h.job, t0(), deadline_at).await.unwrap();
+    assert!(run.sync_blocked.is_none(), "no budget at submission");
+    // The team sets a budget (a reload) after the batch went out.
+    let mut job = h.job.clone();
+    job.manifest.budget = Some(orchestrator::manifest::Budget {
+        monthly_usd: Some(0.000001),
+        on_budget: orchestrator::manifest::OnBudget::BatchOnly,
+    });
+    h.engine.set_jobs(vec![job]);
+    let _presence = h.clock.enter();
+    let guard = tokio::time::timeout(Duration::from_secs(60), async {
+        while h.clock.now() < deadline_at {
+            let wake = h.engine.tick(Some(run.id)).await.unwrap();
+            h.clock.sleep(orchestrator::engine::until(h.clock.now(), wake)).await;
+        }
+    });
+    guard.await.expect("ticks reach the deadline");
+    assert_eq!(h.count("SELECT COUNT(*) FROM attempts WHERE lane = 'sync'"), 0, "the fallback paid for nothing");
+    assert_eq!(h.count("SELECT COUNT(*) FROM runs WHERE fallback_started_at IS NOT NULL"), 0);
+    let events = budget_events(&h);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0]["stage"].as_str(), events[0]["action"].as_str()), (Some("fallback"), Some("sync_blocked")));
+    h.sim.shutdown().await;
+}
