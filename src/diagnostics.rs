@@ -11,6 +11,8 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// Advice: the job is fine, but could be cheaper; never fails validation.
+    Note,
     /// Will misbehave or cost more than it should; the job still runs.
     Warning,
     /// The job cannot run as written.
@@ -89,6 +91,7 @@ codes! {
     InvalidRetry = "E070", Error, "retry.max_attempts is below 1";
     InvalidBudget = "E071", Error, "budget.monthly_usd is not a positive amount";
     InvalidBatchSize = "E072", Error, "max_batch_requests is outside 1 to 100000";
+    BatchEligible = "N080", Note, "a realtime job whose deadline allows the batch lane at half price";
 }
 
 /// One problem at one place.
@@ -165,6 +168,7 @@ impl Diagnostic {
         let severity = match self.severity {
             Severity::Error => "error",
             Severity::Warning => "warning",
+            Severity::Note => "note",
         };
         let place =
             if self.line == 0 { self.file.clone() } else { format!("{}:{}:{}", self.file, self.line, self.column) };
@@ -205,8 +209,8 @@ pub fn sort_dedup(diagnostics: &mut Vec<Diagnostic>) {
 
 /// Counts errors and warnings.
 pub fn count(diagnostics: &[Diagnostic]) -> (usize, usize) {
-    let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
-    (errors, diagnostics.len() - errors)
+    let count = |severity| diagnostics.iter().filter(|d| d.severity == severity).count();
+    (count(Severity::Error), count(Severity::Warning))
 }
 
 #[cfg(test)]
@@ -241,7 +245,11 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for code in Code::ALL {
             assert!(seen.insert(code.as_str()), "{} twice", code.as_str());
-            let prefix = if code.severity() == Severity::Error { 'E' } else { 'W' };
+            let prefix = match code.severity() {
+                Severity::Error => 'E',
+                Severity::Warning => 'W',
+                Severity::Note => 'N',
+            };
             assert!(code.as_str().starts_with(prefix), "{}", code.as_str());
         }
     }

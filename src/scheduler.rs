@@ -41,7 +41,8 @@ enum Fired {
     Skipped,
 }
 
-fn timing(job: &Job) -> Option<(croner::Cron, Tz)> {
+/// A job's parsed cron expression and time zone (`None` if either is invalid).
+pub(crate) fn timing(job: &Job) -> Option<(croner::Cron, Tz)> {
     let cron = cron_parser().parse(&job.manifest.schedule.cron).ok()?;
     let tz = job.manifest.schedule.timezone.parse().ok()?;
     Some((cron, tz))

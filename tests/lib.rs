@@ -3,6 +3,7 @@
 mod budget;
 mod cost;
 mod daemon;
+mod estimate;
 mod fallback;
 mod harness;
 mod render;

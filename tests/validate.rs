@@ -150,3 +150,17 @@ fn a_user_catalog_changes_what_is_known() {
     let output = run_in(dir.path(), &["validate", "--catalog", "catalog.yaml"]);
     assert_eq!(code(&output), 0, "{}", stdout(&output));
 }
+
+#[test]
+fn a_realtime_job_with_an_hour_to_spare_gets_a_note_that_never_fails_validation() {
+    let dir = project_with(
+        "schedule: { cron: '0 6 * * *' }\ntier: realtime\ndeadline: 2h\nmodel: claude-haiku-4-5\nmax_tokens: 100\n\
+         prompt: { inline: hi }\n",
+    );
+    let output = run_in(dir.path(), &["validate", "--deny-warnings"]);
+    assert_eq!(code(&output), 0, "{}", stdout(&output));
+    let text = stdout(&output);
+    assert!(text.contains("jobs/only.yaml:2:7: note[N080]"), "{text}");
+    assert!(text.contains("set `tier: soft`"), "{text}");
+    assert!(text.contains("0 errors, 0 warnings"), "{text}");
+}

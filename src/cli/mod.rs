@@ -2,6 +2,7 @@
 //! where errors get their context and become exit codes.
 
 mod cost;
+mod estimate;
 mod render;
 mod run;
 mod schema;
@@ -74,6 +75,8 @@ pub enum Command {
     Status(status::Args),
     /// Spend, the sync baseline, savings and the five KPIs for a window, by job, tag, model, lane or day.
     Cost(cost::Args),
+    /// Projected monthly cost per job: sync lane only versus as routed, at today's volume and at --volume times it.
+    Estimate(estimate::Args),
     /// Run the provider simulator: the Anthropic Messages and Message Batches API on loopback, no API key needed.
     Sim(crate::sim::SimConfig),
 }
@@ -100,6 +103,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => status::run(&args),
         Command::Sim(config) => sim::run(&config),
         Command::Cost(args) => cost::run(&args),
+        Command::Estimate(args) => estimate::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

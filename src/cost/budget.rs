@@ -70,6 +70,12 @@ pub fn per_request(store: &Store, job: &Job, input_guess: f64) -> Result<(Averag
     if let Some(observed) = store.usage_averages(&job.name)? {
         return Ok((observed, "observed"));
     }
+    Ok(hinted_usage(job, input_guess))
+}
+
+/// What one request is expected to use without history: the manifest's
+/// `estimate:` hints, else `input_guess` and the full `max_tokens`.
+pub fn hinted_usage(job: &Job, input_guess: f64) -> (AverageUsage, UsageSource) {
     let hints = job.manifest.estimate.unwrap_or_default();
     let usage = AverageUsage {
         input_tokens: hints.input_tokens.map_or(input_guess, |n| n as f64),
@@ -77,7 +83,7 @@ pub fn per_request(store: &Store, job: &Job, input_guess: f64) -> Result<(Averag
         ..AverageUsage::default()
     };
     let source = if hints.input_tokens.is_some() || hints.output_tokens.is_some() { "hints" } else { "max_tokens" };
-    Ok((usage, source))
+    (usage, source)
 }
 
 /// The model a job's requests use in `lane`.

@@ -6,6 +6,7 @@
 //! again (`orchestrator cost --reprice`).
 
 pub mod budget;
+pub mod estimate;
 pub mod price;
 pub mod report;
 

@@ -174,3 +174,17 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 }
+
+impl Store {
+    /// Average requests per run over `job`'s last 10 runs that have requests (`None` without history).
+    pub fn average_requests_per_run(&self, job: &str) -> Result<Option<f64>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT AVG(n) FROM (SELECT COUNT(q.custom_id) AS n FROM runs u JOIN requests q ON q.run_id = u.id
+                                     WHERE u.job = ?1 GROUP BY u.id ORDER BY u.scheduled_for DESC LIMIT 10)",
+                [job],
+                |row| row.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+}

@@ -87,6 +87,19 @@ fn check_deadline(job: &Job, catalog: &Catalog, cadence: Option<Duration>, out: 
         }
     };
     let tier = job.manifest.tier;
+    if crate::cost::estimate::batch_eligible(job) {
+        out.push(
+            job.at_value(
+                Code::BatchEligible,
+                "tier",
+                format!(
+                    "a realtime job with a {} deadline could run on the batch lane at half price",
+                    format_duration(deadline)
+                ),
+            )
+            .help("set `tier: soft` (the sync fallback still holds the deadline); `orchestrator estimate` shows the saving"),
+        );
+    }
     if tier == Tier::Realtime && deadline < MIN_REALTIME_DEADLINE {
         out.push(
             job.at_value(
