@@ -20,6 +20,8 @@ use crate::validate::{Inputs, validate_dir};
 pub const EXIT_REQUESTS_FAILED: u8 = 4;
 /// Exit status: the run finished after its deadline.
 pub const EXIT_LATE: u8 = 5;
+/// `run`: the job's budget policy (`on_budget: skip`) skipped the run; nothing was spent.
+pub const EXIT_SKIPPED: u8 = 6;
 
 /// Arguments of `run`.
 #[derive(Debug, clap::Args)]
@@ -155,6 +157,7 @@ fn print_summary(outcome: &RunOutcome) {
 fn exit_code(outcome: &RunOutcome) -> u8 {
     match outcome.state {
         RunState::Late => EXIT_LATE,
+        RunState::Skipped => EXIT_SKIPPED,
         RunState::Failed => 1,
         _ if outcome.is_complete() => 0,
         _ => EXIT_REQUESTS_FAILED,
