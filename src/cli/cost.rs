@@ -174,24 +174,27 @@ fn line(key: &str, t: &Totals) -> String {
 }
 
 fn kpi_lines(k: &Kpis) -> String {
-    let show = |name: &str, kpi: &Kpi, value: String| {
+    let show = |name: &str, kpi: &Kpi, value: String, target: &str| {
         let verdict = match kpi.met {
             Some(true) => "met",
             Some(false) => "MISSED",
             None => "",
         };
-        format!("  {name:<38} {value:>14}  {:<18} {verdict}\n", kpi.target.unwrap_or(""))
+        format!("  {name:<38} {value:>14}  {target:<18} {verdict}\n")
     };
-    let secs = |kpi: &Kpi| kpi.value.map_or_else(|| "-".to_owned(), |s| format!("{:.1} h", s / 3600.0));
+    let secs = |kpi: &Kpi| kpi.value.map_or_else(|| "-".to_owned(), |s| format!("{:.2} h", s / 3600.0));
     let count = |kpi: &Kpi| kpi.value.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
     let mut out = String::from("KPIs\n");
-    out.push_str(&show("1. batch share of eligible tokens", &k.batch_token_share, pct(k.batch_token_share.value)));
-    out.push_str(&show("2. saved vs the sync baseline", &k.savings_usd, money(k.savings_usd.value.unwrap_or(0.0))));
-    out.push_str(&show("3. batch turnaround p50", &k.turnaround_p50_secs, secs(&k.turnaround_p50_secs)));
-    out.push_str(&show("   batch turnaround p95", &k.turnaround_p95_secs, secs(&k.turnaround_p95_secs)));
-    out.push_str(&show("4. batch error rate", &k.batch_error_rate, pct(k.batch_error_rate.value)));
-    out.push_str(&show("5. fallbacks fired", &k.fallbacks_fired, count(&k.fallbacks_fired)));
-    out.push_str(&show("   batch submit failures", &k.batch_submit_failures, count(&k.batch_submit_failures)));
+    let share = pct(k.batch_token_share.value);
+    out.push_str(&show("1. batch share of eligible tokens", &k.batch_token_share, share, ">= 80%"));
+    let saved = money(k.savings_usd.value.unwrap_or(0.0));
+    out.push_str(&show("2. saved vs the sync baseline", &k.savings_usd, saved, ""));
+    out.push_str(&show("3. batch turnaround p50", &k.turnaround_p50_secs, secs(&k.turnaround_p50_secs), "<= 4 h"));
+    out.push_str(&show("   batch turnaround p95", &k.turnaround_p95_secs, secs(&k.turnaround_p95_secs), "<= 12 h"));
+    out.push_str(&show("4. batch error rate", &k.batch_error_rate, pct(k.batch_error_rate.value), "<= 1%"));
+    let fallbacks = count(&k.fallbacks_fired);
+    out.push_str(&show("5. fallbacks fired", &k.fallbacks_fired, fallbacks, "<= 5 per 30 days"));
+    out.push_str(&show("   batch submit failures", &k.batch_submit_failures, count(&k.batch_submit_failures), ""));
     out
 }
 
