@@ -1,6 +1,7 @@
 //! The command line: argument types and dispatch. This is the binary's edge,
 //! where errors get their context and become exit codes.
 
+mod bench;
 mod render;
 mod run;
 mod schema;
@@ -73,6 +74,8 @@ pub enum Command {
     Status(status::Args),
     /// Run the provider simulator: the Anthropic Messages and Message Batches API on loopback, no API key needed.
     Sim(crate::sim::SimConfig),
+    /// Benchmarks of the daemon's own code paths; they print figures (medians, peak RSS).
+    Bench(bench::Args),
 }
 
 /// Diagnostic output formats.
@@ -96,6 +99,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Sim(config) => sim::run(&config),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
