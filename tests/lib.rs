@@ -3,6 +3,7 @@
 mod daemon;
 mod fallback;
 mod harness;
+mod memory;
 mod render;
 mod run;
 mod schema;
