@@ -3,6 +3,7 @@
 //!
 //! The binary is a thin shell over [`cli::run`]; everything else lives here.
 
+pub mod bench;
 pub mod catalog;
 pub mod cli;
 pub mod clock;

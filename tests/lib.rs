@@ -6,6 +6,7 @@ mod daemon;
 mod estimate;
 mod fallback;
 mod harness;
+mod memory;
 mod render;
 mod run;
 mod schema;

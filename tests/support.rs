@@ -44,3 +44,11 @@ pub fn stderr(output: &Output) -> String {
 pub fn code(output: &Output) -> i32 {
     output.status.code().expect("exited normally")
 }
+
+/// Runs `orchestrator bench ingest` with `results` results, one repeat, and
+/// returns its JSON figures; panics with its standard error if it failed.
+pub fn bench_ingest(results: u64) -> serde_json::Value {
+    let output = run(&["bench", "ingest", "--results", &results.to_string(), "--repeat", "1", "--format", "json"]);
+    assert_eq!(code(&output), 0, "bench ingest --results {results} failed:\n{}", stderr(&output));
+    serde_json::from_str(&stdout(&output)).expect("bench ingest prints one JSON object")
+}

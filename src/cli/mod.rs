@@ -1,6 +1,7 @@
 //! The command line: argument types and dispatch. This is the binary's edge,
 //! where errors get their context and become exit codes.
 
+mod bench;
 mod cost;
 mod estimate;
 mod render;
@@ -79,6 +80,8 @@ pub enum Command {
     Estimate(estimate::Args),
     /// Run the provider simulator: the Anthropic Messages and Message Batches API on loopback, no API key needed.
     Sim(crate::sim::SimConfig),
+    /// Benchmarks of the daemon's own code paths; they print figures (medians, peak RSS).
+    Bench(bench::Args),
 }
 
 /// Diagnostic output formats.
@@ -104,6 +107,7 @@ pub fn main() -> ExitCode {
         Command::Sim(config) => sim::run(&config),
         Command::Cost(args) => cost::run(&args),
         Command::Estimate(args) => estimate::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

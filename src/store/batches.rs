@@ -213,9 +213,13 @@ impl Store {
         tx.execute("UPDATE batches SET results_ingested = 1 WHERE id = ?1", [batch_id]).map_err(e)?;
         // Requests of the batch without any result line (a provider that
         // dropped them) must not stay in flight forever: a retry can fix them.
+        // Driven by the run's in-flight requests (an index range, usually
+        // empty by now), not by `custom_id IN (batch list)`: SQLite would
+        // build that list in memory, 100,000 ids for a full batch.
         tx.execute(
             "UPDATE requests SET state = 'retryable_failed', updated_at = ?2
-             WHERE custom_id IN (SELECT custom_id FROM batch_requests WHERE batch_id = ?1) AND state = 'in_flight'
+             WHERE run_id = (SELECT run_id FROM batches WHERE id = ?1) AND state = 'in_flight'
+               AND EXISTS (SELECT 1 FROM batch_requests b WHERE b.batch_id = ?1 AND b.custom_id = requests.custom_id)
                AND NOT EXISTS (SELECT 1 FROM results r WHERE r.custom_id = requests.custom_id AND r.batch_id = ?1)",
             params![batch_id, to_millis(now)],
         )

@@ -145,6 +145,22 @@ fn ingest_is_idempotent_and_settles_each_request() {
 }
 
 #[test]
+fn marking_a_batch_ingested_fails_only_its_own_requests_without_a_line() {
+    let (_dir, mut store) = open();
+    let run = run_with_requests(&mut store, 4);
+    let ids = store.request_ids(run.id, &[RequestState::Pending]).unwrap();
+    let first = store.record_batch_intent(run.id, "anthropic", &ids[..2], at(1)).unwrap();
+    store.mark_batch_submitted(first.id, "msgbatch_1", at(2)).unwrap();
+    let second = store.record_batch_intent(run.id, "anthropic", &ids[2..], at(3)).unwrap();
+    store.mark_batch_submitted(second.id, "msgbatch_2", at(4)).unwrap();
+    store.ingest_batch_results(first.id, &[(ids[0].clone(), success("a"))], at(30)).unwrap();
+    store.mark_results_ingested(first.id, at(31)).unwrap();
+    let counts = store.request_counts(run.id).unwrap();
+    // ids[1] had no line in its batch; ids[2..] are still at the provider in the other one.
+    assert_eq!((counts["succeeded"], counts["retryable_failed"], counts["in_flight"]), (1, 1, 2));
+}
+
+#[test]
 fn a_late_success_after_a_final_result_is_duplicate_spend() {
     let (_dir, mut store) = open();
     let run = run_with_requests(&mut store, 1);

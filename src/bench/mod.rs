@@ -1,0 +1,90 @@
+//! Benchmarks: scenarios that drive the daemon's own code paths (the same
+//! client, lanes and store) and report figures. They print what they
+//! measured; they are not tests and assert nothing about speed.
+//!
+//! Setup runs in the parent process; each measurement runs in a child
+//! process of this same executable, so the child's peak memory is the
+//! footprint of the code path under measurement and nothing else.
+
+pub mod ingest;
+pub mod rss;
+pub mod simulator;
+
+use std::path::{Path, PathBuf};
+
+/// What every scenario reports: JSON (through `Serialize`) or a table.
+pub trait Report: serde::Serialize {
+    /// The figures as text for a terminal (medians first).
+    fn table(&self) -> String;
+}
+
+/// `debug` or `release`: figures of the two differ by an order of magnitude.
+pub fn build_profile() -> &'static str {
+    if cfg!(debug_assertions) { "debug" } else { "release" }
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    match sorted.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(sorted[mid]),
+        _ => Some((sorted[mid - 1] + sorted[mid]) / 2.0),
+    }
+}
+
+/// A private directory under the system's temporary directory, removed
+/// with everything in it when dropped.
+#[derive(Debug)]
+pub struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    /// Creates `orchestrator-bench-<label>-<pid>-<nanos>` in the temporary directory.
+    pub fn new(label: &str) -> std::io::Result<Scratch> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let name = format!("orchestrator-bench-{label}-{}-{nanos}", std::process::id());
+        let path = std::env::temp_dir().join(name);
+        let mut builder = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(&path)?;
+        Ok(Scratch { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn scratch_is_removed_when_dropped() {
+        let scratch = Scratch::new("test").unwrap();
+        let path = scratch.path().to_owned();
+        std::fs::write(path.join("file"), "x").unwrap();
+        drop(scratch);
+        assert!(!path.exists());
+    }
+}
