@@ -11,11 +11,9 @@ use super::ProjectArgs;
 use crate::catalog::Catalog;
 use crate::cost::Pricer;
 use crate::cost::estimate::{Estimate, JobEstimate, Totals, advice, inputs, project, runs_per_month, totals};
-use crate::diagnostics::Severity;
 use crate::manifest::Job;
 use crate::render::{Renderer, RunInfo};
 use crate::store::Store;
-use crate::validate::{Inputs, validate_dir};
 
 /// Arguments of `estimate`.
 #[derive(Debug, clap::Args)]
@@ -50,12 +48,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     }
     let catalog = Catalog::load(args.project.catalog.as_deref())?;
     let now = Utc::now();
-    let report = validate_dir(Inputs {
-        jobs_dir: &args.project.jobs,
-        prompts_dir: &args.project.prompts,
-        catalog: &catalog,
-        now,
-    });
+    let report = args.project.validate(&catalog, now);
     let store = match args.state.exists() {
         true => Some(Store::open(&args.state)?),
         false => None,
@@ -63,7 +56,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     let pricer = Pricer::new(catalog.clone());
     let (mut rows, mut advised) = (Vec::new(), Vec::new());
     for job in &report.jobs {
-        if report.diagnostics.iter().any(|d| d.file == job.file && d.severity == Severity::Error) {
+        if !report.errors_of(job).is_empty() {
             eprintln!("warning: {} has errors (see `orchestrator validate`); left out", job.file);
             continue;
         }

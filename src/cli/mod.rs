@@ -59,6 +59,22 @@ pub struct ProjectArgs {
     pub catalog: Option<PathBuf>,
 }
 
+impl ProjectArgs {
+    /// Validates every manifest of the project against `catalog`.
+    pub fn validate(
+        &self,
+        catalog: &crate::catalog::Catalog,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> crate::validate::Report {
+        crate::validate::validate_dir(crate::validate::Inputs {
+            jobs_dir: &self.jobs,
+            prompts_dir: &self.prompts,
+            catalog,
+            now,
+        })
+    }
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {

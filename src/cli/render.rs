@@ -7,13 +7,11 @@ use chrono::{DateTime, Utc};
 
 use super::{EXIT_CONFIG, EXIT_USAGE, ProjectArgs};
 use crate::catalog::Catalog;
-use crate::diagnostics::Severity;
 use crate::engine::read_run_items;
 use crate::render::{Renderer, RunInfo};
 use crate::schedule::{cron_parser, next_after};
 use crate::sources::Item;
 use crate::suggest;
-use crate::validate::{Inputs, validate_dir};
 
 /// Arguments of `render`.
 #[derive(Debug, clap::Args)]
@@ -37,20 +35,14 @@ pub struct Args {
 pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     let catalog = Catalog::load(args.project.catalog.as_deref())?;
     let now = Utc::now();
-    let report = validate_dir(Inputs {
-        jobs_dir: &args.project.jobs,
-        prompts_dir: &args.project.prompts,
-        catalog: &catalog,
-        now,
-    });
+    let report = args.project.validate(&catalog, now);
     let Some(job) = report.job(&args.job) else {
         let names = report.jobs.iter().map(|job| job.name.as_str());
         let hint = suggest::did_you_mean(&args.job, names).map(|h| format!(" ({h})")).unwrap_or_default();
         eprintln!("error: no valid job `{}` in {}{hint}", args.job, args.project.jobs.display());
         return Ok(EXIT_USAGE);
     };
-    let errors: Vec<_> =
-        report.diagnostics.iter().filter(|d| d.file == job.file && d.severity == Severity::Error).collect();
+    let errors = report.errors_of(job);
     if !errors.is_empty() {
         for diagnostic in errors {
             eprint!("{}", diagnostic.render_human());

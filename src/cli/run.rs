@@ -11,10 +11,8 @@ use super::{EXIT_CONFIG, EXIT_USAGE, ProjectArgs};
 use crate::catalog::Catalog;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::diagnostics::Severity;
 use crate::engine::{Engine, EngineSettings, RunOutcome};
 use crate::store::{RunRow, RunState};
-use crate::validate::{Inputs, validate_dir};
 
 /// Exit status: the run completed, but some requests failed for good.
 pub const EXIT_REQUESTS_FAILED: u8 = 4;
@@ -63,18 +61,12 @@ fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
 pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     let catalog = Catalog::load(args.project.catalog.as_deref())?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let report = validate_dir(Inputs {
-        jobs_dir: &args.project.jobs,
-        prompts_dir: &args.project.prompts,
-        catalog: &catalog,
-        now: clock.now(),
-    });
+    let report = args.project.validate(&catalog, clock.now());
     let Some(job) = report.job(&args.job).cloned() else {
         eprintln!("error: no valid job `{}` in {}", args.job, args.project.jobs.display());
         return Ok(EXIT_USAGE);
     };
-    let errors: Vec<_> =
-        report.diagnostics.iter().filter(|d| d.file == job.file && d.severity == Severity::Error).collect();
+    let errors = report.errors_of(&job);
     if !errors.is_empty() {
         errors.iter().for_each(|d| eprint!("{}", d.render_human()));
         return Ok(EXIT_CONFIG);

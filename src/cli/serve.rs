@@ -17,7 +17,6 @@ use crate::daemon::Daemon;
 use crate::engine::EngineSettings;
 use crate::manifest::Job;
 use crate::sdnotify::Notifier;
-use crate::validate::{Inputs, validate_dir};
 
 /// How long in-flight sync calls get to finish on shutdown.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -48,12 +47,7 @@ pub struct Args {
 
 /// Validates the manifests; prints every problem and returns `None` on errors.
 fn load_jobs(project: &ProjectArgs, catalog: &Catalog) -> Option<Vec<Job>> {
-    let report = validate_dir(Inputs {
-        jobs_dir: &project.jobs,
-        prompts_dir: &project.prompts,
-        catalog,
-        now: chrono::Utc::now(),
-    });
+    let report = project.validate(catalog, chrono::Utc::now());
     if !report.passes(false) {
         eprint!("{}", human(&report));
         return None;

@@ -6,7 +6,7 @@ use anyhow::Context;
 
 use super::{EXIT_CONFIG, OutputFormat, ProjectArgs};
 use crate::catalog::Catalog;
-use crate::validate::{Inputs, Report, validate_dir};
+use crate::validate::Report;
 
 /// Arguments of `validate`.
 #[derive(Debug, clap::Args)]
@@ -24,12 +24,7 @@ pub struct Args {
 
 pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     let catalog = Catalog::load(args.project.catalog.as_deref())?;
-    let report = validate_dir(Inputs {
-        jobs_dir: &args.project.jobs,
-        prompts_dir: &args.project.prompts,
-        catalog: &catalog,
-        now: chrono::Utc::now(),
-    });
+    let report = args.project.validate(&catalog, chrono::Utc::now());
     let mut stdout = std::io::stdout().lock();
     match args.format {
         OutputFormat::Human => stdout.write_all(human(&report).as_bytes()),

@@ -19,7 +19,7 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 
 use crate::catalog::Catalog;
-use crate::diagnostics::{self, Code, Diagnostic};
+use crate::diagnostics::{self, Code, Diagnostic, Severity};
 use crate::manifest::{self, Job};
 
 /// What `validate` is given.
@@ -56,6 +56,11 @@ impl Report {
     pub fn passes(&self, deny_warnings: bool) -> bool {
         let (errors, warnings) = self.counts();
         errors == 0 && (!deny_warnings || warnings == 0)
+    }
+
+    /// The errors in `job`'s manifest (and templates it names), if any.
+    pub fn errors_of(&self, job: &Job) -> Vec<&Diagnostic> {
+        self.diagnostics.iter().filter(|d| d.file == job.file && d.severity == Severity::Error).collect()
     }
 
     /// The job called `name`, if it parsed.
