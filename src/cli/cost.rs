@@ -57,13 +57,13 @@ pub enum By {
 }
 
 impl By {
-    fn group(self) -> (GroupBy, &'static str) {
+    fn group(self) -> GroupBy {
         match self {
-            By::Job => (GroupBy::Job, "job"),
-            By::Tag => (GroupBy::Tag, "tag"),
-            By::Model => (GroupBy::Model, "model"),
-            By::Lane => (GroupBy::Lane, "lane"),
-            By::Day => (GroupBy::Day, "day"),
+            By::Job => GroupBy::Job,
+            By::Tag => GroupBy::Tag,
+            By::Model => GroupBy::Model,
+            By::Lane => GroupBy::Lane,
+            By::Day => GroupBy::Day,
         }
     }
 }
@@ -107,8 +107,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         job: args.job.clone(),
         tag: None,
     };
-    let (by, by_name) = args.by.map(By::group).unzip();
-    let report = build(&store, &scope, by, by_name)?;
+    let report = build(&store, &scope, args.by.map(By::group))?;
     let text = match args.format {
         Format::Table => table(&report),
         Format::Json => serde_json::to_string_pretty(&report)? + "\n",

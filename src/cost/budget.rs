@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::{Micros, Pricer, micros, month_start, price_pending, usd};
-use crate::manifest::{Job, Lane};
+use crate::manifest::{Job, Lane, OnBudget};
 use crate::store::{AverageUsage, Store, StoreError};
 
 /// Which budget a run would cross.
@@ -96,7 +96,84 @@ pub fn lane_model(job: &Job, lane: Lane) -> &str {
 
 /// The cost of `requests` requests of `job` in `lane` at `per_request` usage.
 pub fn estimate(pricer: &Pricer, job: &Job, lane: Lane, per_request: &AverageUsage, requests: u64) -> Micros {
-    pricer.cost(lane_model(job, lane), lane, &per_request.times(requests)).map_or(0, |cost| cost.actual)
+    pricer.cost(lane_model(job, lane), lane, &per_request.times(requests as f64)).map_or(0, |cost| cost.actual)
+}
+
+/// Where in a run's life a budget is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Before the run's requests are stored and submitted.
+    Submit,
+    /// Before the fallback engine moves unfinished requests to the sync lane.
+    Fallback,
+}
+
+impl Stage {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stage::Submit => "submit",
+            Stage::Fallback => "fallback",
+        }
+    }
+}
+
+/// The spending a run is about to do.
+#[derive(Debug, Clone)]
+pub struct Spend {
+    /// The run's job.
+    pub job: Job,
+    /// The run.
+    pub run_id: i64,
+    /// The lane the requests would go through.
+    pub lane: Lane,
+    /// How many requests.
+    pub requests: u64,
+    /// Input tokens per request when neither history nor hints say (a rendered request's length / 4).
+    pub input_guess: f64,
+}
+
+/// What a budget check decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Within budget, or over it under `alert`: go ahead.
+    Proceed,
+    /// `skip` at submission: do not run; the reason.
+    Skip(String),
+    /// The run is kept off the sync lane for good (recorded on the run).
+    SyncBlocked,
+}
+
+/// Checks `spend` against the job's and the global budget and applies the
+/// job's `on_budget` policy: `alert` proceeds, `skip` skips a run that has
+/// not started, and otherwise (`batch_only`, or `skip` once money is
+/// committed) the run keeps to the batch lane. Every crossing is recorded
+/// as a `budget_exceeded` event.
+pub fn enforce(
+    store: &mut Store,
+    pricer: &Pricer,
+    global: Option<Micros>,
+    spend: &Spend,
+    stage: Stage,
+    now: DateTime<Utc>,
+) -> Result<Decision, StoreError> {
+    let (usage, _) = per_request(store, &spend.job, spend.input_guess)?;
+    let estimate = estimate(pricer, &spend.job, spend.lane, &usage, spend.requests);
+    let Some(crossing) = check(store, pricer, &spend.job, global, estimate, now)? else {
+        return Ok(Decision::Proceed);
+    };
+    let policy = spend.job.manifest.budget.unwrap_or_default().on_budget;
+    let (decision, action) = match (policy, stage) {
+        (OnBudget::Alert, _) => (Decision::Proceed, "alerted"),
+        (OnBudget::Skip, Stage::Submit) => (Decision::Skip(crossing.reason()), "skipped"),
+        (OnBudget::BatchOnly, Stage::Submit) => (Decision::SyncBlocked, "batch_only"),
+        (_, Stage::Fallback) => (Decision::SyncBlocked, "sync_blocked"),
+    };
+    let detail = crossing.detail(stage.as_str(), policy.as_str(), action);
+    match decision {
+        Decision::SyncBlocked => store.block_sync(spend.run_id, &crossing.reason(), &detail, now)?,
+        _ => store.record_event(Some(spend.run_id), None, "budget_exceeded", &detail, now)?,
+    }
+    Ok(decision)
 }
 
 /// The first budget (the job's, then the global one) that spending

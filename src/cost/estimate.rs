@@ -17,6 +17,9 @@ use crate::store::{AverageUsage, Store, StoreError};
 /// the fallback to finish what it does not.
 pub const ADVICE_MIN_DEADLINE: Duration = Duration::from_secs(3600);
 
+/// Input tokens per request assumed when nothing better is known.
+const DEFAULT_INPUT_TOKENS: f64 = 1000.0;
+
 /// Days a month is projected over.
 const MONTH_DAYS: i64 = 30;
 
@@ -103,21 +106,13 @@ pub fn inputs(
     job: &Job,
     read_items: impl FnOnce() -> Option<(usize, f64)>,
 ) -> Result<Inputs, StoreError> {
-    let observed_items = match store {
-        Some(store) => store.average_requests_per_run(&job.name)?,
-        None => None,
-    };
-    let hints = job.manifest.estimate.unwrap_or_default();
-    let (read, input_guess) = match (observed_items, hints.items_per_run) {
-        (Some(_), _) | (_, Some(_)) => (None, hints.input_tokens.map_or(1000.0, |n| n as f64)),
-        _ => read_items().map_or((None, 1000.0), |(count, guess)| (Some(count), guess)),
-    };
-    let items = match (observed_items, hints.items_per_run, read) {
-        (Some(n), _, _) => (n, "observed"),
-        (None, Some(n), _) => (n as f64, "hints"),
-        (None, None, Some(n)) => (n as f64, "items"),
-        (None, None, None) => (1.0, "default"),
-    };
+    let observed = store.map(|s| s.average_requests_per_run(&job.name)).transpose()?.flatten();
+    let hinted = job.manifest.estimate.and_then(|hints| hints.items_per_run).map(|n| (n as f64, "hints"));
+    let known = observed.map(|n| (n, "observed")).or(hinted);
+    // Reading the items is the last resort; it also sizes a rendered request.
+    let read = if known.is_none() { read_items() } else { None };
+    let items = known.or(read.map(|(count, _)| (count as f64, "items"))).unwrap_or((1.0, "default"));
+    let input_guess = read.map_or(DEFAULT_INPUT_TOKENS, |(_, guess)| guess);
     let usage = match store {
         Some(store) => per_request(store, job, input_guess)?,
         None => hinted_usage(job, input_guess),
@@ -129,26 +124,12 @@ pub fn inputs(
 pub fn runs_per_month(job: &Job, now: DateTime<Utc>) -> u64 {
     let Some((cron, tz)) = crate::scheduler::timing(job) else { return 0 };
     let end = now + chrono::Duration::days(MONTH_DAYS);
-    let mut count = 0;
-    let mut at = now;
-    while let Some(next) = crate::schedule::next_after(&cron, tz, at).filter(|next| *next < end) {
-        count += 1;
-        at = next;
-    }
-    count
+    crate::schedule::due_between(&cron, tz, now, end, usize::MAX).len() as u64
 }
 
 /// The monthly cost of `requests` requests of `job` in `lane`.
 fn monthly(pricer: &Pricer, job: &Job, lane: Lane, usage: &AverageUsage, requests: f64) -> f64 {
-    let model = lane_model(job, lane);
-    let scaled = AverageUsage {
-        input_tokens: usage.input_tokens * requests,
-        output_tokens: usage.output_tokens * requests,
-        cache_write_5m_tokens: usage.cache_write_5m_tokens * requests,
-        cache_write_1h_tokens: usage.cache_write_1h_tokens * requests,
-        cache_read_tokens: usage.cache_read_tokens * requests,
-    };
-    pricer.cost(model, lane, &scaled.times(1)).map_or(0.0, |cost| usd(cost.actual))
+    pricer.cost(lane_model(job, lane), lane, &usage.times(requests)).map_or(0.0, |cost| usd(cost.actual))
 }
 
 /// One job's row.
@@ -179,8 +160,7 @@ pub fn project(pricer: &Pricer, job: &Job, inputs: &Inputs, runs: u64) -> JobEst
 
 /// The advice for a realtime job whose deadline allows the batch lane, if it does.
 pub fn advice(pricer: &Pricer, job: &Job, inputs: &Inputs, runs: u64) -> Option<Advice> {
-    let deadline = job.deadline();
-    if job.manifest.tier != Tier::Realtime || deadline < ADVICE_MIN_DEADLINE {
+    if !batch_eligible(job) {
         return None;
     }
     let requests = runs as f64 * inputs.items.0;
@@ -192,7 +172,7 @@ pub fn advice(pricer: &Pricer, job: &Job, inputs: &Inputs, runs: u64) -> Option<
         message: format!(
             "realtime with a {} deadline: `tier: soft` would put it on the batch lane at half price, \
              with the sync fallback holding the deadline",
-            format_duration(deadline)
+            format_duration(job.deadline())
         ),
         savings_usd: savings,
     })

@@ -36,11 +36,8 @@ impl Pricer {
 
     /// The prices and lane factor of `model` (an id or alias, any provider).
     pub fn model(&self, model: &str) -> Option<(TokenPrices, LaneFactor)> {
-        self.catalog.providers.values().find_map(|provider| {
-            let (_, entry) = provider
-                .models
-                .iter()
-                .find(|(id, entry)| *id == model || entry.aliases.iter().any(|alias| alias == model))?;
+        self.catalog.providers.iter().find_map(|(name, provider)| {
+            let (_, entry) = self.catalog.model(name, model)?;
             Some((TokenPrices::from_catalog(&entry.prices), LaneFactor::new(provider.batch_discount)))
         })
     }

@@ -183,12 +183,7 @@ impl Kpis {
 }
 
 /// Builds the report for `scope` (whose bounds must be set), grouped by `by`.
-pub fn build(
-    store: &Store,
-    scope: &Scope,
-    by: Option<GroupBy>,
-    by_name: Option<&str>,
-) -> Result<CostReport, StoreError> {
+pub fn build(store: &Store, scope: &Scope, by: Option<GroupBy>) -> Result<CostReport, StoreError> {
     let (since, until) = (scope.since.unwrap_or(DateTime::<Utc>::MIN_UTC), scope.until.unwrap_or_else(Utc::now));
     let days = ((until - since).num_seconds() as f64 / 86_400.0).max(1.0);
     let (total, groups) = store.spend(scope, by)?;
@@ -209,7 +204,7 @@ pub fn build(
     }
     Ok(CostReport {
         window: Window { since, until, job: scope.job.clone() },
-        by: by_name.map(str::to_owned),
+        by: by.map(|by| by.as_str().to_owned()),
         total: Totals::from_row(&total),
         rows,
         kpis,

@@ -19,10 +19,11 @@ use super::prepare::{RunSlot, prepare_run};
 use super::{EngineError, RunOutcome};
 use crate::catalog::Catalog;
 use crate::clock::{Clock, span};
-use crate::cost::{Pricer, budget};
+use crate::cost::Pricer;
+use crate::cost::budget::{self, Decision, Spend, Stage};
 use crate::lanes::batch::split;
 use crate::lanes::{BatchLane, BatchLimits, SyncLane, SyncLimits, SyncRequest};
-use crate::manifest::{Job, Lane, OnBudget};
+use crate::manifest::{Job, Lane};
 use crate::render::RunInfo;
 use crate::store::{BatchRow, BatchState, RunRow, RunState, SharedStore, TokenAverages};
 
@@ -157,7 +158,7 @@ impl Engine {
     ) -> Result<RunRow, EngineError> {
         let info = RunInfo::new(job, scheduled_for)?;
         let slot = RunSlot { scheduled_for, deadline_at };
-        Ok(prepare_run(&self.store, job, &info, slot, &self.settings, self.clock.now()).await?)
+        Ok(prepare_run(&self.store, job, &info, slot, &self.settings, &self.pricer, self.clock.now()).await?)
     }
 
     /// One pass over the active batches and open runs (of `only`, or all);
@@ -412,26 +413,14 @@ impl Engine {
             return Ok(false);
         }
         let input_guess = self.token_averages(run).await?.input_tokens;
-        let (job, run_id, now) = (job.clone(), run.id, self.clock.now());
-        let (pricer, global) = (self.pricer.clone(), self.settings.global_budget);
+        let (pricer, global, now) = (self.pricer.clone(), self.settings.global_budget, self.clock.now());
+        let (job, run_id) = (job.clone(), run.id);
         let allowed = self
             .store
             .call(move |s| {
-                let (per_request, _) = budget::per_request(s, &job, input_guess)?;
-                let remaining = s.unfinished_requests(run_id)?;
-                let estimate = budget::estimate(&pricer, &job, Lane::Sync, &per_request, remaining);
-                let Some(crossing) = budget::check(s, &pricer, &job, global, estimate, now)? else {
-                    return Ok(true);
-                };
-                let policy = job.manifest.budget.unwrap_or_default().on_budget;
-                if policy == OnBudget::Alert {
-                    let detail = crossing.detail("fallback", policy.as_str(), "alerted");
-                    s.record_event(Some(run_id), None, "budget_exceeded", &detail, now)?;
-                    return Ok(true);
-                }
-                let detail = crossing.detail("fallback", policy.as_str(), "sync_blocked");
-                s.apply_budget(run_id, "batch", Some(&crossing.reason()), &detail, now)?;
-                Ok(false)
+                let requests = s.unfinished_requests(run_id)?;
+                let spend = Spend { job, run_id, lane: Lane::Sync, requests, input_guess };
+                Ok(budget::enforce(s, &pricer, global, &spend, Stage::Fallback, now)? == Decision::Proceed)
             })
             .await?;
         if !allowed {

@@ -6,8 +6,9 @@ use chrono::{DateTime, Utc};
 
 use super::EngineSettings;
 use crate::catalog::Catalog;
-use crate::cost::{Pricer, budget};
-use crate::manifest::{ItemSource, Job, Lane, OnBudget};
+use crate::cost::budget::{self, Decision, Spend, Stage};
+use crate::cost::{Micros, Pricer};
+use crate::manifest::{ItemSource, Job, Lane};
 use crate::render::{RenderError, Renderer, RunInfo, render_path};
 use crate::sources::{self, Item, SourceError};
 use crate::store::{NewRequest, NewRun, RunRow, RunState, SharedStore, StoreError};
@@ -49,6 +50,7 @@ pub async fn prepare_run(
     info: &RunInfo,
     slot: RunSlot,
     settings: &EngineSettings,
+    pricer: &Pricer,
     now: DateTime<Utc>,
 ) -> Result<RunRow, PrepareError> {
     let RunSlot { scheduled_for, deadline_at } = slot;
@@ -79,7 +81,8 @@ pub async fn prepare_run(
             return Err(error);
         }
     };
-    if let Gate::Skip(reason) = gate_new_run(store, job, &run, &requests, settings, now).await? {
+    let budgets = (pricer, settings.global_budget);
+    if let Decision::Skip(reason) = gate_new_run(store, job, &run, &requests, budgets, now).await? {
         tracing::warn!(run = %run.run_key, %reason, "run skipped by its budget policy");
         store.call(move |s| s.finish_run(run_id, RunState::Skipped, Some(&reason), now)).await?;
         return Ok(store.call(move |s| s.run(run_id)).await?.expect("the run exists"));
@@ -90,54 +93,26 @@ pub async fn prepare_run(
     Ok(store.call(move |s| s.run(run_id)).await?.expect("the run exists"))
 }
 
-/// What the budget check lets a new run do.
-enum Gate {
-    Proceed,
-    Skip(String),
-}
-
 /// The budget check before a run spends anything: its estimated cost on
-/// its lane against the job's and the global monthly budget. Under
-/// `batch_only` the run keeps (or moves to) the batch lane with the sync
-/// lane blocked; under `alert` it proceeds; under `skip` it does not run.
+/// its lane against the job's and the global monthly budget.
 async fn gate_new_run(
     store: &SharedStore,
     job: &Job,
     run: &RunRow,
     requests: &[NewRequest],
-    settings: &EngineSettings,
+    budgets: (&Pricer, Option<Micros>),
     now: DateTime<Utc>,
-) -> Result<Gate, PrepareError> {
-    let (job, run_id, count) = (job.clone(), run.id, requests.len() as u64);
-    let lane = if run.is_sync() { Lane::Sync } else { Lane::Batch };
+) -> Result<Decision, PrepareError> {
     let chars = requests.iter().map(|r| r.params.len()).sum::<usize>() as f64 / requests.len().max(1) as f64;
-    let (pricer, global) = (Pricer::new(settings.catalog.clone()), settings.global_budget);
-    let gate = store
-        .call(move |s| {
-            let (per_request, _) = budget::per_request(s, &job, chars / 4.0)?;
-            let estimate = budget::estimate(&pricer, &job, lane, &per_request, count);
-            let Some(crossing) = budget::check(s, &pricer, &job, global, estimate, now)? else {
-                return Ok(Gate::Proceed);
-            };
-            let policy = job.manifest.budget.unwrap_or_default().on_budget;
-            let action = match policy {
-                OnBudget::Skip => "skipped",
-                OnBudget::BatchOnly => "batch_only",
-                OnBudget::Alert => "alerted",
-            };
-            let detail = crossing.detail("submit", policy.as_str(), action);
-            let (lane, blocked) = match policy {
-                OnBudget::BatchOnly => ("batch", Some(crossing.reason())),
-                _ => (lane.as_str(), None),
-            };
-            s.apply_budget(run_id, lane, blocked.as_deref(), &detail, now)?;
-            Ok(match policy {
-                OnBudget::Skip => Gate::Skip(crossing.reason()),
-                _ => Gate::Proceed,
-            })
-        })
-        .await?;
-    Ok(gate)
+    let spend = Spend {
+        job: job.clone(),
+        run_id: run.id,
+        lane: if run.is_sync() { Lane::Sync } else { Lane::Batch },
+        requests: requests.len() as u64,
+        input_guess: chars / 4.0,
+    };
+    let (pricer, global) = (budgets.0.clone(), budgets.1);
+    Ok(store.call(move |s| budget::enforce(s, &pricer, global, &spend, Stage::Submit, now)).await?)
 }
 
 /// The run's ids, switched to the timestamped form when another run of the

@@ -58,13 +58,7 @@ impl Store {
                     succeeded: row.get::<_, String>(2)? == "succeeded",
                     duplicate: row.get(3)?,
                     model: row.get(4)?,
-                    usage: Usage {
-                        input_tokens: row.get(5)?,
-                        output_tokens: row.get(6)?,
-                        cache_write_5m_tokens: row.get(7)?,
-                        cache_write_1h_tokens: row.get(8)?,
-                        cache_read_tokens: row.get(9)?,
-                    },
+                    usage: super::results::usage_at(row, 5)?,
                 })
             })
             .map_err(|e| self.err(e))?;
@@ -124,9 +118,10 @@ pub struct AverageUsage {
 }
 
 impl AverageUsage {
-    /// The usage of `requests` such requests, rounded up.
-    pub fn times(&self, requests: u64) -> Usage {
-        let total = |per: f64| (per * requests as f64).ceil().max(0.0) as u64;
+    /// The usage of `requests` such requests (a fraction for averages of
+    /// items per run), rounded up.
+    pub fn times(&self, requests: f64) -> Usage {
+        let total = |per: f64| (per * requests).ceil().max(0.0) as u64;
         Usage {
             input_tokens: total(self.input_tokens),
             output_tokens: total(self.output_tokens),

@@ -22,6 +22,17 @@ pub enum GroupBy {
 }
 
 impl GroupBy {
+    /// The name used on the command line and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupBy::Job => "job",
+            GroupBy::Tag => "tag",
+            GroupBy::Model => "model",
+            GroupBy::Lane => "lane",
+            GroupBy::Day => "day",
+        }
+    }
+
     fn key_sql(self) -> &'static str {
         match self {
             GroupBy::Job => "u.job",
@@ -173,7 +184,7 @@ impl Store {
         Ok((total, rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?))
     }
 
-    /// Every job and every tag that has runs, for per-group KPIs.
+    /// The raw figures of the five KPIs for `scope`.
     pub fn kpi_figures(&self, scope: &Scope) -> Result<KpiFigures, StoreError> {
         let (since, until) = scope.bounds();
         let run_filter = "(?3 IS NULL OR u.job = ?3)

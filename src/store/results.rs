@@ -82,13 +82,7 @@ impl Store {
                     item: row.get(2)?,
                     message: row.get::<_, Option<String>>(3)?.unwrap_or_default(),
                     stop_reason: row.get(4)?,
-                    usage: Usage {
-                        input_tokens: row.get(5)?,
-                        output_tokens: row.get(6)?,
-                        cache_write_5m_tokens: row.get(7)?,
-                        cache_write_1h_tokens: row.get(8)?,
-                        cache_read_tokens: row.get(9)?,
-                    },
+                    usage: usage_at(row, 5)?,
                     lane: row.get(10)?,
                     received_at: from_millis(row.get(11)?),
                     cost_micros: row.get(12)?,
@@ -248,6 +242,18 @@ pub(super) fn insert_result(
         row.duplicate,
         to_millis(now)
     ])
+}
+
+/// The five usage columns (`input_tokens, output_tokens, cache_write_5m,
+/// cache_write_1h, cache_read`), selected in that order from index `first`.
+pub(super) fn usage_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Usage> {
+    Ok(Usage {
+        input_tokens: row.get(first)?,
+        output_tokens: row.get(first + 1)?,
+        cache_write_5m_tokens: row.get(first + 2)?,
+        cache_write_1h_tokens: row.get(first + 3)?,
+        cache_read_tokens: row.get(first + 4)?,
+    })
 }
 
 type Columns<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, Option<&'a str>, Usage);

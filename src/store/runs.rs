@@ -255,22 +255,19 @@ impl Store {
         Ok(changed == 1)
     }
 
-    /// Applies a budget decision to a run before it spends: `lane` is where
-    /// it goes, `sync_blocked` (the reason) keeps it off the sync lane.
-    pub fn apply_budget(
+    /// Keeps a run off the sync lane for good (a budget decision): it
+    /// stays on, or moves to, the batch lane; `reason` says why, and the
+    /// decision is recorded as a `budget_exceeded` event with `detail`.
+    pub fn block_sync(
         &mut self,
         id: i64,
-        lane: &str,
-        sync_blocked: Option<&str>,
+        reason: &str,
         detail: &serde_json::Value,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let tx = self.conn.transaction().map_err(|e| super::sqlite(&self.path, e))?;
-        tx.execute(
-            "UPDATE runs SET lane = ?2, sync_blocked = COALESCE(?3, sync_blocked) WHERE id = ?1",
-            params![id, lane, sync_blocked],
-        )
-        .map_err(|e| super::sqlite(&self.path, e))?;
+        tx.execute("UPDATE runs SET lane = 'batch', sync_blocked = ?2 WHERE id = ?1", params![id, reason])
+            .map_err(|e| super::sqlite(&self.path, e))?;
         super::events::insert(&tx, Some(id), None, "budget_exceeded", detail, now)
             .map_err(|e| super::sqlite(&self.path, e))?;
         tx.commit().map_err(|e| super::sqlite(&self.path, e))
