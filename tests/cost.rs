@@ -169,5 +169,33 @@ async fn a_month_of_the_example_jobs_costs_what_the_store_says_and_saves_the_dif
         crate::support::run(&[&["cost", "--state", state.to_str().unwrap(), "--format", "csv"][..], &window].concat());
     let last = stdout(&csv).lines().last().unwrap().to_owned();
     assert!(last.starts_with(&format!("total,{:.6},", cost as f64 / 1e6)), "{last}");
+
+    // By lane, the rows split the requests; by tag, a run counts under each of its tags.
+    let by_lane = cost_json(&h, &["--since", "2026-11-01", "--until", "2026-12-02", "--by", "lane"]);
+    let lanes: Vec<&str> = by_lane["rows"].as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap()).collect();
+    assert_eq!(lanes, ["batch", "sync"]);
+    let lane_requests: i64 = by_lane["rows"].as_array().unwrap().iter().map(|r| r["requests"].as_i64().unwrap()).sum();
+    assert_eq!(lane_requests, succeeded);
+    let by_tag = cost_json(&h, &["--since", "2026-11-01", "--until", "2026-12-02", "--by", "tag"]);
+    let security = by_tag["rows"].as_array().unwrap().iter().find(|r| r["key"] == "security").unwrap();
+    assert_eq!(security["cost_usd"], audit["cost_usd"], "code-audit is the only job tagged security");
+
+    // New prices apply to history with --reprice: haiku at twice its list price.
+    let doubled = h.dir.path().join("doubled.yaml");
+    let catalog = std::fs::read_to_string(root().join("catalog/models.yaml")).unwrap().replace(
+        "prices: { input: 1, output: 5, cache_write_5m: 1.25, cache_write_1h: 2, cache_read: 0.1 }",
+        "prices: { input: 2, output: 10, cache_write_5m: 2.5, cache_write_1h: 4, cache_read: 0.2 }",
+    );
+    std::fs::write(&doubled, catalog).unwrap();
+    let haiku = |report: &Value| {
+        let rows = report["rows"].as_array().unwrap();
+        let row = rows.iter().find(|r| r["key"] == "claude-haiku-4-5").expect("a haiku row");
+        (row["cost_usd"].as_f64().unwrap(), row["requests"].as_f64().unwrap())
+    };
+    let by_model = ["--since", "2026-11-01", "--until", "2026-12-02", "--by", "model"];
+    let (before, haiku_requests) = haiku(&cost_json(&h, &by_model));
+    let repriced = cost_json(&h, &[&by_model[..], &["--reprice", "--catalog", doubled.to_str().unwrap()]].concat());
+    let (after, _) = haiku(&repriced);
+    assert!(before > 0.0 && close(after, 2.0 * before, haiku_requests * 1e-6), "{before} → {after}");
     h.sim.shutdown().await;
 }

@@ -145,3 +145,18 @@ async fn a_deadline_of_seconds_still_uses_the_batch_when_it_can() {
     assert!(took < 30.0, "polling scaled to the short deadline: done after {took}s");
     h.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_model_is_sent_to_the_batch_lane_and_the_fallback_uses_model() {
+    let head = "schedule: { cron: '0 6 * * *' }\ntier: batch\ndeadline: 4h\nbatch_model: claude-sonnet-4-6\n";
+    let sim = SimConfig { never_end: true, ..SimConfig::default() };
+    let h = crate::harness::harness_at(head, 20, sim, t0()).await;
+    let (_, outcome) = h.run().await;
+    assert!(outcome.is_complete(), "{outcome:?}");
+    let batch_models = h.ids("SELECT DISTINCT json_extract(params, '$.model') FROM requests");
+    assert_eq!(batch_models, ["claude-sonnet-4-6"], "requests were rendered for the batch lane");
+    // The simulator answers with the model it was asked for: the sync fallback asked for `model`.
+    let answered = h.ids("SELECT DISTINCT model FROM results WHERE lane = 'sync'");
+    assert_eq!(answered, ["claude-haiku-4-5"]);
+    h.sim.shutdown().await;
+}

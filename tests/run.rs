@@ -202,3 +202,29 @@ async fn sigkill_at_every_crash_point_loses_and_duplicates_nothing() {
         sim.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_its_budget_skips_exits_6_and_sends_nothing() {
+    let dir = project(5, "budget: { monthly_usd: 0.000001, on_budget: skip }\n");
+    let sim = simulator(SimConfig::default()).await;
+    let output = run_job(dir.path(), &sim, None).await;
+    assert_eq!(output.status.code(), Some(6), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("skipped"), "{}", String::from_utf8_lossy(&output.stdout));
+    assert_eq!(sim.stats().batches_created, 0);
+    assert!(!dir.path().join("out/bulk.jsonl").exists(), "nothing was delivered");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_answer_is_lost_adopts_the_batch_instead_of_creating_it_twice() {
+    let dir = project(50, "");
+    let sim = simulator(SimConfig { create_answer_lost_chance: 1.0, ..SimConfig::default() }).await;
+    let output = run_job(dir.path(), &sim, None).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stats = sim.stats();
+    assert_eq!(stats.faults_injected.get("create_answer_lost"), Some(&1), "{stats:?}");
+    assert_eq!(stats.batches_created, 1, "the retry found the batch the lost answer created");
+    assert_eq!(stats.custom_ids_submitted_more_than_once, 0);
+    assert_eq!(delivered(dir.path()).len(), 50);
+    sim.shutdown().await;
+}

@@ -385,6 +385,30 @@ async fn injected_faults_carry_retry_after() {
 }
 
 #[tokio::test]
+async fn a_failed_create_does_not_doom_the_next_ones() {
+    let api = Api::start(SimConfig { batch_create_error_chance: 0.5, ..fast() }).await;
+    let mut outcomes = Vec::new();
+    for n in 0..20 {
+        let body = json!({"requests": requests(&format!("c{n}"), 1)});
+        let (status, _) = api.json(Method::POST, "/v1/messages/batches", Some(body)).await;
+        outcomes.push(status == StatusCode::OK);
+    }
+    let first_failure = outcomes.iter().position(|ok| !ok).expect("some of 20 creates fail at 50%");
+    assert!(outcomes[first_failure..].contains(&true), "a create succeeds after a failure: {outcomes:?}");
+}
+
+#[tokio::test]
+async fn a_lost_create_answer_still_creates_the_batch() {
+    let api = Api::start(SimConfig { create_answer_lost_chance: 1.0, ..fast() }).await;
+    let (status, body) =
+        api.json(Method::POST, "/v1/messages/batches", Some(json!({"requests": requests("l", 2)}))).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_error(&body, "api_error");
+    let (_, list) = api.json(Method::GET, "/v1/messages/batches", None).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "the batch exists: {list}");
+}
+
+#[tokio::test]
 async fn a_truncated_stream_ends_mid_line() {
     let api = Api::start(SimConfig { truncate_results_chance: 1.0, ..fast() }).await;
     let batch = api.create(requests("t", 40)).await;

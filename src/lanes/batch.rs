@@ -135,13 +135,21 @@ impl BatchLane {
         betas: &[String],
         deadline: DateTime<Utc>,
     ) -> Result<(), LaneError> {
-        let created = with_retries(self.clock.as_ref(), self.policy, Some(deadline), "create_batch", || {
-            self.recorded(
-                "create_batch",
-                Some(run_id),
-                Some(batch_id),
-                self.client.create_batch(request_body(self.store.path().to_owned(), batch_id), betas),
-            )
+        // A failed create may still have created the batch (its answer was
+        // lost): before sending again, look for it, so it is never created twice.
+        let maybe_created = std::cell::Cell::new(false);
+        let created = with_retries(self.clock.as_ref(), self.policy, Some(deadline), "create_batch", || async {
+            if maybe_created.get()
+                && let Some(found) = self.created_for(batch_id).await?
+            {
+                tracing::info!(batch = batch_id, provider_batch_id = %found.id, "adopted the batch a failed create made");
+                return Ok(found);
+            }
+            let body = request_body(self.store.path().to_owned(), batch_id);
+            let sent = self.recorded("create_batch", Some(run_id), Some(batch_id), self.client.create_batch(body, betas));
+            let result = sent.await;
+            maybe_created.set(result.as_ref().err().is_some_and(ProviderError::may_have_taken_effect));
+            result
         })
         .await;
         let created = match created {
@@ -191,6 +199,17 @@ impl BatchLane {
         }
         tracing::info!(batch = batch.id, "no provider batch matches the intent: submitting it again");
         self.create(batch.run_id, batch.id, betas, deadline).await
+    }
+
+    /// [`Self::find_created`] for the batch with database id `batch_id`, as a provider call.
+    async fn created_for(&self, batch_id: i64) -> Result<Option<MessageBatch>, ProviderError> {
+        let in_store = |e: StoreError| ProviderError::Transport(format!("state database: {e}"));
+        let batch = self.store.call(move |s| s.batch(batch_id)).await.map_err(in_store)?;
+        let Some(batch) = batch else { return Ok(None) };
+        self.find_created(&batch).await.map_err(|error| match error {
+            LaneError::Provider(e) => e,
+            LaneError::Store(e) => in_store(e),
+        })
     }
 
     /// The provider batch created for `batch`: the oldest one with the same

@@ -46,6 +46,13 @@ impl ProviderError {
         }
     }
 
+    /// Whether the call may have taken effect at the provider although it
+    /// failed: everything but a 429 or 529, which refuse a call before it
+    /// runs. A lost answer to a create call may hide a created batch.
+    pub fn may_have_taken_effect(&self) -> bool {
+        !matches!(self, ProviderError::Api { status: 429 | 529, .. } | ProviderError::MissingKey { .. })
+    }
+
     /// The wait the provider asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

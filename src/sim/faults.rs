@@ -24,10 +24,19 @@ pub(crate) fn roll_fault(config: &SimConfig, n: u64) -> Option<(&'static str, Ap
     None
 }
 
-/// Whether the create call for the `seq`-th batch fails (`batch_create_error_chance`).
-pub(crate) fn roll_create_failure(config: &SimConfig, seq: u64) -> bool {
+/// Whether create call number `n` (the request number) fails before
+/// creating anything (`batch_create_error_chance`). Rolled per call, not per
+/// batch, so one failure does not doom every later create.
+pub(crate) fn roll_create_failure(config: &SimConfig, n: u64) -> bool {
     config.batch_create_error_chance > 0.0
-        && Key::new(config.seed, "create").num(seq).unit() < config.batch_create_error_chance
+        && Key::new(config.seed, "create").num(n).unit() < config.batch_create_error_chance
+}
+
+/// Whether create call number `n` creates its batch but loses the answer
+/// (`create_answer_lost_chance`): the client sees a 500 for a batch that exists.
+pub(crate) fn roll_lost_answer(config: &SimConfig, n: u64) -> bool {
+    config.create_answer_lost_chance > 0.0
+        && Key::new(config.seed, "lost").num(n).unit() < config.create_answer_lost_chance
 }
 
 /// Whether the results download of request number `n` is cut, and after

@@ -83,6 +83,10 @@ pub struct SimConfig {
     /// top of the per-call faults): the batch lane down while Messages works.
     #[arg(long, default_value_t = 0.0)]
     pub batch_create_error_chance: f64,
+    /// Chance that a batch create call creates the batch but answers 500, as
+    /// when the answer is lost on the way: the client must not create it twice.
+    #[arg(long, default_value_t = 0.0)]
+    pub create_answer_lost_chance: f64,
     /// Simulated seconds a cancel takes to end the batch (default: a tenth of a real second).
     #[arg(long)]
     pub cancel_secs: Option<f64>,
@@ -107,6 +111,7 @@ impl Default for SimConfig {
             seed: 0,
             message_latency_ms: 0,
             batch_create_error_chance: 0.0,
+            create_answer_lost_chance: 0.0,
             cancel_secs: None,
         }
     }
@@ -125,6 +130,7 @@ impl SimConfig {
             ("server_error_chance", self.server_error_chance),
             ("truncate_results_chance", self.truncate_results_chance),
             ("batch_create_error_chance", self.batch_create_error_chance),
+            ("create_answer_lost_chance", self.create_answer_lost_chance),
         ];
         for (name, value) in unit {
             if !(0.0..=1.0).contains(&value) {

@@ -91,7 +91,12 @@ async fn create_message(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: B
     Ok(Json(message(id, &prompt, cache_hit, "standard")).into_response())
 }
 
-async fn create_batch(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Body) -> ApiResult {
+async fn create_batch(
+    State(sim): State<Arc<Sim>>,
+    Extension(RequestNo(n)): Extension<RequestNo>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     let bytes = read_body(&headers, body, BATCH_LIMIT).await?;
     let incoming = tokio::task::spawn_blocking(move || create::parse(&bytes))
         .await
@@ -99,13 +104,17 @@ async fn create_batch(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bod
         .map_err(ApiError::invalid)?;
     let base = base_url(&sim, &headers);
     let mut state = sim.lock();
-    if faults::roll_create_failure(&sim.config, state.next_seq) {
+    if faults::roll_create_failure(&sim.config, n) {
         state.stats.fault("batch_create_529");
         return Err(ApiError::overloaded());
     }
     let seq = state.create_batch(&sim.config, &sim.clock, sim.nonce, incoming);
     let batch = &state.batches[&seq];
     tracing::info!(batch = %batch.core.id, requests = batch.core.records.len(), "batch created");
+    if faults::roll_lost_answer(&sim.config, n) {
+        state.stats.fault("create_answer_lost");
+        return Err(ApiError::server(sim.config.retry_after_secs));
+    }
     Ok(Json(batch.to_json(&sim.clock, &base)).into_response())
 }
 
