@@ -245,3 +245,37 @@ async fn sighup_reloads_valid_manifests_and_keeps_the_old_set_on_errors() {
     assert!(stderr.contains("manifests reloaded"), "{stderr}");
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_the_same_state_is_refused_until_the_first_exits() {
+    let sim = simulator(SimConfig { never_end: true, ..SimConfig::default() }).await;
+    let dir = project("schedule: { cron: '0 6 * * *' }\ntier: batch\ndeadline: 12h\n");
+    let daemon = serve(dir.path(), &sim, &["--run-now"]);
+    wait_for(
+        dir.path(),
+        "SELECT COUNT(*) FROM batches WHERE provider_batch_id IS NOT NULL",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("ANTHROPIC_BASE_URL", sim.base_url())
+            .env("ANTHROPIC_API_KEY", "sk-test-not-a-real-key")
+            .output()
+            .unwrap()
+    };
+    let second = run(&["run", "bulk", "--scheduled-for", "2026-11-22T06:00:00Z"]);
+    assert_eq!(second.status.code(), Some(75), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another orchestrator process"));
+    let report = run(&["status", "--format", "json"]);
+    assert!(report.status.success(), "status still reads while the daemon runs");
+    assert_eq!(sim.stats().batches_created, 1, "the refused process submitted nothing");
+    signal(&daemon, "KILL");
+    wait_exit(daemon, Duration::from_secs(5)).await;
+    let third = run(&["run", "bulk", "--scheduled-for", "2026-01-01T00:00:00Z", "--deadline", "1s"]);
+    assert_ne!(third.status.code(), Some(75), "the lock died with the killed daemon");
+    sim.shutdown().await;
+}

@@ -21,6 +21,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Exit status when the configuration is bad (sysexits `EX_CONFIG`).
 pub const EXIT_CONFIG: u8 = 78;
+/// Exit status when another process drives the same state database (sysexits `EX_TEMPFAIL`).
+pub const EXIT_BUSY: u8 = 75;
 /// Exit status for bad command-line usage.
 pub const EXIT_USAGE: u8 = 2;
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use super::EXIT_CONFIG;
+use super::{EXIT_BUSY, EXIT_CONFIG};
 use crate::clock::Clock;
 use crate::engine::{Engine, EngineSettings};
 use crate::lanes::{BatchLane, SyncLane};
@@ -19,6 +19,8 @@ use crate::store::{SharedStore, Store};
 pub(super) struct Backend {
     pub engine: Arc<Engine>,
     pub simulator: Option<SimHandle>,
+    /// Held while the process drives the state database (released on exit, even by `kill -9`).
+    _lock: std::fs::File,
 }
 
 impl Backend {
@@ -41,6 +43,14 @@ pub(super) async fn backend(
     simulate: bool,
 ) -> anyhow::Result<Result<Backend, u8>> {
     let store = SharedStore::new(Store::open(state)?);
+    let Some(lock) = lock_state(state)? else {
+        eprintln!(
+            "error: another orchestrator process (serve or run) is driving {}; two would submit the same \
+             requests twice. Stop it, or use another --state.",
+            state.display()
+        );
+        return Ok(Err(EXIT_BUSY));
+    };
     let simulator = match simulate {
         true => Some(crate::sim::start(simulator_config()).await.context("cannot start the simulator")?),
         false => None,
@@ -62,7 +72,23 @@ pub(super) async fn backend(
     let batch = BatchLane::new(client.clone(), store.clone(), Arc::clone(&clock));
     let sync = SyncLane::new(client, store.clone(), Arc::clone(&clock), settings.sync);
     let engine = Arc::new(Engine::new(store, batch, sync, clock, settings, jobs));
-    Ok(Ok(Backend { engine, simulator }))
+    Ok(Ok(Backend { engine, simulator, _lock: lock }))
+}
+
+/// Takes the exclusive lock on `<state>.lock`; `None` if another process holds it.
+fn lock_state(state: &Path) -> anyhow::Result<Option<std::fs::File>> {
+    let path = format!("{}.lock", state.display());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {path}"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(error)) => Err(error).with_context(|| format!("cannot lock {path}")),
+    }
 }
 
 /// The simulator `--simulate` starts: any free loopback port, default knobs

@@ -488,6 +488,12 @@ impl Engine {
 
     /// Queues every request of the run that is not final and not queued yet.
     async fn feed_sync_lane(&self, job: &Job, run: &RunRow) -> Result<(), EngineError> {
+        // While the lane still holds work of this run, reading every unfinished
+        // body again (each tick) would only find what it already has; retries
+        // go out once it drains.
+        if self.sync.outstanding(run.id) > 0 {
+            return Ok(());
+        }
         let (run_id, attempts) = (run.id, max_attempts(job));
         let candidates = self.store.call(move |s| s.sync_candidates(run_id, attempts)).await?;
         let requests = candidates
