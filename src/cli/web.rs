@@ -41,10 +41,16 @@ pub async fn serve(
     axum::serve(listener, app).await
 }
 
+/// Compares a presented secret in time that depends only on its length, so
+/// the token cannot be guessed byte by byte from response times.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
+}
+
 async fn status(State(Web { engine, token }): State<Web>, headers: HeaderMap) -> Response {
     if let Some(expected) = token {
-        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        if given != Some(&format!("Bearer {expected}")) {
+        let given = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()).unwrap_or_default();
+        if !same_secret(given, format!("Bearer {expected}").as_bytes()) {
             return (StatusCode::UNAUTHORIZED, "bearer token required\n").into_response();
         }
     }
@@ -52,5 +58,18 @@ async fn status(State(Web { engine, token }): State<Web>, headers: HeaderMap) ->
     match engine.store().call(move |s| crate::status::collect(s, None, now)).await {
         Ok(report) => axum::Json(report).into_response(),
         Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn only_the_exact_secret_matches() {
+        assert!(same_secret(b"Bearer s3cret", b"Bearer s3cret"));
+        assert!(!same_secret(b"Bearer s3creT", b"Bearer s3cret"));
+        assert!(!same_secret(b"Bearer s3cre", b"Bearer s3cret"));
+        assert!(!same_secret(b"", b"Bearer s3cret"));
     }
 }

@@ -165,8 +165,6 @@ impl Engine {
     /// returns when the engine next needs a tick.
     pub async fn tick(&self, only: Option<i64>) -> Result<DateTime<Utc>, EngineError> {
         let mut wake = self.clock.now() + span(self.settings.idle_tick);
-        let pricer = self.pricer.clone();
-        self.store.call(move |s| crate::cost::price_pending(s, &pricer)).await?;
         for batch in self.store.call(move |s| s.active_batches(only)).await? {
             wake = wake.min(self.tend_batch(&batch).await?);
         }
@@ -230,19 +228,19 @@ impl Engine {
         let run = self.store.call(move |s| s.run(run_id)).await?.expect("a batch's run exists");
         let job = self.jobs().get(&run.job).cloned();
         let betas = job.as_ref().map(|j| j.manifest.betas.clone()).unwrap_or_default();
+        // Every step waits for its plan, so a step that keeps failing (a
+        // reconcile, an ingest) backs off like a poll instead of running each tick.
         let now = self.clock.now();
+        let due = self.poll_plan(batch.id, now).next_at;
+        if due > now {
+            return Ok(due);
+        }
         let result = match batch.state {
             BatchState::Submitting => {
                 let may_create = run.state == RunState::Open && !run.is_sync();
                 self.batch.reconcile(batch, &betas, run.deadline_at, may_create).await
             }
-            BatchState::InProgress | BatchState::Canceling => {
-                let due = self.poll_plan(batch.id, now).next_at;
-                if due > now {
-                    return Ok(due);
-                }
-                self.poll(batch, &run).await
-            }
+            BatchState::InProgress | BatchState::Canceling => self.poll(batch, &run).await,
             BatchState::Ended | BatchState::Abandoned => self.batch.ingest(batch).await.map(drop),
         };
         if let Err(error) = result {

@@ -83,17 +83,6 @@ impl Store {
             .map_err(|e| self.err(e))?;
         Ok(self.conn.last_insert_rowid())
     }
-
-    /// Number of attempts of a run with `operation`, and how many of them failed.
-    pub fn attempt_counts(&self, run_id: i64, operation: &str) -> Result<(u64, u64), StoreError> {
-        self.conn
-            .query_row(
-                "SELECT COUNT(*), COUNT(error_type) FROM attempts WHERE run_id = ?1 AND operation = ?2",
-                params![run_id, operation],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .map_err(|e| self.err(e))
-    }
 }
 
 impl Store {

@@ -46,11 +46,6 @@ impl RequestState {
             RequestState::PermanentFailed => "permanent_failed",
         }
     }
-
-    /// Whether no lane will work on the request again.
-    pub fn is_final(self) -> bool {
-        matches!(self, RequestState::Succeeded | RequestState::PermanentFailed)
-    }
 }
 
 /// A rendered request to store.

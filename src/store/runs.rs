@@ -277,17 +277,4 @@ impl Store {
     pub fn open_runs_of(&self, job: &str) -> Result<Vec<RunRow>, StoreError> {
         Ok(self.open_runs()?.into_iter().filter(|run| run.job == job).collect())
     }
-
-    /// Runs that closed late or failed, or were skipped, since `since`, newest first (at most `limit`).
-    pub fn recent_unhappy_runs(&self, since: DateTime<Utc>, limit: usize) -> Result<Vec<RunRow>, StoreError> {
-        let mut statement = self
-            .conn
-            .prepare(&format!(
-                "SELECT {COLUMNS} FROM runs WHERE state IN ('late', 'failed', 'skipped') AND finished_at >= ?1
-                 ORDER BY finished_at DESC LIMIT ?2"
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = statement.query_map(params![to_millis(since), limit as i64], from_row).map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
-    }
 }
