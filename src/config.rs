@@ -16,6 +16,8 @@
 //!   poll_max: 5m
 //! budget:
 //!   monthly_usd: 500           # all jobs together, calendar month (UTC)
+//! notify:                      # alerts: see `crate::notify::config`
+//!   webhooks: [{url_env: SLACK_WEBHOOK_URL}]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -39,6 +41,8 @@ pub struct Config {
     pub batch: BatchConfig,
     /// The global spending cap.
     pub budget: GlobalBudget,
+    /// Alerts (off when absent).
+    pub notify: Option<crate::notify::NotifyConfig>,
 }
 
 /// The spending cap of all jobs together.
@@ -105,6 +109,9 @@ impl Config {
     fn check(&self) -> Result<(), String> {
         let mut probe = EngineSettings::new(PathBuf::new(), crate::catalog::Catalog::builtin());
         self.apply(&mut probe)?;
+        if let Some(notify) = &self.notify {
+            notify.resolve()?;
+        }
         if self.sync.concurrency == 0 {
             return Err("sync.concurrency must be at least 1".into());
         }

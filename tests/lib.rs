@@ -15,3 +15,4 @@ mod sim;
 mod support;
 mod validate;
 mod validate_props;
+mod web;

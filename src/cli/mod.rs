@@ -12,7 +12,8 @@ mod setup;
 mod sim;
 mod status;
 mod validate;
-pub mod web;
+
+pub use cost::parse_instant;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

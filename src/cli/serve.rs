@@ -61,18 +61,20 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         eprintln!("error: not starting: fix the manifests above (`orchestrator validate` shows the same)");
         return Ok(EXIT_CONFIG);
     };
-    let token = crate::cli::web::token();
+    let token = crate::web::token();
     if !args.listen.ip().is_loopback() && token.is_none() {
         eprintln!(
             "error: --listen {} is not a loopback address: set {} (or the credential `{}`) to require a bearer token",
             args.listen,
-            crate::cli::web::TOKEN_ENV,
-            crate::cli::web::TOKEN_CREDENTIAL
+            crate::web::TOKEN_ENV,
+            crate::web::TOKEN_CREDENTIAL
         );
         return Ok(EXIT_CONFIG);
     }
     let mut settings = EngineSettings::new(args.project.prompts.clone(), catalog.clone());
-    Config::load(args.config.as_deref())?.apply(&mut settings).map_err(anyhow::Error::msg)?;
+    let config = Config::load(args.config.as_deref())?;
+    config.apply(&mut settings).map_err(anyhow::Error::msg)?;
+    let notify = config.notify.as_ref().map(|n| n.resolve()).transpose().map_err(anyhow::Error::msg)?;
     if args.simulate {
         // The simulator ends a small batch in seconds: poll like someone is watching.
         settings.poll_initial = settings.poll_initial.min(Duration::from_secs(2));
@@ -88,11 +90,22 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let web = tokio::spawn(crate::cli::web::serve(listener, Arc::clone(&backend.engine), token));
+        let observer = crate::store::SharedStore::new(crate::store::Store::open(&args.state)?);
+        let web = tokio::spawn(crate::web::serve(listener, Arc::clone(&backend.engine), observer, token));
+        let alerts = match notify {
+            Some(settings) => {
+                let store = crate::store::SharedStore::new(crate::store::Store::open(&args.state)?);
+                Some(tokio::spawn(crate::notify::run(settings, Arc::clone(&backend.engine), store)))
+            }
+            None => None,
+        };
         tracing::info!(listen = %args.listen, jobs = backend.engine.jobs().len(), simulate = args.simulate, "serving");
         daemon.start(args.run_now).await?;
         serve_until_signal(&daemon, args, &catalog).await?;
         web.abort();
+        if let Some(alerts) = alerts {
+            alerts.abort();
+        }
         backend.shutdown().await;
         Ok(0)
     })

@@ -143,6 +143,11 @@ impl Engine {
         &self.clock
     }
 
+    /// How the engine works.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
     /// The sync lane.
     pub fn sync_lane(&self) -> &SyncLane {
         &self.sync

@@ -71,9 +71,9 @@ pub struct BatchRow {
     pub results_ingested: bool,
 }
 
-const COLUMNS: &str = "id, run_id, provider, provider_batch_id, state, request_count, intent_at, submitted_at, ended_at, results_url, results_ingested";
+pub(super) const COLUMNS: &str = "id, run_id, provider, provider_batch_id, state, request_count, intent_at, submitted_at, ended_at, results_url, results_ingested";
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<BatchRow> {
+pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<BatchRow> {
     Ok(BatchRow {
         id: row.get(0)?,
         run_id: row.get(1)?,

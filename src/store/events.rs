@@ -20,7 +20,7 @@ pub struct EventRow {
     pub detail: serde_json::Value,
 }
 
-fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+pub(super) fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
     let detail: String = row.get(4)?;
     Ok(EventRow {
         at: from_millis(row.get(0)?),

@@ -6,9 +6,11 @@
 //! any point can be repaired on the next start. rusqlite is blocking: async
 //! callers go through `tokio::task::spawn_blocking`.
 
+mod alerts;
 mod attempts;
 mod batches;
 mod costs;
+mod dashboard;
 mod events;
 mod report;
 mod requests;
@@ -20,9 +22,11 @@ pub mod shared;
 pub mod sink_table;
 mod sync;
 
+pub use alerts::FailedCreate;
 pub use attempts::NewAttempt;
 pub use batches::{BatchRow, BatchState};
 pub use costs::{AverageUsage, ResultCost, UnpricedResult};
+pub use dashboard::{BatchListing, ErrorGroup, Labelled, MetricFigures, RunFilter, RunSummary, TokenEfficiency};
 pub use events::EventRow;
 pub use report::{GroupBy, KpiFigures, Scope, SpendRow};
 pub use requests::{NewRequest, RequestState, TokenAverages, Waiting};

@@ -87,10 +87,10 @@ impl RunRow {
     }
 }
 
-const COLUMNS: &str = "id, job, scheduled_for, run_key, tier, deadline_at, state, reason, lane, created_at, \
+pub(super) const COLUMNS: &str = "id, job, scheduled_for, run_key, tier, deadline_at, state, reason, lane, created_at, \
                        fallback_at, fallback_started_at, fallback_reason, finished_at, tags, sync_blocked";
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<RunRow> {
+pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<RunRow> {
     Ok(RunRow {
         id: row.get(0)?,
         job: row.get(1)?,

@@ -1,0 +1,288 @@
+//! Finds what deserves an alert: new events past a cursor (late, failed,
+//! budget, fallback), failed batch creates, open runs past their deadline,
+//! too many errored requests today, budgets nearly spent, and the digest.
+//! It only reads; what was already sent is the notifier's business.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Datelike, Duration, NaiveTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use serde_json::json;
+
+use super::alert::Alert;
+use super::config::EventRules;
+use crate::cost::{Micros, month_start, usd};
+use crate::manifest::Job;
+use crate::store::{EventRow, RunRow, Scope, Store, StoreError};
+
+/// How far back a fresh notifier looks, so a restart does not miss what
+/// happened while it was down (what was sent is deduplicated).
+const LOOK_BACK_HOURS: i64 = 24;
+
+/// Most events or attempts read per scan.
+const PAGE: u32 = 500;
+
+/// What detection needs besides the store.
+#[derive(Debug)]
+pub struct Context<'a> {
+    /// Which events alert.
+    pub rules: &'a EventRules,
+    /// The known jobs (for budgets).
+    pub jobs: &'a BTreeMap<String, Job>,
+    /// The global monthly cap, micro-dollars.
+    pub global_budget: Option<Micros>,
+    /// The digest's local time and zone.
+    pub digest: Option<(NaiveTime, Tz)>,
+}
+
+/// Where the scans are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Detector {
+    events_after: i64,
+    attempts_after: i64,
+}
+
+impl Detector {
+    /// Starts a day back.
+    pub fn start(store: &Store, now: DateTime<Utc>) -> Result<Detector, StoreError> {
+        let since = now - Duration::hours(LOOK_BACK_HOURS);
+        Ok(Detector {
+            events_after: store.last_event_id_before(since)?,
+            attempts_after: store.last_attempt_id_before(since)?,
+        })
+    }
+
+    /// Everything that deserves an alert now (possibly already sent).
+    pub fn scan(&mut self, store: &Store, context: &Context<'_>, now: DateTime<Utc>) -> Result<Vec<Alert>, StoreError> {
+        let rules = context.rules;
+        let mut alerts = self.new_events(store, rules)?;
+        if rules.run_late {
+            alerts.extend(overdue_runs(store, now)?);
+        }
+        if rules.batch_submit_failing {
+            alerts.extend(self.failed_creates(store)?);
+        }
+        if let Some(limit) = rules.errored_per_day {
+            alerts.extend(errored_today(store, limit, now)?);
+        }
+        if rules.budget {
+            alerts.extend(budgets_near(store, context, now)?);
+        }
+        if let Some((at, zone)) = context.digest {
+            alerts.extend(digest(store, at, zone, now)?);
+        }
+        Ok(alerts)
+    }
+
+    fn new_events(&mut self, store: &Store, rules: &EventRules) -> Result<Vec<Alert>, StoreError> {
+        let kinds: Vec<&str> = [
+            ("run_late", rules.run_late),
+            ("run_failed", rules.run_failed),
+            ("budget_exceeded", rules.budget),
+            ("fallback_started", rules.fallback),
+        ]
+        .into_iter()
+        .filter_map(|(kind, on)| on.then_some(kind))
+        .collect();
+        let mut alerts = Vec::new();
+        loop {
+            let page = store.events_after(self.events_after, &kinds, PAGE)?;
+            for (id, event) in &page {
+                self.events_after = *id;
+                let run = event.run_id.map(|id| store.run(id)).transpose()?.flatten();
+                alerts.extend(event_alert(event, run.as_ref()));
+            }
+            if page.len() < PAGE as usize {
+                return Ok(alerts);
+            }
+        }
+    }
+
+    fn failed_creates(&mut self, store: &Store) -> Result<Vec<Alert>, StoreError> {
+        let mut alerts = Vec::new();
+        for failure in store.failed_creates_after(self.attempts_after, PAGE)? {
+            self.attempts_after = failure.id;
+            let Some(run) = store.run(failure.run_id)? else { continue };
+            let message = failure.error_message.clone().unwrap_or_default();
+            alerts.push(run_alert(
+                "batch_submit_failing",
+                "warning",
+                &run,
+                failure.at,
+                format!("creating the batch for {} failed: {} {}", run.run_key, failure.error_type, message),
+                json!({ "error_type": failure.error_type, "error_message": failure.error_message }),
+            ));
+        }
+        Ok(alerts)
+    }
+}
+
+fn run_alert(
+    kind: &'static str,
+    severity: &'static str,
+    run: &RunRow,
+    at: DateTime<Utc>,
+    text: String,
+    detail: serde_json::Value,
+) -> Alert {
+    Alert {
+        key: format!("{kind}:{}", run.run_key),
+        kind,
+        severity,
+        at,
+        job: Some(run.job.clone()),
+        run_id: Some(run.id),
+        run_key: Some(run.run_key.clone()),
+        text,
+        detail,
+    }
+}
+
+fn event_alert(event: &EventRow, run: Option<&RunRow>) -> Option<Alert> {
+    let detail = event.detail.clone();
+    let reason = detail.get("reason").and_then(|r| r.as_str()).unwrap_or("").to_owned();
+    match (event.kind.as_str(), run) {
+        ("run_late", Some(run)) => Some(late_alert(run, event.at, reason)),
+        ("run_failed", Some(run)) => Some(run_alert(
+            "run_failed",
+            "critical",
+            run,
+            event.at,
+            format!("{} failed: {reason}", run.run_key),
+            detail,
+        )),
+        ("fallback_started", Some(run)) => Some(run_alert(
+            "fallback_fired",
+            "info",
+            run,
+            event.at,
+            format!(
+                "{}: the sync fallback fired ({})",
+                run.run_key,
+                run.fallback_reason.as_deref().unwrap_or("deadline")
+            ),
+            detail,
+        )),
+        ("budget_exceeded", run) => Some(budget_exceeded(event, run, reason)),
+        _ => None,
+    }
+}
+
+fn late_alert(run: &RunRow, at: DateTime<Utc>, reason: String) -> Alert {
+    let text = format!("{} missed its deadline ({})", run.run_key, run.deadline_at.format("%Y-%m-%d %H:%M UTC"));
+    let text = if reason.is_empty() { text } else { format!("{text}: {reason}") };
+    run_alert("run_late", "critical", run, at, text, json!({ "deadline_at": run.deadline_at, "reason": reason }))
+}
+
+fn budget_exceeded(event: &EventRow, run: Option<&RunRow>, reason: String) -> Alert {
+    let scope = event.detail.get("scope").and_then(|s| s.as_str()).unwrap_or("job");
+    let action = event.detail.get("action").and_then(|s| s.as_str()).unwrap_or("");
+    let text = format!("budget crossed ({scope}): {reason}; action: {action}");
+    match run {
+        Some(run) => run_alert("budget_exceeded", "warning", run, event.at, text, event.detail.clone()),
+        None => Alert {
+            key: format!("budget_exceeded:{scope}:{}", event.at.format("%Y-%m")),
+            kind: "budget_exceeded",
+            severity: "warning",
+            at: event.at,
+            job: event.job.clone(),
+            run_id: None,
+            run_key: None,
+            text,
+            detail: event.detail.clone(),
+        },
+    }
+}
+
+/// Open runs whose deadline has passed: late already, even before they close.
+fn overdue_runs(store: &Store, now: DateTime<Utc>) -> Result<Vec<Alert>, StoreError> {
+    let overdue = store.open_runs()?.into_iter().filter(|run| run.deadline_at <= now);
+    Ok(overdue.map(|run| late_alert(&run, run.deadline_at, "still open".into())).collect())
+}
+
+fn errored_today(store: &Store, limit: u64, now: DateTime<Utc>) -> Result<Option<Alert>, StoreError> {
+    let day = crate::web::model::day_start(now);
+    let count = store.errored_results_since(day)?;
+    Ok((count > limit).then(|| Alert {
+        key: format!("errored_requests:{}", day.format("%Y-%m-%d")),
+        kind: "errored_requests",
+        severity: "warning",
+        at: now,
+        job: None,
+        run_id: None,
+        run_key: None,
+        text: format!("{count} requests errored today ({}, UTC), more than {limit}", day.format("%Y-%m-%d")),
+        detail: json!({ "errored": count, "limit": limit, "day": day.format("%Y-%m-%d").to_string() }),
+    }))
+}
+
+/// Budgets with at least `budget_warn_at` of them spent this month.
+fn budgets_near(store: &Store, context: &Context<'_>, now: DateTime<Utc>) -> Result<Vec<Alert>, StoreError> {
+    let since = month_start(now);
+    let mut caps: Vec<(Option<&str>, f64)> = context
+        .jobs
+        .values()
+        .filter_map(|job| Some((Some(job.name.as_str()), job.manifest.budget.as_ref()?.monthly_usd?)))
+        .collect();
+    caps.extend(context.global_budget.map(|micros| (None, usd(micros))));
+    let mut alerts = Vec::new();
+    for (job, cap) in caps.into_iter().filter(|(_, cap)| *cap > 0.0) {
+        let spent = usd(store.spent_since(job, since)?);
+        if spent < cap * context.rules.budget_warn_at {
+            continue;
+        }
+        let scope = job.map_or("global".to_owned(), |j| format!("job {j}"));
+        alerts.push(Alert {
+            key: format!("budget_near:{}:{}", job.unwrap_or("global"), since.format("%Y-%m")),
+            kind: "budget_near",
+            severity: "warning",
+            at: now,
+            job: job.map(str::to_owned),
+            run_id: None,
+            run_key: None,
+            text: format!(
+                "{scope} has spent ${spent:.2} of its ${cap:.2} monthly budget ({:.0}%)",
+                spent / cap * 100.0
+            ),
+            detail: json!({ "spent_usd": spent, "budget_usd": cap, "month": since.format("%Y-%m").to_string() }),
+        });
+    }
+    Ok(alerts)
+}
+
+/// Once the local time passes `at`, yesterday (local) in one message.
+fn digest(store: &Store, at: NaiveTime, zone: Tz, now: DateTime<Utc>) -> Result<Option<Alert>, StoreError> {
+    let local = now.with_timezone(&zone);
+    if local.time() < at {
+        return Ok(None);
+    }
+    let today = local.date_naive();
+    let yesterday = today - Duration::days(1);
+    let midnight = |day: chrono::NaiveDate| {
+        zone.from_local_datetime(&day.and_time(NaiveTime::MIN)).earliest().map(|t| t.with_timezone(&Utc))
+    };
+    let (Some(since), Some(until)) = (midnight(yesterday), midnight(today)) else { return Ok(None) };
+    let states = store.run_states_between(since, until)?;
+    let (spend, _) = store.spend(&Scope { since: Some(since), until: Some(until), ..Scope::default() }, None)?;
+    let runs: u64 = states.values().sum();
+    let breakdown: Vec<String> = states.iter().map(|(state, n)| format!("{n} {state}")).collect();
+    let (cost, saved) = (usd(spend.cost_micros), usd(spend.sync_cost_micros - spend.cost_micros));
+    let text = format!(
+        "{} {}: {runs} runs ({}); spent ${cost:.2}, saved ${saved:.2} against sync prices",
+        yesterday.weekday(),
+        yesterday,
+        if breakdown.is_empty() { "none".to_owned() } else { breakdown.join(", ") },
+    );
+    Ok(Some(Alert {
+        key: format!("digest:{yesterday}"),
+        kind: "digest",
+        severity: "info",
+        at: now,
+        job: None,
+        run_id: None,
+        run_key: None,
+        text,
+        detail: json!({ "day": yesterday.to_string(), "timezone": zone.name(), "runs": states,
+                        "cost_usd": cost, "savings_usd": saved, "errored": spend.failed_results }),
+    }))
+}

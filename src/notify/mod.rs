@@ -1,0 +1,164 @@
+//! Alerts: a task beside the engine that watches the store for what
+//! deserves attention and tells people, through webhooks (Slack-compatible
+//! JSON) and/or a command.
+//!
+//! It never blocks the engine: it reads and writes through a connection of
+//! its own, and every delivery runs in a task of its own with its own
+//! timeout and retries. Each alert has a key (one per event per run, or per
+//! day or month); once it is recorded as `alert_sent` for a target it is
+//! never sent there again, across restarts. A delivery that exhausts its
+//! retries is recorded as `alert_failed` and not tried again by this
+//! process. A crash between a delivery and its record can send it twice:
+//! at least once beats never.
+
+mod alert;
+pub mod config;
+mod detect;
+mod send;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use chrono::Duration;
+use serde_json::json;
+
+pub use alert::Alert;
+pub use config::{NotifyConfig, NotifySettings};
+use detect::{Context, Detector};
+
+use crate::engine::Engine;
+use crate::store::SharedStore;
+
+/// How many deliveries may be in flight at once.
+const MAX_DELIVERIES: usize = 8;
+
+/// How far back recorded alerts are loaded for deduplication (keys carry
+/// their day or month, so older ones cannot recur).
+const SENT_MEMORY_DAYS: i64 = 40;
+
+/// `(alert key, target label)`.
+type Slot = (String, String);
+
+/// The notifier's shared state.
+struct Notifier {
+    settings: NotifySettings,
+    engine: Arc<Engine>,
+    store: SharedStore,
+    client: reqwest::Client,
+    /// Sent (recorded), given up, or being delivered: not to start again.
+    taken: Mutex<HashSet<Slot>>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// Runs until aborted: scans every `check_every`, delivers what is new.
+/// `store` must be a connection of its own.
+pub async fn run(settings: NotifySettings, engine: Arc<Engine>, store: SharedStore) {
+    let notifier = match start(settings, engine, store).await {
+        Ok(notifier) => Arc::new(notifier),
+        Err(error) => {
+            tracing::error!(%error, "alerts are off: the notifier could not read the state database");
+            return;
+        }
+    };
+    let now = notifier.engine.clock().now();
+    let mut detector = match notifier.store.call(move |s| Detector::start(s, now)).await {
+        Ok(detector) => detector,
+        Err(error) => return tracing::error!(%error, "alerts are off: cannot read the event log"),
+    };
+    loop {
+        detector = notifier.round(detector).await;
+        notifier.engine.clock().sleep(notifier.settings.check_every).await;
+    }
+}
+
+async fn start(settings: NotifySettings, engine: Arc<Engine>, store: SharedStore) -> Result<Notifier, String> {
+    let since = engine.clock().now() - Duration::days(SENT_MEMORY_DAYS);
+    let sent = store.call(move |s| s.sent_alerts_since(since)).await.map_err(|e| e.to_string())?;
+    let client = reqwest::Client::builder().build().map_err(|e| e.to_string())?;
+    tracing::info!(targets = settings.targets.len(), "alerts on");
+    Ok(Notifier {
+        settings,
+        engine,
+        store,
+        client,
+        taken: Mutex::new(sent),
+        permits: Arc::new(tokio::sync::Semaphore::new(MAX_DELIVERIES)),
+    })
+}
+
+impl Notifier {
+    /// One scan: detects, then starts a delivery for each new (alert, target).
+    async fn round(self: &Arc<Self>, detector: Detector) -> Detector {
+        let now = self.engine.clock().now();
+        let jobs = self.engine.jobs();
+        let rules = self.settings.rules.clone();
+        let (digest, global_budget) = (self.settings.digest, self.engine.settings().global_budget);
+        let scanned = self
+            .store
+            .call(move |s| {
+                let mut detector = detector;
+                let context = Context { rules: &rules, jobs: &jobs, global_budget, digest };
+                let alerts = detector.scan(s, &context, now)?;
+                Ok((detector, alerts))
+            })
+            .await;
+        match scanned {
+            Ok((detector, alerts)) => {
+                for alert in alerts {
+                    self.dispatch(alert);
+                }
+                detector
+            }
+            Err(error) => {
+                tracing::warn!(%error, "alert scan failed; trying again");
+                detector
+            }
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>, alert: Alert) {
+        let alert = Arc::new(alert);
+        for target in 0..self.settings.targets.len() {
+            let slot = (alert.key.clone(), self.settings.targets[target].label().to_owned());
+            if !self.taken.lock().unwrap_or_else(|p| p.into_inner()).insert(slot) {
+                continue;
+            }
+            let (notifier, alert) = (Arc::clone(self), Arc::clone(&alert));
+            tokio::spawn(async move { notifier.deliver(target, alert).await });
+        }
+    }
+
+    async fn deliver(&self, target: usize, alert: Arc<Alert>) {
+        let Ok(_permit) = Arc::clone(&self.permits).acquire_owned().await else { return };
+        let target = &self.settings.targets[target];
+        let policy = send::Policy {
+            retries: self.settings.retries,
+            backoff: self.settings.retry_backoff,
+            timeout: self.settings.timeout,
+        };
+        let outcome = send::deliver(&self.client, target, &alert, policy).await;
+        let (kind, detail) = match &outcome {
+            Ok(tries) => (
+                "alert_sent",
+                json!({ "key": alert.key, "alert": alert.kind, "target": target.label(),
+                                                "tries": tries, "text": alert.text }),
+            ),
+            Err((tries, error)) => (
+                "alert_failed",
+                json!({ "key": alert.key, "alert": alert.kind, "target": target.label(),
+                                                            "tries": tries, "error": error, "text": alert.text }),
+            ),
+        };
+        match &outcome {
+            Ok(_) => tracing::info!(target = target.label(), alert = %alert.key, "alert sent"),
+            Err((_, error)) => {
+                tracing::error!(target = target.label(), alert = %alert.key, %error, "alert not delivered; giving up")
+            }
+        }
+        let (run_id, job, now) = (alert.run_id, alert.job.clone(), self.engine.clock().now());
+        let recorded = self.store.call(move |s| s.record_event(run_id, job.as_deref(), kind, &detail, now)).await;
+        if let Err(error) = recorded {
+            tracing::error!(%error, alert = %alert.key, "cannot record the alert's outcome");
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! `/metrics` in the Prometheus (OpenMetrics) text format. The store is the
+//! source of truth, so every scrape builds a fresh registry from it: the
+//! figures survive restarts, and counters only grow because stored rows
+//! are never deleted.
+
+use std::sync::atomic::AtomicU64;
+
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::store::MetricFigures;
+
+/// The content type of the OpenMetrics text format, which Prometheus scrapes.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Batch turnaround buckets, seconds: one minute to the 24-hour limit.
+const TURNAROUND_BUCKETS: &[f64] = &[60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0, 86400.0];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    job: String,
+    lane: String,
+    state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    job: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    lane: String,
+    error_type: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MoneyLabels {
+    job: String,
+    lane: String,
+}
+
+type FloatCounter = Counter<f64, AtomicU64>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// The figures as OpenMetrics text.
+pub fn encode(figures: &MetricFigures, now: DateTime<Utc>) -> String {
+    let mut registry = Registry::with_prefix("orchestrator");
+    requests(&mut registry, figures);
+    turnaround(&mut registry, figures);
+    per_job(&mut registry, "fallbacks", "Runs whose sync fallback engaged", &figures.fallbacks);
+    per_job(&mut registry, "deadline_misses", "Runs that missed their deadline", &figures.deadline_misses);
+    provider_errors(&mut registry, figures);
+    money(&mut registry, "spend", "Charged, by job and lane", &figures.spend_usd);
+    money(&mut registry, "savings", "Saved against the synchronous price, by job and lane", &figures.savings_usd);
+    gauges(&mut registry, figures, now);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("writing to a String cannot fail");
+    text
+}
+
+fn requests(registry: &mut Registry, figures: &MetricFigures) {
+    let family = Family::<RequestLabels, Gauge>::default();
+    for row in &figures.requests {
+        let [job, lane, state] = row.labels.clone();
+        family.get_or_create(&RequestLabels { job, lane, state }).set(row.value as i64);
+    }
+    registry.register("requests", "Stored requests by job, lane and state", family);
+}
+
+fn turnaround(registry: &mut Registry, figures: &MetricFigures) {
+    let histogram = Histogram::new(TURNAROUND_BUCKETS.iter().copied());
+    for secs in &figures.turnarounds_secs {
+        histogram.observe(*secs);
+    }
+    registry.register_with_unit(
+        "batch_turnaround",
+        "Batch submission to end at the provider",
+        Unit::Seconds,
+        histogram,
+    );
+}
+
+fn per_job(registry: &mut Registry, name: &str, help: &str, rows: &[crate::store::Labelled<1>]) {
+    let family = Family::<JobLabels, Counter>::default();
+    for row in rows {
+        family.get_or_create(&JobLabels { job: row.labels[0].clone() }).inc_by(row.value as u64);
+    }
+    registry.register(name, help, family);
+}
+
+fn provider_errors(registry: &mut Registry, figures: &MetricFigures) {
+    let family = Family::<ErrorLabels, Counter>::default();
+    for row in &figures.provider_errors {
+        let [lane, error_type] = row.labels.clone();
+        family.get_or_create(&ErrorLabels { lane, error_type }).inc_by(row.value as u64);
+    }
+    registry.register("provider_errors", "Failed provider calls and errored results, by lane and type", family);
+}
+
+fn money(registry: &mut Registry, name: &str, help: &str, rows: &[crate::store::Labelled<2>]) {
+    let family = Family::<MoneyLabels, FloatCounter>::default();
+    for row in rows {
+        let [job, lane] = row.labels.clone();
+        family.get_or_create(&MoneyLabels { job, lane }).inc_by(row.value.max(0.0));
+    }
+    registry.register_with_unit(name, help, Unit::Other("usd".into()), family);
+}
+
+fn gauges(registry: &mut Registry, figures: &MetricFigures, now: DateTime<Utc>) {
+    let open = Gauge::<i64>::default();
+    open.set(figures.open_runs as i64);
+    registry.register("open_runs", "Runs not yet closed", open);
+    let age = FloatGauge::default();
+    let secs = figures.oldest_open_batch_at.map_or(0.0, |at| (now - at).num_milliseconds().max(0) as f64 / 1000.0);
+    age.set(secs);
+    registry.register_with_unit(
+        "oldest_open_batch_age",
+        "Age of the oldest batch still at the provider (0 when none)",
+        Unit::Seconds,
+        age,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Labelled;
+
+    #[test]
+    fn figures_become_labelled_series() {
+        let figures = MetricFigures {
+            requests: vec![Labelled { labels: ["nightly".into(), "batch".into(), "succeeded".into()], value: 3.0 }],
+            turnarounds_secs: vec![120.0, 4000.0],
+            spend_usd: vec![Labelled { labels: ["nightly".into(), "batch".into()], value: 0.25 }],
+            open_runs: 2,
+            ..MetricFigures::default()
+        };
+        let text = encode(&figures, Utc::now());
+        assert!(text.contains(r#"orchestrator_requests{job="nightly",lane="batch",state="succeeded"} 3"#), "{text}");
+        assert!(text.contains("orchestrator_batch_turnaround_seconds_count 2"), "{text}");
+        assert!(text.contains(r#"orchestrator_batch_turnaround_seconds_bucket{le="300.0"} 1"#), "{text}");
+        assert!(text.contains(r#"orchestrator_spend_usd_total{job="nightly",lane="batch"} 0.25"#), "{text}");
+        assert!(text.contains("orchestrator_open_runs 2"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,201 @@
+//! The daemon's web server: the dashboard (`/batches`, `/runs/{id}`,
+//! `/jobs`), the JSON API under `/api/v1`, Prometheus `/metrics` and
+//! `/healthz`. Read-only: nothing here writes to the store.
+//!
+//! Pages and API read through a connection of their own, so a slow page
+//! never holds the engine's connection.
+
+mod api;
+pub mod chart;
+pub mod metrics;
+pub mod model;
+pub mod pages;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+use crate::engine::Engine;
+use crate::store::{SharedStore, StoreError};
+use pages::{Pages, TimeMode, View};
+
+/// Environment variable holding the bearer token required off loopback.
+pub const TOKEN_ENV: &str = "ORCHESTRATOR_API_TOKEN";
+/// Its file name in `$CREDENTIALS_DIRECTORY`.
+pub const TOKEN_CREDENTIAL: &str = "orchestrator-api-token";
+
+/// Seconds between reloads of a page while runs are open.
+const REFRESH_SECS: u32 = 10;
+
+/// The bearer token, from the environment or the systemd credential.
+pub fn token() -> Option<String> {
+    crate::secrets::read(TOKEN_ENV, TOKEN_CREDENTIAL)
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+struct Web {
+    engine: Arc<Engine>,
+    /// A read connection of its own.
+    store: SharedStore,
+    token: Option<Arc<str>>,
+    pages: Arc<Pages>,
+}
+
+/// Serves until the task is aborted. `store` is a connection for the web
+/// alone; `token`, when set, is required on everything but `/healthz`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    engine: Arc<Engine>,
+    store: SharedStore,
+    token: Option<String>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(engine, store, token)).await
+}
+
+fn router(engine: Arc<Engine>, store: SharedStore, token: Option<String>) -> Router {
+    let web = Web { engine, store, token: token.map(Arc::from), pages: Arc::new(Pages::new()) };
+    Router::new()
+        .route("/", get(overview))
+        .route("/batches", get(overview))
+        .route("/runs/{id}", get(run_page))
+        .route("/jobs", get(jobs_page))
+        .route("/style.css", get(stylesheet))
+        .route("/metrics", get(metrics_text))
+        .merge(api::routes())
+        .layer(middleware::from_fn_with_state(web.clone(), require_token))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(web)
+}
+
+/// Compares a presented secret in time that depends only on its length, so
+/// the token cannot be guessed byte by byte from response times.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
+}
+
+async fn require_token(State(web): State<Web>, headers: HeaderMap, request: Request, next: Next) -> Response {
+    if let Some(expected) = &web.token {
+        let given = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()).unwrap_or_default();
+        if !same_secret(given, format!("Bearer {expected}").as_bytes()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "bearer token required (Authorization: Bearer <token>)\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// A store failure as a 500 that says what failed.
+fn internal(error: impl std::fmt::Display) -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response()
+}
+
+fn not_found(what: String) -> Response {
+    (StatusCode::NOT_FOUND, format!("{what}\n")).into_response()
+}
+
+impl Web {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.engine.clock().now()
+    }
+
+    /// Runs `f` on the web's own connection.
+    async fn read<T, F>(&self, f: F) -> Result<T, Response>
+    where
+        T: Send + 'static,
+        F: FnOnce(&crate::store::Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.store.call(move |store| f(store)).await.map_err(internal)
+    }
+
+    fn page(&self, name: &str, page: &impl serde::Serialize, chart: Option<String>, view: View) -> Response {
+        match self.pages.render(name, page, chart, view) {
+            Ok(html) => Html(html).into_response(),
+            Err(error) => internal(format!("rendering {name}: {error:#}")),
+        }
+    }
+}
+
+/// `?tz=utc|job` on every page.
+#[derive(Debug, Default, Deserialize)]
+struct PageQuery {
+    #[serde(default)]
+    tz: TimeMode,
+}
+
+fn refresh_while(open: bool) -> Option<u32> {
+    open.then_some(REFRESH_SECS)
+}
+
+async fn overview(State(web): State<Web>, Query(query): Query<PageQuery>) -> Response {
+    let now = web.now();
+    let zones = model::zones(&web.engine.jobs());
+    let page = match web.read(move |s| model::overview(s, &zones, now)).await {
+        Ok(page) => page,
+        Err(response) => return response,
+    };
+    let chart = chart::spend_chart(&page.spend_by_job);
+    let view = View { now, tz: query.tz, refresh_secs: refresh_while(page.strip.open_runs > 0) };
+    web.page("batches", &page, Some(chart), view)
+}
+
+async fn run_page(State(web): State<Web>, Path(id): Path<i64>, Query(query): Query<PageQuery>) -> Response {
+    let now = web.now();
+    let zones = model::zones(&web.engine.jobs());
+    match web.read(move |s| model::run_detail(s, id, &zones, now)).await {
+        Ok(Some(detail)) => {
+            let view = View { now, tz: query.tz, refresh_secs: refresh_while(detail.run.state == "open") };
+            web.page("run", &detail, None, view)
+        }
+        Ok(None) => not_found(format!("no run with id {id}")),
+        Err(response) => response,
+    }
+}
+
+async fn jobs_page(State(web): State<Web>, Query(query): Query<PageQuery>) -> Response {
+    let now = web.now();
+    let jobs = web.engine.jobs();
+    match web.read(move |s| Ok((model::jobs(s, &jobs, now)?, s.open_runs()?.len()))).await {
+        Ok((items, open)) => {
+            web.page("jobs", &items, None, View { now, tz: query.tz, refresh_secs: refresh_while(open > 0) })
+        }
+        Err(response) => response,
+    }
+}
+
+async fn stylesheet() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], pages::STYLESHEET).into_response()
+}
+
+async fn metrics_text(State(web): State<Web>) -> Response {
+    let now = web.now();
+    match web.read(|s| s.metric_figures()).await {
+        Ok(figures) => {
+            ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], metrics::encode(&figures, now)).into_response()
+        }
+        Err(response) => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn only_the_exact_secret_matches() {
+        assert!(same_secret(b"Bearer s3cret", b"Bearer s3cret"));
+        assert!(!same_secret(b"Bearer s3creT", b"Bearer s3cret"));
+        assert!(!same_secret(b"Bearer s3cre", b"Bearer s3cret"));
+        assert!(!same_secret(b"", b"Bearer s3cret"));
+    }
+}

@@ -1,0 +1,303 @@
+//! The dashboard, JSON API and `/metrics` of a real `serve --simulate`
+//! process on the example jobs: every figure shown equals what the store holds.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use serde_json::Value;
+
+use crate::cost::example_project;
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `serve --simulate --run-now` on the example jobs.
+pub struct Served {
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    child: Child,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    /// Starts the daemon and waits until every run of the first firing closed and is priced.
+    pub async fn examples(env: &[(&str, &str)]) -> Served {
+        // Thinned: the realtime jobs fire every 4 hours, not every few minutes mid-test.
+        let dir = example_project(true);
+        std::fs::write(dir.path().join("orchestrator.yaml"), "batch: { poll_initial: 1s }\n").unwrap();
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+            .args(["serve", "--simulate", "--run-now", "--config", "orchestrator.yaml"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .current_dir(dir.path())
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("ORCHESTRATOR_API_TOKEN")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let served = Served { dir, base: format!("http://127.0.0.1:{port}"), child };
+        served.wait_settled().await;
+        served
+    }
+
+    pub fn db(&self) -> Connection {
+        Connection::open(self.dir.path().join("state/orchestrator.db")).unwrap()
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        Connection::open(self.dir.path().join("state/orchestrator.db"))
+            .and_then(|db| db.query_row(sql, [], |row| row.get(0)))
+            .unwrap_or(-1)
+    }
+
+    async fn wait_settled(&self) {
+        let start = Instant::now();
+        let jobs = std::fs::read_dir(self.dir.path().join("jobs"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "yaml"));
+        let jobs = jobs.count() as i64;
+        while self.count("SELECT COUNT(DISTINCT job) FROM runs WHERE state != 'open'") < jobs
+            || self.count("SELECT COUNT(*) FROM runs WHERE state = 'open'") != 0
+            || self.count("SELECT COUNT(*) FROM results WHERE cost_micros IS NULL") != 0
+        {
+            assert!(start.elapsed() < Duration::from_secs(90), "the example runs did not all complete");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("{}{path}", self.base)).await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    pub async fn json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path} is not JSON ({e}): {body}"))
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+fn f(value: &Value) -> f64 {
+    value.as_f64().unwrap_or_else(|| panic!("not a number: {value}"))
+}
+
+fn sql_f64(db: &Connection, sql: &str, arg: impl rusqlite::ToSql) -> f64 {
+    db.query_row(sql, [arg], |row| row.get::<_, Option<f64>>(0)).unwrap().unwrap_or(0.0)
+}
+
+const RUN_COST: &str = "SELECT SUM(r.cost_micros) / 1e6 FROM results r JOIN requests q ON q.custom_id = r.custom_id
+                        WHERE q.run_id = ?1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_and_api_show_what_the_store_holds() {
+    let served = Served::examples(&[]).await;
+    let db = served.db();
+    runs_match(&served, &db).await;
+    run_detail_matches(&served, &db).await;
+    batches_match(&served, &db).await;
+    jobs_match(&served, &db).await;
+    kpis_match(&served, &db).await;
+    pages_show_the_same(&served, &db).await;
+    metrics_parse_and_match(&served, &db).await;
+    assert_eq!(served.get("/healthz").await, (200, "ok\n".to_owned()));
+    assert_eq!(served.get("/runs/999999").await.0, 404);
+}
+
+async fn runs_match(served: &Served, db: &Connection) {
+    let api = served.json("/api/v1/runs").await;
+    let runs = api["runs"].as_array().unwrap();
+    assert_eq!(runs.len() as i64, served.count("SELECT COUNT(*) FROM runs"));
+    for run in runs {
+        let id = run["id"].as_i64().unwrap();
+        let (state, total, done): (String, i64, i64) = db
+            .query_row(
+                "SELECT state, (SELECT COUNT(*) FROM requests WHERE run_id = runs.id),
+                        (SELECT COUNT(*) FROM requests WHERE run_id = runs.id AND state IN ('succeeded', 'permanent_failed'))
+                 FROM runs WHERE id = ?1",
+                [id],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(run["state"], state.as_str());
+        assert_eq!(run["requests_total"], total);
+        assert_eq!(run["requests_done"], done);
+        assert!(close(f(&run["cost_usd"]), sql_f64(db, RUN_COST, id)), "{run}");
+        assert!(run["completed_at"].is_string(), "{run}");
+    }
+    let one_job = served.json("/api/v1/runs?job=heartbeat&limit=5").await;
+    assert!(one_job["runs"].as_array().unwrap().iter().all(|r| r["job"] == "heartbeat"));
+}
+
+async fn run_detail_matches(served: &Served, db: &Connection) {
+    let (id, provider_id): (i64, String) = db
+        .query_row(
+            "SELECT run_id, provider_batch_id FROM batches WHERE provider_batch_id IS NOT NULL LIMIT 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    let detail = served.json(&format!("/api/v1/runs/{id}")).await;
+    assert_eq!(detail["batches"][0]["provider_batch_id"], provider_id.as_str());
+    let succeeded = served.count(&format!("SELECT COUNT(*) FROM requests WHERE run_id = {id} AND state = 'succeeded'"));
+    assert_eq!(detail["requests"]["succeeded"], succeeded);
+    assert!(detail["decisions"].as_array().unwrap().iter().any(|d| d["kind"] == "batch_submitted"), "{detail}");
+    let (status, html) = served.get(&format!("/runs/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(html.contains(&provider_id), "the run page names its batch");
+}
+
+async fn batches_match(served: &Served, db: &Connection) {
+    let api = served.json("/api/v1/batches").await;
+    let batches = api["batches"].as_array().unwrap();
+    assert_eq!(batches.len() as i64, served.count("SELECT COUNT(*) FROM batches"));
+    for batch in batches {
+        let (provider_id, requests): (Option<String>, i64) = db
+            .query_row(
+                "SELECT provider_batch_id, request_count FROM batches WHERE id = ?1",
+                [batch["id"].as_i64()],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(batch["provider_batch_id"].as_str(), provider_id.as_deref());
+        assert_eq!(batch["requests"], requests);
+        assert!(f(&batch["turnaround_secs"]) >= 0.0);
+    }
+}
+
+async fn jobs_match(served: &Served, db: &Connection) {
+    let api = served.json("/api/v1/jobs").await;
+    let jobs = api["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 7);
+    for job in jobs {
+        let name = job["name"].as_str().unwrap();
+        let by_job = "FROM results r JOIN requests q ON q.custom_id = r.custom_id JOIN runs u ON u.id = q.run_id
+                      WHERE u.job = ?1";
+        let cost = sql_f64(db, &format!("SELECT SUM(r.cost_micros) / 1e6 {by_job}"), name);
+        assert!(close(f(&job["month_cost_usd"]), cost), "{job}");
+        let output = sql_f64(db, &format!("SELECT AVG(r.output_tokens) {by_job} AND r.status = 'succeeded'"), name);
+        assert!(close(f(&job["avg_output_tokens"]), output), "{job}");
+        assert!(job["next_at"].is_string(), "{job}");
+        assert_eq!(job["last_run"]["state"], "completed");
+        assert!(!job["schedule"].as_str().unwrap().is_empty());
+    }
+}
+
+async fn kpis_match(served: &Served, db: &Connection) {
+    let report = served.json("/api/v1/kpis?since=2000-01-01").await;
+    let cost = sql_f64(db, "SELECT SUM(cost_micros) / 1e6 FROM results WHERE ?1", 1);
+    let sync = sql_f64(db, "SELECT SUM(sync_cost_micros) / 1e6 FROM results WHERE ?1", 1);
+    assert!(close(f(&report["total"]["cost_usd"]), cost), "{report}");
+    assert!(close(f(&report["kpis"]["savings_usd"]["value"]), sync - cost), "{report}");
+    assert_eq!(report["kpis"]["batch_token_share"]["target"], ">= 0.8");
+    let bad = served.get("/api/v1/kpis?since=yesterday").await;
+    assert_eq!(bad.0, 400, "a bad date is refused: {}", bad.1);
+}
+
+async fn pages_show_the_same(served: &Served, db: &Connection) {
+    let (status, html) = served.get("/batches").await;
+    assert_eq!(status, 200);
+    let keys: Vec<String> = db
+        .prepare("SELECT run_key FROM runs")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for key in &keys {
+        assert!(html.contains(key), "the lifecycle table lists {key}");
+    }
+    let completed = served.count("SELECT COUNT(*) FROM runs WHERE state = 'completed'");
+    assert!(html.contains(&format!(
+        r#"id="kpi-completed-today"><dt>Completed today</dt><dd><span class="value">{completed}</span>"#
+    )));
+    assert!(html.contains("<svg class=\"chart\" role=\"img\""), "the chart is inline SVG");
+    assert!(!html.contains("http://") || !html.contains("<script src="), "no external resources");
+    let (status, root) = served.get("/").await;
+    assert!(status == 200 && root.contains("<h1>Batches</h1>"), "/ is the overview");
+    let (_, zoned) = served.get("/batches?tz=job").await;
+    assert!(zoned.contains("show UTC"), "times can be shown in each job's zone");
+    let (status, jobs) = served.get("/jobs").await;
+    assert_eq!(status, 200);
+    for name in ["nightly-report", "heartbeat", "weekly-benchmark"] {
+        assert!(jobs.contains(&format!(r#"data-job="{name}""#)), "{name} is listed");
+    }
+    assert_eq!(served.get("/style.css").await.0, 200);
+}
+
+/// Parses the OpenMetrics text: every sample line is `name{labels} value`.
+pub fn parse_metrics(text: &str) -> Vec<(String, String, f64)> {
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line: {line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, rest.strip_suffix('}').unwrap_or_else(|| panic!("bad labels: {line}"))),
+            None => (series, ""),
+        };
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "bad metric name: {line}");
+        for pair in labels.split(',').filter(|p| !p.is_empty()) {
+            let (key, quoted) = pair.split_once('=').unwrap_or_else(|| panic!("bad label: {line}"));
+            assert!(!key.is_empty() && quoted.starts_with('"') && quoted.ends_with('"'), "bad label: {line}");
+        }
+        let value: f64 = value.replace("+Inf", "inf").parse().unwrap_or_else(|_| panic!("bad value: {line}"));
+        samples.push((name.to_owned(), labels.to_owned(), value));
+    }
+    samples
+}
+
+async fn metrics_parse_and_match(served: &Served, db: &Connection) {
+    let (status, text) = served.get("/metrics").await;
+    assert_eq!(status, 200);
+    let samples = parse_metrics(&text);
+    let sum = |name: &str| samples.iter().filter(|(n, _, _)| n == name).map(|(_, _, v)| v).sum::<f64>();
+    assert_eq!(sum("orchestrator_requests") as i64, served.count("SELECT COUNT(*) FROM requests"));
+    let spend = sql_f64(db, "SELECT SUM(cost_micros) / 1e6 FROM results WHERE ?1", 1);
+    assert!((sum("orchestrator_spend_usd_total") - spend).abs() < 1e-6, "{text}");
+    let ended = served.count("SELECT COUNT(*) FROM batches WHERE ended_at IS NOT NULL");
+    assert_eq!(sum("orchestrator_batch_turnaround_seconds_count") as i64, ended);
+    assert_eq!(sum("orchestrator_open_runs"), 0.0);
+    assert_eq!(sum("orchestrator_oldest_open_batch_age_seconds"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_guards_everything_but_healthz() {
+    let served = Served::examples(&[("ORCHESTRATOR_API_TOKEN", "s3cret-token")]).await;
+    assert_eq!(served.get("/api/v1/runs").await.0, 401);
+    assert_eq!(served.get("/batches").await.0, 401);
+    assert_eq!(served.get("/metrics").await.0, 401);
+    assert_eq!(served.get("/healthz").await.0, 200);
+    let client = reqwest::Client::new();
+    let authorized =
+        client.get(format!("{}/api/v1/runs", served.base)).bearer_auth("s3cret-token").send().await.unwrap();
+    assert_eq!(authorized.status().as_u16(), 200);
+}
+
+#[test]
+fn a_non_loopback_address_needs_a_token() {
+    let dir = example_project(false);
+    let output = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["serve", "--simulate", "--listen", "0.0.0.0:0"])
+        .current_dir(dir.path())
+        .env_remove("ORCHESTRATOR_API_TOKEN")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not a loopback address") && stderr.contains("ORCHESTRATOR_API_TOKEN"), "{stderr}");
+}
