@@ -1,5 +1,7 @@
 //! Integration tests: the real binary on real files.
 
+mod alerts;
+mod browser;
 mod budget;
 mod cost;
 mod daemon;

@@ -1,0 +1,216 @@
+//! Alerts from a real `serve` process to a webhook receiver on loopback:
+//! each alert arrives once (also across a restart), a 500 is retried, a
+//! command target gets the same alerts, and a receiver that never answers
+//! does not hold up a run.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use orchestrator::sim::{SimConfig, SimHandle};
+use rusqlite::Connection;
+use serde_json::Value;
+
+/// What the receiver does with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Answers 500 to the first `fail_first` requests, then 200.
+    Answer,
+    /// Reads the body, then never answers.
+    Hang,
+}
+
+#[derive(Clone)]
+struct Receiver {
+    /// Every body received, with the status it was answered with (0 for none).
+    bodies: Arc<Mutex<Vec<(u16, Value)>>>,
+    fail_first: Arc<AtomicUsize>,
+    mode: Mode,
+}
+
+impl Receiver {
+    async fn start(mode: Mode, fail_first: usize) -> (Receiver, String) {
+        let receiver = Receiver { bodies: Arc::default(), fail_first: Arc::new(AtomicUsize::new(fail_first)), mode };
+        let app = axum::Router::new().route("/hook", post(hook)).with_state(receiver.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (receiver, url)
+    }
+
+    fn received(&self) -> Vec<(u16, Value)> {
+        self.bodies.lock().unwrap().clone()
+    }
+
+    /// Keys of the alerts answered 200, with how often each was.
+    fn delivered(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut keys = std::collections::BTreeMap::new();
+        for (_, body) in self.received().iter().filter(|(status, _)| *status == 200) {
+            *keys.entry(body["alert"]["key"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+        }
+        keys
+    }
+}
+
+async fn hook(State(receiver): State<Receiver>, axum::Json(body): axum::Json<Value>) -> StatusCode {
+    if receiver.mode == Mode::Hang {
+        receiver.bodies.lock().unwrap().push((0, body));
+        return std::future::pending::<StatusCode>().await;
+    }
+    let fail = receiver.fail_first.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+    let status = if fail { 500 } else { 200 };
+    receiver.bodies.lock().unwrap().push((status, body));
+    StatusCode::from_u16(status).unwrap()
+}
+
+fn job(dir: &Path, name: &str, head: &str, items: usize) {
+    let lines: String = (0..items).map(|i| format!("{{\"id\":{i},\"text\":\"item {i}\"}}\n")).collect();
+    std::fs::write(dir.join(format!("{name}.jsonl")), lines).unwrap();
+    let manifest = format!(
+        "schedule: {{ cron: '0 6 * * *' }}\n{head}model: claude-haiku-4-5\nmax_tokens: 64\n\
+         prompt: {{ inline: 'Label {{{{ item.text }}}}' }}\nitems: {{ jsonl: {name}.jsonl }}\n\
+         sink: {{ jsonl: out/{name}.jsonl }}\n"
+    );
+    std::fs::write(dir.join(format!("jobs/{name}.yaml")), manifest).unwrap();
+}
+
+fn project(config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+    std::fs::create_dir_all(dir.path().join("prompts")).unwrap();
+    std::fs::write(dir.path().join("orchestrator.yaml"), config).unwrap();
+    dir
+}
+
+fn serve(dir: &Path, sim: &SimHandle) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["serve", "--run-now", "--listen", "127.0.0.1:0", "--config", "orchestrator.yaml"])
+        .current_dir(dir)
+        .env("ANTHROPIC_BASE_URL", sim.base_url())
+        .env("ANTHROPIC_API_KEY", "sk-test-not-a-real-key")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn count(dir: &Path, sql: &str) -> i64 {
+    Connection::open(dir.join("state/orchestrator.db"))
+        .and_then(|db| db.query_row(sql, [], |row| row.get(0)))
+        .unwrap_or(-1)
+}
+
+async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < within, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const SENT: &str = "SELECT COUNT(*) FROM events WHERE kind = 'alert_sent'";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_alert_arrives_once_a_500_is_retried_and_a_restart_sends_nothing_again() {
+    let (receiver, url) = Receiver::start(Mode::Answer, 1).await;
+    // A third of batch answers are permanent errors: more than 5 errored requests today.
+    let sim = orchestrator::sim::start(SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        batch_median_secs: 1.0,
+        batch_p95_secs: 1.5,
+        invalid_share: 0.34,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = project(&format!(
+        "batch: {{ poll_initial: 1s }}\nnotify:\n  webhooks: [{{ url: '{url}' }}]\n\
+         \x20 command: [sh, -c, 'cat >> alerts.jsonl; echo >> alerts.jsonl']\n\
+         \x20 retries: 3\n  retry_backoff: 1s\n  check_every: 1s\n"
+    ));
+    job(dir.path(), "bulk", "tier: batch\ndeadline: 2h\n", 30);
+    // A budget far below one request: crossed at submission (`alert` lets it run), then spent past.
+    job(dir.path(), "capped", "tier: batch\ndeadline: 2h\nbudget: { monthly_usd: 0.000001, on_budget: alert }\n", 3);
+    let daemon = serve(dir.path(), &sim);
+    let expected = ["errored_requests:", "budget_exceeded:capped-", "budget_near:capped:"];
+    wait_until("the expected alerts", Duration::from_secs(60), || {
+        let delivered = receiver.delivered();
+        expected.iter().all(|prefix| delivered.keys().any(|k| k.starts_with(prefix)))
+            && count(dir.path(), "SELECT COUNT(*) FROM runs WHERE state = 'open'") == 0
+    })
+    .await;
+    // A few more scans find the same conditions again; nothing may be sent twice.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let delivered = receiver.delivered();
+    assert!(delivered.values().all(|&n| n == 1), "an alert arrived twice: {delivered:?}");
+    let first = receiver.received()[0].clone();
+    assert_eq!(first.0, 500, "the first delivery was refused");
+    let retried = &first.1["alert"]["key"];
+    assert_eq!(delivered.get(retried.as_str().unwrap()), Some(&1), "the refused alert was retried and arrived");
+    assert_eq!(
+        count(dir.path(), &format!("{SENT} AND json_extract(detail, '$.tries') = 2")),
+        1,
+        "the retried alert took two tries"
+    );
+    let webhook_sent = count(dir.path(), &format!("{SENT} AND json_extract(detail, '$.target') LIKE 'webhook%'"));
+    assert_eq!(webhook_sent as usize, delivered.len(), "every alert sent is recorded as an event");
+    let lines = std::fs::read_to_string(dir.path().join("alerts.jsonl")).unwrap();
+    let by_command: Vec<Value> =
+        lines.lines().filter(|l| !l.is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(by_command.len(), delivered.len(), "the command got each alert once too: {lines}");
+
+    stop(daemon);
+    let before = receiver.received().len();
+    let again = serve(dir.path(), &sim);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop(again);
+    assert_eq!(receiver.received().len(), before, "a restart sends nothing already sent");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_answers_does_not_hold_up_a_run() {
+    let (receiver, url) = Receiver::start(Mode::Hang, 0).await;
+    // The batch lane is down: every create fails, the fallback fires and the sync lane finishes the run.
+    let sim = orchestrator::sim::start(SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        batch_create_error_chance: 1.0,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = project(&format!(
+        "batch: {{ poll_initial: 1s }}\nnotify:\n  webhooks: [{{ url: '{url}', format: slack }}]\n\
+         \x20 events: {{ fallback: true }}\n  timeout: 10m\n  check_every: 1s\n"
+    ));
+    job(dir.path(), "bulk", "tier: soft\ndeadline: 1h\n", 10);
+    let daemon = serve(dir.path(), &sim);
+    wait_until("the run to complete", Duration::from_secs(60), || {
+        count(dir.path(), "SELECT COUNT(*) FROM runs WHERE state = 'completed'") == 1
+    })
+    .await;
+    wait_until("the alerts to reach the receiver", Duration::from_secs(30), || receiver.received().len() >= 2).await;
+    let texts: Vec<String> =
+        receiver.received().iter().map(|(_, body)| body["text"].as_str().unwrap().to_owned()).collect();
+    assert!(texts.iter().any(|t| t.contains("the sync fallback fired")), "{texts:?}");
+    assert!(texts.iter().any(|t| t.contains("creating the batch for bulk-")), "{texts:?}");
+    assert!(receiver.received().iter().all(|(_, body)| body.get("alert").is_none()), "format: slack sends only text");
+    assert_eq!(
+        count(dir.path(), "SELECT COUNT(*) FROM events WHERE kind IN ('alert_sent', 'alert_failed')"),
+        0,
+        "no delivery has finished, yet the run completed"
+    );
+    stop(daemon);
+    sim.shutdown().await;
+}

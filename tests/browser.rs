@@ -1,0 +1,128 @@
+//! The dashboard in real headless Chromium: the pages render, the KPI strip
+//! and the tables show what the store holds, and a screenshot is taken
+//! (`ORCHESTRATOR_UPDATE_SCREENSHOT=1` writes it to `docs/dashboard.png`).
+//!
+//! `.ci/run` installs Debian's `chromium`. Elsewhere the test fails with
+//! what to install, unless `ORCHESTRATOR_SKIP_BROWSER_TESTS=1` says to skip.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::root;
+use crate::web::Served;
+
+fn chromium() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("CHROMIUM") {
+        return Some(PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH")?;
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
+        .find(|candidate| candidate.is_file())
+}
+
+struct Browser {
+    binary: PathBuf,
+    profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn find() -> Option<Browser> {
+        let binary = chromium();
+        if binary.is_none() && std::env::var("ORCHESTRATOR_SKIP_BROWSER_TESTS").is_ok_and(|v| v == "1") {
+            eprintln!("skipping the browser test: ORCHESTRATOR_SKIP_BROWSER_TESTS=1 and no chromium");
+            return None;
+        }
+        let binary = binary.expect(
+            "the browser test needs Chromium: `apt-get install -y chromium` (or set CHROMIUM=/path/to/chrome, \
+             or ORCHESTRATOR_SKIP_BROWSER_TESTS=1 to skip)",
+        );
+        Some(Browser { binary, profile: tempfile::tempdir().unwrap() })
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let output = Command::new(&self.binary)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run"])
+            .arg(format!("--user-data-dir={}", self.profile.path().display()))
+            .args(args)
+            .output()
+            .expect("chromium starts");
+        assert!(output.status.success(), "chromium failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// The page's DOM after Chromium parsed and rendered it.
+    fn dom(&self, url: &str) -> String {
+        self.run(&["--dump-dom", url])
+    }
+
+    fn screenshot(&self, url: &str, path: &Path) {
+        self.run(&["--window-size=1400,1200", &format!("--screenshot={}", path.display()), url]);
+    }
+}
+
+/// The text of the element with `id` (tags stripped).
+fn text_of(dom: &str, id: &str) -> String {
+    let start = dom.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("no element #{id}"));
+    let end = start + dom[start..].find("</div>").unwrap();
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in dom[start..end].chars().skip_while(|&c| c != '>').skip(1) {
+        match c {
+            '<' => {
+                in_tag = true;
+                text.push(' ');
+            }
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_renders_in_chromium_with_the_stored_figures() {
+    let Some(browser) = Browser::find() else { return };
+    let served = Served::examples(&[]).await;
+    let runs = served.count("SELECT COUNT(*) FROM runs");
+    let completed = served.count("SELECT COUNT(*) FROM runs WHERE state = 'completed'");
+
+    let dom = browser.dom(&format!("{}/batches", served.base));
+    assert_eq!(text_of(&dom, "kpi-open-runs"), "Open runs 0");
+    assert_eq!(text_of(&dom, "kpi-completed-today"), format!("Completed today {completed}"));
+    assert_eq!(text_of(&dom, "kpi-errored-today"), "Errored requests today 0");
+    assert!(text_of(&dom, "kpi-batch-share").starts_with("Batch share of eligible tokens 100.0% target ≥ 80% met"));
+    assert_eq!(dom.matches("<tr data-run-id=").count() as i64, runs, "one table row per run");
+    for key in
+        served.db().prepare("SELECT run_key FROM runs").unwrap().query_map([], |r| r.get::<_, String>(0)).unwrap()
+    {
+        assert!(dom.contains(&key.unwrap()));
+    }
+    assert!(dom.contains("<title id=\"chart-title\">Spend and savings per job, this month</title>"));
+
+    let jobs = browser.dom(&format!("{}/jobs", served.base));
+    assert_eq!(jobs.matches("<tr data-job=").count(), 7, "one row per job");
+
+    let (id, provider_id): (i64, String) = served
+        .db()
+        .query_row(
+            "SELECT run_id, provider_batch_id FROM batches WHERE provider_batch_id IS NOT NULL LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let run = browser.dom(&format!("{}/runs/{id}", served.base));
+    assert!(run.contains(&provider_id), "the run page shows its batch");
+    assert_eq!(text_of(&run, "run-state"), "completed");
+
+    let shot = tempfile::tempdir().unwrap();
+    let png = shot.path().join("batches.png");
+    browser.screenshot(&format!("{}/batches", served.base), &png);
+    let bytes = std::fs::read(&png).expect("chromium wrote the screenshot");
+    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000, "a real screenshot");
+    if std::env::var("ORCHESTRATOR_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1") {
+        std::fs::copy(&png, root().join("docs/dashboard.png")).unwrap();
+    }
+}
