@@ -3,7 +3,7 @@
 //! ```yaml
 //! notify:
 //!   webhooks:
-//!     - url_env: SLACK_WEBHOOK_URL   # or `url:`; the URL is a secret, keep it out of files
+//!     - url_env: SLACK_WEBHOOK_URL   # or `url:`, or `url_credential:` (systemd); the URL is a secret
 //!       format: slack                # `slack` ({"text"}) or `json` (text plus the alert, default)
 //!   command: [/usr/local/bin/page-oncall, --team, ops]   # the alert as JSON on stdin
 //!   events:
@@ -60,6 +60,8 @@ pub struct WebhookConfig {
     pub url: Option<String>,
     /// The environment variable holding the URL.
     pub url_env: Option<String>,
+    /// The systemd credential (a file in `$CREDENTIALS_DIRECTORY`) holding the URL.
+    pub url_credential: Option<String>,
     /// The body's shape.
     pub format: BodyFormat,
 }
@@ -214,12 +216,15 @@ fn duration(name: &str, value: &Option<String>, default: Duration) -> Result<Dur
 
 fn webhook(i: usize, hook: &WebhookConfig) -> Result<Target, String> {
     let name = format!("notify.webhooks[{i}]");
-    let text = match (&hook.url, &hook.url_env) {
-        (Some(url), None) => url.clone(),
-        (None, Some(var)) => {
+    let text = match (&hook.url, &hook.url_env, &hook.url_credential) {
+        (Some(url), None, None) => url.clone(),
+        (None, Some(var), None) => {
             std::env::var(var).map_err(|_| format!("{name}.url_env: the environment variable {var} is not set"))?
         }
-        _ => return Err(format!("{name}: write exactly one of `url` and `url_env`")),
+        (None, None, Some(credential)) => crate::secrets::read_credential(credential).ok_or_else(|| {
+            format!("{name}.url_credential: no credential `{credential}` in $CREDENTIALS_DIRECTORY (LoadCredential=)")
+        })?,
+        _ => return Err(format!("{name}: write exactly one of `url`, `url_env` and `url_credential`")),
     };
     let url = reqwest::Url::parse(text.trim()).map_err(|e| format!("{name}: not a URL ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") {

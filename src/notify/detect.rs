@@ -286,3 +286,82 @@ fn digest(store: &Store, at: NaiveTime, zone: Tz, now: DateTime<Utc>) -> Result<
                         "cost_usd": cost, "savings_usd": saved, "errored": spend.failed_results }),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewRun, RunState};
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    fn store_with_runs() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("state.db")).unwrap();
+        let run = |key: &'static str, scheduled: &str, deadline: &str| NewRun {
+            job: "nightly",
+            scheduled_for: at(scheduled),
+            run_key: key,
+            tier: "batch",
+            deadline_at: at(deadline),
+            lane: "batch",
+            tags: &[],
+        };
+        let (done, _) = store
+            .create_run(&run("nightly-a", "2026-11-21T02:00:00Z", "2026-11-21T10:00:00Z"), at("2026-11-21T02:00:00Z"))
+            .unwrap();
+        store.finish_run(done.id, RunState::Completed, None, at("2026-11-21T03:00:00Z")).unwrap();
+        store
+            .create_run(&run("nightly-b", "2026-11-22T02:00:00Z", "2026-11-22T07:00:00Z"), at("2026-11-22T02:00:00Z"))
+            .unwrap();
+        (dir, store)
+    }
+
+    fn context<'a>(
+        rules: &'a EventRules,
+        jobs: &'a BTreeMap<String, Job>,
+        digest: Option<(NaiveTime, Tz)>,
+    ) -> Context<'a> {
+        Context { rules, jobs, global_budget: None, digest }
+    }
+
+    #[test]
+    fn the_digest_goes_out_once_the_local_time_passes_and_covers_yesterday() {
+        let (_dir, store) = store_with_runs();
+        let eight = NaiveTime::from_hms_opt(8, 0, 0).unwrap();
+        let zone = chrono_tz::Europe::Berlin;
+        assert_eq!(digest(&store, eight, zone, at("2026-11-22T06:59:00Z")).unwrap(), None, "07:59 in Berlin");
+        let alert = digest(&store, eight, zone, at("2026-11-22T07:01:00Z")).unwrap().expect("08:01 in Berlin");
+        assert_eq!(alert.key, "digest:2026-11-21");
+        assert!(alert.text.contains("2026-11-21: 1 runs (1 completed)"), "{}", alert.text);
+    }
+
+    #[test]
+    fn an_open_run_past_its_deadline_is_late_before_it_closes() {
+        let (_dir, store) = store_with_runs();
+        let (rules, jobs) = (EventRules::default(), BTreeMap::new());
+        let mut detector = Detector::start(&store, at("2026-11-22T06:00:00Z")).unwrap();
+        let before = detector.scan(&store, &context(&rules, &jobs, None), at("2026-11-22T06:59:00Z")).unwrap();
+        assert!(before.is_empty(), "{before:?}");
+        let after = detector.scan(&store, &context(&rules, &jobs, None), at("2026-11-22T07:00:00Z")).unwrap();
+        assert_eq!(after.iter().map(|a| a.key.as_str()).collect::<Vec<_>>(), ["run_late:nightly-b"]);
+        let off = EventRules { run_late: false, ..EventRules::default() };
+        assert!(detector.scan(&store, &context(&off, &jobs, None), at("2026-11-22T07:00:00Z")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn events_past_the_cursor_are_read_once() {
+        let (_dir, mut store) = store_with_runs();
+        let (rules, jobs) = (EventRules::default(), BTreeMap::new());
+        let mut detector = Detector::start(&store, at("2026-11-22T06:00:00Z")).unwrap();
+        let run = store.run_by_key("nightly", at("2026-11-22T02:00:00Z")).unwrap().unwrap();
+        store.finish_run(run.id, RunState::Failed, Some("sink unwritable"), at("2026-11-22T06:30:00Z")).unwrap();
+        let now = at("2026-11-22T06:31:00Z");
+        let first = detector.scan(&store, &context(&rules, &jobs, None), now).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].key, "run_failed:nightly-b");
+        assert!(first[0].text.contains("sink unwritable"));
+        assert!(detector.scan(&store, &context(&rules, &jobs, None), now).unwrap().is_empty(), "read once");
+    }
+}
