@@ -40,15 +40,21 @@ pub struct Context<'a> {
 pub struct Detector {
     events_after: i64,
     attempts_after: i64,
+    /// How often the checks that sum a day or a month run: they read far
+    /// more than the incremental ones, and their answers move slowly.
+    totals_every: Duration,
+    totals_due: DateTime<Utc>,
 }
 
 impl Detector {
-    /// Starts a day back.
-    pub fn start(store: &Store, now: DateTime<Utc>) -> Result<Detector, StoreError> {
+    /// Starts a day back; the daily and monthly totals are checked every `totals_every`.
+    pub fn start(store: &Store, now: DateTime<Utc>, totals_every: Duration) -> Result<Detector, StoreError> {
         let since = now - Duration::hours(LOOK_BACK_HOURS);
         Ok(Detector {
             events_after: store.last_event_id_before(since)?,
             attempts_after: store.last_attempt_id_before(since)?,
+            totals_every,
+            totals_due: now,
         })
     }
 
@@ -62,6 +68,10 @@ impl Detector {
         if rules.batch_submit_failing {
             alerts.extend(self.failed_creates(store)?);
         }
+        if now < self.totals_due {
+            return Ok(alerts);
+        }
+        self.totals_due = now + self.totals_every;
         if let Some(limit) = rules.errored_per_day {
             alerts.extend(errored_today(store, limit, now)?);
         }
@@ -341,7 +351,7 @@ mod tests {
     fn an_open_run_past_its_deadline_is_late_before_it_closes() {
         let (_dir, store) = store_with_runs();
         let (rules, jobs) = (EventRules::default(), BTreeMap::new());
-        let mut detector = Detector::start(&store, at("2026-11-22T06:00:00Z")).unwrap();
+        let mut detector = Detector::start(&store, at("2026-11-22T06:00:00Z"), Duration::zero()).unwrap();
         let before = detector.scan(&store, &context(&rules, &jobs, None), at("2026-11-22T06:59:00Z")).unwrap();
         assert!(before.is_empty(), "{before:?}");
         let after = detector.scan(&store, &context(&rules, &jobs, None), at("2026-11-22T07:00:00Z")).unwrap();
@@ -354,7 +364,7 @@ mod tests {
     fn events_past_the_cursor_are_read_once() {
         let (_dir, mut store) = store_with_runs();
         let (rules, jobs) = (EventRules::default(), BTreeMap::new());
-        let mut detector = Detector::start(&store, at("2026-11-22T06:00:00Z")).unwrap();
+        let mut detector = Detector::start(&store, at("2026-11-22T06:00:00Z"), Duration::zero()).unwrap();
         let run = store.run_by_key("nightly", at("2026-11-22T02:00:00Z")).unwrap().unwrap();
         store.finish_run(run.id, RunState::Failed, Some("sink unwritable"), at("2026-11-22T06:30:00Z")).unwrap();
         let now = at("2026-11-22T06:31:00Z");

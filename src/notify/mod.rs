@@ -61,7 +61,10 @@ pub async fn run(settings: NotifySettings, engine: Arc<Engine>, store: SharedSto
         }
     };
     let now = notifier.engine.clock().now();
-    let mut detector = match notifier.store.call(move |s| Detector::start(s, now)).await {
+    // Sums over a day or a month run at most every six scans (and at least once a minute).
+    let totals_every =
+        Duration::from_std(notifier.settings.check_every * 6).unwrap_or(Duration::MAX).min(Duration::minutes(1));
+    let mut detector = match notifier.store.call(move |s| Detector::start(s, now, totals_every)).await {
         Ok(detector) => detector,
         Err(error) => return tracing::error!(%error, "alerts are off: cannot read the event log"),
     };
