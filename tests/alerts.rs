@@ -136,9 +136,10 @@ async fn each_alert_arrives_once_a_500_is_retried_and_a_restart_sends_nothing_ag
     .unwrap();
     let dir = project(&format!(
         "batch: {{ poll_initial: 1s }}\nnotify:\n  webhooks: [{{ url: '{url}' }}]\n\
-         \x20 command: [sh, -c, 'cat >> alerts.jsonl; echo >> alerts.jsonl']\n\
+         \x20 command: [sh, -c, 'set -C; cat > \"alerts/$ORCHESTRATOR_ALERT_KEY.json\"']\n\
          \x20 retries: 3\n  retry_backoff: 1s\n  check_every: 1s\n"
     ));
+    std::fs::create_dir(dir.path().join("alerts")).unwrap();
     job(dir.path(), "bulk", "tier: batch\ndeadline: 2h\n", 30);
     // A budget far below one request: crossed at submission (`alert` lets it run), then spent past.
     job(dir.path(), "capped", "tier: batch\ndeadline: 2h\nbudget: { monthly_usd: 0.000001, on_budget: alert }\n", 3);
@@ -165,10 +166,14 @@ async fn each_alert_arrives_once_a_500_is_retried_and_a_restart_sends_nothing_ag
     );
     let webhook_sent = count(dir.path(), &format!("{SENT} AND json_extract(detail, '$.target') LIKE 'webhook%'"));
     assert_eq!(webhook_sent as usize, delivered.len(), "every alert sent is recorded as an event");
-    let lines = std::fs::read_to_string(dir.path().join("alerts.jsonl")).unwrap();
-    let by_command: Vec<Value> =
-        lines.lines().filter(|l| !l.is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(by_command.len(), delivered.len(), "the command got each alert once too: {lines}");
+    // The command refuses to overwrite (`set -C`): a second delivery of a key would fail and show.
+    let mut by_command = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir.path().join("alerts")).unwrap() {
+        let alert: Value = serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
+        by_command.insert(alert["key"].as_str().unwrap().to_owned(), 1);
+    }
+    assert_eq!(by_command, delivered, "the command got the same alerts, each once");
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM events WHERE kind = 'alert_failed'"), 0);
 
     stop(daemon);
     let before = receiver.received().len();
