@@ -21,6 +21,25 @@ pub fn span(duration: Duration) -> chrono::Duration {
     chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }
 
+/// `YYYY-MM-DD` (midnight UTC) or RFC 3339, in the years 1 to 9999 (so a
+/// window computed from it cannot overflow).
+pub fn parse_instant(text: &str) -> Result<DateTime<Utc>, String> {
+    let invalid = || format!("`{text}` is not a date: write `2026-11-01` or `2026-11-01T06:00:00Z`");
+    let instant = match chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        Ok(date) => date.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc(),
+        Err(_) => DateTime::parse_from_rfc3339(text).map_err(|_| invalid())?.with_timezone(&Utc),
+    };
+    if !(1..=9999).contains(&chrono::Datelike::year(&instant)) {
+        return Err(invalid());
+    }
+    Ok(instant)
+}
+
+/// Midnight UTC of `now`'s day.
+pub fn day_start(now: DateTime<Utc>) -> DateTime<Utc> {
+    now.date_naive().and_hms_opt(0, 0, 0).map_or(now, |t| t.and_utc())
+}
+
 /// A source of "now" and a way to wait.
 pub trait Clock: Send + Sync + 'static {
     /// The current instant.

@@ -19,6 +19,7 @@ const NOTABLE: &[&str] = &[
     "routed_to_sync",
     "batch_adopted",
     "budget_exceeded",
+    "alert_failed",
 ];
 
 /// The whole report (a public JSON shape: fields are only ever added).

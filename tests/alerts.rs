@@ -62,9 +62,11 @@ async fn hook(State(receiver): State<Receiver>, axum::Json(body): axum::Json<Val
         receiver.bodies.lock().unwrap().push((0, body));
         return std::future::pending::<StatusCode>().await;
     }
+    // Decided and recorded under one lock, so the order of `bodies` is the order of the answers.
+    let mut bodies = receiver.bodies.lock().unwrap();
     let fail = receiver.fail_first.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
     let status = if fail { 500 } else { 200 };
-    receiver.bodies.lock().unwrap().push((status, body));
+    bodies.push((status, body));
     StatusCode::from_u16(status).unwrap()
 }
 
@@ -87,15 +89,17 @@ fn project(config: &str) -> tempfile::TempDir {
     dir
 }
 
-fn serve(dir: &Path, sim: &SimHandle) -> Child {
+/// Starts `serve` (with `--run-now` when `fire`); its log goes to `log`.
+fn serve(dir: &Path, sim: &SimHandle, fire: bool, log: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .args(["serve", "--run-now", "--listen", "127.0.0.1:0", "--config", "orchestrator.yaml"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--config", "orchestrator.yaml"])
+        .args(if fire { &["--run-now"][..] } else { &[] })
         .current_dir(dir)
         .env("ANTHROPIC_BASE_URL", sim.base_url())
         .env("ANTHROPIC_API_KEY", "sk-test-not-a-real-key")
         .env_remove("NOTIFY_SOCKET")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(log)).unwrap())
         .spawn()
         .unwrap()
 }
@@ -124,7 +128,7 @@ const SENT: &str = "SELECT COUNT(*) FROM events WHERE kind = 'alert_sent'";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_alert_arrives_once_a_500_is_retried_and_a_restart_sends_nothing_again() {
     let (receiver, url) = Receiver::start(Mode::Answer, 1).await;
-    // A third of batch answers are permanent errors: more than 5 errored requests today.
+    // A third of batch answers are permanent errors: surely more than 2 errored requests today.
     let sim = orchestrator::sim::start(SimConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         batch_median_secs: 1.0,
@@ -137,14 +141,14 @@ async fn each_alert_arrives_once_a_500_is_retried_and_a_restart_sends_nothing_ag
     let dir = project(&format!(
         "batch: {{ poll_initial: 1s }}\nnotify:\n  webhooks: [{{ url: '{url}' }}]\n\
          \x20 command: [sh, -c, 'set -C; cat > \"alerts/$ORCHESTRATOR_ALERT_KEY.json\"']\n\
-         \x20 retries: 3\n  retry_backoff: 1s\n  check_every: 1s\n"
+         \x20 events: {{ errored_per_day: 2 }}\n  retries: 3\n  retry_backoff: 1s\n  check_every: 1s\n"
     ));
     std::fs::create_dir(dir.path().join("alerts")).unwrap();
     job(dir.path(), "bulk", "tier: batch\ndeadline: 2h\n", 30);
     // A budget far below one request: crossed at submission (`alert` lets it run), then spent past.
     job(dir.path(), "capped", "tier: batch\ndeadline: 2h\nbudget: { monthly_usd: 0.000001, on_budget: alert }\n", 3);
-    let daemon = serve(dir.path(), &sim);
-    let expected = ["errored_requests:", "budget_exceeded:capped-", "budget_near:capped:"];
+    let daemon = serve(dir.path(), &sim, true, "first.log");
+    let expected = ["errored_requests:", "budget_exceeded:submit:capped-", "budget_near:capped:"];
     wait_until("the expected alerts", Duration::from_secs(60), || {
         let delivered = receiver.delivered();
         expected.iter().all(|prefix| delivered.keys().any(|k| k.starts_with(prefix)))
@@ -157,6 +161,7 @@ async fn each_alert_arrives_once_a_500_is_retried_and_a_restart_sends_nothing_ag
     assert!(delivered.values().all(|&n| n == 1), "an alert arrived twice: {delivered:?}");
     let first = receiver.received()[0].clone();
     assert_eq!(first.0, 500, "the first delivery was refused");
+    assert_eq!(receiver.received().iter().filter(|(status, _)| *status == 500).count(), 1);
     let retried = &first.1["alert"]["key"];
     assert_eq!(delivered.get(retried.as_str().unwrap()), Some(&1), "the refused alert was retried and arrived");
     assert_eq!(
@@ -177,8 +182,12 @@ async fn each_alert_arrives_once_a_500_is_retried_and_a_restart_sends_nothing_ag
 
     stop(daemon);
     let before = receiver.received().len();
-    let again = serve(dir.path(), &sim);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Without --run-now: no new run, so every condition found now was found before.
+    let again = serve(dir.path(), &sim, false, "second.log");
+    let log = || std::fs::read_to_string(dir.path().join("second.log")).unwrap_or_default();
+    wait_until("the restarted notifier", Duration::from_secs(20), || log().contains("alerts on")).await;
+    // Its first scan runs at once and sums the day and month too; give it three more.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     stop(again);
     assert_eq!(receiver.received().len(), before, "a restart sends nothing already sent");
     sim.shutdown().await;
@@ -200,7 +209,7 @@ async fn a_receiver_that_never_answers_does_not_hold_up_a_run() {
          \x20 events: {{ fallback: true }}\n  timeout: 10m\n  check_every: 1s\n"
     ));
     job(dir.path(), "bulk", "tier: soft\ndeadline: 1h\n", 10);
-    let daemon = serve(dir.path(), &sim);
+    let daemon = serve(dir.path(), &sim, true, "serve.log");
     wait_until("the run to complete", Duration::from_secs(60), || {
         count(dir.path(), "SELECT COUNT(*) FROM runs WHERE state = 'completed'") == 1
     })

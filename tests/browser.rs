@@ -6,10 +6,11 @@
 //! what to install, unless `ORCHESTRATOR_SKIP_BROWSER_TESTS=1` says to skip.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::support::root;
-use crate::web::Served;
+use crate::web::{Served, today_and_month_millis};
 
 fn chromium() -> Option<PathBuf> {
     if let Ok(path) = std::env::var("CHROMIUM") {
@@ -41,15 +42,34 @@ impl Browser {
         Some(Browser { binary, profile: tempfile::tempdir().unwrap() })
     }
 
+    /// Runs Chromium headless; a hung browser is killed after a minute instead of blocking the suite.
     fn run(&self, args: &[&str]) -> String {
-        let output = Command::new(&self.binary)
+        let mut child = Command::new(&self.binary)
             .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run"])
             .arg(format!("--user-data-dir={}", self.profile.path().display()))
             .args(args)
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
             .expect("chromium starts");
-        assert!(output.status.success(), "chromium failed: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).unwrap()
+        let mut stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut stdout, &mut text).map(|_| text)
+        });
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("chromium did not finish within a minute: {args:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "chromium failed with {status}: {args:?}");
+        reader.join().unwrap().unwrap()
     }
 
     /// The page's DOM after Chromium parsed and rendered it.
@@ -87,7 +107,9 @@ async fn the_dashboard_renders_in_chromium_with_the_stored_figures() {
     let Some(browser) = Browser::find() else { return };
     let served = Served::examples(&[]).await;
     let runs = served.count("SELECT COUNT(*) FROM runs");
-    let completed = served.count("SELECT COUNT(*) FROM runs WHERE state = 'completed'");
+    let today = today_and_month_millis().0;
+    let completed =
+        served.count(&format!("SELECT COUNT(*) FROM runs WHERE state = 'completed' AND finished_at >= {today}"));
 
     let dom = browser.dom(&format!("{}/batches", served.base));
     assert_eq!(text_of(&dom, "kpi-open-runs"), "Open runs 0");

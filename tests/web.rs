@@ -46,7 +46,7 @@ impl Served {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let served = Served { dir, base: format!("http://127.0.0.1:{port}"), child };
+        let mut served = Served { dir, base: format!("http://127.0.0.1:{port}"), child };
         served.wait_settled().await;
         served
     }
@@ -61,7 +61,7 @@ impl Served {
             .unwrap_or(-1)
     }
 
-    async fn wait_settled(&self) {
+    async fn wait_settled(&mut self) {
         let start = Instant::now();
         let jobs = std::fs::read_dir(self.dir.path().join("jobs"))
             .unwrap()
@@ -72,6 +72,9 @@ impl Served {
             || self.count("SELECT COUNT(*) FROM results WHERE cost_micros IS NULL") != 0
         {
             assert!(start.elapsed() < Duration::from_secs(90), "the example runs did not all complete");
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("serve exited early with {status}");
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -98,6 +101,18 @@ fn f(value: &Value) -> f64 {
 
 fn sql_f64(db: &Connection, sql: &str, arg: impl rusqlite::ToSql) -> f64 {
     db.query_row(sql, [arg], |row| row.get::<_, Option<f64>>(0)).unwrap().unwrap_or(0.0)
+}
+
+/// Milliseconds since the epoch of midnight UTC today and of the 1st of this month, as the store keeps instants.
+pub fn today_and_month_millis() -> (i64, i64) {
+    let now = chrono::Utc::now();
+    let day = now.date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let month = chrono::NaiveDate::from_ymd_opt(chrono::Datelike::year(&now), chrono::Datelike::month(&now), 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    (day.timestamp_millis(), month.timestamp_millis())
 }
 
 const RUN_COST: &str = "SELECT SUM(r.cost_micros) / 1e6 FROM results r JOIN requests q ON q.custom_id = r.custom_id
@@ -187,9 +202,11 @@ async fn jobs_match(served: &Served, db: &Connection) {
         let name = job["name"].as_str().unwrap();
         let by_job = "FROM results r JOIN requests q ON q.custom_id = r.custom_id JOIN runs u ON u.id = q.run_id
                       WHERE u.job = ?1";
-        let cost = sql_f64(db, &format!("SELECT SUM(r.cost_micros) / 1e6 {by_job}"), name);
+        let month = today_and_month_millis().1;
+        let cost = sql_f64(db, &format!("SELECT SUM(r.cost_micros) / 1e6 {by_job} AND r.received_at >= {month}"), name);
         assert!(close(f(&job["month_cost_usd"]), cost), "{job}");
-        let output = sql_f64(db, &format!("SELECT AVG(r.output_tokens) {by_job} AND r.status = 'succeeded'"), name);
+        let successes = "AND r.status = 'succeeded' AND r.duplicate = 0";
+        let output = sql_f64(db, &format!("SELECT AVG(r.output_tokens) {by_job} {successes}"), name);
         assert!(close(f(&job["avg_output_tokens"]), output), "{job}");
         assert!(job["next_at"].is_string(), "{job}");
         assert_eq!(job["last_run"]["state"], "completed");
@@ -221,12 +238,16 @@ async fn pages_show_the_same(served: &Served, db: &Connection) {
     for key in &keys {
         assert!(html.contains(key), "the lifecycle table lists {key}");
     }
-    let completed = served.count("SELECT COUNT(*) FROM runs WHERE state = 'completed'");
+    let today = today_and_month_millis().0;
+    let completed =
+        served.count(&format!("SELECT COUNT(*) FROM runs WHERE state = 'completed' AND finished_at >= {today}"));
     assert!(html.contains(&format!(
         r#"id="kpi-completed-today"><dt>Completed today</dt><dd><span class="value">{completed}</span>"#
     )));
     assert!(html.contains("<svg class=\"chart\" role=\"img\""), "the chart is inline SVG");
-    assert!(!html.contains("http://") || !html.contains("<script src="), "no external resources");
+    for external in ["<script", "src=\"http", "href=\"http", "src=\"//", "href=\"//", "url(http"] {
+        assert!(!html.contains(external), "no scripts and nothing fetched from elsewhere: found {external}");
+    }
     let (status, root) = served.get("/").await;
     assert!(status == 200 && root.contains("<h1>Batches</h1>"), "/ is the overview");
     let (_, zoned) = served.get("/batches?tz=job").await;
@@ -282,6 +303,10 @@ async fn a_token_guards_everything_but_healthz() {
     assert_eq!(served.get("/metrics").await.0, 401);
     assert_eq!(served.get("/healthz").await.0, 200);
     let client = reqwest::Client::new();
+    let wrong = client.get(format!("{}/batches", served.base)).bearer_auth("s3cret-tokeN").send().await.unwrap();
+    assert_eq!(wrong.status().as_u16(), 401, "a wrong token is refused");
+    let page = client.get(format!("{}/batches", served.base)).bearer_auth("s3cret-token").send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200, "the pages work with the token");
     let authorized =
         client.get(format!("{}/api/v1/runs", served.base)).bearer_auth("s3cret-token").send().await.unwrap();
     assert_eq!(authorized.status().as_u16(), 200);

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 
 use crate::catalog::Catalog;
 use crate::cost::report::{CostReport, Kpi, Kpis, Totals, build};
@@ -79,15 +79,7 @@ pub enum Format {
     Csv,
 }
 
-/// `YYYY-MM-DD` (midnight UTC) or RFC 3339.
-pub fn parse_instant(text: &str) -> Result<DateTime<Utc>, String> {
-    if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return Ok(date.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
-    }
-    DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|_| format!("`{text}` is not a date: write `2026-11-01` or `2026-11-01T06:00:00Z`"))
-}
+pub use crate::clock::parse_instant;
 
 pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     if !args.state.exists() {

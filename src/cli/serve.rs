@@ -90,11 +90,11 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let observer = crate::store::SharedStore::new(crate::store::Store::open(&args.state)?);
+        let observer = crate::store::SharedStore::new(crate::store::Store::open_read_only(&args.state)?);
         let web = tokio::spawn(crate::web::serve(listener, Arc::clone(&backend.engine), observer, token));
         let alerts = match notify {
             Some(settings) => {
-                let store = crate::store::SharedStore::new(crate::store::Store::open(&args.state)?);
+                let store = crate::store::SharedStore::new(crate::store::Store::open_read_only(&args.state)?);
                 Some(tokio::spawn(crate::notify::run(settings, Arc::clone(&backend.engine), store)))
             }
             None => None,

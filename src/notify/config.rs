@@ -199,19 +199,35 @@ impl NotifyConfig {
             targets,
             rules: self.events.clone(),
             retries: self.retries.unwrap_or(5),
-            retry_backoff: duration("notify.retry_backoff", &self.retry_backoff, Duration::from_secs(2))?,
-            timeout: duration("notify.timeout", &self.timeout, Duration::from_secs(10))?,
-            check_every: duration("notify.check_every", &self.check_every, Duration::from_secs(10))?,
+            retry_backoff: duration("notify.retry_backoff", &self.retry_backoff, DurationRule::new(2, 1, 60))?,
+            timeout: duration("notify.timeout", &self.timeout, DurationRule::new(10, 1, 600))?,
+            check_every: duration("notify.check_every", &self.check_every, DurationRule::new(10, 1, 600))?,
             digest: self.digest.as_ref().map(digest).transpose()?,
         })
     }
 }
 
-fn duration(name: &str, value: &Option<String>, default: Duration) -> Result<Duration, String> {
-    match value {
-        Some(text) => parse_duration(text).map_err(|e| format!("{name}: {e} (write e.g. `2s`, `1m`)")),
-        None => Ok(default),
+/// A duration's default and bounds, in seconds.
+struct DurationRule {
+    default: u64,
+    min: u64,
+    max: u64,
+}
+
+impl DurationRule {
+    fn new(default: u64, min: u64, max: u64) -> DurationRule {
+        DurationRule { default, min, max }
     }
+}
+
+fn duration(name: &str, value: &Option<String>, rule: DurationRule) -> Result<Duration, String> {
+    let Some(text) = value else { return Ok(Duration::from_secs(rule.default)) };
+    let parsed = parse_duration(text).map_err(|e| format!("{name}: {e} (write e.g. `2s`, `1m`)"))?;
+    let (min, max) = (Duration::from_secs(rule.min), Duration::from_secs(rule.max));
+    if parsed < min || parsed > max {
+        return Err(format!("{name}: `{text}` is out of range: write between {}s and {}s", rule.min, rule.max));
+    }
+    Ok(parsed)
 }
 
 fn webhook(i: usize, hook: &WebhookConfig) -> Result<Target, String> {
@@ -230,8 +246,15 @@ fn webhook(i: usize, hook: &WebhookConfig) -> Result<Target, String> {
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!("{name}: the URL must start with https:// or http://"));
     }
-    let label = format!("webhook[{i}]:{}", url.host_str().unwrap_or("?"));
+    // The label keys deduplication, so it must not change when webhooks are
+    // reordered, and must not reveal the URL's secret path: host plus a hash.
+    let label = format!("webhook:{}#{:08x}", url.host_str().unwrap_or("?"), fnv1a(url.as_str()) as u32);
     Ok(Target::Webhook { label, url, format: hook.format })
+}
+
+/// FNV-1a: a stable hash (std's `DefaultHasher` may change between releases).
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 fn digest(config: &DigestConfig) -> Result<(NaiveTime, Tz), String> {
@@ -254,11 +277,12 @@ mod tests {
     #[test]
     fn defaults_alert_on_what_matters_and_keep_the_fallback_opt_in() {
         let settings = parse("webhooks: [{url: 'https://hooks.example.com/T0/B0/secret'}]").unwrap();
-        assert_eq!(
-            settings.targets[0].label(),
-            "webhook[0]:hooks.example.com",
-            "the label never shows the secret path"
-        );
+        let label = settings.targets[0].label();
+        assert!(label.starts_with("webhook:hooks.example.com#"), "{label}");
+        assert!(!label.contains("secret"), "the label never shows the secret path");
+        let two =
+            parse("webhooks: [{url: 'https://a.example/x'}, {url: 'https://hooks.example.com/T0/B0/secret'}]").unwrap();
+        assert_eq!(two.targets[1].label(), label, "the label does not depend on the webhook's position");
         assert_eq!(settings.rules.errored_per_day, Some(5));
         assert!(settings.rules.run_late && settings.rules.budget && !settings.rules.fallback);
         assert_eq!(settings.retries, 5);
@@ -271,6 +295,9 @@ mod tests {
         assert!(parse("webhooks: [{url: 'ftp://x'}]").unwrap_err().contains("https://"));
         assert!(parse("command: [page]\ndigest: {at: '8am'}").unwrap_err().contains("\"08:00\""));
         assert!(parse("command: [page]\nretry_backoff: soon").unwrap_err().contains("notify.retry_backoff"));
+        assert!(parse("command: [page]\ncheck_every: 0s").unwrap_err().contains("between 1s and 600s"));
+        assert!(parse("command: [page]\ntimeout: 100000h").unwrap_err().contains("out of range"));
+        assert!(parse("command: ['']").unwrap_err().contains("name a program"));
     }
 
     #[test]

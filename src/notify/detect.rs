@@ -185,11 +185,15 @@ fn late_alert(run: &RunRow, at: DateTime<Utc>, reason: String) -> Alert {
 }
 
 fn budget_exceeded(event: &EventRow, run: Option<&RunRow>, reason: String) -> Alert {
-    let scope = event.detail.get("scope").and_then(|s| s.as_str()).unwrap_or("job");
-    let action = event.detail.get("action").and_then(|s| s.as_str()).unwrap_or("");
+    let field = |name: &str| event.detail.get(name).and_then(|s| s.as_str()).unwrap_or("").to_owned();
+    let (scope, stage, action) = (field("scope"), field("stage"), field("action"));
     let text = format!("budget crossed ({scope}): {reason}; action: {action}");
     match run {
-        Some(run) => run_alert("budget_exceeded", "warning", run, event.at, text, event.detail.clone()),
+        // A run is checked before it submits and again before a fallback; each stage alerts once.
+        Some(run) => Alert {
+            key: format!("budget_exceeded:{stage}:{}", run.run_key),
+            ..run_alert("budget_exceeded", "warning", run, event.at, text, event.detail.clone())
+        },
         None => Alert {
             key: format!("budget_exceeded:{scope}:{}", event.at.format("%Y-%m")),
             kind: "budget_exceeded",
@@ -211,8 +215,8 @@ fn overdue_runs(store: &Store, now: DateTime<Utc>) -> Result<Vec<Alert>, StoreEr
 }
 
 fn errored_today(store: &Store, limit: u64, now: DateTime<Utc>) -> Result<Option<Alert>, StoreError> {
-    let day = crate::web::model::day_start(now);
-    let count = store.errored_results_since(day)?;
+    let day = crate::clock::day_start(now);
+    let count = store.errored_requests_since(day)?;
     Ok((count > limit).then(|| Alert {
         key: format!("errored_requests:{}", day.format("%Y-%m-%d")),
         kind: "errored_requests",

@@ -2,9 +2,13 @@
 //! deserves attention and tells people, through webhooks (Slack-compatible
 //! JSON) and/or a command.
 //!
-//! It never blocks the engine: it reads and writes through a connection of
-//! its own, and every delivery runs in a task of its own with its own
-//! timeout and retries. Each alert has a key (one per event per run, or per
+//! It never blocks the engine: it reads through a connection of its own,
+//! every delivery runs in a task of its own with its own timeout and
+//! retries, and each target has its own few slots, so a dead receiver only
+//! delays alerts to itself. The one write per delivery (its `alert_sent` or
+//! `alert_failed` event) goes through the engine's connection: a second
+//! writing connection could make one of the engine's read-then-write
+//! transactions fail with a stale snapshot. Each alert has a key (one per event per run, or per
 //! day or month); once it is recorded as `alert_sent` for a target it is
 //! never sent there again, across restarts. A delivery that exhausts its
 //! retries is recorded as `alert_failed` and not tried again by this
@@ -29,8 +33,8 @@ use detect::{Context, Detector};
 use crate::engine::Engine;
 use crate::store::SharedStore;
 
-/// How many deliveries may be in flight at once.
-const MAX_DELIVERIES: usize = 8;
+/// How many tries may be in flight at once to one target.
+const SLOTS_PER_TARGET: usize = 4;
 
 /// How far back recorded alerts are loaded for deduplication (keys carry
 /// their day or month, so older ones cannot recur).
@@ -43,15 +47,17 @@ type Slot = (String, String);
 struct Notifier {
     settings: NotifySettings,
     engine: Arc<Engine>,
+    /// A read connection of its own.
     store: SharedStore,
     client: reqwest::Client,
     /// Sent (recorded), given up, or being delivered: not to start again.
     taken: Mutex<HashSet<Slot>>,
-    permits: Arc<tokio::sync::Semaphore>,
+    /// Per target (same order as `settings.targets`).
+    slots: Vec<Arc<tokio::sync::Semaphore>>,
 }
 
 /// Runs until aborted: scans every `check_every`, delivers what is new.
-/// `store` must be a connection of its own.
+/// `store` must be a connection of its own (it is only read).
 pub async fn run(settings: NotifySettings, engine: Arc<Engine>, store: SharedStore) {
     let notifier = match start(settings, engine, store).await {
         Ok(notifier) => Arc::new(notifier),
@@ -62,8 +68,9 @@ pub async fn run(settings: NotifySettings, engine: Arc<Engine>, store: SharedSto
     };
     let now = notifier.engine.clock().now();
     // Sums over a day or a month run at most every six scans (and at least once a minute).
-    let totals_every =
-        Duration::from_std(notifier.settings.check_every * 6).unwrap_or(Duration::MAX).min(Duration::minutes(1));
+    let totals_every = Duration::from_std(notifier.settings.check_every.saturating_mul(6))
+        .unwrap_or(Duration::MAX)
+        .min(Duration::minutes(1));
     let mut detector = match notifier.store.call(move |s| Detector::start(s, now, totals_every)).await {
         Ok(detector) => detector,
         Err(error) => return tracing::error!(%error, "alerts are off: cannot read the event log"),
@@ -79,14 +86,8 @@ async fn start(settings: NotifySettings, engine: Arc<Engine>, store: SharedStore
     let sent = store.call(move |s| s.sent_alerts_since(since)).await.map_err(|e| e.to_string())?;
     let client = reqwest::Client::builder().build().map_err(|e| e.to_string())?;
     tracing::info!(targets = settings.targets.len(), "alerts on");
-    Ok(Notifier {
-        settings,
-        engine,
-        store,
-        client,
-        taken: Mutex::new(sent),
-        permits: Arc::new(tokio::sync::Semaphore::new(MAX_DELIVERIES)),
-    })
+    let slots = settings.targets.iter().map(|_| Arc::new(tokio::sync::Semaphore::new(SLOTS_PER_TARGET))).collect();
+    Ok(Notifier { settings, engine, store, client, taken: Mutex::new(sent), slots })
 }
 
 impl Notifier {
@@ -131,35 +132,31 @@ impl Notifier {
         }
     }
 
-    async fn deliver(&self, target: usize, alert: Arc<Alert>) {
-        let Ok(_permit) = Arc::clone(&self.permits).acquire_owned().await else { return };
-        let target = &self.settings.targets[target];
+    async fn deliver(&self, index: usize, alert: Arc<Alert>) {
+        let target = &self.settings.targets[index];
         let policy = send::Policy {
             retries: self.settings.retries,
             backoff: self.settings.retry_backoff,
             timeout: self.settings.timeout,
         };
-        let outcome = send::deliver(&self.client, target, &alert, policy).await;
-        let (kind, detail) = match &outcome {
-            Ok(tries) => (
-                "alert_sent",
-                json!({ "key": alert.key, "alert": alert.kind, "target": target.label(),
-                                                "tries": tries, "text": alert.text }),
-            ),
-            Err((tries, error)) => (
-                "alert_failed",
-                json!({ "key": alert.key, "alert": alert.kind, "target": target.label(),
-                                                            "tries": tries, "error": error, "text": alert.text }),
-            ),
-        };
-        match &outcome {
-            Ok(_) => tracing::info!(target = target.label(), alert = %alert.key, "alert sent"),
-            Err((_, error)) => {
-                tracing::error!(target = target.label(), alert = %alert.key, %error, "alert not delivered; giving up")
+        let outcome = send::deliver(&self.client, target, &self.slots[index], &alert, policy).await;
+        let mut detail = json!({ "key": alert.key, "alert": alert.kind, "target": target.label(), "text": alert.text });
+        let kind = match &outcome {
+            Ok(tries) => {
+                tracing::info!(target = target.label(), alert = %alert.key, "alert sent");
+                detail["tries"] = json!(tries);
+                "alert_sent"
             }
-        }
+            Err((tries, error)) => {
+                tracing::error!(target = target.label(), alert = %alert.key, %error, "alert not delivered; giving up");
+                detail["tries"] = json!(tries);
+                detail["error"] = json!(error);
+                "alert_failed"
+            }
+        };
         let (run_id, job, now) = (alert.run_id, alert.job.clone(), self.engine.clock().now());
-        let recorded = self.store.call(move |s| s.record_event(run_id, job.as_deref(), kind, &detail, now)).await;
+        let recorded =
+            self.engine.store().call(move |s| s.record_event(run_id, job.as_deref(), kind, &detail, now)).await;
         if let Err(error) = recorded {
             tracing::error!(%error, alert = %alert.key, "cannot record the alert's outcome");
         }

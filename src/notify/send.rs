@@ -22,15 +22,25 @@ pub struct Policy {
 /// The outcome of a delivery: how many tries it took, or the last error.
 pub type Delivery = Result<u32, (u32, String)>;
 
-/// Delivers `alert` to `target`, retrying failures.
-pub async fn deliver(client: &reqwest::Client, target: &Target, alert: &Alert, policy: Policy) -> Delivery {
+/// Delivers `alert` to `target`, retrying failures. Each try holds one of
+/// the target's `slots`; the waits between tries hold none.
+pub async fn deliver(
+    client: &reqwest::Client,
+    target: &Target,
+    slots: &tokio::sync::Semaphore,
+    alert: &Alert,
+    policy: Policy,
+) -> Delivery {
     let mut wait = policy.backoff;
     let mut tries = 0;
     loop {
         tries += 1;
-        let outcome = match target {
-            Target::Webhook { url, format, .. } => post(client, url, &alert.body(*format), policy.timeout).await,
-            Target::Command { argv, .. } => run(argv, alert, policy.timeout).await,
+        let outcome = {
+            let Ok(_slot) = slots.acquire().await else { return Err((tries, "shutting down".into())) };
+            match target {
+                Target::Webhook { url, format, .. } => post(client, url, &alert.body(*format), policy.timeout).await,
+                Target::Command { argv, .. } => run(argv, alert, policy.timeout).await,
+            }
         };
         match outcome {
             Ok(()) => return Ok(tries),
@@ -38,7 +48,7 @@ pub async fn deliver(client: &reqwest::Client, target: &Target, alert: &Alert, p
             Err(error) => {
                 tracing::warn!(target = target.label(), alert = %alert.key, tries, %error, "alert not delivered; retrying");
                 tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(60));
+                wait = wait.saturating_mul(2).min(Duration::from_secs(60));
             }
         }
     }
@@ -57,14 +67,19 @@ async fn post(
         .json(body)
         .send()
         .await
-        .map_err(|e| if e.is_timeout() { "timed out".to_owned() } else { "connection failed".to_owned() })?;
+        .map_err(|e| if e.is_timeout() { "timed out".to_owned() } else { e.without_url().to_string() })?;
     let status = response.status();
     if status.is_success() { Ok(()) } else { Err(format!("HTTP {}", status.as_u16())) }
 }
 
 async fn run(argv: &[String], alert: &Alert, timeout: Duration) -> Result<(), String> {
+    // The daemon's environment holds the API key and the webhook URLs: the
+    // command gets only what it needs to run, and the alert.
+    let kept = ["PATH", "HOME", "LANG", "LC_ALL", "TZ"].into_iter().filter_map(|k| Some((k, std::env::var_os(k)?)));
     let mut child = tokio::process::Command::new(&argv[0])
         .args(&argv[1..])
+        .env_clear()
+        .envs(kept)
         .env("ORCHESTRATOR_ALERT_KIND", alert.kind)
         .env("ORCHESTRATOR_ALERT_KEY", &alert.key)
         .env("ORCHESTRATOR_ALERT_TEXT", &alert.text)

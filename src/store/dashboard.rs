@@ -151,17 +151,19 @@ impl Store {
 
     /// The run's failures grouped by kind: final results that are not
     /// successes, and failed provider calls (which may have been retried).
+    /// With `MAX(id)` in the select, SQLite takes the bare `error_message`
+    /// from that row: each group shows its latest message.
     pub fn run_errors(&self, run_id: i64) -> Result<Vec<ErrorGroup>, StoreError> {
         let mut groups = self.error_groups(
             "result",
-            "SELECT r.status, COALESCE(r.error_type, r.status), COALESCE(MAX(r.error_message), ''), COUNT(*)
+            "SELECT r.status, COALESCE(r.error_type, r.status), COALESCE(r.error_message, ''), COUNT(*), MAX(r.id)
              FROM results r JOIN requests q ON q.custom_id = r.custom_id
              WHERE q.run_id = ?1 AND r.status != 'succeeded' GROUP BY 1, 2 ORDER BY 4 DESC, 2",
             run_id,
         )?;
         groups.extend(self.error_groups(
             "call",
-            "SELECT a.operation, a.error_type, COALESCE(MAX(a.error_message), ''), COUNT(*)
+            "SELECT a.operation, a.error_type, COALESCE(a.error_message, ''), COUNT(*), MAX(a.id)
              FROM attempts a WHERE a.run_id = ?1 AND a.error_type IS NOT NULL GROUP BY 1, 2 ORDER BY 4 DESC, 2",
             run_id,
         )?);
@@ -210,9 +212,13 @@ impl Store {
         self.count("SELECT COUNT(*) FROM runs WHERE state = 'completed' AND finished_at >= ?1", since)
     }
 
-    /// Errored and expired results received at or after `since`.
-    pub fn errored_results_since(&self, since: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.count("SELECT COUNT(*) FROM results WHERE status IN ('errored', 'expired') AND received_at >= ?1", since)
+    /// Requests with an errored or expired result received at or after
+    /// `since` (a request that errored on both lanes counts once).
+    pub fn errored_requests_since(&self, since: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.count(
+            "SELECT COUNT(DISTINCT custom_id) FROM results WHERE status IN ('errored', 'expired') AND received_at >= ?1",
+            since,
+        )
     }
 
     fn count(&self, sql: &str, since: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -261,15 +267,16 @@ impl Store {
         })
     }
 
-    /// Failed calls by lane and type, plus errored results, which the
-    /// provider reports per request inside a batch that itself succeeded.
+    /// Failed calls by lane and type, plus errored batch results, which the
+    /// provider reports per request inside a batch that itself succeeded (an
+    /// errored sync result is its failed call, already counted).
     fn provider_errors(&self) -> Result<Vec<Labelled<2>>, StoreError> {
         self.labelled(
             "SELECT lane, error_type, SUM(n) FROM (
                  SELECT lane, error_type, COUNT(*) AS n FROM attempts WHERE error_type IS NOT NULL GROUP BY 1, 2
                  UNION ALL
                  SELECT lane, COALESCE(error_type, status), COUNT(*) FROM results
-                 WHERE status IN ('errored', 'expired') GROUP BY 1, 2)
+                 WHERE lane = 'batch' AND status IN ('errored', 'expired') GROUP BY 1, 2)
              GROUP BY 1, 2",
         )
     }

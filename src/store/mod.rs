@@ -110,6 +110,14 @@ impl Store {
         &self.path
     }
 
+    /// Opens the database at `path` for reading only (the dashboard, the
+    /// alert detector): SQLite refuses any write through this connection.
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        let store = Store::open(path)?;
+        store.conn.execute_batch("PRAGMA query_only = 1;").map_err(|e| store.err(e))?;
+        Ok(store)
+    }
+
     fn configure(&self) -> Result<(), StoreError> {
         self.conn.busy_timeout(Duration::from_secs(10)).map_err(|e| self.err(e))?;
         self.conn

@@ -29,7 +29,9 @@ pub(super) fn routes() -> Router<Web> {
 /// An instant in a query: `YYYY-MM-DD` or RFC 3339.
 fn instant<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<DateTime<Utc>>, D::Error> {
     let text: Option<String> = Option::deserialize(deserializer)?;
-    text.filter(|t| !t.is_empty()).map(|t| crate::cli::parse_instant(&t).map_err(serde::de::Error::custom)).transpose()
+    text.filter(|t| !t.is_empty())
+        .map(|t| crate::clock::parse_instant(&t).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 async fn status(State(web): State<Web>) -> Response {
@@ -114,7 +116,7 @@ struct KpiQuery {
 async fn kpis(State(web): State<Web>, Query(query): Query<KpiQuery>) -> Response {
     let now = web.now();
     let until = query.until.unwrap_or(now);
-    let since = query.since.unwrap_or(until - Duration::days(30));
+    let since = query.since.unwrap_or(until.checked_sub_signed(Duration::days(30)).unwrap_or(DateTime::<Utc>::MIN_UTC));
     match web.read(move |s| model::kpis(s, since, until)).await {
         Ok(report) => Json(report).into_response(),
         Err(response) => response,

@@ -56,8 +56,8 @@ pub fn encode(figures: &MetricFigures, now: DateTime<Utc>) -> String {
     per_job(&mut registry, "fallbacks", "Runs whose sync fallback engaged", &figures.fallbacks);
     per_job(&mut registry, "deadline_misses", "Runs that missed their deadline", &figures.deadline_misses);
     provider_errors(&mut registry, figures);
-    money(&mut registry, "spend", "Charged, by job and lane", &figures.spend_usd);
-    money(&mut registry, "savings", "Saved against the synchronous price, by job and lane", &figures.savings_usd);
+    spend(&mut registry, &figures.spend_usd);
+    savings(&mut registry, &figures.savings_usd);
     gauges(&mut registry, figures, now);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).expect("writing to a String cannot fail");
@@ -103,13 +103,25 @@ fn provider_errors(registry: &mut Registry, figures: &MetricFigures) {
     registry.register("provider_errors", "Failed provider calls and errored results, by lane and type", family);
 }
 
-fn money(registry: &mut Registry, name: &str, help: &str, rows: &[crate::store::Labelled<2>]) {
+fn spend(registry: &mut Registry, rows: &[crate::store::Labelled<2>]) {
     let family = Family::<MoneyLabels, FloatCounter>::default();
     for row in rows {
         let [job, lane] = row.labels.clone();
         family.get_or_create(&MoneyLabels { job, lane }).inc_by(row.value.max(0.0));
     }
-    registry.register_with_unit(name, help, Unit::Other("usd".into()), family);
+    registry.register_with_unit("spend", "Charged, by job and lane", Unit::Other("usd".into()), family);
+}
+
+/// A gauge, not a counter: a duplicate result (charged, saving nothing)
+/// lowers the savings, and a counter that drops reads as a reset.
+fn savings(registry: &mut Registry, rows: &[crate::store::Labelled<2>]) {
+    let family = Family::<MoneyLabels, FloatGauge>::default();
+    for row in rows {
+        let [job, lane] = row.labels.clone();
+        family.get_or_create(&MoneyLabels { job, lane }).set(row.value);
+    }
+    let help = "Saved against the synchronous price, by job and lane (lowered by duplicates)";
+    registry.register_with_unit("savings", help, Unit::Other("usd".into()), family);
 }
 
 fn gauges(registry: &mut Registry, figures: &MetricFigures, now: DateTime<Utc>) {

@@ -95,9 +95,10 @@ async fn require_token(State(web): State<Web>, headers: HeaderMap, request: Requ
     next.run(request).await
 }
 
-/// A store failure as a 500 that says what failed.
+/// A failure as a 500; the details go to the log, not to the client.
 fn internal(error: impl std::fmt::Display) -> Response {
-    (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response()
+    tracing::error!(%error, "web request failed");
+    (StatusCode::INTERNAL_SERVER_ERROR, "internal error: the daemon's log says what failed\n").into_response()
 }
 
 fn not_found(what: String) -> Response {
@@ -126,15 +127,20 @@ impl Web {
     }
 }
 
-/// `?tz=utc|job` on every page.
+/// `?tz=utc|job&refresh=off` on every page.
 #[derive(Debug, Default, Deserialize)]
 struct PageQuery {
     #[serde(default)]
     tz: TimeMode,
+    refresh: Option<String>,
 }
 
-fn refresh_while(open: bool) -> Option<u32> {
-    open.then_some(REFRESH_SECS)
+impl PageQuery {
+    /// How to show a page taken at `now`; it reloads while `open` unless the viewer paused that.
+    fn view(&self, now: chrono::DateTime<chrono::Utc>, open: bool) -> View {
+        let paused = self.refresh.as_deref() == Some("off");
+        View { now, tz: self.tz, refresh_secs: open.then_some(REFRESH_SECS), paused }
+    }
 }
 
 async fn overview(State(web): State<Web>, Query(query): Query<PageQuery>) -> Response {
@@ -145,18 +151,14 @@ async fn overview(State(web): State<Web>, Query(query): Query<PageQuery>) -> Res
         Err(response) => return response,
     };
     let chart = chart::spend_chart(&page.spend_by_job);
-    let view = View { now, tz: query.tz, refresh_secs: refresh_while(page.strip.open_runs > 0) };
-    web.page("batches", &page, Some(chart), view)
+    web.page("batches", &page, Some(chart), query.view(now, page.strip.open_runs > 0))
 }
 
 async fn run_page(State(web): State<Web>, Path(id): Path<i64>, Query(query): Query<PageQuery>) -> Response {
     let now = web.now();
     let zones = model::zones(&web.engine.jobs());
     match web.read(move |s| model::run_detail(s, id, &zones, now)).await {
-        Ok(Some(detail)) => {
-            let view = View { now, tz: query.tz, refresh_secs: refresh_while(detail.run.state == "open") };
-            web.page("run", &detail, None, view)
-        }
+        Ok(Some(detail)) => web.page("run", &detail, None, query.view(now, detail.run.state == "open")),
         Ok(None) => not_found(format!("no run with id {id}")),
         Err(response) => response,
     }
@@ -166,9 +168,7 @@ async fn jobs_page(State(web): State<Web>, Query(query): Query<PageQuery>) -> Re
     let now = web.now();
     let jobs = web.engine.jobs();
     match web.read(move |s| Ok((model::jobs(s, &jobs, now)?, s.open_runs()?.len()))).await {
-        Ok((items, open)) => {
-            web.page("jobs", &items, None, View { now, tz: query.tz, refresh_secs: refresh_while(open > 0) })
-        }
+        Ok((items, open)) => web.page("jobs", &items, None, query.view(now, open > 0)),
         Err(response) => response,
     }
 }

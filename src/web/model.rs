@@ -260,11 +260,6 @@ pub struct JobItem {
     pub max_tokens: i64,
 }
 
-/// Midnight UTC of `now`'s day.
-pub fn day_start(now: DateTime<Utc>) -> DateTime<Utc> {
-    now.date_naive().and_hms_opt(0, 0, 0).map_or(now, |t| t.and_utc())
-}
-
 /// The zone each job's times are shown in.
 pub type Zones = HashMap<String, String>;
 
@@ -376,8 +371,8 @@ pub fn overview(store: &Store, zones: &Zones, now: DateTime<Utc>) -> Result<Over
     let filter = RunFilter { limit: DEFAULT_RUN_LIMIT, ..RunFilter::default() };
     let strip = Strip {
         open_runs: store.open_runs()?.len() as u64,
-        completed_today: store.runs_completed_since(day_start(now))?,
-        errored_today: store.errored_results_since(day_start(now))?,
+        completed_today: store.runs_completed_since(crate::clock::day_start(now))?,
+        errored_today: store.errored_requests_since(crate::clock::day_start(now))?,
         spent_month_usd: usd(month_total.cost_micros),
         saved_month_usd: usd(month_total.sync_cost_micros - month_total.cost_micros),
         kpis: kpis(store, now - Duration::days(KPI_DAYS), now)?.kpis,

@@ -76,12 +76,14 @@ impl Pages {
     ) -> Result<String, minijinja::Error> {
         let template = self.env.get_template(&format!("{name}.html"))?;
         template.render(minijinja::context! {
+            page_name => name,
             page => Value::from(minijinja::value::Serde(page)),
             chart => chart.map(Value::from_safe_string),
             now => view.now.to_rfc3339(),
             tz => view.tz.as_str(),
-            q => if view.tz == TimeMode::Job { "?tz=job" } else { "" },
-            refresh => view.refresh_secs,
+            q => view.query(),
+            paused => view.paused,
+            refresh => view.refresh_secs.filter(|_| !view.paused),
         })
     }
 }
@@ -95,6 +97,22 @@ pub struct View {
     pub tz: TimeMode,
     /// Reload the page after this many seconds (while runs are open).
     pub refresh_secs: Option<u32>,
+    /// The viewer turned reloading off (`?refresh=off`).
+    pub paused: bool,
+}
+
+impl View {
+    /// The query string that keeps the viewer's choices on every link.
+    fn query(&self) -> String {
+        let mut parts = Vec::new();
+        if self.tz == TimeMode::Job {
+            parts.push("tz=job");
+        }
+        if self.paused {
+            parts.push("refresh=off");
+        }
+        if parts.is_empty() { String::new() } else { format!("?{}", parts.join("&")) }
+    }
 }
 
 /// `when(instant, zone)`: a `<time>` element showing the instant in `zone`
@@ -149,6 +167,34 @@ mod tests {
         );
         assert!(when(at, None).to_string().contains("13:05 UTC"));
         assert_eq!(when(Value::from(()), None).to_string(), "—");
+    }
+
+    #[test]
+    fn text_from_jobs_and_providers_is_escaped() {
+        let hostile = "<script>alert(1)</script>";
+        let page = serde_json::json!({
+            "run": { "id": 1, "run_key": hostile, "job": hostile, "tags": [hostile], "state": "failed",
+                     "reason": hostile, "timezone": "UTC", "scheduled_for": "2026-11-22T00:00:00Z",
+                     "deadline_at": "2026-11-22T01:00:00Z", "cost_usd": 0.0, "sync_equivalent_usd": 0.0,
+                     "savings_usd": 0.0, "requests_done": 0, "requests_total": 1 },
+            "requests": { "permanent_failed": 1 },
+            "batches": [],
+            "decisions": [{ "at": "2026-11-22T00:00:00Z", "kind": "run_failed", "detail": { "reason": hostile } }],
+            "errors": [{ "source": "result", "what": hostile, "error_type": hostile, "message": hostile, "count": 1 }],
+        });
+        let view = View { now: Utc::now(), tz: TimeMode::Utc, refresh_secs: None, paused: false };
+        let html = Pages::new().render("run", &page, None, view).unwrap();
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("&lt;script&gt;alert(1)"), "{html}");
+    }
+
+    #[test]
+    fn links_keep_the_viewers_choices() {
+        let view = View { now: Utc::now(), tz: TimeMode::Job, refresh_secs: Some(10), paused: true };
+        let html = Pages::new().render("jobs", &serde_json::json!([]), None, view).unwrap();
+        assert!(html.contains(r#"href="/batches?tz=job&amp;refresh=off""#), "{html}");
+        assert!(!html.contains("http-equiv=\"refresh\""), "paused pages do not reload");
+        assert!(html.contains(r#"<a href="/jobs?tz=job&amp;refresh=off" aria-current="page">"#), "{html}");
     }
 
     #[test]
