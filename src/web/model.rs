@@ -278,8 +278,7 @@ fn turnaround_medians(store: &Store, runs: &[RunSummary], now: DateTime<Utc>) ->
         let scope =
             Scope { since: Some(now - Duration::days(KPI_DAYS)), job: Some(run.run.job.clone()), ..Scope::default() };
         let figures = store.kpi_figures(&scope)?;
-        let sorted = &figures.turnarounds_secs;
-        medians.insert(run.run.job.clone(), sorted.get(sorted.len().saturating_sub(1) / 2).copied());
+        medians.insert(run.run.job.clone(), report::percentile(&figures.turnarounds_secs, 0.5));
     }
     Ok(medians)
 }
@@ -476,4 +475,61 @@ pub fn jobs(store: &Store, jobs: &BTreeMap<String, Job>, now: DateTime<Utc>) -> 
         });
     }
     Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{RunRow, RunState};
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn open_run(fallback_at: Option<DateTime<Utc>>) -> RunSummary {
+        let run = RunRow {
+            id: 1,
+            job: "nightly".into(),
+            scheduled_for: at(0),
+            run_key: "nightly-x".into(),
+            tier: "batch".into(),
+            deadline_at: at(10_000),
+            state: RunState::Open,
+            reason: None,
+            lane: "batch".into(),
+            created_at: at(0),
+            fallback_at,
+            fallback_started_at: None,
+            fallback_reason: None,
+            finished_at: None,
+            tags: vec![],
+            sync_blocked: None,
+        };
+        RunSummary {
+            run,
+            requests_total: 10,
+            requests_done: 0,
+            requests_failed: 0,
+            submitted_at: Some(at(60)),
+            cost_micros: 0,
+            sync_cost_micros: 0,
+        }
+    }
+
+    #[test]
+    fn the_eta_is_the_median_turnaround_unless_the_fallback_or_deadline_comes_first() {
+        assert_eq!(eta(&open_run(Some(at(9_000))), Some(600.0)), (Some(at(660)), Some("turnaround_p50")));
+        assert_eq!(eta(&open_run(Some(at(300))), Some(600.0)), (Some(at(300)), Some("fallback")));
+        assert_eq!(eta(&open_run(None), None), (Some(at(10_000)), Some("deadline")));
+        let mut blocked = open_run(Some(at(300)));
+        blocked.run.sync_blocked = Some("budget".into());
+        assert_eq!(
+            eta(&blocked, Some(600.0)),
+            (Some(at(660)), Some("turnaround_p50")),
+            "a blocked fallback never fires"
+        );
+        let mut closed = open_run(None);
+        closed.run.state = RunState::Completed;
+        assert_eq!(eta(&closed, Some(600.0)), (None, None));
+    }
 }
