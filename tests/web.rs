@@ -129,6 +129,12 @@ async fn the_dashboard_and_api_show_what_the_store_holds() {
     kpis_match(&served, &db).await;
     pages_show_the_same(&served, &db).await;
     metrics_parse_and_match(&served, &db).await;
+    let status = served.json("/api/v1/status").await;
+    assert_eq!(
+        status["runs"].as_array().unwrap().len() as i64,
+        served.count("SELECT COUNT(*) FROM runs WHERE state = 'open'")
+    );
+    assert_eq!(status["schedules"].as_array().unwrap().len(), 7);
     assert_eq!(served.get("/healthz").await, (200, "ok\n".to_owned()));
     assert_eq!(served.get("/runs/999999").await.0, 404);
 }
