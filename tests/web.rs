@@ -9,11 +9,6 @@ use serde_json::Value;
 
 use crate::cost::example_project;
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A running `serve --simulate --run-now` on the example jobs.
 pub struct Served {
     pub dir: tempfile::TempDir,
@@ -34,21 +29,41 @@ impl Served {
         // Thinned: the realtime jobs fire every 4 hours, not every few minutes mid-test.
         let dir = example_project(true);
         std::fs::write(dir.path().join("orchestrator.yaml"), "batch: { poll_initial: 1s }\n").unwrap();
-        let port = free_port();
+        let log = dir.path().join("serve.log");
         let child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-            .args(["serve", "--simulate", "--run-now", "--config", "orchestrator.yaml"])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["serve", "--simulate", "--run-now", "--config", "orchestrator.yaml", "--listen", "127.0.0.1:0"])
             .current_dir(dir.path())
             .env_remove("NOTIFY_SOCKET")
             .env_remove("ORCHESTRATOR_API_TOKEN")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let mut served = Served { dir, base: format!("http://127.0.0.1:{port}"), child };
+        let mut served = Served { dir, base: String::new(), child };
+        served.base = format!("http://{}", served.bound_address(&log).await);
         served.wait_settled().await;
         served
+    }
+
+    /// The address the daemon logged as bound (`serving listen=ADDR`).
+    async fn bound_address(&mut self, log: &std::path::Path) -> String {
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let found = text.lines().filter(|l| l.contains("serving")).find_map(|line| {
+                let rest = &line[line.find("listen=")? + "listen=".len()..];
+                Some(rest.split_whitespace().next()?.to_owned())
+            });
+            if let Some(address) = found {
+                return address;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("serve exited with {status} before serving:\n{text}");
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "serve never logged its address:\n{text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn db(&self) -> Connection {

@@ -90,6 +90,8 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
+        // The bound address, not the asked one: `--listen 127.0.0.1:0` picks a free port.
+        let listen = listener.local_addr().unwrap_or(args.listen);
         let observer = crate::store::SharedStore::new(crate::store::Store::open_read_only(&args.state)?);
         let web = tokio::spawn(crate::web::serve(listener, Arc::clone(&backend.engine), observer, token));
         let alerts = match notify {
@@ -99,7 +101,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
             }
             None => None,
         };
-        tracing::info!(listen = %args.listen, jobs = backend.engine.jobs().len(), simulate = args.simulate, "serving");
+        tracing::info!(%listen, jobs = backend.engine.jobs().len(), simulate = args.simulate, "serving");
         daemon.start(args.run_now).await?;
         serve_until_signal(&daemon, args, &catalog).await?;
         web.abort();
