@@ -65,10 +65,10 @@ impl Store {
         let mut statement = self
             .conn
             .prepare_cached(
-                "SELECT q.custom_id, r.id, q.item, r.message, r.stop_reason, r.input_tokens, r.output_tokens,
+                "SELECT q.custom_id, r.id, b.item, r.message, r.stop_reason, r.input_tokens, r.output_tokens,
                         r.cache_write_5m, r.cache_write_1h, r.cache_read, r.lane, r.received_at,
                         r.cost_micros, r.sync_cost_micros
-                 FROM requests q JOIN results r ON r.id = q.result_id
+                 FROM requests q JOIN results r ON r.id = q.result_id JOIN request_bodies b ON b.custom_id = q.custom_id
                  WHERE q.run_id = ?1 AND q.state = 'succeeded'
                    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.custom_id = q.custom_id)
                  ORDER BY q.seq",
