@@ -10,7 +10,6 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -264,13 +263,10 @@ async fn stream_bytes(client: &AnthropicClient, url: &str, expected: u64) -> any
 async fn measure(setup: &Setup, base_url: &str, dir: &Path, repeat: u32) -> anyhow::Result<Measured> {
     let copy = dir.join(format!("repeat-{repeat}.db"));
     copy_database(&setup.db, &copy)?;
-    let exe = std::env::current_exe().context("cannot find the orchestrator executable")?;
-    let output = tokio::process::Command::new(exe)
+    let output = super::worker_command()?
         .args(["bench", "ingest-worker", "--batch", &setup.batch_id.to_string(), "--base-url", base_url])
         .arg("--state")
         .arg(&copy)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
         .output()
         .await
         .context("cannot start the ingest worker")?;

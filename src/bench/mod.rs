@@ -73,6 +73,29 @@ impl Scratch {
     }
 }
 
+/// A profiler command line to start measured worker processes under,
+/// e.g. `valgrind --tool=callgrind` or `strace -c -f -o /tmp/worker.strace`.
+pub const WRAP_ENV: &str = "ORCHESTRATOR_BENCH_WRAP";
+
+/// A command running this executable as a measured worker, under the
+/// profiler of [`WRAP_ENV`] if one is set.
+pub fn worker_command() -> anyhow::Result<tokio::process::Command> {
+    use anyhow::Context as _;
+    let exe = std::env::current_exe().context("cannot find the orchestrator executable")?;
+    let wrap = std::env::var(WRAP_ENV).unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut command = tokio::process::Command::new(program);
+            command.args(words).arg(exe);
+            command
+        }
+        None => tokio::process::Command::new(exe),
+    };
+    command.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    Ok(command)
+}
+
 /// Set to keep every scratch directory and database, for profiling them afterwards.
 pub const KEEP_ENV: &str = "ORCHESTRATOR_BENCH_KEEP";
 

@@ -7,7 +7,6 @@
 //! peak RSS is the footprint of rendering and sending and nothing else.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -79,15 +78,12 @@ pub async fn run(requests: u64, repeats: u32) -> anyhow::Result<Sampled> {
 
 async fn measure(dir: &Path, base_url: &str, requests: u64, repeat: u32) -> anyhow::Result<Measured> {
     let db = dir.join(format!("repeat-{repeat}.db"));
-    let exe = std::env::current_exe().context("cannot find the orchestrator executable")?;
-    let output = tokio::process::Command::new(exe)
+    let output = super::worker_command()?
         .args(["bench", "submit-worker", "--base-url", base_url, "--requests", &requests.to_string()])
         .arg("--project")
         .arg(dir)
         .arg("--state")
         .arg(&db)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
         .output()
         .await
         .context("cannot start the submit worker")?;
