@@ -299,6 +299,7 @@ impl BatchLane {
         })
         .await?;
         let (now, batch_id) = (self.clock.now(), batch.id);
+        tracing::debug!(batch = batch.id, stored = counts.stored, "batch results stored; settling their requests");
         counts.duplicates += self.store.call(move |s| s.settle_batch_results(batch_id, now)).await?;
         self.store.call(move |s| s.mark_results_ingested(batch_id, now)).await?;
         tracing::info!(batch = batch.id, stored = counts.stored, unknown = counts.unknown, "batch results ingested");
