@@ -6,7 +6,8 @@
 //! order, then moves the cursor. Runs are keyed by `(job, scheduled_for)`,
 //! so a crash between firing and moving the cursor cannot fire twice.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, Utc};
@@ -42,10 +43,29 @@ enum Fired {
 }
 
 /// A job's parsed cron expression and time zone (`None` if either is invalid).
-pub(crate) fn timing(job: &Job) -> Option<(croner::Cron, Tz)> {
-    let cron = cron_parser().parse(&job.manifest.schedule.cron).ok()?;
-    let tz = job.manifest.schedule.timezone.parse().ok()?;
-    Some((cron, tz))
+pub(crate) fn timing(job: &Job) -> Timing {
+    parsed_schedule(&job.manifest.schedule.cron, &job.manifest.schedule.timezone)
+}
+
+/// Schedules parsed so far, by cron and time zone text. Every tick needs
+/// every job's schedule, and parsing a cron expression costs about 17 µs:
+/// 10,000 jobs took 180 ms per tick. Entries are few (one per distinct
+/// schedule ever loaded) and never stale (the text is the key).
+static PARSED: OnceLock<Mutex<HashMap<(String, String), Timing>>> = OnceLock::new();
+
+/// A parsed cron expression and time zone, `None` if either is invalid.
+type Timing = Option<(croner::Cron, Tz)>;
+
+/// `cron` in `timezone`, parsed once per process (`None` if either is invalid).
+pub fn parsed_schedule(cron: &str, timezone: &str) -> Timing {
+    let cache = PARSED.get_or_init(Mutex::default);
+    let key = (cron.to_owned(), timezone.to_owned());
+    if let Some(hit) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return hit.clone();
+    }
+    let parsed = cron_parser().parse(cron).ok().zip(timezone.parse::<Tz>().ok());
+    cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key, parsed.clone());
+    parsed
 }
 
 impl Scheduler {

@@ -153,7 +153,7 @@ async fn batch_model_is_sent_to_the_batch_lane_and_the_fallback_uses_model() {
     let h = crate::harness::harness_at(head, 20, sim, t0()).await;
     let (_, outcome) = h.run().await;
     assert!(outcome.is_complete(), "{outcome:?}");
-    let batch_models = h.ids("SELECT DISTINCT json_extract(params, '$.model') FROM requests");
+    let batch_models = h.ids("SELECT DISTINCT json_extract(params, '$.model') FROM request_bodies");
     assert_eq!(batch_models, ["claude-sonnet-4-6"], "requests were rendered for the batch lane");
     // The simulator answers with the model it was asked for: the sync fallback asked for `model`.
     let answered = h.ids("SELECT DISTINCT model FROM results WHERE lane = 'sync'");

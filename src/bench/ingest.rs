@@ -10,7 +10,6 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::simulator::SimProcess;
-use super::{Report, Scratch, build_profile, median, rss};
+use super::{Figure, Report, Scratch, Target, build_profile, median, rss};
 use crate::clock::SystemClock;
 use crate::lanes::batch::BatchLane;
 use crate::providers::anthropic::{AnthropicClient, ApiKey};
@@ -32,7 +31,7 @@ const MODEL: &str = "claude-haiku-4-5";
 /// High enough that the simulator cuts no answer: every line keeps its full length.
 const MAX_TOKENS: u32 = 1024;
 /// Batches end after about half a second.
-const SIM_FLAGS: [&str; 4] = ["--batch-median-secs", "0.5", "--batch-p95-secs", "1"];
+const SIM_FLAGS: [&str; 6] = ["--batch-median-secs", "0.5", "--batch-p95-secs", "1", "--reply-bytes", "850"];
 /// Requests stored per transaction while setting up.
 const INSERT_CHUNK: u64 = 10_000;
 /// Wait between polls of the batch.
@@ -42,6 +41,7 @@ const END_TIMEOUT: Duration = Duration::from_secs(600);
 /// Issue 7's targets, printed next to the figures.
 const TARGET_RESULTS_PER_SEC: f64 = 100_000.0;
 const TARGET_PEAK_RSS_KB: u64 = 64 * 1024;
+const TARGET_STORAGE_RATIO: f64 = 1.3;
 
 /// What to run.
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +61,9 @@ pub struct Measured {
     pub elapsed_ms: f64,
     /// The worker's peak RSS in KiB (`None` where the OS does not say).
     pub peak_rss_kb: Option<u64>,
+    /// Size of the database after the ingest, once closed (file and log).
+    #[serde(default)]
+    pub db_bytes: u64,
 }
 
 /// The figures of one repeat.
@@ -74,12 +77,21 @@ pub struct RepeatFigures {
     pub results_per_sec: f64,
     /// The worker's peak RSS in KiB.
     pub peak_rss_kb: Option<u64>,
+    /// Database bytes per stored request with its result.
+    pub db_bytes_per_result: f64,
 }
 
 impl From<Measured> for RepeatFigures {
     fn from(m: Measured) -> RepeatFigures {
         let results_per_sec = m.results as f64 / (m.elapsed_ms / 1000.0).max(1e-9);
-        RepeatFigures { results: m.results, elapsed_ms: m.elapsed_ms, results_per_sec, peak_rss_kb: m.peak_rss_kb }
+        let db_bytes_per_result = m.db_bytes as f64 / m.results.max(1) as f64;
+        RepeatFigures {
+            results: m.results,
+            elapsed_ms: m.elapsed_ms,
+            results_per_sec,
+            peak_rss_kb: m.peak_rss_kb,
+            db_bytes_per_result,
+        }
     }
 }
 
@@ -102,6 +114,8 @@ pub struct IngestReport {
     pub peak_rss_kb_median: Option<u64>,
     /// Largest over the repeats, in KiB.
     pub peak_rss_kb_max: Option<u64>,
+    /// Median database bytes per stored request with its result, over the bytes of its result line.
+    pub storage_ratio_median: f64,
     /// Each repeat, in order.
     pub per_repeat: Vec<RepeatFigures>,
 }
@@ -111,6 +125,7 @@ impl IngestReport {
         let rates: Vec<f64> = per_repeat.iter().map(|r| r.results_per_sec).collect();
         let peaks: Option<Vec<u64>> = per_repeat.iter().map(|r| r.peak_rss_kb).collect();
         let peaks_f64: Option<Vec<f64>> = peaks.as_ref().map(|p| p.iter().map(|&kb| kb as f64).collect());
+        let ratios: Vec<f64> = per_repeat.iter().map(|r| r.db_bytes_per_result / bytes_per_result.max(1.0)).collect();
         IngestReport {
             scenario: "ingest",
             build: build_profile(),
@@ -120,6 +135,7 @@ impl IngestReport {
             results_per_sec_median: median(&rates).unwrap_or(0.0),
             peak_rss_kb_median: peaks_f64.and_then(|p| median(&p)).map(|kb| kb.round() as u64),
             peak_rss_kb_max: peaks.and_then(|p| p.into_iter().max()),
+            storage_ratio_median: median(&ratios).unwrap_or(0.0),
             per_repeat,
         }
     }
@@ -174,7 +190,7 @@ async fn prepare(base_url: &str, dir: &Path, results: u64) -> anyhow::Result<Set
 }
 
 /// The run and its `results` requests, in chunks so setup stays small too.
-fn seed(store: &mut Store, results: u64) -> Result<i64, StoreError> {
+pub(super) fn seed(store: &mut Store, results: u64) -> Result<i64, StoreError> {
     let scheduled_for: DateTime<Utc> = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("a valid instant");
     let run = NewRun {
         job: "bench",
@@ -195,7 +211,7 @@ fn seed(store: &mut Store, results: u64) -> Result<i64, StoreError> {
 }
 
 /// `bench-2026-01-01-<seq>`, the form the engine gives a daily job's requests.
-fn custom_id(seq: u64) -> String {
+pub(super) fn custom_id(seq: u64) -> String {
     format!("bench-2026-01-01-{seq:06}")
 }
 
@@ -212,7 +228,7 @@ fn request(seq: u64) -> NewRequest {
     NewRequest { custom_id: custom_id(seq), seq: seq as usize, item: item.to_string(), params: params.to_string() }
 }
 
-fn client(base_url: &str) -> anyhow::Result<AnthropicClient> {
+pub(super) fn client(base_url: &str) -> anyhow::Result<AnthropicClient> {
     Ok(AnthropicClient::new(base_url, ApiKey::new("bench"))?)
 }
 
@@ -247,13 +263,10 @@ async fn stream_bytes(client: &AnthropicClient, url: &str, expected: u64) -> any
 async fn measure(setup: &Setup, base_url: &str, dir: &Path, repeat: u32) -> anyhow::Result<Measured> {
     let copy = dir.join(format!("repeat-{repeat}.db"));
     copy_database(&setup.db, &copy)?;
-    let exe = std::env::current_exe().context("cannot find the orchestrator executable")?;
-    let output = tokio::process::Command::new(exe)
+    let output = super::worker_command()?
         .args(["bench", "ingest-worker", "--batch", &setup.batch_id.to_string(), "--base-url", base_url])
         .arg("--state")
         .arg(&copy)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
         .output()
         .await
         .context("cannot start the ingest worker")?;
@@ -284,6 +297,9 @@ fn copy_database(from: &Path, to: &Path) -> anyhow::Result<()> {
 }
 
 fn remove_database(db: &Path) {
+    if super::keep_files() {
+        return;
+    }
     for file in database_files(db) {
         let _ = std::fs::remove_file(file);
     }
@@ -311,10 +327,38 @@ pub async fn worker(state: &Path, batch_id: i64, base_url: &str) -> anyhow::Resu
         counts.stored,
         batch.request_count
     );
-    Ok(Measured { results: counts.stored, elapsed_ms: elapsed.as_secs_f64() * 1000.0, peak_rss_kb: rss::peak_rss_kb() })
+    let peak_rss_kb = rss::peak_rss_kb();
+    // The last connection to close folds the log into the file.
+    drop((lane, store));
+    let db_bytes = database_files(state).iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+    Ok(Measured { results: counts.stored, elapsed_ms: elapsed.as_secs_f64() * 1000.0, peak_rss_kb, db_bytes })
 }
 
 impl Report for IngestReport {
+    fn figures(&self) -> Vec<Figure> {
+        let mib = |kb: Option<u64>| kb.map(|kb| kb as f64 / 1024.0);
+        vec![
+            Figure::new(
+                "ingest",
+                "results/s",
+                Some(self.results_per_sec_median),
+                Some(Target::at_least(TARGET_RESULTS_PER_SEC)),
+            ),
+            Figure::new(
+                "ingest",
+                "peak RSS, MiB",
+                mib(self.peak_rss_kb_median),
+                Some(Target::at_most((TARGET_PEAK_RSS_KB / 1024) as f64)),
+            ),
+            Figure::new(
+                "storage",
+                "db bytes per result / line bytes",
+                Some(self.storage_ratio_median),
+                Some(Target::at_most(TARGET_STORAGE_RATIO)),
+            ),
+        ]
+    }
+
     fn table(&self) -> String {
         let mib = |kb: Option<u64>| kb.map_or_else(|| "n/a".to_owned(), |kb| format!("{:.1}", kb as f64 / 1024.0));
         let mut out = String::new();
@@ -323,7 +367,12 @@ impl Report for IngestReport {
             "ingest: {} results of one ended batch into the state database, {} repeat(s), {} build",
             self.results, self.repeats, self.build
         );
-        let _ = writeln!(out, "results stream: {:.0} bytes per result\n", self.bytes_per_result);
+        let _ = writeln!(out, "results stream: {:.0} bytes per result", self.bytes_per_result);
+        let _ = writeln!(
+            out,
+            "database: {:.2} x the result line per stored request with its result (target <= {TARGET_STORAGE_RATIO})\n",
+            self.storage_ratio_median
+        );
         let _ = writeln!(out, "{:<18}{:>12}{:>12}{:>12}", "", "median", "max", "target");
         let _ = writeln!(
             out,
@@ -367,19 +416,21 @@ mod tests {
 
     #[test]
     fn report_takes_medians_and_the_largest_peak() {
-        let measured = |elapsed_ms, kb| Measured { results: 1000, elapsed_ms, peak_rss_kb: Some(kb) };
+        let measured =
+            |elapsed_ms, kb| Measured { results: 1000, elapsed_ms, peak_rss_kb: Some(kb), db_bytes: 1_800_000 };
         let repeats = [measured(10.0, 30_000), measured(20.0, 31_000), measured(5.0, 29_000)];
         let report =
             IngestReport::new(Options { results: 1000, repeats: 3 }, 1500.0, repeats.map(RepeatFigures::from).into());
         assert_eq!(report.results_per_sec_median, 100_000.0);
         assert_eq!(report.peak_rss_kb_median, Some(30_000));
         assert_eq!(report.peak_rss_kb_max, Some(31_000));
+        assert_eq!(report.storage_ratio_median, 1.2);
         assert!(report.table().contains("results/s"));
     }
 
     #[test]
     fn an_unknown_peak_is_reported_as_unknown() {
-        let repeats = [Measured { results: 1, elapsed_ms: 1.0, peak_rss_kb: None }];
+        let repeats = [Measured { results: 1, elapsed_ms: 1.0, peak_rss_kb: None, db_bytes: 0 }];
         let report =
             IngestReport::new(Options { results: 1, repeats: 1 }, 1.0, repeats.map(RepeatFigures::from).into());
         assert_eq!((report.peak_rss_kb_median, report.peak_rss_kb_max), (None, None));

@@ -6,16 +6,28 @@
 //! process of this same executable, so the child's peak memory is the
 //! footprint of the code path under measurement and nothing else.
 
+pub mod all;
+pub mod fallback;
+pub mod figures;
+pub mod idle;
 pub mod ingest;
+pub mod project;
 pub mod rss;
+pub mod schedule;
 pub mod simulator;
+pub mod submit;
+pub mod validate;
 
 use std::path::{Path, PathBuf};
+
+pub use figures::{Figure, Sampled, Target};
 
 /// What every scenario reports: JSON (through `Serialize`) or a table.
 pub trait Report: serde::Serialize {
     /// The figures as text for a terminal (medians first).
     fn table(&self) -> String;
+    /// The headline figures (medians over the repeats), with their targets.
+    fn figures(&self) -> Vec<Figure>;
 }
 
 /// `debug` or `release`: figures of the two differ by an order of magnitude.
@@ -61,8 +73,43 @@ impl Scratch {
     }
 }
 
+/// A profiler command line to start measured worker processes under,
+/// e.g. `valgrind --tool=callgrind` or `strace -c -f -o /tmp/worker.strace`.
+pub const WRAP_ENV: &str = "ORCHESTRATOR_BENCH_WRAP";
+
+/// A command running this executable as a measured worker, under the
+/// profiler of [`WRAP_ENV`] if one is set.
+pub fn worker_command() -> anyhow::Result<tokio::process::Command> {
+    use anyhow::Context as _;
+    let exe = std::env::current_exe().context("cannot find the orchestrator executable")?;
+    let wrap = std::env::var(WRAP_ENV).unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut command = tokio::process::Command::new(program);
+            command.args(words).arg(exe);
+            command
+        }
+        None => tokio::process::Command::new(exe),
+    };
+    command.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    Ok(command)
+}
+
+/// Set to keep every scratch directory and database, for profiling them afterwards.
+pub const KEEP_ENV: &str = "ORCHESTRATOR_BENCH_KEEP";
+
+/// Whether [`KEEP_ENV`] asks to keep what a benchmark wrote.
+pub fn keep_files() -> bool {
+    std::env::var_os(KEEP_ENV).is_some_and(|v| !v.is_empty())
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
+        if keep_files() {
+            eprintln!("bench: kept {}", self.path.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::bench::{Report, ingest};
+use crate::bench::{Report, Sampled, all, fallback, idle, ingest, schedule, submit, validate};
 
 /// Arguments of `bench`.
 #[derive(Debug, clap::Args)]
@@ -18,11 +18,107 @@ pub struct Args {
 /// Benchmark scenarios.
 #[derive(Debug, clap::Subcommand)]
 pub enum Scenario {
+    /// Every scenario below, one table of medians against the targets, and a JSON file.
+    All(AllArgs),
     /// Results of an ended batch streamed into the state database and committed: results/s and peak RSS.
     Ingest(IngestArgs),
+    /// A 100,000-request batch rendered from templates and sent by the batch lane: requests/s and peak RSS.
+    Submit(SizedArgs),
+    /// Unfinished requests pushed through the sync lane: its overhead beyond the rate limit.
+    Fallback(SizedArgs),
+    /// `orchestrator validate` over generated manifests with templates: wall time.
+    Validate(SizedArgs),
+    /// Next firing of many jobs across cron shapes and time zones: milliseconds.
+    Schedule(SizedArgs),
+    /// `serve --simulate` with the example jobs, idle: start to ready, CPU and RSS.
+    Idle(IdleArgs),
+    /// Database bytes per stored request with its result, against the result line's bytes.
+    Storage(SizedArgs),
     /// One measured ingest, in a process of its own (started by `bench ingest`).
     #[command(hide = true)]
     IngestWorker(WorkerArgs),
+    /// One measured submit, in a process of its own (started by `bench submit`).
+    #[command(hide = true)]
+    SubmitWorker(SubmitWorkerArgs),
+}
+
+/// Arguments of `bench all`.
+#[derive(Debug, clap::Args)]
+pub struct AllArgs {
+    /// Measured repeats of every scenario.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+    /// Idle seconds per repeat of `idle`.
+    #[arg(long, default_value_t = idle::IDLE_SECS)]
+    pub idle_secs: u64,
+    /// The example project `idle` serves.
+    #[command(flatten)]
+    pub project: ExampleProject,
+    /// What to print on standard output.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Where the JSON figures go.
+    #[arg(long, default_value = "bench/results/latest.json")]
+    pub out: PathBuf,
+}
+
+/// The jobs the daemon serves in `idle`.
+#[derive(Debug, clap::Args)]
+pub struct ExampleProject {
+    /// Directory of job manifests.
+    #[arg(long, default_value = "jobs")]
+    pub jobs: PathBuf,
+    /// Directory of templates.
+    #[arg(long, default_value = "prompts")]
+    pub prompts: PathBuf,
+}
+
+/// Arguments of a scenario with a size (each has its own default).
+#[derive(Debug, clap::Args)]
+pub struct SizedArgs {
+    /// Requests, manifests, jobs or results, as the scenario counts (default: issue 7's size).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Measured repeats.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+    /// Where the figures go.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Arguments of `bench idle`.
+#[derive(Debug, clap::Args)]
+pub struct IdleArgs {
+    /// Idle seconds per repeat.
+    #[arg(long, default_value_t = idle::IDLE_SECS)]
+    pub idle_secs: u64,
+    /// The jobs to serve.
+    #[command(flatten)]
+    pub project: ExampleProject,
+    /// Measured repeats.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+    /// Where the figures go.
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Arguments of the hidden `bench submit-worker`.
+#[derive(Debug, clap::Args)]
+pub struct SubmitWorkerArgs {
+    /// The generated project (one job).
+    #[arg(long)]
+    pub project: PathBuf,
+    /// The fresh database to render into.
+    #[arg(long)]
+    pub state: PathBuf,
+    /// The provider's base URL.
+    #[arg(long)]
+    pub base_url: String,
+    /// Requests to render and submit.
+    #[arg(long)]
+    pub requests: u64,
 }
 
 /// Arguments of `bench ingest`.
@@ -80,17 +176,70 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         .build()
         .context("could not start the async runtime")?;
     match &args.scenario {
+        Scenario::All(a) => {
+            let options = all::Options {
+                repeats: a.repeat,
+                idle_secs: a.idle_secs,
+                jobs: a.project.jobs.clone(),
+                prompts: a.project.prompts.clone(),
+            };
+            let report = runtime.block_on(all::run(&options))?;
+            emit(&report, &OutputArgs { format: a.format, out: Some(a.out.clone()) })?;
+        }
         Scenario::Ingest(a) => {
             let options = ingest::Options { results: a.results, repeats: a.repeat };
             let report = runtime.block_on(ingest::run(options))?;
             emit(&report, &a.output)?;
         }
+        Scenario::Storage(a) => {
+            let results = a.count.unwrap_or(STORAGE_RESULTS).min(ingest::MAX_RESULTS);
+            let report = runtime.block_on(ingest::run(ingest::Options { results, repeats: a.repeat }))?;
+            emit(&report, &a.output)?;
+        }
+        Scenario::Idle(a) => {
+            let options = idle::Options {
+                jobs: a.project.jobs.clone(),
+                prompts: a.project.prompts.clone(),
+                idle_secs: a.idle_secs,
+                repeats: a.repeat,
+            };
+            emit(&idle::run(&options)?, &a.output)?;
+        }
+        Scenario::Submit(_) | Scenario::Fallback(_) | Scenario::Validate(_) | Scenario::Schedule(_) => {
+            sized(&runtime, &args.scenario)?;
+        }
         Scenario::IngestWorker(a) => {
             let measured = runtime.block_on(ingest::worker(&a.state, a.batch, &a.base_url))?;
             println!("{}", serde_json::to_string(&measured)?);
         }
+        Scenario::SubmitWorker(a) => {
+            let measured = runtime.block_on(submit::worker(&a.project, &a.state, &a.base_url, a.requests))?;
+            println!("{}", serde_json::to_string(&measured)?);
+        }
     }
     Ok(0)
+}
+
+/// Results stored by `bench storage` unless told otherwise.
+const STORAGE_RESULTS: u64 = 10_000;
+
+/// The scenarios that take only a size and a repeat count.
+fn sized(runtime: &tokio::runtime::Runtime, scenario: &Scenario) -> anyhow::Result<()> {
+    let (report, output): (Sampled, &OutputArgs) = match scenario {
+        Scenario::Submit(a) => {
+            (runtime.block_on(submit::run(a.count.unwrap_or(submit::REQUESTS), a.repeat))?, &a.output)
+        }
+        Scenario::Fallback(a) => {
+            (runtime.block_on(fallback::run(a.count.unwrap_or(fallback::REQUESTS), a.repeat))?, &a.output)
+        }
+        Scenario::Validate(a) => {
+            let manifests = a.count.map_or(validate::MANIFESTS, |n| n as usize);
+            (validate::run(manifests, a.repeat)?, &a.output)
+        }
+        Scenario::Schedule(a) => (schedule::run(a.count.map_or(schedule::JOBS, |n| n as usize), a.repeat)?, &a.output),
+        _ => unreachable!("only sized scenarios are passed here"),
+    };
+    emit(&report, output)
 }
 
 /// Prints the report in the chosen format and writes the JSON file if asked.

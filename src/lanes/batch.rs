@@ -13,8 +13,10 @@ use crate::providers::anthropic::{AnthropicClient, MessageBatch};
 use crate::providers::{ProviderError, parse_result_line};
 use crate::store::{BatchRow, BatchState, NewAttempt, ResultCounts, SharedStore, Store, StoreError, Waiting};
 
-/// Result lines committed per transaction.
-const INGEST_CHUNK: usize = 2000;
+/// Most result lines committed per transaction.
+const INGEST_CHUNK: usize = 4000;
+/// Parsed result lines waiting for the writer (about 1.5 KB each).
+const INGEST_QUEUE: usize = 256;
 /// Bytes of request body sent per chunk of the streamed create call.
 const BODY_CHUNK: usize = 64 * 1024;
 
@@ -285,52 +287,79 @@ impl BatchLane {
     }
 
     /// Streams an ended batch's results into the store, a chunk per
-    /// transaction, then marks it ingested. Safe to repeat after a crash.
+    /// transaction, settles the requests they answer, then marks the batch
+    /// ingested. Safe to repeat after a crash at any point.
     pub async fn ingest(&self, batch: &BatchRow) -> Result<ResultCounts, LaneError> {
         let url = match batch.results_url.clone() {
             Some(url) => url,
             None => return Ok(ResultCounts::default()),
         };
-        let counts = with_retries(self.clock.as_ref(), self.policy, None, "ingest_results", || {
+        let mut counts = with_retries(self.clock.as_ref(), self.policy, None, "ingest_results", || {
             self.recorded("results", Some(batch.run_id), Some(batch.id), self.ingest_once(batch.id, &url))
         })
         .await?;
-        let now = self.clock.now();
-        let batch_id = batch.id;
+        let (now, batch_id) = (self.clock.now(), batch.id);
+        tracing::debug!(batch = batch.id, stored = counts.stored, "batch results stored; settling their requests");
+        counts.duplicates += self.store.call(move |s| s.settle_batch_results(batch_id, now)).await?;
         self.store.call(move |s| s.mark_results_ingested(batch_id, now)).await?;
         tracing::info!(batch = batch.id, stored = counts.stored, unknown = counts.unknown, "batch results ingested");
         Ok(counts)
     }
 
+    /// Streams the results into the store: lines are read and parsed here
+    /// while a blocking thread with its own connection writes them, a few
+    /// thousand per transaction. Only the queue between the two is held in
+    /// memory, so the footprint is the same for a hundred lines or 100,000.
     async fn ingest_once(&self, batch_id: i64, url: &str) -> Result<ResultCounts, ProviderError> {
         let mut reader = self.client.results(url).await?;
-        let mut total = ResultCounts::default();
-        let mut chunk: Vec<(String, Outcome)> = Vec::with_capacity(INGEST_CHUNK);
-        let mut first_chunk = true;
-        while let Some(line) = reader.next_line().await? {
-            match parse_result_line(&line) {
-                Ok(parsed) => chunk.push((parsed.custom_id, parsed.outcome)),
-                Err(reason) => tracing::warn!(batch = batch_id, reason = %reason, "skipped an unreadable result line"),
-            }
-            if chunk.len() >= INGEST_CHUNK {
-                add(&mut total, self.commit_chunk(batch_id, std::mem::take(&mut chunk)).await?);
-                if std::mem::take(&mut first_chunk) {
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<(String, Outcome)>(INGEST_QUEUE);
+        let (db, now) = (self.store.path().to_owned(), self.clock.now());
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut first_commit = true;
+            let mut committed = || {
+                if std::mem::take(&mut first_commit) {
                     crate::failpoint::hit("mid_ingest");
                 }
+            };
+            Store::open(&db)
+                .and_then(|mut store| {
+                    store.store_batch_stream(batch_id, &mut receiver, INGEST_CHUNK, now, &mut committed)
+                })
+                .map_err(|e| ProviderError::Transport(format!("state database: {e}")))
+        });
+        let streamed = async {
+            while let Some(line) = reader.next_line().await? {
+                match parse_result_line(&line) {
+                    // A closed queue means the writer failed: its error is returned below.
+                    Ok(parsed) => {
+                        if sender.send((parsed.custom_id, parsed.outcome)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(reason) => {
+                        tracing::warn!(batch = batch_id, reason = %reason, "skipped an unreadable result line")
+                    }
+                }
             }
+            Ok::<(), ProviderError>(())
         }
-        add(&mut total, self.commit_chunk(batch_id, chunk).await?);
-        Ok(total)
+        .await;
+        // The writer commits what it has and stops once the queue is closed.
+        drop(sender);
+        let stored = joined(writer.await);
+        streamed?;
+        stored
     }
+}
 
-    async fn commit_chunk(&self, batch_id: i64, chunk: Vec<(String, Outcome)>) -> Result<ResultCounts, ProviderError> {
-        let now = self.clock.now();
-        // A store failure is not the provider's fault, but ingest is idempotent,
-        // so it is retried the same way.
-        self.store
-            .call(move |s| s.ingest_batch_results(batch_id, &chunk, now))
-            .await
-            .map_err(|e| ProviderError::Transport(format!("state database: {e}")))
+/// The outcome of a spawned commit; a panic in it is passed on.
+fn joined(
+    result: Result<Result<ResultCounts, ProviderError>, tokio::task::JoinError>,
+) -> Result<ResultCounts, ProviderError> {
+    match result {
+        Ok(counts) => counts,
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(error) => Err(ProviderError::Transport(format!("a commit of results did not finish: {error}"))),
     }
 }
 
@@ -358,13 +387,6 @@ impl BatchLane {
         }
         result
     }
-}
-
-fn add(total: &mut ResultCounts, part: ResultCounts) {
-    total.stored += part.stored;
-    total.already_stored += part.already_stored;
-    total.unknown += part.unknown;
-    total.duplicates += part.duplicates;
 }
 
 /// The create body, streamed from a separate read connection (WAL lets it

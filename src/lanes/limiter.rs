@@ -16,7 +16,7 @@ pub struct TokenBucket {
 }
 
 /// Seconds of quota the bucket holds.
-const BURST_SECS: f64 = 10.0;
+pub const BURST_SECS: f64 = 10.0;
 
 impl TokenBucket {
     /// A full bucket for `per_minute` units per minute.

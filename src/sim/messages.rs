@@ -88,11 +88,14 @@ impl Usage {
     }
 }
 
-/// The answer text and stop reason for `prompt`: its length comes from the
-/// hash (mostly 12–150 tokens, one in sixteen 200–800), cut at `max_tokens`.
-pub(crate) fn reply(prompt: &Prompt) -> (String, &'static str) {
+/// The answer text and stop reason for `prompt`: about `fixed_bytes` long
+/// if given, else a length from the hash (mostly 12–150 tokens, one in
+/// sixteen 200–800); cut at `max_tokens`.
+pub(crate) fn reply(prompt: &Prompt, fixed_bytes: Option<u32>) -> (String, &'static str) {
     let mut h = mix(prompt.hash);
-    let target = if h.is_multiple_of(16) { 200 + (h >> 8) % 600 } else { 12 + (h >> 8) % 140 };
+    let hashed = if h.is_multiple_of(16) { 200 + (h >> 8) % 600 } else { 12 + (h >> 8) % 140 };
+    // The words are ASCII, so bytes and characters agree (four per token).
+    let target = fixed_bytes.map_or(hashed * 4, |bytes| u64::from(bytes).saturating_sub(1));
     let limit = u64::from(prompt.max_tokens) * 4;
     let mut text = if prompt.lead.is_empty() {
         "Simulated reply:".to_owned()
@@ -100,7 +103,7 @@ pub(crate) fn reply(prompt: &Prompt) -> (String, &'static str) {
         format!("Simulated reply to \"{}\":", prompt.lead)
     };
     // Stop early once past the limit: the text is cut there anyway.
-    while (text.len() as u64) < (target * 4).min(limit + 4) {
+    while (text.len() as u64) < target.min(limit + 4) {
         h = mix(h);
         text.push(' ');
         text.push_str(WORDS[(h % WORDS.len() as u64) as usize]);
@@ -168,10 +171,17 @@ struct OutputDetails {
     thinking_tokens: u32,
 }
 
-/// The full `Message` object answering `prompt`; `service_tier` is `"standard"` or `"batch"`.
-pub(crate) fn message<'a>(id: String, prompt: &'a Prompt, cache_hit: bool, service_tier: &'a str) -> Message<'a> {
+/// The full `Message` object answering `prompt`; `service_tier` is
+/// `"standard"` or `"batch"`; `reply_bytes` as in [`reply`].
+pub(crate) fn message<'a>(
+    id: String,
+    prompt: &'a Prompt,
+    cache_hit: bool,
+    service_tier: &'a str,
+    reply_bytes: Option<u32>,
+) -> Message<'a> {
     let usage = Usage::of(prompt, cache_hit);
-    let (text, stop_reason) = reply(prompt);
+    let (text, stop_reason) = reply(prompt, reply_bytes);
     let output_tokens = tokens(text.chars().count() as u64).min(prompt.max_tokens);
     let content = if text.is_empty() { Vec::new() } else { vec![TextBlock { kind: "text", text }] };
     Message {
@@ -213,14 +223,24 @@ mod tests {
 
     #[test]
     fn small_max_tokens_cut_some_answers() {
-        let cut = (0..200).filter(|h| reply(&prompt(*h, 40)).1 == "max_tokens").count();
+        let cut = (0..200).filter(|h| reply(&prompt(*h, 40), None).1 == "max_tokens").count();
         assert!(cut > 20 && cut < 190, "{cut}");
         for h in 0..50 {
             let p = prompt(h, 40);
-            let msg = serde_json::to_value(message("msg_x".into(), &p, false, "batch")).unwrap();
+            let msg = serde_json::to_value(message("msg_x".into(), &p, false, "batch", None)).unwrap();
             assert!(msg["usage"]["output_tokens"].as_u64().unwrap() <= 40);
         }
-        let (text, stop) = reply(&prompt(1, 0));
+        let (text, stop) = reply(&prompt(1, 0), None);
         assert_eq!((text.as_str(), stop), ("", "max_tokens"));
+    }
+
+    #[test]
+    fn a_fixed_reply_length_is_kept_within_a_word() {
+        for h in 0..50 {
+            let (text, stop) = reply(&prompt(h, 4096), Some(900));
+            assert!((900..=916).contains(&text.len()), "{}", text.len());
+            assert_eq!(stop, "end_turn");
+        }
+        assert_eq!(reply(&prompt(1, 40), Some(900)).1, "max_tokens", "max_tokens still cuts");
     }
 }

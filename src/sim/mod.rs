@@ -90,6 +90,10 @@ pub struct SimConfig {
     /// Simulated seconds a cancel takes to end the batch (default: a tenth of a real second).
     #[arg(long)]
     pub cancel_secs: Option<f64>,
+    /// Length of every answer's text in bytes, still cut at `max_tokens`
+    /// (default: from the prompt's hash, mostly 50–600 bytes, one in sixteen 800–3,200).
+    #[arg(long)]
+    pub reply_bytes: Option<u32>,
 }
 
 impl Default for SimConfig {
@@ -113,6 +117,7 @@ impl Default for SimConfig {
             batch_create_error_chance: 0.0,
             create_answer_lost_chance: 0.0,
             cancel_secs: None,
+            reply_bytes: None,
         }
     }
 }

@@ -60,7 +60,9 @@ impl Download {
         let result = match self.core.fate(i, self.cancel_at, &self.config) {
             Fate::Succeeded(prompt) => {
                 let id = hash::id("msg_", key.str("msg").finish(), prompt.hash);
-                LineResult::Succeeded { message: message(id, prompt, record.cache_hit, "batch") }
+                LineResult::Succeeded {
+                    message: message(id, prompt, record.cache_hit, "batch", self.config.reply_bytes),
+                }
             }
             Fate::Errored(kind, text) => {
                 request_id = hash::id("req_", key.str("req").finish(), u64::from(record.submission));

@@ -88,7 +88,7 @@ async fn create_message(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: B
         (hit, state.messages)
     };
     let id = hash::id("msg_", Key::new(sim.config.seed, "sync").num(n).finish(), prompt.hash);
-    Ok(Json(message(id, &prompt, cache_hit, "standard")).into_response())
+    Ok(Json(message(id, &prompt, cache_hit, "standard", sim.config.reply_bytes)).into_response())
 }
 
 async fn create_batch(

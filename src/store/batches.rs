@@ -275,7 +275,7 @@ impl Store {
         let mut statement = self
             .conn
             .prepare_cached(
-                "SELECT r.custom_id, r.params FROM batch_requests b JOIN requests r ON r.custom_id = b.custom_id
+                "SELECT r.custom_id, r.params FROM batch_requests b JOIN request_bodies r ON r.custom_id = b.custom_id
                  WHERE b.batch_id = ?1 ORDER BY b.custom_id",
             )
             .map_err(|e| self.err(e))?;

@@ -46,7 +46,7 @@ impl Store {
                 "SELECT r.id, r.lane, r.status, r.duplicate,
                         COALESCE(json_extract(r.message, '$.model'), json_extract(q.params, '$.model')),
                         r.input_tokens, r.output_tokens, r.cache_write_5m, r.cache_write_1h, r.cache_read
-                 FROM results r JOIN requests q ON q.custom_id = r.custom_id
+                 FROM results r JOIN request_bodies q ON q.custom_id = r.custom_id
                  WHERE r.cost_micros IS NULL ORDER BY r.id LIMIT ?1",
             )
             .map_err(|e| self.err(e))?;

@@ -81,6 +81,14 @@ pub enum StoreError {
     },
 }
 
+/// Settings of every connection. The page size only takes on a new, empty
+/// database (before WAL is on): 8 KiB pages hold five 1.5 KB results where
+/// 4 KiB pages held two and wasted a quarter of the file. A checkpoint every
+/// 4,000 pages (32 MiB of log) instead of 1,000 copies an index page that
+/// several transactions rewrote once instead of once per transaction.
+const PRAGMAS: &str = "PRAGMA page_size = 8192; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+                       PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 4000;";
+
 /// An open state database.
 pub struct Store {
     conn: Connection,
@@ -120,9 +128,7 @@ impl Store {
 
     fn configure(&self) -> Result<(), StoreError> {
         self.conn.busy_timeout(Duration::from_secs(10)).map_err(|e| self.err(e))?;
-        self.conn
-            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
-            .map_err(|e| self.err(e))
+        self.conn.execute_batch(PRAGMAS).map_err(|e| self.err(e))
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {

@@ -70,29 +70,30 @@ impl Store {
         requests: &[NewRequest],
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
-        let tx = self.conn.transaction().map_err(|e| super::sqlite(&self.path, e))?;
+        let path = self.path.clone();
+        let e = |source| super::sqlite(&path, source);
+        let tx = self.conn.transaction().map_err(e)?;
         let mut inserted = 0;
         {
-            let mut statement = tx
+            let mut state = tx
                 .prepare_cached(
-                    "INSERT INTO requests (custom_id, run_id, seq, item, params, state, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6) ON CONFLICT (custom_id) DO NOTHING",
+                    "INSERT INTO requests (custom_id, run_id, seq, state, updated_at)
+                     VALUES (?1, ?2, ?3, 'pending', ?4) ON CONFLICT (custom_id) DO NOTHING",
                 )
-                .map_err(|e| super::sqlite(&self.path, e))?;
+                .map_err(e)?;
+            let mut body = tx
+                .prepare_cached("INSERT INTO request_bodies (custom_id, item, params) VALUES (?1, ?2, ?3)")
+                .map_err(e)?;
             for request in requests {
-                inserted += statement
-                    .execute(params![
-                        request.custom_id,
-                        run_id,
-                        request.seq as i64,
-                        request.item,
-                        request.params,
-                        to_millis(now)
-                    ])
-                    .map_err(|e| super::sqlite(&self.path, e))?;
+                let new =
+                    state.execute(params![request.custom_id, run_id, request.seq as i64, to_millis(now)]).map_err(e)?;
+                if new == 1 {
+                    body.execute(params![request.custom_id, request.item, request.params]).map_err(e)?;
+                }
+                inserted += new;
             }
         }
-        tx.commit().map_err(|e| super::sqlite(&self.path, e))?;
+        tx.commit().map_err(e)?;
         Ok(inserted)
     }
 
@@ -159,9 +160,9 @@ impl Store {
         let mut statement = self
             .conn
             .prepare_cached(
-                "SELECT custom_id, length(params) FROM requests
-                 WHERE run_id = ?1 AND (state = 'pending' OR (state = 'retryable_failed' AND attempts < ?2))
-                 ORDER BY seq",
+                "SELECT q.custom_id, length(b.params) FROM requests q JOIN request_bodies b ON b.custom_id = q.custom_id
+                 WHERE q.run_id = ?1 AND (q.state = 'pending' OR (q.state = 'retryable_failed' AND q.attempts < ?2))
+                 ORDER BY q.seq",
             )
             .map_err(|e| self.err(e))?;
         let rows = statement
@@ -206,7 +207,12 @@ impl Store {
     pub fn token_averages(&self, run_id: i64, job: &str) -> Result<TokenAverages, StoreError> {
         let input: Option<f64> = self
             .conn
-            .query_row("SELECT AVG(length(params)) FROM requests WHERE run_id = ?1", [run_id], |row| row.get(0))
+            .query_row(
+                "SELECT AVG(length(b.params)) FROM requests q JOIN request_bodies b ON b.custom_id = q.custom_id
+                 WHERE q.run_id = ?1",
+                [run_id],
+                |row| row.get(0),
+            )
             .map_err(|e| self.err(e))?;
         let output: Option<f64> = self
             .conn

@@ -1,7 +1,7 @@
 //! Results: every outcome received, the winner per request, and deliveries.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Transaction, params};
+use rusqlite::{Transaction, TransactionBehavior, params};
 
 use super::{Store, StoreError, from_millis, to_millis};
 use crate::outcome::{Outcome, Usage};
@@ -44,10 +44,32 @@ pub struct DeliverableResult {
     pub sync_cost_micros: Option<i64>,
 }
 
+/// Requests settled per transaction by [`Store::settle_batch_results`].
+const SETTLE_SLICE: usize = 2000;
+
 impl Store {
-    /// Stores a chunk of a batch's result lines in one transaction.
-    /// Idempotent: a line already stored for this batch changes nothing.
+    /// Stores a chunk of a batch's result lines in one transaction and
+    /// settles the requests they answer: [`Store::store_batch_results`]
+    /// then [`Store::settle_batch_results`]. Idempotent.
     pub fn ingest_batch_results(
+        &mut self,
+        batch_id: i64,
+        lines: &[(String, Outcome)],
+        now: DateTime<Utc>,
+    ) -> Result<ResultCounts, StoreError> {
+        let mut counts = self.store_batch_results(batch_id, lines, now)?;
+        counts.duplicates += self.settle_batch_results(batch_id, now)?;
+        Ok(counts)
+    }
+
+    /// Stores a chunk of a batch's result lines in one transaction, leaving
+    /// the requests' states alone until [`Store::settle_batch_results`].
+    /// Idempotent: a line already stored for this batch changes nothing.
+    ///
+    /// Results arrive in no particular order; settling them one by one
+    /// rewrote a page of `requests` (and of its state index) per result.
+    /// Settled afterwards in key order, each page is written once.
+    pub fn store_batch_results(
         &mut self,
         batch_id: i64,
         lines: &[(String, Outcome)],
@@ -55,9 +77,74 @@ impl Store {
     ) -> Result<ResultCounts, StoreError> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
-        let counts = ingest(&tx, batch_id, lines, now).map_err(|e| super::sqlite(&path, e))?;
+        let counts = store_lines(&tx, batch_id, lines, now).map_err(|e| super::sqlite(&path, e))?;
         tx.commit().map_err(|e| super::sqlite(&path, e))?;
         Ok(counts)
+    }
+
+    /// Stores result lines as they arrive on `lines` until it closes, up to
+    /// `per_commit` per transaction, leaving the requests' states alone
+    /// until [`Store::settle_batch_results`]; calls `committed` after each
+    /// commit. A transaction also ends as soon as no line is waiting, so the
+    /// write lock is never held while the network is slow. Idempotent.
+    pub fn store_batch_stream(
+        &mut self,
+        batch_id: i64,
+        lines: &mut tokio::sync::mpsc::Receiver<(String, Outcome)>,
+        per_commit: usize,
+        now: DateTime<Utc>,
+        committed: &mut dyn FnMut(),
+    ) -> Result<ResultCounts, StoreError> {
+        let path = self.path.clone();
+        let e = |source| super::sqlite(&path, source);
+        let mut total = ResultCounts::default();
+        // Waiting for the first line of each transaction happens outside it.
+        while let Some(first) = lines.blocking_recv() {
+            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
+            let mut next = Some(first);
+            let mut written = 0;
+            while let Some((custom_id, outcome)) = next.take() {
+                store_line(&tx, batch_id, &custom_id, &outcome, now, &mut total).map_err(e)?;
+                written += 1;
+                if written < per_commit {
+                    next = lines.try_recv().ok();
+                }
+            }
+            tx.commit().map_err(e)?;
+            committed();
+        }
+        Ok(total)
+    }
+
+    /// Gives every request of the batch the batch's stored result, unless
+    /// the request already has a final result (a later success is then
+    /// duplicate spend) or a newer result of another attempt; in custom_id
+    /// order, a slice per transaction. Returns the duplicates found. Safe to
+    /// repeat: results already taken or flagged are skipped.
+    pub fn settle_batch_results(&mut self, batch_id: i64, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        // Every result id written comes from the row just read in the same
+        // transaction: checking it against `results` again cost two random
+        // page reads of that large table per request.
+        self.conn.execute_batch("PRAGMA foreign_keys = OFF;").map_err(|e| self.err(e))?;
+        let settled = self.settle_slices(batch_id, now);
+        self.conn.execute_batch("PRAGMA foreign_keys = ON;").map_err(|e| self.err(e))?;
+        settled
+    }
+
+    fn settle_slices(&mut self, batch_id: i64, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let path = self.path.clone();
+        let e = |source| super::sqlite(&path, source);
+        let (mut after, mut duplicates) = (String::new(), 0);
+        loop {
+            let tx = self.conn.transaction().map_err(e)?;
+            let slice = unsettled(&tx, batch_id, &after).map_err(e)?;
+            duplicates += settle(&tx, &slice, now).map_err(e)?;
+            tx.commit().map_err(e)?;
+            match slice.last() {
+                Some(last) if slice.len() == SETTLE_SLICE => after.clone_from(&last.custom_id),
+                _ => return Ok(duplicates),
+            }
+        }
     }
 
     /// Successful results of a run that no sink has received yet, in sequence order.
@@ -65,10 +152,10 @@ impl Store {
         let mut statement = self
             .conn
             .prepare_cached(
-                "SELECT q.custom_id, r.id, q.item, r.message, r.stop_reason, r.input_tokens, r.output_tokens,
+                "SELECT q.custom_id, r.id, b.item, r.message, r.stop_reason, r.input_tokens, r.output_tokens,
                         r.cache_write_5m, r.cache_write_1h, r.cache_read, r.lane, r.received_at,
                         r.cost_micros, r.sync_cost_micros
-                 FROM requests q JOIN results r ON r.id = q.result_id
+                 FROM requests q JOIN results r ON r.id = q.result_id JOIN request_bodies b ON b.custom_id = q.custom_id
                  WHERE q.run_id = ?1 AND q.state = 'succeeded'
                    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.custom_id = q.custom_id)
                  ORDER BY q.seq",
@@ -152,47 +239,109 @@ impl Store {
     }
 }
 
-fn ingest(
+fn store_lines(
     tx: &Transaction<'_>,
     batch_id: i64,
     lines: &[(String, Outcome)],
     now: DateTime<Utc>,
 ) -> rusqlite::Result<ResultCounts> {
     let mut counts = ResultCounts::default();
-    let mut member = tx.prepare_cached("SELECT 1 FROM batch_requests WHERE batch_id = ?1 AND custom_id = ?2")?;
-    let mut current = tx.prepare_cached("SELECT state FROM requests WHERE custom_id = ?1")?;
-    let mut settle =
-        tx.prepare_cached("UPDATE requests SET state = ?2, result_id = ?3, updated_at = ?4 WHERE custom_id = ?1")?;
-    let mut duplicate = tx.prepare_cached("UPDATE results SET duplicate = 1 WHERE id = ?1")?;
-    for (custom_id, outcome) in lines {
-        if !member.exists(params![batch_id, custom_id])? {
-            counts.unknown += 1;
-            continue;
-        }
-        let row = NewResult { custom_id, lane: "batch", batch_id: Some(batch_id), attempt_id: None, duplicate: false };
-        if insert_result(tx, &row, outcome, now)? == 0 {
-            counts.already_stored += 1;
-            continue;
-        }
-        counts.stored += 1;
-        let result_id = tx.last_insert_rowid();
-        let state: String = current.query_row([custom_id], |row| row.get(0))?;
-        if state == "succeeded" || state == "permanent_failed" {
-            // First final result wins; a later success is paid for but not delivered.
-            if matches!(outcome, Outcome::Succeeded { .. }) {
-                duplicate.execute([result_id])?;
-                counts.duplicates += 1;
-            }
-            continue;
-        }
-        let next = match outcome {
-            Outcome::Succeeded { .. } => "succeeded",
-            other if other.is_retryable() => "retryable_failed",
-            _ => "permanent_failed",
-        };
-        settle.execute(params![custom_id, next, result_id, to_millis(now)])?;
+    // In key order, consecutive lines find their index pages already in the cache.
+    let mut order: Vec<&(String, Outcome)> = lines.iter().collect();
+    order.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (custom_id, outcome) in order {
+        store_line(tx, batch_id, custom_id, outcome, now, &mut counts)?;
     }
     Ok(counts)
+}
+
+/// Stores one line of the batch's results, counting what it did.
+fn store_line(
+    tx: &Transaction<'_>,
+    batch_id: i64,
+    custom_id: &str,
+    outcome: &Outcome,
+    now: DateTime<Utc>,
+    counts: &mut ResultCounts,
+) -> rusqlite::Result<()> {
+    let mut member = tx.prepare_cached("SELECT 1 FROM batch_requests WHERE batch_id = ?1 AND custom_id = ?2")?;
+    if !member.exists(params![batch_id, custom_id])? {
+        counts.unknown += 1;
+        return Ok(());
+    }
+    let row = NewResult { custom_id, lane: "batch", batch_id: Some(batch_id), attempt_id: None, duplicate: false };
+    if insert_result(tx, &row, outcome, now)? == 0 {
+        counts.already_stored += 1;
+    } else {
+        counts.stored += 1;
+    }
+    Ok(())
+}
+
+/// A stored batch result its request has not taken yet.
+struct Unsettled {
+    result_id: i64,
+    custom_id: String,
+    /// The request's state now.
+    state: String,
+    /// What the result makes of the request.
+    next: &'static str,
+    /// Another attempt's result is newer: it decided the request.
+    superseded: bool,
+}
+
+/// The next slice of the batch's unsettled results after `after`, in custom_id order.
+fn unsettled(tx: &Transaction<'_>, batch_id: i64, after: &str) -> rusqlite::Result<Vec<Unsettled>> {
+    let mut statement = tx.prepare_cached(
+        "SELECT r.id, r.custom_id, q.state, r.status, r.error_type,
+                EXISTS (SELECT 1 FROM results n WHERE n.custom_id = r.custom_id AND n.id > r.id)
+         FROM batch_requests m
+         JOIN results r ON r.custom_id = m.custom_id AND r.batch_id = m.batch_id
+         JOIN requests q ON q.custom_id = m.custom_id
+         WHERE m.batch_id = ?1 AND m.custom_id > ?2 AND r.duplicate = 0 AND q.result_id IS NOT r.id
+         ORDER BY m.custom_id LIMIT ?3",
+    )?;
+    let rows = statement.query_map(params![batch_id, after, SETTLE_SLICE as i64], |row| {
+        let status: String = row.get(3)?;
+        let error_type: Option<String> = row.get(4)?;
+        Ok(Unsettled {
+            result_id: row.get(0)?,
+            custom_id: row.get(1)?,
+            state: row.get(2)?,
+            next: next_state(&status, error_type.as_deref()),
+            superseded: row.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// The request state a stored result leads to (as [`Outcome::is_retryable`] decides).
+fn next_state(status: &str, error_type: Option<&str>) -> &'static str {
+    match (status, error_type) {
+        ("succeeded", _) => "succeeded",
+        ("errored", Some(kind)) if crate::outcome::is_permanent_error_type(kind) => "permanent_failed",
+        _ => "retryable_failed",
+    }
+}
+
+/// Applies a slice: first final result wins; returns the duplicates flagged.
+fn settle(tx: &Transaction<'_>, slice: &[Unsettled], now: DateTime<Utc>) -> rusqlite::Result<u64> {
+    let mut take =
+        tx.prepare_cached("UPDATE requests SET state = ?2, result_id = ?3, updated_at = ?4 WHERE custom_id = ?1")?;
+    let mut duplicate = tx.prepare_cached("UPDATE results SET duplicate = 1 WHERE id = ?1")?;
+    let mut duplicates = 0;
+    for result in slice {
+        if result.state == "succeeded" || result.state == "permanent_failed" {
+            // Paid for, but another final result came first: not delivered.
+            if result.next == "succeeded" {
+                duplicate.execute([result.result_id])?;
+                duplicates += 1;
+            }
+        } else if !result.superseded {
+            take.execute(params![result.custom_id, result.next, result.result_id, to_millis(now)])?;
+        }
+    }
+    Ok(duplicates)
 }
 
 /// Where a result came from.
@@ -222,7 +371,7 @@ pub(super) fn insert_result(
                               stop_reason, input_tokens, output_tokens, cache_write_5m, cache_write_1h, cache_read,
                               duplicate, received_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
-         ON CONFLICT (batch_id, custom_id) DO NOTHING",
+         ON CONFLICT (custom_id, batch_id) DO NOTHING",
     )?
     .execute(params![
         row.custom_id,

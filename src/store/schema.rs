@@ -4,7 +4,7 @@
 //! never edited once released; changes are new entries.
 
 /// Migrations in order; entry `i` moves the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// Times are integer milliseconds since the Unix epoch (UTC).
 const V1: &str = r#"
@@ -178,6 +178,80 @@ CREATE INDEX runs_by_job ON runs (job, scheduled_for);
 ALTER TABLE results ADD COLUMN model TEXT;
 ALTER TABLE results ADD COLUMN cost_micros INTEGER;
 ALTER TABLE results ADD COLUMN sync_cost_micros INTEGER;
+CREATE INDEX results_unpriced ON results (id) WHERE cost_micros IS NULL;
+CREATE INDEX results_by_received ON results (received_at);
+"#;
+
+/// Request bodies out of the hot rows. A request's state changes three or
+/// four times (queued, in flight, its result); its item and params never
+/// do. Inline, a 1 KB prompt made every row overflow its page in this
+/// WITHOUT ROWID table (whose cells hold about 1 KB), so each state change
+/// rewrote the overflow chain: about 15 page writes per request on submit
+/// and on ingest. Now the state rows are about 100 bytes, and the bodies
+/// sit in a rowid table, written once. `requests` is rebuilt as in V3.
+///
+/// The CHECK constraints of `requests` and `results` list their words with
+/// `=` and `OR`: SQLite evaluates `x IN (3 or more constants)` through a
+/// temporary b-tree built for every row written, which was about a quarter
+/// of the instructions of ingesting a result. So `results` is rebuilt too,
+/// with one index keyed by custom_id instead of two: results arrive in no
+/// particular order, and each such index costs a random page write per result.
+const V4: &str = r#"
+CREATE TABLE request_bodies (
+    custom_id  TEXT  PRIMARY KEY REFERENCES requests (custom_id),
+    item       TEXT  NOT NULL,
+    params     TEXT  NOT NULL
+);
+INSERT INTO request_bodies (custom_id, item, params) SELECT custom_id, item, params FROM requests ORDER BY custom_id;
+
+CREATE TABLE requests_v4 (
+    custom_id   TEXT    PRIMARY KEY,
+    run_id      INTEGER NOT NULL REFERENCES runs (id),
+    seq         INTEGER NOT NULL,
+    state       TEXT    NOT NULL CHECK (state = 'pending' OR state = 'queued' OR state = 'in_flight'
+                                        OR state = 'succeeded' OR state = 'retryable_failed'
+                                        OR state = 'permanent_failed'),
+    lane        TEXT,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    result_id   INTEGER REFERENCES results (id),
+    updated_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO requests_v4 (custom_id, run_id, seq, state, lane, attempts, result_id, updated_at)
+    SELECT custom_id, run_id, seq, state, lane, attempts, result_id, updated_at FROM requests;
+DROP TABLE requests;
+ALTER TABLE requests_v4 RENAME TO requests;
+CREATE INDEX requests_by_run_state ON requests (run_id, state);
+
+CREATE TABLE results_v4 (
+    id                  INTEGER PRIMARY KEY,
+    custom_id           TEXT    NOT NULL REFERENCES requests (custom_id),
+    lane                TEXT    NOT NULL CHECK (lane = 'batch' OR lane = 'sync'),
+    batch_id            INTEGER REFERENCES batches (id),
+    attempt_id          INTEGER REFERENCES attempts (id),
+    status              TEXT    NOT NULL CHECK (status = 'succeeded' OR status = 'errored' OR status = 'canceled'
+                                                OR status = 'expired'),
+    error_type          TEXT,
+    error_message       TEXT,
+    message             TEXT,
+    stop_reason         TEXT,
+    input_tokens        INTEGER NOT NULL DEFAULT 0,
+    output_tokens       INTEGER NOT NULL DEFAULT 0,
+    cache_write_5m      INTEGER NOT NULL DEFAULT 0,
+    cache_write_1h      INTEGER NOT NULL DEFAULT 0,
+    cache_read          INTEGER NOT NULL DEFAULT 0,
+    duplicate           INTEGER NOT NULL DEFAULT 0,
+    received_at         INTEGER NOT NULL,
+    model               TEXT,
+    cost_micros         INTEGER,
+    sync_cost_micros    INTEGER,
+    UNIQUE (custom_id, batch_id)
+);
+INSERT INTO results_v4 SELECT id, custom_id, lane, batch_id, attempt_id, status, error_type, error_message, message,
+                              stop_reason, input_tokens, output_tokens, cache_write_5m, cache_write_1h, cache_read,
+                              duplicate, received_at, model, cost_micros, sync_cost_micros
+                       FROM results;
+DROP TABLE results;
+ALTER TABLE results_v4 RENAME TO results;
 CREATE INDEX results_unpriced ON results (id) WHERE cost_micros IS NULL;
 CREATE INDEX results_by_received ON results (received_at);
 "#;

@@ -35,10 +35,10 @@ impl Store {
         let mut statement = self
             .conn
             .prepare_cached(
-                "SELECT custom_id, params FROM requests
-                 WHERE run_id = ?1 AND state IN ('pending', 'queued', 'in_flight', 'retryable_failed')
-                   AND (state <> 'retryable_failed' OR attempts < ?2)
-                 ORDER BY seq",
+                "SELECT q.custom_id, b.params FROM requests q JOIN request_bodies b ON b.custom_id = q.custom_id
+                 WHERE q.run_id = ?1 AND q.state IN ('pending', 'queued', 'in_flight', 'retryable_failed')
+                   AND (q.state <> 'retryable_failed' OR q.attempts < ?2)
+                 ORDER BY q.seq",
             )
             .map_err(|e| self.err(e))?;
         let rows = statement

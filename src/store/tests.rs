@@ -240,7 +240,7 @@ fn a_version_2_database_keeps_its_runs_and_results_through_the_money_migration()
         .unwrap();
     }
     let mut store = Store::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 3);
+    assert_eq!(store.schema_version().unwrap(), schema::MIGRATIONS.len());
     let run = store.run(7).unwrap().unwrap();
     assert_eq!((run.state, run.tags.len(), run.sync_blocked), (RunState::Completed, 0, None));
     let unpriced = store.unpriced_results(10).unwrap();
@@ -250,4 +250,31 @@ fn a_version_2_database_keeps_its_runs_and_results_through_the_money_migration()
     assert_eq!(fk, 1, "references are enforced again after migrating");
     store.finish_run(7, RunState::Skipped, Some("budget"), at(0)).unwrap();
     assert_eq!(store.run(7).unwrap().unwrap().state, RunState::Skipped);
+}
+
+#[test]
+fn streamed_results_wait_for_the_settle_and_a_sync_result_in_between_wins() {
+    let (_dir, mut store) = open();
+    let run = run_with_requests(&mut store, 3);
+    let ids = store.request_ids(run.id, &[RequestState::Pending]).unwrap();
+    let batch = store.record_batch_intent(run.id, "anthropic", &ids, at(1)).unwrap();
+    store.mark_batch_submitted(batch.id, "msgbatch_1", at(2)).unwrap();
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(8);
+    for id in &ids {
+        sender.try_send((id.clone(), success("batch"))).unwrap();
+    }
+    drop(sender);
+    let mut commits = 0;
+    let counts = store.store_batch_stream(batch.id, &mut receiver, 2, at(3), &mut || commits += 1).unwrap();
+    assert_eq!((counts.stored, commits), (3, 2), "two lines per transaction");
+    assert_eq!(store.request_counts(run.id).unwrap()["in_flight"], 3, "states wait for the settle");
+    // The fallback finished the first request before the settle: it keeps its sync result.
+    let attempt = store.record_attempt(&NewAttempt::started("sync", "create_message", at(4))).unwrap();
+    assert_eq!(store.record_sync_result(&ids[0], attempt, &success("sync"), at(4)).unwrap(), SyncSettle::Settled);
+    assert_eq!(store.settle_batch_results(batch.id, at(5)).unwrap(), 1, "the batch success is duplicate spend");
+    assert_eq!(store.settle_batch_results(batch.id, at(6)).unwrap(), 0, "settling again changes nothing");
+    assert_eq!(store.request_counts(run.id).unwrap()["succeeded"], 3);
+    let delivered: Vec<String> = store.undelivered_results(run.id).unwrap().into_iter().map(|r| r.message).collect();
+    assert_eq!(delivered.len(), 3);
+    assert!(delivered[0].contains("sync") && delivered[1].contains("batch"), "{delivered:?}");
 }
