@@ -108,6 +108,12 @@ impl Store {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|source| sqlite(path, source))?;
         let mut store = Store { conn, path: path.to_owned() };
+        // Several connections write (the engine's, the ingest writer's): a
+        // deferred transaction that reads and then writes would fail at once
+        // with SQLITE_BUSY_SNAPSHOT if another one committed in between, and
+        // the busy timeout does not cover that. Immediate ones take the write
+        // lock first and wait for it instead.
+        store.conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         store.configure()?;
         store.migrate()?;
         Ok(store)
