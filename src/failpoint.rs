@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 /// Points where a crash is most likely to lose or duplicate work.
-pub const POINTS: &[&str] = &["after_intent", "after_create", "mid_ingest", "after_sink_write"];
+pub const POINTS: &[&str] = &["mid_prepare", "after_intent", "after_create", "mid_ingest", "after_sink_write"];
 
 /// Kills the process with SIGKILL if `ORCHESTRATOR_FAILPOINT` names `point`.
 pub fn hit(point: &str) {

@@ -1,8 +1,9 @@
 //! Where a run's items come from: a JSON Lines file, a glob, or a command.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
 
 use serde_json::{Map, Value};
 
@@ -69,44 +70,146 @@ pub struct Items {
     pub skipped: Vec<(usize, String)>,
 }
 
-/// Reads the items of a run. `paths` are already rendered (`{{ run.date }}` filled in).
+/// Reads the items of a run whole. `paths` are already rendered (`{{ run.date }}` filled in).
 /// No source means one empty item.
 pub fn read_items(source: Option<&ItemSource>) -> Result<Items, SourceError> {
-    let Some(source) = source else {
-        return Ok(Items { items: vec![Item::new()], skipped: Vec::new() });
-    };
-    if let Some(path) = &source.jsonl {
-        let file = std::fs::File::open(path).map_err(|err| SourceError::Read { path: path.into(), source: err })?;
-        return parse_jsonl(BufReader::new(file), path, source.skip_malformed);
-    }
-    if let Some(pattern) = &source.glob {
-        return read_glob(pattern);
-    }
-    if let Some(command) = &source.command {
-        return run_command(command, source.skip_malformed);
-    }
-    Ok(Items::default())
+    collect(ItemStream::open(source)?)
 }
 
 /// Parses JSON Lines: blank lines are ignored, every other line must be an object.
-pub fn parse_jsonl(reader: impl BufRead, origin: &str, skip_malformed: bool) -> Result<Items, SourceError> {
-    let mut items = Items::default();
-    for (index, line) in reader.lines().enumerate() {
-        let number = index + 1;
-        let line = line.map_err(|err| SourceError::Read { path: origin.into(), source: err })?;
-        if line.trim().is_empty() {
-            continue;
+pub fn parse_jsonl(
+    reader: impl BufRead + Send + 'static,
+    origin: &str,
+    skip_malformed: bool,
+) -> Result<Items, SourceError> {
+    collect(ItemStream::lines(Box::new(reader), origin, skip_malformed))
+}
+
+fn collect(mut stream: ItemStream) -> Result<Items, SourceError> {
+    let items = stream.by_ref().collect::<Result<Vec<_>, _>>()?;
+    Ok(Items { items, skipped: stream.finish()? })
+}
+
+/// A run's items one at a time, so a run of any size is never held whole.
+///
+/// Malformed lines are not yielded; [`ItemStream::finish`] reports them at
+/// the end (as an error unless `skip_malformed`), together with a failed
+/// items command. Only after `finish` succeeds is the input known to be complete.
+pub struct ItemStream {
+    kind: Kind,
+    skip_malformed: bool,
+    skipped: Vec<(usize, String)>,
+    command: Option<RunningCommand>,
+}
+
+enum Kind {
+    Single(Option<Item>),
+    Lines { reader: Box<dyn BufRead + Send>, origin: String, number: usize, done: bool },
+    Files(std::vec::IntoIter<PathBuf>),
+}
+
+/// The items command while its output is read.
+struct RunningCommand {
+    line: String,
+    child: Child,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl ItemStream {
+    /// Opens the source. No source means one empty item.
+    pub fn open(source: Option<&ItemSource>) -> Result<ItemStream, SourceError> {
+        let Some(source) = source else {
+            return Ok(ItemStream::new(Kind::Single(Some(Item::new())), false));
+        };
+        if let Some(path) = &source.jsonl {
+            let file = std::fs::File::open(path).map_err(|err| SourceError::Read { path: path.into(), source: err })?;
+            return Ok(ItemStream::lines(Box::new(BufReader::new(file)), path, source.skip_malformed));
         }
-        match serde_json::from_str::<Value>(&line) {
-            Ok(Value::Object(object)) => items.items.push(object),
-            Ok(other) => items.skipped.push((number, format!("expected a JSON object, found {}", kind(&other)))),
-            Err(err) => items.skipped.push((number, err.to_string())),
+        if let Some(pattern) = &source.glob {
+            return Ok(ItemStream::new(Kind::Files(glob_files(pattern)?.into_iter()), false));
+        }
+        if let Some(command) = &source.command {
+            return spawn_command(command, source.skip_malformed);
+        }
+        Ok(ItemStream::new(Kind::Single(None), false))
+    }
+
+    fn lines(reader: Box<dyn BufRead + Send>, origin: &str, skip_malformed: bool) -> ItemStream {
+        ItemStream::new(Kind::Lines { reader, origin: origin.to_owned(), number: 0, done: false }, skip_malformed)
+    }
+
+    fn new(kind: Kind, skip_malformed: bool) -> ItemStream {
+        ItemStream { kind, skip_malformed, skipped: Vec::new(), command: None }
+    }
+
+    /// Ends the stream: waits for the items command and checks how it
+    /// exited, then refuses malformed lines unless told to skip them.
+    /// Returns the skipped lines (line number and reason).
+    pub fn finish(mut self) -> Result<Vec<(usize, String)>, SourceError> {
+        if let Some(command) = self.command.take() {
+            command.wait()?;
+        }
+        let skipped = std::mem::take(&mut self.skipped);
+        if !skipped.is_empty() && !self.skip_malformed {
+            let origin = match &self.kind {
+                Kind::Lines { origin, .. } => origin.clone(),
+                _ => String::new(),
+            };
+            return Err(SourceError::Malformed { origin, lines: skipped });
+        }
+        Ok(skipped)
+    }
+
+    fn next_line_item(&mut self) -> Option<Result<Item, SourceError>> {
+        let Kind::Lines { reader, origin, number, done } = &mut self.kind else { return None };
+        let mut line = String::new();
+        while !*done {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) => *done = true,
+                Ok(_) => {
+                    *number += 1;
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    match serde_json::from_str::<Value>(&line) {
+                        Ok(Value::Object(object)) => return Some(Ok(object)),
+                        Ok(other) => {
+                            self.skipped.push((*number, format!("expected a JSON object, found {}", kind(&other))))
+                        }
+                        Err(err) => self.skipped.push((*number, err.to_string())),
+                    }
+                }
+                Err(err) => {
+                    *done = true;
+                    return Some(Err(SourceError::Read { path: origin.as_str().into(), source: err }));
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Iterator for ItemStream {
+    type Item = Result<Item, SourceError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.kind {
+            Kind::Single(item) => item.take().map(Ok),
+            Kind::Files(paths) => paths.next().map(|path| file_item(&path)),
+            Kind::Lines { .. } => self.next_line_item(),
         }
     }
-    if !items.skipped.is_empty() && !skip_malformed {
-        return Err(SourceError::Malformed { origin: origin.to_owned(), lines: items.skipped });
+}
+
+impl Drop for ItemStream {
+    /// A stream dropped before its end (a render error) stops its command.
+    fn drop(&mut self) {
+        if let Some(mut command) = self.command.take() {
+            let _ = command.child.kill();
+            let _ = command.child.wait();
+        }
     }
-    Ok(items)
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -120,27 +223,26 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-fn read_glob(pattern: &str) -> Result<Items, SourceError> {
+/// The files matching `pattern`, sorted: each is one item.
+fn glob_files(pattern: &str) -> Result<Vec<PathBuf>, SourceError> {
     let paths = glob::glob(pattern)
         .map_err(|err| SourceError::Pattern { pattern: pattern.to_owned(), reason: err.to_string() })?;
-    let mut items = Items::default();
     let mut files: Vec<PathBuf> = paths.filter_map(Result::ok).filter(|p| p.is_file()).collect();
     files.sort();
-    for path in files {
-        let content =
-            std::fs::read_to_string(&path).map_err(|source| SourceError::Read { path: path.clone(), source })?;
-        let mut item = Item::new();
-        item.insert("path".into(), Value::String(path.display().to_string()));
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        item.insert("name".into(), Value::String(name));
-        item.insert("content".into(), Value::String(content));
-        items.items.push(item);
-    }
-    Ok(items)
+    Ok(files)
 }
 
-fn run_command(command: &str, skip_malformed: bool) -> Result<Items, SourceError> {
-    let spawn_error = |source| SourceError::Spawn { command: command.to_owned(), source };
+fn file_item(path: &Path) -> Result<Item, SourceError> {
+    let content = std::fs::read_to_string(path).map_err(|source| SourceError::Read { path: path.into(), source })?;
+    let mut item = Item::new();
+    item.insert("path".into(), Value::String(path.display().to_string()));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    item.insert("name".into(), Value::String(name));
+    item.insert("content".into(), Value::String(content));
+    Ok(item)
+}
+
+fn spawn_command(command: &str, skip_malformed: bool) -> Result<ItemStream, SourceError> {
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -148,22 +250,31 @@ fn run_command(command: &str, skip_malformed: bool) -> Result<Items, SourceError
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(spawn_error)?;
+        .map_err(|source| SourceError::Spawn { command: command.to_owned(), source })?;
     // Drain stderr on a thread so a chatty command cannot block on a full pipe.
     let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
-    let stderr_reader = std::thread::spawn(move || {
+    let stderr = std::thread::spawn(move || {
         let mut text = String::new();
         let _ = stderr_pipe.read_to_string(&mut text);
         text
     });
     let stdout = child.stdout.take().expect("stdout is piped");
-    let parsed = parse_jsonl(BufReader::new(stdout), &format!("output of `{command}`"), skip_malformed);
-    let status = child.wait().map_err(spawn_error)?;
-    let stderr = stderr_reader.join().unwrap_or_default();
-    if !status.success() {
-        return Err(SourceError::Failed { command: command.to_owned(), status, stderr: stderr.trim().to_owned() });
+    let origin = format!("output of `{command}`");
+    let mut stream = ItemStream::lines(Box::new(BufReader::new(stdout)), &origin, skip_malformed);
+    stream.command = Some(RunningCommand { line: command.to_owned(), child, stderr: Some(stderr) });
+    Ok(stream)
+}
+
+impl RunningCommand {
+    /// Waits for the command; a failed command fails the whole read.
+    fn wait(mut self) -> Result<(), SourceError> {
+        let status = self.child.wait().map_err(|source| SourceError::Spawn { command: self.line.clone(), source })?;
+        let stderr = self.stderr.take().and_then(|thread| thread.join().ok()).unwrap_or_default();
+        if !status.success() {
+            return Err(SourceError::Failed { command: self.line, status, stderr: stderr.trim().to_owned() });
+        }
+        Ok(())
     }
-    parsed
 }
 
 #[cfg(test)]
@@ -193,6 +304,32 @@ mod tests {
         let failing = ItemSource { command: Some("echo boom >&2; exit 3".into()), ..Default::default() };
         let err = read_items(Some(&failing)).unwrap_err().to_string();
         assert!(err.contains("boom") && err.contains('3'), "{err}");
+    }
+
+    #[test]
+    fn a_stream_reads_as_it_goes_and_stops_its_command_when_dropped() {
+        let source = ItemSource { command: Some("printf '{\"n\":1}\\n'; exec sleep 600".into()), ..Default::default() };
+        let (sender, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut stream = ItemStream::open(Some(&source)).unwrap();
+            let first = stream.next().unwrap().unwrap();
+            let pid = stream.command.as_ref().unwrap().child.id();
+            drop(stream);
+            sender.send((first, pid)).unwrap();
+        });
+        let (first, pid) = received
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the first item arrives while the command still runs");
+        assert_eq!(first["n"], 1);
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the dropped stream killed and reaped its command");
+    }
+
+    #[test]
+    fn finish_refuses_malformed_lines_after_the_good_ones_were_streamed() {
+        let mut stream = ItemStream::lines(Box::new("{\"a\":1}\nnope\n{\"a\":2}\n".as_bytes()), "x.jsonl", false);
+        assert_eq!(stream.by_ref().filter_map(Result::ok).count(), 2);
+        let err = stream.finish().unwrap_err().to_string();
+        assert!(err.starts_with("x.jsonl: 1 malformed line(s), first at line 2"), "{err}");
     }
 
     #[test]

@@ -165,10 +165,14 @@ impl Harness {
     }
 
     pub fn assert_each_delivered_once(&self) {
+        self.assert_delivered_once(crate::fallback::ITEMS);
+    }
+
+    pub fn assert_delivered_once(&self, items: usize) {
         let delivered = self.delivered();
-        assert_eq!(delivered.len(), crate::fallback::ITEMS, "every item reached the sink");
+        assert_eq!(delivered.len(), items, "every item reached the sink");
         assert!(delivered.values().all(|&n| n == 1), "no result was delivered twice");
-        assert_eq!(self.count("SELECT COUNT(*) FROM deliveries"), crate::fallback::ITEMS as i64);
+        assert_eq!(self.count("SELECT COUNT(*) FROM deliveries"), items as i64);
     }
 
     pub const SYNC_CALLS: &'static str =

@@ -9,6 +9,7 @@ mod estimate;
 mod fallback;
 mod harness;
 mod memory;
+mod prepare;
 mod render;
 mod run;
 mod schema;

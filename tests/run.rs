@@ -212,6 +212,9 @@ async fn a_run_its_budget_skips_exits_6_and_sends_nothing() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("skipped"), "{}", String::from_utf8_lossy(&output.stdout));
     assert_eq!(sim.stats().batches_created, 0);
     assert!(!dir.path().join("out/bulk.jsonl").exists(), "nothing was delivered");
+    let conn = rusqlite::Connection::open(dir.path().join("state/orchestrator.db")).unwrap();
+    let stored: i64 = conn.query_row("SELECT COUNT(*) FROM requests", [], |row| row.get(0)).unwrap();
+    assert_eq!(stored, 0, "a skipped run keeps no requests");
     sim.shutdown().await;
 }
 

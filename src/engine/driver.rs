@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use super::deliver::deliver_pending;
 use super::finish::finish_if_done;
 use super::plan::{SyncLoad, fallback_at, safety_margin, sync_estimate};
-use super::prepare::{RunSlot, prepare_run};
+use super::prepare::{PrepareError, RunSlot, prepare_run};
 use super::{EngineError, RunOutcome};
 use crate::catalog::Catalog;
 use crate::clock::{Clock, span};
@@ -327,6 +327,9 @@ impl Engine {
             tracing::warn!(run = %run.run_key, "no manifest for this run's job any more; it waits for a reload");
             return Ok(self.clock.now() + span(self.settings.idle_tick));
         };
+        if run.prepared_at.is_none() {
+            return self.prepare_again(&job, &run).await;
+        }
         let mut wake = self.clock.now() + span(self.settings.idle_tick);
         let run = if run.is_sync() { run } else { self.plan_batch_run(&job, run, &mut wake).await? };
         if run.is_sync() {
@@ -348,6 +351,20 @@ impl Engine {
         let outstanding = self.sync.outstanding(run.id);
         finish_if_done(&self.store, &run, max_attempts(&job), outstanding, self.clock.now()).await?;
         Ok(wake)
+    }
+
+    /// Finishes a run whose preparation was cut off (a crash between two
+    /// chunks, a store error): nothing of it is sent until all of it is
+    /// stored. A source that fails now closes the run as failed.
+    async fn prepare_again(&self, job: &Job, run: &RunRow) -> Result<DateTime<Utc>, EngineError> {
+        match self.start_run(job, run.scheduled_for, run.deadline_at).await {
+            Ok(_) => Ok(self.clock.now()),
+            Err(EngineError::Store(error) | EngineError::Prepare(PrepareError::Store(error))) => Err(error.into()),
+            Err(error) => {
+                tracing::error!(run = %run.run_key, %error, "run could not be prepared");
+                Ok(self.clock.now() + span(self.settings.idle_tick))
+            }
+        }
     }
 
     /// For a run on the batch lane: keeps its fallback plan, and either

@@ -10,7 +10,7 @@ use crate::cost::budget::{self, Decision, Spend, Stage};
 use crate::cost::{Micros, Pricer};
 use crate::manifest::{ItemSource, Job, Lane};
 use crate::render::{RenderError, Renderer, RunInfo, render_path};
-use crate::sources::{self, Item, SourceError};
+use crate::sources::{self, Item, ItemStream, SourceError};
 use crate::store::{NewRequest, NewRun, RunRow, RunState, SharedStore, StoreError};
 
 /// When a run is scheduled and when it must be done.
@@ -39,11 +39,19 @@ pub enum PrepareError {
     IdsTaken(String),
 }
 
+/// Requests rendered and stored per transaction: a run of any size needs a
+/// few chunks of memory, never the whole run.
+const CHUNK: usize = 2000;
+
 /// Creates the run for `(job, scheduled_for)` or resumes it, with its
-/// deadline and the lane its tier asks for. A new run reads
-/// its items and stores every rendered request in one transaction; a
-/// resumed run keeps the requests it has. A run whose items cannot be read
-/// is closed as failed, with the reason.
+/// deadline and the lane its tier asks for.
+///
+/// A new run streams its items through the renderer into the store, a
+/// chunk per transaction, and is marked prepared once the source has been
+/// read whole and the budget allows it. Until then the engine submits
+/// nothing of it, and a restart discards what was stored and prepares it
+/// again. A prepared run keeps the requests it has. A run whose items
+/// cannot be read is closed as failed, with the reason and no requests.
 pub async fn prepare_run(
     store: &SharedStore,
     job: &Job,
@@ -53,44 +61,102 @@ pub async fn prepare_run(
     pricer: &Pricer,
     now: DateTime<Utc>,
 ) -> Result<RunRow, PrepareError> {
-    let RunSlot { scheduled_for, deadline_at } = slot;
-    let (name, key, tier) = (job.name.clone(), info.id.clone(), job.manifest.tier.as_str().to_owned());
-    let lane = job.manifest.tier.lane().as_str();
-    let tags = job.manifest.tags.clone();
-    let (run, _) = store
-        .call(move |s| {
-            let new = NewRun { job: &name, scheduled_for, run_key: &key, tier: &tier, deadline_at, lane, tags: &tags };
-            s.create_run(&new, now)
-        })
-        .await?;
+    let run = create_run(store, job, info, slot, now).await?;
     let run_id = run.id;
-    let existing: u64 = store.call(move |s| Ok(s.request_counts(run_id)?.values().sum())).await?;
-    if existing > 0 || run.state != RunState::Open {
+    if run.prepared_at.is_some() || run.state != RunState::Open {
+        let existing: u64 = store.call(move |s| Ok(s.request_counts(run_id)?.values().sum())).await?;
         tracing::info!(run = %run.run_key, requests = existing, state = run.state.as_str(), "resuming run");
         return Ok(run);
     }
-    let prepared = match distinct_ids(store, info, run_id).await {
-        Ok(info) => render_requests(job, &info, &settings.prompts_dir, &settings.catalog),
-        Err(error) => Err(error),
-    };
-    let requests = match prepared {
-        Ok(requests) => requests,
+    let leftover = store.call(move |s| s.discard_unprepared_requests(run_id)).await?;
+    if leftover > 0 {
+        tracing::warn!(run = %run.run_key, requests = leftover, "preparing again: the last preparation was cut off");
+    }
+    let stored = match store_requests(store, job, info, run_id, settings, now).await {
+        Ok(stored) => stored,
+        Err(PrepareError::Store(error)) => return Err(error.into()),
         Err(error) => {
             let reason = error.to_string();
-            store.call(move |s| s.finish_run(run_id, RunState::Failed, Some(&reason), now)).await?;
+            close_unprepared(store, run_id, RunState::Failed, reason, now).await?;
             return Err(error);
         }
     };
     let budgets = (pricer, settings.global_budget);
-    if let Decision::Skip(reason) = gate_new_run(store, job, &run, &requests, budgets, now).await? {
+    if let Decision::Skip(reason) = gate_new_run(store, job, &run, &stored, budgets, now).await? {
         tracing::warn!(run = %run.run_key, %reason, "run skipped by its budget policy");
-        store.call(move |s| s.finish_run(run_id, RunState::Skipped, Some(&reason), now)).await?;
+        close_unprepared(store, run_id, RunState::Skipped, reason, now).await?;
         return Ok(store.call(move |s| s.run(run_id)).await?.expect("the run exists"));
     }
-    let count = requests.len();
-    store.call(move |s| s.insert_requests(run_id, &requests, now)).await?;
-    tracing::info!(run = %run.run_key, requests = count, "run prepared");
+    store.call(move |s| s.mark_prepared(run_id, now)).await?;
+    tracing::info!(run = %run.run_key, requests = stored.requests, "run prepared");
     Ok(store.call(move |s| s.run(run_id)).await?.expect("the run exists"))
+}
+
+async fn create_run(
+    store: &SharedStore,
+    job: &Job,
+    info: &RunInfo,
+    slot: RunSlot,
+    now: DateTime<Utc>,
+) -> Result<RunRow, StoreError> {
+    let RunSlot { scheduled_for, deadline_at } = slot;
+    let (name, key, tier) = (job.name.clone(), info.id.clone(), job.manifest.tier.as_str().to_owned());
+    let lane = job.manifest.tier.lane().as_str();
+    let tags = job.manifest.tags.clone();
+    let new = move |s: &mut crate::store::Store| {
+        let new = NewRun { job: &name, scheduled_for, run_key: &key, tier: &tier, deadline_at, lane, tags: &tags };
+        s.create_run(&new, now)
+    };
+    Ok(store.call(new).await?.0)
+}
+
+/// Closes a run that will not go ahead, without the requests stored so far.
+async fn close_unprepared(
+    store: &SharedStore,
+    run_id: i64,
+    state: RunState,
+    reason: String,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    store
+        .call(move |s| {
+            s.discard_unprepared_requests(run_id)?;
+            s.finish_run(run_id, state, Some(&reason), now)
+        })
+        .await
+}
+
+/// How much a preparation stored: what the budget check estimates from.
+#[derive(Debug, Default)]
+struct Stored {
+    requests: u64,
+    params_chars: u64,
+}
+
+/// Reads, renders and stores the run's requests. Reading and rendering run
+/// on a blocking thread that hands over a chunk at a time, with at most two
+/// chunks waiting, so memory stays flat however many items the source has.
+async fn store_requests(
+    store: &SharedStore,
+    job: &Job,
+    info: &RunInfo,
+    run_id: i64,
+    settings: &EngineSettings,
+    now: DateTime<Utc>,
+) -> Result<Stored, PrepareError> {
+    let info = distinct_ids(store, info, run_id).await?;
+    let (sender, mut chunks) = tokio::sync::mpsc::channel::<Vec<NewRequest>>(2);
+    let (job, prompts, catalog) = (job.clone(), settings.prompts_dir.clone(), settings.catalog.clone());
+    let renderer = tokio::task::spawn_blocking(move || render_chunks(&job, &info, &prompts, &catalog, &sender));
+    let mut stored = Stored::default();
+    while let Some(chunk) = chunks.recv().await {
+        stored.requests += chunk.len() as u64;
+        stored.params_chars += chunk.iter().map(|r| r.params.len() as u64).sum::<u64>();
+        store.call(move |s| s.insert_requests(run_id, &chunk, now)).await?;
+        crate::failpoint::hit("mid_prepare");
+    }
+    renderer.await.expect("rendering does not panic")?;
+    Ok(stored)
 }
 
 /// The budget check before a run spends anything: its estimated cost on
@@ -99,16 +165,16 @@ async fn gate_new_run(
     store: &SharedStore,
     job: &Job,
     run: &RunRow,
-    requests: &[NewRequest],
+    stored: &Stored,
     budgets: (&Pricer, Option<Micros>),
     now: DateTime<Utc>,
 ) -> Result<Decision, PrepareError> {
-    let chars = requests.iter().map(|r| r.params.len()).sum::<usize>() as f64 / requests.len().max(1) as f64;
+    let chars = stored.params_chars as f64 / stored.requests.max(1) as f64;
     let spend = Spend {
         job: job.clone(),
         run_id: run.id,
         lane: if run.is_sync() { Lane::Sync } else { Lane::Batch },
-        requests: requests.len() as u64,
+        requests: stored.requests,
         input_guess: chars / 4.0,
     };
     let (pricer, global) = (budgets.0.clone(), budgets.1);
@@ -135,34 +201,48 @@ async fn distinct_ids(store: &SharedStore, info: &RunInfo, run_id: i64) -> Resul
 /// Reads the items of a run exactly as the run reads them, logging skipped lines.
 pub fn read_run_items(job: &Job, info: &RunInfo) -> Result<Vec<Item>, PrepareError> {
     let items = sources::read_items(rendered_source(job, info)?.as_ref())?;
-    for (line, reason) in &items.skipped {
-        tracing::warn!(job = %job.name, line, reason = %reason, "skipped malformed item line");
-    }
+    log_skipped(job, &items.skipped);
     Ok(items.items)
 }
 
-fn render_requests(
+/// Streams the run's items through the renderer into `chunks`. Returns
+/// once the source has been read whole and checked (a failed command,
+/// malformed lines), or when the receiver stopped listening.
+fn render_chunks(
     job: &Job,
     info: &RunInfo,
     prompts_dir: &Path,
     catalog: &Catalog,
-) -> Result<Vec<NewRequest>, PrepareError> {
-    let items = read_run_items(job, info)?;
+    chunks: &tokio::sync::mpsc::Sender<Vec<NewRequest>>,
+) -> Result<(), PrepareError> {
+    let mut items = ItemStream::open(rendered_source(job, info)?.as_ref())?;
     let mut renderer = Renderer::new(job, prompts_dir, catalog)?;
     if let (Lane::Batch, Some(model)) = (job.manifest.tier.lane(), &job.manifest.batch_model) {
         renderer.use_model(catalog, model)?;
     }
-    let mut requests = Vec::with_capacity(items.len());
-    for (index, item) in items.iter().enumerate() {
-        let request = renderer.request(info, index + 1, item)?;
-        requests.push(NewRequest {
-            custom_id: request.custom_id,
-            seq: index + 1,
-            item: serde_json::to_string(item).expect("items serialize"),
-            params: request.params.to_string(),
-        });
+    let mut chunk = Vec::with_capacity(CHUNK);
+    for (index, item) in items.by_ref().enumerate() {
+        let (seq, item) = (index + 1, item?);
+        let request = renderer.request(info, seq, &item)?;
+        let item = serde_json::to_string(&item).expect("items serialize");
+        chunk.push(NewRequest { custom_id: request.custom_id, seq, item, params: request.params.to_string() });
+        if chunk.len() == CHUNK
+            && chunks.blocking_send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))).is_err()
+        {
+            return Ok(());
+        }
     }
-    Ok(requests)
+    log_skipped(job, &items.finish()?);
+    if !chunk.is_empty() {
+        let _ = chunks.blocking_send(chunk);
+    }
+    Ok(())
+}
+
+fn log_skipped(job: &Job, skipped: &[(usize, String)]) {
+    for (line, reason) in skipped {
+        tracing::warn!(job = %job.name, line, reason = %reason, "skipped malformed item line");
+    }
 }
 
 /// The job's item source with `{{ run.* }}` filled in.

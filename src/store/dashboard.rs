@@ -101,7 +101,7 @@ pub struct MetricFigures {
 }
 
 fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
-    let base = 16; // the run's columns come first
+    let base = RUN_COLUMNS.split(", ").count(); // the run's columns come first
     Ok(RunSummary {
         run: run_from_row(row)?,
         requests_total: row.get(base)?,

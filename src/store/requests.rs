@@ -62,8 +62,8 @@ pub struct NewRequest {
 }
 
 impl Store {
-    /// Stores a run's rendered requests in one transaction. Requests that
-    /// exist already are left as they are, so re-rendering a resumed run is harmless.
+    /// Stores rendered requests of a run (a chunk of its preparation) in one
+    /// transaction. Requests that exist already are left as they are.
     pub fn insert_requests(
         &mut self,
         run_id: i64,
@@ -95,6 +95,29 @@ impl Store {
         }
         tx.commit().map_err(e)?;
         Ok(inserted)
+    }
+
+    /// Deletes the requests of a run that was never marked prepared: what an
+    /// interrupted preparation (a crash, a source that failed halfway)
+    /// left. A prepared run's requests are never touched. Returns how many.
+    pub fn discard_unprepared_requests(&mut self, run_id: i64) -> Result<usize, StoreError> {
+        let path = self.path.clone();
+        let e = |source| super::sqlite(&path, source);
+        let tx = self.conn.transaction().map_err(e)?;
+        let unprepared: bool = tx
+            .query_row("SELECT prepared_at IS NULL FROM runs WHERE id = ?1", [run_id], |row| row.get(0))
+            .map_err(e)?;
+        if !unprepared {
+            return Ok(0);
+        }
+        tx.execute(
+            "DELETE FROM request_bodies WHERE custom_id IN (SELECT custom_id FROM requests WHERE run_id = ?1)",
+            [run_id],
+        )
+        .map_err(e)?;
+        let deleted = tx.execute("DELETE FROM requests WHERE run_id = ?1", [run_id]).map_err(e)?;
+        tx.commit().map_err(e)?;
+        Ok(deleted)
     }
 
     /// custom_ids of a run's requests in any of `states`, in sequence order.

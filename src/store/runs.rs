@@ -78,6 +78,9 @@ pub struct RunRow {
     pub tags: Vec<String>,
     /// Why a budget keeps this run off the sync lane, if one does.
     pub sync_blocked: Option<String>,
+    /// When the last of its requests was stored; until then the engine
+    /// submits nothing of it and a restart prepares it again.
+    pub prepared_at: Option<DateTime<Utc>>,
 }
 
 impl RunRow {
@@ -88,7 +91,7 @@ impl RunRow {
 }
 
 pub(super) const COLUMNS: &str = "id, job, scheduled_for, run_key, tier, deadline_at, state, reason, lane, created_at, \
-                       fallback_at, fallback_started_at, fallback_reason, finished_at, tags, sync_blocked";
+                       fallback_at, fallback_started_at, fallback_reason, finished_at, tags, sync_blocked, prepared_at";
 
 pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<RunRow> {
     Ok(RunRow {
@@ -108,6 +111,7 @@ pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<RunRow> {
         finished_at: row.get::<_, Option<i64>>(13)?.map(from_millis),
         tags: serde_json::from_str(&row.get::<_, String>(14)?).unwrap_or_default(),
         sync_blocked: row.get(15)?,
+        prepared_at: row.get::<_, Option<i64>>(16)?.map(from_millis),
     })
 }
 
@@ -192,6 +196,14 @@ impl Store {
             .map_err(|e| self.err(e))?;
         let rows = statement.query_map([], from_row).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Records that every request of the run is stored.
+    pub fn mark_prepared(&mut self, id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.conn
+            .execute("UPDATE runs SET prepared_at = ?2 WHERE id = ?1", params![id, to_millis(now)])
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Closes a run with its final state and, for failed or late runs, why.

@@ -4,7 +4,7 @@
 //! never edited once released; changes are new entries.
 
 /// Migrations in order; entry `i` moves the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// Times are integer milliseconds since the Unix epoch (UTC).
 const V1: &str = r#"
@@ -254,4 +254,15 @@ DROP TABLE results;
 ALTER TABLE results_v4 RENAME TO results;
 CREATE INDEX results_unpriced ON results (id) WHERE cost_micros IS NULL;
 CREATE INDEX results_by_received ON results (received_at);
+"#;
+
+/// A run's requests are stored a chunk per transaction; `prepared_at` says
+/// the last chunk is in, so an interrupted preparation is never mistaken for
+/// a whole run. Runs from before were stored in one transaction: those with
+/// requests, or closed, are prepared. An open run without requests was cut
+/// off before its requests were stored and is prepared again.
+const V5: &str = r#"
+ALTER TABLE runs ADD COLUMN prepared_at INTEGER;
+UPDATE runs SET prepared_at = created_at
+ WHERE state != 'open' OR EXISTS (SELECT 1 FROM requests WHERE requests.run_id = runs.id);
 "#;

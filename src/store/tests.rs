@@ -278,3 +278,49 @@ fn streamed_results_wait_for_the_settle_and_a_sync_result_in_between_wins() {
     assert_eq!(delivered.len(), 3);
     assert!(delivered[0].contains("sync") && delivered[1].contains("batch"), "{delivered:?}");
 }
+
+#[test]
+fn only_an_unprepared_run_loses_its_requests_when_preparing_again() {
+    let (_dir, mut store) = open();
+    let run = run_with_requests(&mut store, 3);
+    assert_eq!(run.prepared_at, None, "a run is prepared only when told");
+    assert_eq!(store.discard_unprepared_requests(run.id).unwrap(), 3);
+    assert_eq!(store.request_counts(run.id).unwrap().values().sum::<u64>(), 0);
+    let bodies: i64 = store.conn.query_row("SELECT COUNT(*) FROM request_bodies", [], |r| r.get(0)).unwrap();
+    assert_eq!(bodies, 0, "the bodies go with their requests");
+
+    let request =
+        NewRequest { custom_id: "feed-2026-11-22-001".into(), seq: 1, item: "{}".into(), params: "{}".into() };
+    store.insert_requests(run.id, &[request], at(1)).unwrap();
+    store.mark_prepared(run.id, at(2)).unwrap();
+    assert_eq!(store.run(run.id).unwrap().unwrap().prepared_at, Some(at(2)));
+    assert_eq!(store.discard_unprepared_requests(run.id).unwrap(), 0);
+    assert_eq!(store.request_counts(run.id).unwrap().values().sum::<u64>(), 1, "a prepared run keeps its requests");
+}
+
+#[test]
+fn migrating_to_v5_prepares_every_run_but_an_open_one_without_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v4.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for migration in &schema::MIGRATIONS[..4] {
+            conn.execute_batch(migration).unwrap();
+        }
+        conn.execute_batch(
+            "PRAGMA user_version = 4;
+             INSERT INTO runs (id, job, scheduled_for, run_key, tier, deadline_at, state, created_at, lane)
+                 VALUES (1, 'feed', 0, 'feed-a', 'batch', 1000, 'open', 10, 'batch'),
+                        (2, 'feed', 1, 'feed-b', 'batch', 1000, 'open', 20, 'batch'),
+                        (3, 'feed', 2, 'feed-c', 'batch', 1000, 'completed', 30, 'batch');
+             INSERT INTO requests (custom_id, run_id, seq, state, updated_at) VALUES ('feed-a-1', 1, 1, 'pending', 0);
+             INSERT INTO request_bodies (custom_id, item, params) VALUES ('feed-a-1', '{}', '{}');",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let prepared = |id| store.run(id).unwrap().unwrap().prepared_at.map(|t| t.timestamp_millis());
+    assert_eq!(prepared(1), Some(10), "an open run with requests was stored whole");
+    assert_eq!(prepared(2), None, "an open run without requests was cut off: it is prepared again");
+    assert_eq!(prepared(3), Some(30));
+}

@@ -504,6 +504,7 @@ mod tests {
             finished_at: None,
             tags: vec![],
             sync_blocked: None,
+            prepared_at: Some(at(0)),
         };
         RunSummary {
             run,
