@@ -118,14 +118,41 @@ async fn a_429_storm_with_retry_after_still_meets_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_too_close_for_a_batch_goes_straight_to_the_sync_lane() {
-    let h = harness("batch", "40s", ITEMS, SimConfig::default()).await;
+    // 150 items, 8 at a time, 2 s each: the sync lane needs 38 s of the 40.
+    let h = harness("batch", "40s", 150, SimConfig::default()).await;
     let (run_id, outcome) = h.run().await;
     assert_eq!(outcome.state, RunState::Completed, "{outcome:?}");
-    h.assert_each_delivered_once();
+    h.assert_delivered_once(150);
     assert_eq!(h.count("SELECT COUNT(*) FROM batches"), 0);
     assert_eq!(h.count("SELECT COUNT(*) FROM runs WHERE lane = 'sync' AND fallback_started_at IS NULL"), 1);
     assert_eq!(h.count("SELECT COUNT(*) FROM events WHERE kind = 'routed_to_sync'"), 1);
     assert!(h.margin_secs(run_id) >= 0);
+    h.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_the_sync_lane_could_not_finish_by_its_deadline_goes_to_the_batch() {
+    // 400 items, 8 at a time, 2 s each: the sync lane needs 100 s, the deadline is in 60.
+    let h = harness("soft", "60s", 400, SimConfig::default()).await;
+    let (run_id, outcome) = h.run().await;
+    assert_eq!(outcome.state, RunState::Completed, "{outcome:?}");
+    h.assert_delivered_once(400);
+    assert_eq!(h.count(Harness::SYNC_CALLS), 0, "nothing paid at the sync price");
+    assert_eq!(h.count("SELECT COUNT(*) FROM events WHERE kind = 'routed_to_sync'"), 0);
+    assert_eq!(h.count("SELECT COUNT(*) FROM runs WHERE fallback_started_at IS NOT NULL"), 0);
+    assert!(h.margin_secs(run_id) >= 0);
+    h.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_never_ends_is_taken_over_at_the_deadline_when_the_sync_lane_cannot_finish_before() {
+    let h = harness("soft", "60s", 400, SimConfig { never_end: true, ..SimConfig::default() }).await;
+    let (_, outcome) = h.run().await;
+    h.assert_delivered_once(400);
+    assert_eq!(h.count(Harness::SYNC_CALLS), 400, "the sync lane finished what the batch did not");
+    let started: i64 =
+        h.db().query_row("SELECT fallback_started_at - deadline_at FROM runs", [], |r| r.get(0)).unwrap();
+    assert!((0..5000).contains(&started), "taken over at the deadline: {started} ms after it, {outcome:?}");
     h.sim.shutdown().await;
 }
 

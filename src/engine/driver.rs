@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 
 use super::deliver::deliver_pending;
 use super::finish::finish_if_done;
-use super::plan::{SyncLoad, fallback_at, safety_margin, sync_estimate};
+use super::plan::{SyncLoad, safety_margin, sync_estimate, takeover_at};
 use super::prepare::{PrepareError, RunSlot, prepare_run};
 use super::{EngineError, RunOutcome};
 use crate::catalog::Catalog;
@@ -374,6 +374,9 @@ impl Engine {
         let plan = self.fallback_plan(job, &run).await?;
         let run_id = run.id;
         if run.fallback_at.is_none_or(|old| (old - plan).num_milliseconds().abs() >= 1000) {
+            if plan == run.deadline_at && plan > now {
+                tracing::warn!(run = %run.run_key, deadline = %plan, "the sync lane could not finish this run by its deadline: the batch keeps it until then");
+            }
             self.store.call(move |s| s.set_fallback_at(run_id, plan)).await?;
         }
         let has_batches = !self.store.call(move |s| s.all_batches(Some(run_id))).await?.is_empty();
@@ -397,7 +400,8 @@ impl Engine {
         Ok(self.store.call(move |s| s.run(run_id)).await?.expect("the run exists"))
     }
 
-    /// `deadline − margin − time the sync lane needs for what is left`.
+    /// `deadline − margin − time the sync lane needs for what is left`, or
+    /// the deadline when the sync lane could not make it anyway ([`takeover_at`]).
     async fn fallback_plan(&self, job: &Job, run: &RunRow) -> Result<DateTime<Utc>, EngineError> {
         let (run_id, model) = (run.id, job.manifest.model.clone());
         let (counts, latency) =
@@ -411,7 +415,8 @@ impl Engine {
             latency: latency.map_or(self.settings.assumed_sync_latency, Duration::from_millis),
         };
         let margin = safety_margin(run.created_at, run.deadline_at, self.settings.max_safety_margin);
-        Ok(fallback_at(run.deadline_at, margin, sync_estimate(load, self.sync.limits())))
+        let estimate = sync_estimate(load, self.sync.limits());
+        Ok(takeover_at(self.clock.now(), run.deadline_at, margin, estimate))
     }
 
     /// The run's token averages, read once per run.

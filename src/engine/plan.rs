@@ -51,9 +51,42 @@ pub fn fallback_at(deadline_at: DateTime<Utc>, margin: Duration, estimate: Durat
     deadline_at.checked_sub_signed(lead).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
+/// When the sync lane takes over what is left of a batch run: at
+/// [`fallback_at`], unless the sync lane could not finish before the
+/// deadline even if it started `now`. Taking over would then meet no
+/// deadline and double the price, so the batch (half the price, and usually
+/// done well within the sync estimate) keeps the run until the deadline;
+/// only then does the sync lane take what is left, to bound how late it ends.
+pub fn takeover_at(
+    now: DateTime<Utc>,
+    deadline_at: DateTime<Utc>,
+    margin: Duration,
+    estimate: Duration,
+) -> DateTime<Utc> {
+    let planned = fallback_at(deadline_at, margin, estimate);
+    let sync_in_time = now.checked_add_signed(crate::clock::span(estimate)).is_some_and(|end| end <= deadline_at);
+    if planned > now || sync_in_time { planned } else { deadline_at }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sync_lane_takes_over_only_when_it_can_still_meet_the_deadline() {
+        let now = DateTime::parse_from_rfc3339("2026-11-22T06:00:00Z").unwrap().with_timezone(&Utc);
+        let deadline = now + chrono::Duration::hours(12);
+        let margin = Duration::from_secs(3600);
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        // Time enough for the batch: the usual plan, deadline − margin − estimate.
+        assert_eq!(takeover_at(now, deadline, margin, hours(2)), now + chrono::Duration::hours(9));
+        // Too late for the margin, in time for the deadline: the sync lane now.
+        assert_eq!(takeover_at(now, deadline, margin, hours(12)), now - chrono::Duration::hours(1));
+        // The sync lane would end after the deadline anyway: the batch keeps it until then.
+        assert_eq!(takeover_at(now, deadline, margin, hours(69)), deadline);
+        // Past the deadline, the sync lane bounds how late it ends.
+        assert!(takeover_at(deadline, deadline, margin, hours(69)) <= deadline);
+    }
 
     fn limits() -> SyncLimits {
         SyncLimits {
