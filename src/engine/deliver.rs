@@ -23,6 +23,10 @@ pub enum DeliverError {
     Store(#[from] StoreError),
 }
 
+/// Results handed to the sink per round. A run of any size is delivered in
+/// rounds of bounded memory, each recorded before the next one is read.
+const DELIVERY_CHUNK: usize = 5000;
+
 /// Delivers every successful, undelivered result of the run; returns how many.
 pub async fn deliver_pending(
     store: &SharedStore,
@@ -32,19 +36,39 @@ pub async fn deliver_pending(
     pricer: &Pricer,
     now: DateTime<Utc>,
 ) -> Result<usize, DeliverError> {
-    let pricer = pricer.clone();
-    let pending = store
-        .call(move |s| {
-            // Results carry their cost: price what arrived since the last pass.
-            price_pending(s, &pricer)?;
-            s.undelivered_results(run_id)
-        })
-        .await?;
-    if pending.is_empty() {
-        return Ok(0);
+    let mut sink = None;
+    let mut delivered = 0;
+    loop {
+        let pricer = pricer.clone();
+        let pending = store
+            .call(move |s| {
+                // Results carry their cost: price what arrived since the last
+                // round in the same call, so nothing is read unpriced.
+                price_pending(s, &pricer)?;
+                s.undelivered_results(run_id, DELIVERY_CHUNK)
+            })
+            .await?;
+        if pending.is_empty() {
+            return Ok(delivered);
+        }
+        let sink = match &sink {
+            Some(sink) => sink,
+            None => sink.insert(rendered_sink(job, info)?),
+        };
+        delivered += deliver_round(store, job, info, sink, pending, now).await?;
     }
-    let sink = rendered_sink(job, info)?;
-    let (kind, target) = sinks::describe(&sink);
+}
+
+/// Writes one round of results to the sink, then records them as delivered.
+async fn deliver_round(
+    store: &SharedStore,
+    job: &Job,
+    info: &RunInfo,
+    sink: &Sink,
+    pending: Vec<DeliverableResult>,
+    now: DateTime<Utc>,
+) -> Result<usize, DeliverError> {
+    let (kind, target) = sinks::describe(sink);
     let delivered: Vec<DeliveredResult> = pending.iter().map(|r| delivered_result(job, info, r, now)).collect();
     let sink_for_thread = sink.clone();
     tokio::task::spawn_blocking(move || sinks::deliver(&sink_for_thread, &delivered))

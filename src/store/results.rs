@@ -147,8 +147,9 @@ impl Store {
         }
     }
 
-    /// Successful results of a run that no sink has received yet, in sequence order.
-    pub fn undelivered_results(&self, run_id: i64) -> Result<Vec<DeliverableResult>, StoreError> {
+    /// The first `limit` successful results of a run that no sink has
+    /// received yet, in sequence order.
+    pub fn undelivered_results(&self, run_id: i64, limit: usize) -> Result<Vec<DeliverableResult>, StoreError> {
         let mut statement = self
             .conn
             .prepare_cached(
@@ -158,11 +159,11 @@ impl Store {
                  FROM requests q JOIN results r ON r.id = q.result_id JOIN request_bodies b ON b.custom_id = q.custom_id
                  WHERE q.run_id = ?1 AND q.state = 'succeeded'
                    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.custom_id = q.custom_id)
-                 ORDER BY q.seq",
+                 ORDER BY q.seq LIMIT ?2",
             )
             .map_err(|e| self.err(e))?;
         let rows = statement
-            .query_map([run_id], |row| {
+            .query_map(params![run_id, limit as i64], |row| {
                 Ok(DeliverableResult {
                     custom_id: row.get(0)?,
                     result_id: row.get(1)?,

@@ -172,7 +172,7 @@ fn a_late_success_after_a_final_result_is_duplicate_spend() {
     store.mark_batch_submitted(second.id, "msgbatch_2", at(5)).unwrap();
     let counts = store.ingest_batch_results(second.id, &[(ids[0].clone(), success("second"))], at(6)).unwrap();
     assert_eq!(counts.duplicates, 1);
-    let deliverable = store.undelivered_results(run.id).unwrap();
+    let deliverable = store.undelivered_results(run.id, 100).unwrap();
     assert_eq!(deliverable.len(), 1);
     assert!(deliverable[0].message.contains("first"), "the first final result wins");
 }
@@ -187,13 +187,19 @@ fn deliveries_are_recorded_once() {
     store
         .ingest_batch_results(batch.id, &[(ids[0].clone(), success("a")), (ids[1].clone(), success("b"))], at(3))
         .unwrap();
-    let pending = store.undelivered_results(run.id).unwrap();
+    let first = store.undelivered_results(run.id, 1).unwrap();
+    assert_eq!(
+        first.iter().map(|r| r.custom_id.as_str()).collect::<Vec<_>>(),
+        [ids[0].as_str()],
+        "in order, a round at a time"
+    );
+    let pending = store.undelivered_results(run.id, 100).unwrap();
     assert_eq!(pending.len(), 2);
     assert!(store.record_delivery(&pending[0].custom_id, pending[0].result_id, "jsonl", "out/a.jsonl", at(4)).unwrap());
     assert!(
         !store.record_delivery(&pending[0].custom_id, pending[0].result_id, "jsonl", "out/a.jsonl", at(5)).unwrap()
     );
-    assert_eq!(store.undelivered_results(run.id).unwrap().len(), 1);
+    assert_eq!(store.undelivered_results(run.id, 100).unwrap().len(), 1);
     assert_eq!(store.delivery_count(run.id).unwrap(), 1);
 }
 
@@ -274,7 +280,8 @@ fn streamed_results_wait_for_the_settle_and_a_sync_result_in_between_wins() {
     assert_eq!(store.settle_batch_results(batch.id, at(5)).unwrap(), 1, "the batch success is duplicate spend");
     assert_eq!(store.settle_batch_results(batch.id, at(6)).unwrap(), 0, "settling again changes nothing");
     assert_eq!(store.request_counts(run.id).unwrap()["succeeded"], 3);
-    let delivered: Vec<String> = store.undelivered_results(run.id).unwrap().into_iter().map(|r| r.message).collect();
+    let delivered: Vec<String> =
+        store.undelivered_results(run.id, 100).unwrap().into_iter().map(|r| r.message).collect();
     assert_eq!(delivered.len(), 3);
     assert!(delivered[0].contains("sync") && delivered[1].contains("batch"), "{delivered:?}");
 }
