@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::figures::figures_table;
-use super::{Figure, Report, Target, build_profile, fallback, idle, ingest, schedule, submit, validate};
+use super::{Figure, Report, Target, build_profile, endtoend, fallback, idle, ingest, schedule, submit, validate};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -91,6 +91,8 @@ pub async fn run(options: &Options) -> anyhow::Result<AllReport> {
     all.scenarios.push(small.json()?);
     eprintln!("bench: submit");
     all.add(&submit::run(submit::REQUESTS, repeats).await?)?;
+    eprintln!("bench: run ({} items end to end)", endtoend::ITEMS);
+    all.add(&endtoend::run(endtoend::ITEMS, repeats).await?)?;
     eprintln!("bench: fallback");
     all.add(&fallback::run(fallback::REQUESTS, repeats).await?)?;
     eprintln!("bench: validate");

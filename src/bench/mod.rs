@@ -7,6 +7,7 @@
 //! footprint of the code path under measurement and nothing else.
 
 pub mod all;
+pub mod endtoend;
 pub mod fallback;
 pub mod figures;
 pub mod idle;

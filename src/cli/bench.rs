@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::bench::{Report, Sampled, all, fallback, idle, ingest, schedule, submit, validate};
+use crate::bench::{Report, Sampled, all, endtoend, fallback, idle, ingest, schedule, submit, validate};
 
 /// Arguments of `bench`.
 #[derive(Debug, clap::Args)]
@@ -34,6 +34,11 @@ pub enum Scenario {
     Idle(IdleArgs),
     /// Database bytes per stored request with its result, against the result line's bytes.
     Storage(SizedArgs),
+    /// `orchestrator run` end to end on 100,000 items (read, rendered, stored, one batch, ingested, delivered): wall time and peak RSS.
+    Run(SizedArgs),
+    /// One measured `orchestrator run`, in a process of its own (started by `bench run`).
+    #[command(hide = true)]
+    RunWorker(RunWorkerArgs),
     /// One measured ingest, in a process of its own (started by `bench ingest`).
     #[command(hide = true)]
     IngestWorker(WorkerArgs),
@@ -121,6 +126,14 @@ pub struct SubmitWorkerArgs {
     pub requests: u64,
 }
 
+/// Arguments of the hidden `bench run-worker`: the generated project is the current directory.
+#[derive(Debug, clap::Args)]
+pub struct RunWorkerArgs {
+    /// The run's scheduled instant.
+    #[arg(long)]
+    pub scheduled_for: chrono::DateTime<chrono::Utc>,
+}
+
 /// Arguments of `bench ingest`.
 #[derive(Debug, clap::Args)]
 pub struct IngestArgs {
@@ -205,7 +218,17 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
             };
             emit(&idle::run(&options)?, &a.output)?;
         }
-        Scenario::Submit(_) | Scenario::Fallback(_) | Scenario::Validate(_) | Scenario::Schedule(_) => {
+        Scenario::RunWorker(a) => {
+            // The `run` command's own code, in this process, so its peak RSS is the run's.
+            let exit_code = super::run::run(&run_worker_args(a))?;
+            let measured = endtoend::Measured { exit_code, peak_rss_kb: crate::bench::rss::peak_rss_kb() };
+            println!("{}", serde_json::to_string(&measured)?);
+        }
+        Scenario::Submit(_)
+        | Scenario::Fallback(_)
+        | Scenario::Validate(_)
+        | Scenario::Schedule(_)
+        | Scenario::Run(_) => {
             sized(&runtime, &args.scenario)?;
         }
         Scenario::IngestWorker(a) => {
@@ -218,6 +241,20 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// `orchestrator run` on the generated project's job, as `bench run` measures it.
+fn run_worker_args(args: &RunWorkerArgs) -> super::run::Args {
+    super::run::Args {
+        job: crate::bench::project::job_name(1),
+        project: super::ProjectArgs { jobs: "jobs".into(), prompts: "prompts".into(), catalog: None },
+        state: "state/orchestrator.db".into(),
+        scheduled_for: Some(args.scheduled_for),
+        poll_interval: Some(std::time::Duration::from_secs(1)),
+        deadline: None,
+        config: None,
+        simulate: false,
+    }
 }
 
 /// Results stored by `bench storage` unless told otherwise.
@@ -237,6 +274,7 @@ fn sized(runtime: &tokio::runtime::Runtime, scenario: &Scenario) -> anyhow::Resu
             (validate::run(manifests, a.repeat)?, &a.output)
         }
         Scenario::Schedule(a) => (schedule::run(a.count.map_or(schedule::JOBS, |n| n as usize), a.repeat)?, &a.output),
+        Scenario::Run(a) => (runtime.block_on(endtoend::run(a.count.unwrap_or(endtoend::ITEMS), a.repeat))?, &a.output),
         _ => unreachable!("only sized scenarios are passed here"),
     };
     emit(&report, output)

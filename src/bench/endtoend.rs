@@ -1,0 +1,102 @@
+//! The `run` scenario: `orchestrator run` end to end, in a process of its
+//! own, on a job of 100,000 items of about 1 KB each: the items read,
+//! rendered and stored, one batch submitted to the simulator, its results
+//! ingested, priced and delivered to a JSON Lines sink. The worker process
+//! runs the `run` command's own code and reports its peak RSS: the figure
+//! that says how big a machine a run of that size needs.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, bail, ensure};
+use chrono::{DurationRound, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::figures::{Metric, Sampled, Target};
+use super::simulator::SimProcess;
+use super::{Scratch, project};
+
+/// Items of the run: one full batch.
+pub const ITEMS: u64 = 100_000;
+const METRICS: [Metric; 3] = [
+    Metric { name: "items end to end, items/s", target: None },
+    Metric { name: "wall time, s", target: None },
+    // Issue 7's bound for submitting a 100,000-request batch, held for the whole run.
+    Metric { name: "peak RSS, MiB", target: Some(Target::at_most(128.0)) },
+];
+
+/// Runs the job `repeats` times, each on a fresh state database and sink.
+pub async fn run(items: u64, repeats: u32) -> anyhow::Result<Sampled> {
+    ensure!((1..=ITEMS).contains(&items), "items must be between 1 and {ITEMS} (one batch)");
+    let sim = SimProcess::start(&[]).await?;
+    let scratch = Scratch::new("run")?;
+    write_project(scratch.path(), items)?;
+    let mut repeats_out = Vec::new();
+    for _ in 0..repeats {
+        let (secs, peak_kb) = measure(scratch.path(), sim.base_url(), items).await?;
+        repeats_out.push(vec![items as f64 / secs, secs, peak_kb as f64 / 1024.0]);
+    }
+    let setup = format!(
+        "`orchestrator run` on {items} items of about 1 KB: read, rendered, stored, one batch, ingested, \
+         delivered to JSON Lines; a fresh process and database per repeat"
+    );
+    Ok(Sampled::new("run", setup, &METRICS, &repeats_out))
+}
+
+/// The generated job with an items file of `items` lines.
+fn write_project(root: &Path, items: u64) -> anyhow::Result<()> {
+    project::write(root, 1)?;
+    let items_path = root.join("items.jsonl");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&items_path)?);
+    for seq in 1..=items as usize {
+        serde_json::to_writer(&mut file, &project::item(seq))?;
+        file.write_all(b"\n")?;
+    }
+    file.flush()?;
+    let manifest = root.join("jobs").join(format!("{}.yaml", project::job_name(1)));
+    let mut text = std::fs::read_to_string(&manifest)?;
+    text.push_str(&format!("items: {{ jsonl: \"{}\" }}\n", items_path.display()));
+    std::fs::write(&manifest, text)?;
+    Ok(())
+}
+
+/// What the worker reports; also the JSON line it prints.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Measured {
+    /// The exit status `orchestrator run` would have had.
+    pub exit_code: u8,
+    /// Whole-process peak RSS in KiB.
+    pub peak_rss_kb: Option<u64>,
+}
+
+/// One run from a clean state; returns its wall seconds and peak RSS in KiB.
+async fn measure(root: &Path, base_url: &str, items: u64) -> anyhow::Result<(f64, u64)> {
+    let _ = std::fs::remove_dir_all(root.join("state"));
+    let _ = std::fs::remove_dir_all(root.join("out"));
+    let scheduled_for = Utc::now().duration_trunc(chrono::Duration::minutes(1))?;
+    let started = Instant::now();
+    let output = super::worker_command()?
+        .args(["bench", "run-worker", "--scheduled-for", &scheduled_for.to_rfc3339()])
+        .current_dir(root)
+        .env("ANTHROPIC_BASE_URL", base_url)
+        .env("ANTHROPIC_API_KEY", "sk-bench-not-a-real-key")
+        .env("ORCHESTRATOR_LOG", "warn")
+        .output()
+        .await
+        .context("cannot start the run worker")?;
+    let secs = started.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(output.status.success(), "the run worker failed ({}): {}", output.status, stderr.trim());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    let measured: Measured =
+        serde_json::from_str(line).with_context(|| format!("unreadable worker output `{line}`"))?;
+    ensure!(measured.exit_code == 0, "`orchestrator run` exited {}: {}", measured.exit_code, stderr.trim());
+    let sink = root.join("out").join(project::job_name(1)).join(format!("{}.jsonl", scheduled_for.format("%Y-%m-%d")));
+    let delivered = std::fs::read(&sink).with_context(|| format!("no sink file {}", sink.display()))?;
+    let lines = delivered.iter().filter(|&&b| b == b'\n').count() as u64;
+    ensure!(lines == items, "{lines} of {items} results reached the sink");
+    let Some(peak_kb) = measured.peak_rss_kb else { bail!("this kernel does not report peak RSS") };
+    Ok((secs, peak_kb))
+}
