@@ -1,5 +1,6 @@
-//! Preparing a run: items streamed into the store a chunk at a time, and
-//! nothing of a run sent before all of it is stored.
+//! Runs bigger than one chunk: items streamed into the store a chunk at a
+//! time, nothing of a run sent before all of it is stored, and the sync lane
+//! fed a window at a time.
 
 use orchestrator::sim::SimConfig;
 use orchestrator::store::{NewRequest, NewRun};
@@ -67,5 +68,19 @@ async fn a_source_that_fails_after_some_chunks_fails_the_run_with_nothing_stored
     assert_eq!(h.count("SELECT COUNT(*) FROM requests"), 0, "no request of a partial input is kept");
     assert_eq!(h.count("SELECT COUNT(*) FROM request_bodies"), 0);
     h.settle_batches().await;
+    assert_eq!(h.sim.stats().batches_created, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_run_larger_than_one_window_is_sent_whole_and_once() {
+    // The sync lane is fed 2,000 requests at a time; the second window
+    // goes out only once the first has drained.
+    const SYNC_ITEMS: usize = 2500;
+    let h = harness("realtime", "1h", SYNC_ITEMS, SimConfig::default()).await;
+    let (_, outcome) = h.run().await;
+    assert_eq!(outcome.state.as_str(), "completed", "{outcome:?}");
+    h.assert_delivered_once(SYNC_ITEMS);
+    let calls = h.count(crate::harness::Harness::SYNC_CALLS);
+    assert_eq!(calls, SYNC_ITEMS as i64, "each item sent once, window after window");
     assert_eq!(h.sim.stats().batches_created, 0);
 }

@@ -79,7 +79,7 @@ async fn pass(base_url: &str, db: &std::path::Path, requests: u64, limits: SyncL
     let deadline = chrono::Utc::now() + chrono::Duration::hours(1);
     let started = Instant::now();
     // What the engine's fallback does: every unfinished request, straight from the store.
-    let work = store.call(move |s| s.sync_candidates(run_id, 3)).await?;
+    let work = store.call(move |s| s.sync_candidates(run_id, 3, usize::MAX)).await?;
     let batch: Vec<SyncRequest> = work
         .into_iter()
         .map(|w| SyncRequest {

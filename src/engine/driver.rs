@@ -511,16 +511,17 @@ impl Engine {
         Ok(settling && self.awaiting_cancel(run, now))
     }
 
-    /// Queues every request of the run that is not final and not queued yet.
+    /// Hands the sync lane the run's next window of unfinished requests, so a
+    /// fallback of any size holds one window of bodies in memory, not the run.
     async fn feed_sync_lane(&self, job: &Job, run: &RunRow) -> Result<(), EngineError> {
-        // While the lane still holds work of this run, reading every unfinished
-        // body again (each tick) would only find what it already has; retries
-        // go out once it drains.
+        // While the lane still holds work of this run, reading unfinished
+        // bodies again (each tick) would only find what it already has; the
+        // next window, and retries, go out once it drains.
         if self.sync.outstanding(run.id) > 0 {
             return Ok(());
         }
         let (run_id, attempts) = (run.id, max_attempts(job));
-        let candidates = self.store.call(move |s| s.sync_candidates(run_id, attempts)).await?;
+        let candidates = self.store.call(move |s| s.sync_candidates(run_id, attempts, SYNC_WINDOW)).await?;
         let requests = candidates
             .into_iter()
             .map(|work| SyncRequest {
@@ -573,6 +574,9 @@ pub fn until(now: DateTime<Utc>, wake: DateTime<Utc>) -> Duration {
 
 /// Shortest sleep between ticks.
 const MIN_SLEEP: Duration = Duration::from_millis(10);
+/// Requests handed to the sync lane at a time. Far more than its
+/// concurrency, so the lane rarely idles while the next window is read.
+const SYNC_WINDOW: usize = 2000;
 
 fn max_attempts(job: &Job) -> u32 {
     u32::try_from(job.manifest.retry.max_attempts.max(1)).unwrap_or(u32::MAX)

@@ -30,19 +30,19 @@ pub enum SyncSettle {
 impl Store {
     /// Requests of a run that are not final and may still be sent: every
     /// state but `succeeded` and `permanent_failed`, and `retryable_failed`
-    /// only below `max_attempts`; in sequence order.
-    pub fn sync_candidates(&self, run_id: i64, max_attempts: u32) -> Result<Vec<SyncWork>, StoreError> {
+    /// only below `max_attempts`; the first `limit` in sequence order.
+    pub fn sync_candidates(&self, run_id: i64, max_attempts: u32, limit: usize) -> Result<Vec<SyncWork>, StoreError> {
         let mut statement = self
             .conn
             .prepare_cached(
                 "SELECT q.custom_id, b.params FROM requests q JOIN request_bodies b ON b.custom_id = q.custom_id
                  WHERE q.run_id = ?1 AND q.state IN ('pending', 'queued', 'in_flight', 'retryable_failed')
                    AND (q.state <> 'retryable_failed' OR q.attempts < ?2)
-                 ORDER BY q.seq",
+                 ORDER BY q.seq LIMIT ?3",
             )
             .map_err(|e| self.err(e))?;
         let rows = statement
-            .query_map(params![run_id, max_attempts], |row| {
+            .query_map(params![run_id, max_attempts, i64::try_from(limit).unwrap_or(i64::MAX)], |row| {
                 Ok(SyncWork { custom_id: row.get(0)?, params: row.get(1)? })
             })
             .map_err(|e| self.err(e))?;

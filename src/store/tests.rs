@@ -331,3 +331,15 @@ fn migrating_to_v5_prepares_every_run_but_an_open_one_without_requests() {
     assert_eq!(prepared(2), None, "an open run without requests was cut off: it is prepared again");
     assert_eq!(prepared(3), Some(30));
 }
+
+#[test]
+fn sync_candidates_come_a_window_at_a_time_in_sequence_order() {
+    let (_dir, store) = {
+        let (dir, mut store) = open();
+        run_with_requests(&mut store, 5);
+        (dir, store)
+    };
+    let window: Vec<String> = store.sync_candidates(1, 3, 2).unwrap().into_iter().map(|w| w.custom_id).collect();
+    assert_eq!(window, ["feed-2026-11-22-001", "feed-2026-11-22-002"]);
+    assert_eq!(store.sync_candidates(1, 3, usize::MAX).unwrap().len(), 5);
+}
