@@ -81,7 +81,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     Config::load(args.config.as_deref())?.apply(&mut settings).map_err(anyhow::Error::msg)?;
     // In the foreground someone watches: poll sooner than the daemon does.
     settings.poll_initial = args.poll_interval.unwrap_or(settings.poll_initial.min(std::time::Duration::from_secs(2)));
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = super::engine_runtime()?;
     runtime.block_on(async {
         let backend = match backend(&args.state, Arc::clone(&clock), settings, vec![job.clone()], args.simulate).await?
         {

@@ -79,7 +79,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         // The simulator ends a small batch in seconds: poll like someone is watching.
         settings.poll_initial = settings.poll_initial.min(Duration::from_secs(2));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = super::engine_runtime()?;
     runtime.block_on(async {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let backend = match backend(&args.state, clock, settings, jobs, args.simulate).await? {
