@@ -86,12 +86,8 @@ async fn measure(root: &Path, base_url: &str, items: u64) -> anyhow::Result<(f64
         .await
         .context("cannot start the run worker")?;
     let secs = started.elapsed().as_secs_f64();
+    let measured: Measured = super::worker_report("run", &output)?;
     let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure!(output.status.success(), "the run worker failed ({}): {}", output.status, stderr.trim());
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
-    let measured: Measured =
-        serde_json::from_str(line).with_context(|| format!("unreadable worker output `{line}`"))?;
     ensure!(measured.exit_code == 0, "`orchestrator run` exited {}: {}", measured.exit_code, stderr.trim());
     let sink = root.join("out").join(project::job_name(1)).join(format!("{}.jsonl", scheduled_for.format("%Y-%m-%d")));
     let delivered = std::fs::read(&sink).with_context(|| format!("no sink file {}", sink.display()))?;

@@ -271,11 +271,7 @@ async fn measure(setup: &Setup, base_url: &str, dir: &Path, repeat: u32) -> anyh
         .await
         .context("cannot start the ingest worker")?;
     remove_database(&copy);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure!(output.status.success(), "the ingest worker failed ({}): {}", output.status, stderr.trim());
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
-    serde_json::from_str(line).with_context(|| format!("unreadable worker output `{line}`"))
+    super::worker_report("ingest", &output)
 }
 
 /// The files of a closed SQLite database: the main file and, should a
@@ -296,7 +292,8 @@ fn copy_database(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn remove_database(db: &Path) {
+/// Removes a scratch database and its log, unless told to keep files.
+pub(super) fn remove_database(db: &Path) {
     if super::keep_files() {
         return;
     }

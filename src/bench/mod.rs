@@ -97,6 +97,17 @@ pub fn worker_command() -> anyhow::Result<tokio::process::Command> {
     Ok(command)
 }
 
+/// The report a measured worker printed as its last line of JSON, or why
+/// there is none (its status and what it wrote to standard error).
+pub fn worker_report<T: serde::de::DeserializeOwned>(worker: &str, output: &std::process::Output) -> anyhow::Result<T> {
+    use anyhow::Context as _;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    anyhow::ensure!(output.status.success(), "the {worker} worker failed ({}): {}", output.status, stderr.trim());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("unreadable {worker} worker output `{line}`"))
+}
+
 /// Set to keep every scratch directory and database, for profiling them afterwards.
 pub const KEEP_ENV: &str = "ORCHESTRATOR_BENCH_KEEP";
 
@@ -125,6 +136,21 @@ mod tests {
         assert_eq!(median(&[3.0]), Some(3.0));
         assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn a_worker_report_is_its_last_json_line_or_its_failure() {
+        use std::os::unix::process::ExitStatusExt;
+        let output = |code: i32, stdout: &str| std::process::Output {
+            status: std::process::ExitStatus::from_raw(code << 8),
+            stdout: stdout.into(),
+            stderr: b"boom\n".to_vec(),
+        };
+        let report: Vec<u32> = worker_report("x", &output(0, "noise\n[1,2]\n\n")).unwrap();
+        assert_eq!(report, [1, 2]);
+        let failed = worker_report::<Vec<u32>>("x", &output(3, "[1]")).unwrap_err().to_string();
+        assert!(failed.starts_with("the x worker failed") && failed.ends_with("boom"), "{failed}");
+        assert!(worker_report::<Vec<u32>>("x", &output(0, "")).is_err());
     }
 
     #[test]

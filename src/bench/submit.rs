@@ -87,14 +87,8 @@ async fn measure(dir: &Path, base_url: &str, requests: u64, repeat: u32) -> anyh
         .output()
         .await
         .context("cannot start the submit worker")?;
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure!(output.status.success(), "the submit worker failed ({}): {}", output.status, stderr.trim());
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
-    serde_json::from_str(line).with_context(|| format!("unreadable worker output `{line}`"))
+    super::ingest::remove_database(&db);
+    super::worker_report("submit", &output)
 }
 
 /// The measured part, run by `orchestrator bench submit-worker`: renders
