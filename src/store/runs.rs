@@ -188,6 +188,18 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// The job's most recently scheduled run, open or closed.
+    pub fn latest_run(&self, job: &str) -> Result<Option<RunRow>, StoreError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM runs WHERE job = ?1 ORDER BY scheduled_for DESC, id DESC LIMIT 1"),
+                [job],
+                from_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
     /// Every run still open, oldest first.
     pub fn open_runs(&self) -> Result<Vec<RunRow>, StoreError> {
         let mut statement = self

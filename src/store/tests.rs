@@ -343,3 +343,15 @@ fn sync_candidates_come_a_window_at_a_time_in_sequence_order() {
     assert_eq!(window, ["feed-2026-11-22-001", "feed-2026-11-22-002"]);
     assert_eq!(store.sync_candidates(1, 3, usize::MAX).unwrap().len(), 5);
 }
+
+#[test]
+fn the_latest_run_is_the_last_scheduled_even_when_an_older_one_is_open() {
+    let (_dir, mut store) = open();
+    let older = store.create_run(&feed_run(), at(0)).unwrap().0;
+    let newer = NewRun { scheduled_for: at(3600), run_key: "feed-20261122T0700", ..feed_run() };
+    let newer = store.create_run(&newer, at(3600)).unwrap().0;
+    store.finish_run(newer.id, RunState::Completed, None, at(3700)).unwrap();
+    assert_eq!(store.run(older.id).unwrap().unwrap().state, RunState::Open);
+    assert_eq!(store.latest_run("feed").unwrap().map(|r| r.id), Some(newer.id));
+    assert_eq!(store.latest_run("other").unwrap(), None);
+}

@@ -151,14 +151,17 @@ mod tests {
             turnarounds_secs: vec![120.0, 4000.0],
             spend_usd: vec![Labelled { labels: ["nightly".into(), "batch".into()], value: 0.25 }],
             open_runs: 2,
+            oldest_open_batch_at: Some(Utc::now() - chrono::Duration::seconds(90)),
             ..MetricFigures::default()
         };
-        let text = encode(&figures, Utc::now());
+        let now = figures.oldest_open_batch_at.unwrap() + chrono::Duration::seconds(90);
+        let text = encode(&figures, now);
         assert!(text.contains(r#"orchestrator_requests{job="nightly",lane="batch",state="succeeded"} 3"#), "{text}");
         assert!(text.contains("orchestrator_batch_turnaround_seconds_count 2"), "{text}");
         assert!(text.contains(r#"orchestrator_batch_turnaround_seconds_bucket{le="300.0"} 1"#), "{text}");
         assert!(text.contains(r#"orchestrator_spend_usd_total{job="nightly",lane="batch"} 0.25"#), "{text}");
         assert!(text.contains("orchestrator_open_runs 2"), "{text}");
+        assert!(text.contains("orchestrator_oldest_open_batch_age_seconds 90"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -442,7 +442,8 @@ pub fn jobs(store: &Store, jobs: &BTreeMap<String, Job>, now: DateTime<Utc>) -> 
         store.schedules()?.into_iter().map(|s| (s.job, s.next_at)).collect();
     let mut items = Vec::with_capacity(jobs.len());
     for job in jobs.values() {
-        let last = store.run_summaries(&RunFilter { job: Some(job.name.clone()), limit: 1, ..RunFilter::default() })?;
+        // The latest by schedule: an older run still open must not hide a newer one.
+        let last = store.latest_run(&job.name)?;
         let manifest = &job.manifest;
         let month_cost_usd = usd(store.spent_since(Some(&job.name), month_start(now))?);
         let budget_usd = manifest.budget.as_ref().and_then(|b| b.monthly_usd);
@@ -458,11 +459,11 @@ pub fn jobs(store: &Store, jobs: &BTreeMap<String, Job>, now: DateTime<Utc>) -> 
             model: manifest.model.clone(),
             batch_model: manifest.batch_model.clone(),
             tags: manifest.tags.clone(),
-            last_run: last.first().map(|s| LastRun {
-                id: s.run.id,
-                run_key: s.run.run_key.clone(),
-                state: s.run.state.as_str().to_owned(),
-                scheduled_for: s.run.scheduled_for,
+            last_run: last.map(|run| LastRun {
+                id: run.id,
+                run_key: run.run_key,
+                state: run.state.as_str().to_owned(),
+                scheduled_for: run.scheduled_for,
             }),
             month_cost_usd,
             budget_usd,
