@@ -77,7 +77,8 @@ pub fn read_items(source: Option<&ItemSource>) -> Result<Items, SourceError> {
 }
 
 /// Parses JSON Lines: blank lines are ignored, every other line must be an object.
-pub fn parse_jsonl(
+#[cfg(test)]
+fn parse_jsonl(
     reader: impl BufRead + Send + 'static,
     origin: &str,
     skip_malformed: bool,
@@ -330,6 +331,20 @@ mod tests {
         assert_eq!(stream.by_ref().filter_map(Result::ok).count(), 2);
         let err = stream.finish().unwrap_err().to_string();
         assert!(err.starts_with("x.jsonl: 1 malformed line(s), first at line 2"), "{err}");
+    }
+
+    #[test]
+    fn a_glob_gives_one_item_per_file_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.txt"), "second").unwrap();
+        std::fs::write(dir.path().join("a.txt"), "first").unwrap();
+        std::fs::create_dir(dir.path().join("c.txt")).unwrap();
+        let pattern = format!("{}/*.txt", dir.path().display());
+        let items = read_items(Some(&ItemSource { glob: Some(pattern), ..Default::default() })).unwrap().items;
+        let names: Vec<_> =
+            items.iter().map(|i| (i["name"].as_str().unwrap(), i["content"].as_str().unwrap())).collect();
+        assert_eq!(names, [("a.txt", "first"), ("b.txt", "second")], "files only, sorted, with their content");
+        assert!(items[0]["path"].as_str().unwrap().ends_with("/a.txt"));
     }
 
     #[test]

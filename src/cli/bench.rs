@@ -184,6 +184,10 @@ pub struct WorkerArgs {
 }
 
 pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
+    if let Scenario::RunWorker(a) = &args.scenario {
+        // Before any runtime of ours: the peak RSS is the `run` command's alone.
+        return run_worker(a);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -218,12 +222,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
             };
             emit(&idle::run(&options)?, &a.output)?;
         }
-        Scenario::RunWorker(a) => {
-            // The `run` command's own code, in this process, so its peak RSS is the run's.
-            let exit_code = super::run::run(&run_worker_args(a))?;
-            let measured = endtoend::Measured { exit_code, peak_rss_kb: crate::bench::rss::peak_rss_kb() };
-            println!("{}", serde_json::to_string(&measured)?);
-        }
+        Scenario::RunWorker(_) => unreachable!("run-worker returns before the runtime starts"),
         Scenario::Submit(_)
         | Scenario::Fallback(_)
         | Scenario::Validate(_)
@@ -240,6 +239,14 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
             println!("{}", serde_json::to_string(&measured)?);
         }
     }
+    Ok(0)
+}
+
+/// The `run` command's own code, in this process, so its peak RSS is the run's.
+fn run_worker(args: &RunWorkerArgs) -> anyhow::Result<u8> {
+    let exit_code = super::run::run(&run_worker_args(args))?;
+    let measured = endtoend::Measured { exit_code, peak_rss_kb: crate::bench::rss::peak_rss_kb() };
+    println!("{}", serde_json::to_string(&measured)?);
     Ok(0)
 }
 

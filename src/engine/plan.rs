@@ -85,7 +85,7 @@ mod tests {
         // The sync lane would end after the deadline anyway: the batch keeps it until then.
         assert_eq!(takeover_at(now, deadline, margin, hours(69)), deadline);
         // Past the deadline, the sync lane bounds how late it ends.
-        assert!(takeover_at(deadline, deadline, margin, hours(69)) <= deadline);
+        assert_eq!(takeover_at(deadline, deadline, margin, hours(69)), deadline);
     }
 
     fn limits() -> SyncLimits {

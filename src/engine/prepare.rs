@@ -61,15 +61,15 @@ pub async fn prepare_run(
     pricer: &Pricer,
     now: DateTime<Utc>,
 ) -> Result<RunRow, PrepareError> {
-    let run = create_run(store, job, info, slot, now).await?;
+    let (run, created) = create_run(store, job, info, slot, now).await?;
     let run_id = run.id;
     if run.prepared_at.is_some() || run.state != RunState::Open {
         let existing: u64 = store.call(move |s| Ok(s.request_counts(run_id)?.values().sum())).await?;
         tracing::info!(run = %run.run_key, requests = existing, state = run.state.as_str(), "resuming run");
         return Ok(run);
     }
-    let leftover = store.call(move |s| s.discard_unprepared_requests(run_id)).await?;
-    if leftover > 0 {
+    if !created {
+        let leftover = store.call(move |s| s.discard_unprepared_requests(run_id)).await?;
         tracing::warn!(run = %run.run_key, requests = leftover, "preparing again: the last preparation was cut off");
     }
     let stored = match store_requests(store, job, info, run_id, settings, now).await {
@@ -98,7 +98,7 @@ async fn create_run(
     info: &RunInfo,
     slot: RunSlot,
     now: DateTime<Utc>,
-) -> Result<RunRow, StoreError> {
+) -> Result<(RunRow, bool), StoreError> {
     let RunSlot { scheduled_for, deadline_at } = slot;
     let (name, key, tier) = (job.name.clone(), info.id.clone(), job.manifest.tier.as_str().to_owned());
     let lane = job.manifest.tier.lane().as_str();
@@ -107,7 +107,7 @@ async fn create_run(
         let new = NewRun { job: &name, scheduled_for, run_key: &key, tier: &tier, deadline_at, lane, tags: &tags };
         s.create_run(&new, now)
     };
-    Ok(store.call(new).await?.0)
+    store.call(new).await
 }
 
 /// Closes a run that will not go ahead, without the requests stored so far.

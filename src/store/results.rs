@@ -163,7 +163,7 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         let rows = statement
-            .query_map(params![run_id, limit as i64], |row| {
+            .query_map(params![run_id, i64::try_from(limit).unwrap_or(i64::MAX)], |row| {
                 Ok(DeliverableResult {
                     custom_id: row.get(0)?,
                     result_id: row.get(1)?,
