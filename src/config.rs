@@ -108,10 +108,9 @@ impl Config {
 
     fn check(&self) -> Result<(), String> {
         let mut probe = EngineSettings::new(PathBuf::new(), crate::catalog::Catalog::builtin());
+        // `notify` is resolved by `serve` alone: it reads webhook secrets,
+        // which `run` (loading the same file) neither needs nor may be able to read.
         self.apply(&mut probe)?;
-        if let Some(notify) = &self.notify {
-            notify.resolve()?;
-        }
         if self.sync.concurrency == 0 {
             return Err("sync.concurrency must be at least 1".into());
         }
@@ -173,6 +172,8 @@ mod tests {
         std::fs::write(&path, "fallback: { max_safety_margin: soon }\n").unwrap();
         let error = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(error.contains("orchestrator.yaml") && error.contains("fallback.max_safety_margin"), "{error}");
+        std::fs::write(&path, "notify: { webhooks: [{ url_env: ORCHESTRATOR_TEST_UNSET_WEBHOOK }] }\n").unwrap();
+        assert!(Config::load(Some(&path)).is_ok(), "loading for `run` reads no webhook secret");
         std::fs::write(&path, "sync: { concurency: 2 }\n").unwrap();
         let error = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(error.contains("concurency"), "{error}");

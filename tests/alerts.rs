@@ -178,6 +178,8 @@ async fn each_alert_arrives_once_a_500_is_retried_and_a_restart_sends_nothing_ag
         by_command.insert(alert["key"].as_str().unwrap().to_owned(), 1);
     }
     assert_eq!(by_command, delivered, "the command got the same alerts, each once");
+    let command_sent = count(dir.path(), &format!("{SENT} AND json_extract(detail, '$.target') LIKE 'command%'"));
+    assert_eq!(command_sent as usize, delivered.len(), "one recorded delivery per alert to the command");
     assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM events WHERE kind = 'alert_failed'"), 0);
 
     stop(daemon);

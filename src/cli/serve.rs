@@ -74,7 +74,9 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     let mut settings = EngineSettings::new(args.project.prompts.clone(), catalog.clone());
     let config = Config::load(args.config.as_deref())?;
     config.apply(&mut settings).map_err(anyhow::Error::msg)?;
-    let notify = config.notify.as_ref().map(|n| n.resolve()).transpose().map_err(anyhow::Error::msg)?;
+    let config_path = args.config.as_deref().map_or_else(String::new, |p| format!("{}: ", p.display()));
+    let notify =
+        config.notify.as_ref().map(|n| n.resolve()).transpose().map_err(|e| anyhow::anyhow!("{config_path}{e}"))?;
     if args.simulate {
         // The simulator ends a small batch in seconds: poll like someone is watching.
         settings.poll_initial = settings.poll_initial.min(Duration::from_secs(2));
