@@ -51,6 +51,9 @@ pub struct Provider {
     pub batch_discount: f64,
     /// How long the provider keeps a batch before its requests expire.
     pub batch_expiry: String,
+    /// How long a small batch is expected to take, before any was seen to end.
+    #[serde(default)]
+    pub batch_turnaround: Option<String>,
     /// Betas and the lanes that allow them.
     #[serde(default)]
     pub betas: BTreeMap<String, Beta>,
@@ -85,6 +88,28 @@ pub struct Model {
     pub max_output_tokens: u32,
     /// Synchronous list prices.
     pub prices: Prices,
+    /// What one synchronous call is assumed to take before any was measured.
+    #[serde(default)]
+    pub latency: Option<Latency>,
+}
+
+/// A slow synchronous call: the first token, then the output at a rate.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Latency {
+    /// Time to the first token, in milliseconds.
+    pub first_token_ms: u64,
+    /// Output tokens per second after the first.
+    pub output_tokens_per_second: f64,
+}
+
+impl Model {
+    /// The catalog's latency of a call answering `output_tokens`, if it has one.
+    pub fn sync_latency(&self, output_tokens: f64) -> Option<std::time::Duration> {
+        let latency = self.latency?;
+        let streaming = output_tokens.max(0.0) / latency.output_tokens_per_second.max(1.0);
+        Some(std::time::Duration::from_millis(latency.first_token_ms) + std::time::Duration::from_secs_f64(streaming))
+    }
 }
 
 /// List prices in US dollars per million tokens.
@@ -121,8 +146,25 @@ impl Catalog {
     }
 
     fn parse(text: &str, path: &Path) -> Result<Catalog, CatalogError> {
-        serde_saphyr::from_str(text)
-            .map_err(|err| CatalogError::Parse { path: path.to_owned(), message: err.without_snippet().to_string() })
+        let catalog: Catalog = serde_saphyr::from_str(text)
+            .map_err(|err| CatalogError::Parse { path: path.to_owned(), message: err.without_snippet().to_string() })?;
+        for (name, provider) in &catalog.providers {
+            let durations = [
+                ("batch_expiry", Some(&provider.batch_expiry)),
+                ("batch_turnaround", provider.batch_turnaround.as_ref()),
+            ];
+            for (field, text) in durations {
+                if let Some(text) = text
+                    && let Err(reason) = crate::manifest::parse_duration(text)
+                {
+                    let message = format!(
+                        "providers.{name}.{field}: `{text}` is not a duration ({reason}); write e.g. `10m` or `24h`"
+                    );
+                    return Err(CatalogError::Parse { path: path.to_owned(), message });
+                }
+            }
+        }
+        Ok(catalog)
     }
 
     /// Finds a model by id or alias; returns its canonical id and entry.
@@ -148,6 +190,11 @@ impl Catalog {
 }
 
 impl Provider {
+    /// How long a small batch is expected to take (`batch_turnaround`), if the catalog says.
+    pub fn batch_turnaround(&self) -> Option<std::time::Duration> {
+        self.batch_turnaround.as_deref().and_then(|text| crate::manifest::parse_duration(text).ok())
+    }
+
     /// The output limit for `model` in `lane` with the job's `betas`.
     pub fn max_output_tokens(&self, model_id: &str, model: &Model, lane: Lane, betas: &[String]) -> u32 {
         betas
@@ -173,6 +220,19 @@ mod tests {
         assert_eq!(model.prices.input, 3.0);
         assert!(catalog.model("anthropic", "gpt-4o").is_none());
         assert!(catalog.model("openai", "sonnet").is_none());
+    }
+
+    #[test]
+    fn planning_figures_are_in_the_catalog() {
+        let catalog = Catalog::builtin();
+        let provider = &catalog.providers["anthropic"];
+        assert_eq!(provider.batch_turnaround(), Some(std::time::Duration::from_secs(600)));
+        let (_, haiku) = catalog.model("anthropic", "haiku").unwrap();
+        // 0.8 s to the first token, then 100 tokens at 100 per second.
+        assert_eq!(haiku.sync_latency(100.0), Some(std::time::Duration::from_millis(1800)));
+        for (id, model) in &provider.models {
+            assert!(model.latency.is_some(), "{id} has a latency for the planner");
+        }
     }
 
     #[test]

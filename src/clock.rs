@@ -87,6 +87,34 @@ impl Clock for SystemClock {
     }
 }
 
+/// The real clock, shifted to start at another instant and running `scale`
+/// times as fast: `serve --simulate --clock-start ... --clock-scale ...`
+/// rehearses a night of schedule (a DST change, a deadline) in seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct ScaledClock {
+    started: std::time::Instant,
+    origin: DateTime<Utc>,
+    scale: f64,
+}
+
+impl ScaledClock {
+    /// A clock reading `origin` now and running `scale` (> 0) times real time.
+    pub fn new(origin: DateTime<Utc>, scale: f64) -> ScaledClock {
+        ScaledClock { started: std::time::Instant::now(), origin, scale: if scale > 0.0 { scale } else { 1.0 } }
+    }
+}
+
+impl Clock for ScaledClock {
+    fn now(&self) -> DateTime<Utc> {
+        let elapsed = self.started.elapsed().mul_f64(self.scale);
+        self.origin + span(elapsed)
+    }
+
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        Box::pin(tokio::time::sleep(duration.div_f64(self.scale)))
+    }
+}
+
 /// A clock that only moves when every registered task sleeps, or when told to.
 #[derive(Clone)]
 pub struct ManualClock {
@@ -251,6 +279,17 @@ mod tests {
         let expected: Vec<_> =
             [10, 20, 30].iter().map(|&s| (s, start() + chrono::Duration::seconds(s as i64))).collect();
         assert_eq!(seen, expected);
+    }
+
+    #[tokio::test]
+    async fn a_scaled_clock_starts_where_told_and_runs_faster() {
+        let clock = ScaledClock::new(start(), 1000.0);
+        let before = clock.now();
+        assert!(before >= start() && before < start() + chrono::Duration::seconds(60));
+        clock.sleep(Duration::from_secs(50)).await;
+        let slept = clock.now() - before;
+        assert!(slept >= chrono::Duration::seconds(50), "a sleep of 50 s of its time lasted {slept}");
+        assert!(slept < chrono::Duration::seconds(3600), "and took about 50 ms of real time: {slept}");
     }
 
     #[tokio::test]

@@ -10,7 +10,8 @@
 //!   output_tokens_per_minute: 80000
 //! fallback:
 //!   max_safety_margin: 10m     # a tenth of the run's window, at most this
-//!   assumed_sync_latency: 20s  # until sync calls to a model have been observed
+//!   assumed_sync_latency: 20s  # until sync calls to a model have been observed (default: the catalog's)
+//!   assumed_batch_turnaround: 10m  # until batches have been seen to end (default: the catalog's)
 //! batch:
 //!   poll_initial: 10s
 //!   poll_max: 5m
@@ -59,8 +60,12 @@ pub struct GlobalBudget {
 pub struct FallbackConfig {
     /// Longest safety margin before a deadline, e.g. `10m`.
     pub max_safety_margin: Option<String>,
-    /// Sync latency assumed before any call to a model was observed, e.g. `20s`.
+    /// Sync latency assumed before any call to a model was observed, e.g.
+    /// `20s` (default: the catalog's figure for the model).
     pub assumed_sync_latency: Option<String>,
+    /// Batch turnaround assumed before any of the provider's batches was
+    /// seen to end, e.g. `10m` (default: the catalog's `batch_turnaround`).
+    pub assumed_batch_turnaround: Option<String>,
 }
 
 /// Batch polling.
@@ -127,7 +132,24 @@ impl Config {
             Ok(())
         };
         set(&mut settings.max_safety_margin, &self.fallback.max_safety_margin, "fallback.max_safety_margin")?;
-        set(&mut settings.assumed_sync_latency, &self.fallback.assumed_sync_latency, "fallback.assumed_sync_latency")?;
+        let set_some = |target: &mut Option<Duration>, value: &Option<String>, name: &str| -> Result<(), String> {
+            let mut parsed = target.unwrap_or_default();
+            set(&mut parsed, value, name)?;
+            if value.is_some() {
+                *target = Some(parsed);
+            }
+            Ok(())
+        };
+        set_some(
+            &mut settings.assumed_sync_latency,
+            &self.fallback.assumed_sync_latency,
+            "fallback.assumed_sync_latency",
+        )?;
+        set_some(
+            &mut settings.assumed_batch_turnaround,
+            &self.fallback.assumed_batch_turnaround,
+            "fallback.assumed_batch_turnaround",
+        )?;
         set(&mut settings.poll_initial, &self.batch.poll_initial, "batch.poll_initial")?;
         set(&mut settings.poll_max, &self.batch.poll_max, "batch.poll_max")?;
         if let Some(amount) = self.budget.monthly_usd {

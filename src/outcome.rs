@@ -82,6 +82,25 @@ pub fn message_text(message: &serde_json::Value) -> String {
         .unwrap_or_default()
 }
 
+impl Outcome {
+    /// Whether this outcome uses up one of the request's attempts: only the
+    /// request's own failures do (a success needs no more). A batch canceled
+    /// or expired before the request ran, and the provider's backpressure
+    /// (`overloaded_error`, `rate_limit_error`), say nothing about the request.
+    pub fn counts_as_attempt(&self) -> bool {
+        match self {
+            Outcome::Succeeded { .. } => false,
+            Outcome::Errored { error_type, .. } => !is_backpressure_error_type(error_type),
+            Outcome::Canceled | Outcome::Expired => false,
+        }
+    }
+}
+
+/// Error types that mean "slow down", not "this request failed".
+pub fn is_backpressure_error_type(error_type: &str) -> bool {
+    matches!(error_type, "rate_limit_error" | "overloaded_error")
+}
+
 /// Error types that no retry can fix.
 pub fn is_permanent_error_type(error_type: &str) -> bool {
     matches!(
@@ -108,5 +127,17 @@ mod tests {
         assert!(errored("some_future_error").is_retryable(), "unknown types are treated as transient");
         assert!(Outcome::Expired.is_retryable());
         assert!(Outcome::Canceled.is_retryable());
+    }
+
+    #[test]
+    fn only_the_requests_own_failures_use_up_attempts() {
+        let errored = |t: &str| Outcome::Errored { error_type: t.into(), message: String::new() };
+        assert!(errored("api_error").counts_as_attempt());
+        assert!(errored("timeout_error").counts_as_attempt());
+        assert!(errored("invalid_request_error").counts_as_attempt());
+        assert!(!errored("overloaded_error").counts_as_attempt());
+        assert!(!errored("rate_limit_error").counts_as_attempt());
+        assert!(!Outcome::Canceled.counts_as_attempt());
+        assert!(!Outcome::Expired.counts_as_attempt());
     }
 }

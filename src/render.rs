@@ -48,7 +48,10 @@ pub enum RenderError {
 /// One run's identity as templates and custom_ids see it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunInfo {
-    /// `<job>-<YYYYMMDDTHHMM>` in the job's time zone: unique per run.
+    /// `<job>-<YYYYMMDDTHHMM>` in the job's time zone: unique per run. The
+    /// seconds follow the minutes when the instant is not on a whole minute
+    /// (`T063015`), and a `B` marks the second pass of a local time that
+    /// occurs twice (the repeated hour when clocks go back: `T0200B`).
     pub id: String,
     /// Scheduled date in the job's time zone, `YYYY-MM-DD`.
     pub date: String,
@@ -65,7 +68,7 @@ impl RunInfo {
         let schedule = &job.manifest.schedule;
         let tz: Tz = schedule.timezone.parse().map_err(|_| RenderError::Schedule(job.name.clone()))?;
         let local = scheduled_for.with_timezone(&tz);
-        let stamp = local.format("%Y%m%dT%H%M").to_string();
+        let stamp = stamp(tz, scheduled_for);
         let date = local.format("%Y-%m-%d").to_string();
         let many = fires_more_than_once_a_day(&schedule.cron, tz, scheduled_for);
         let custom_id_prefix = if many { format!("{}-{stamp}", job.name) } else { format!("{}-{date}", job.name) };
@@ -84,6 +87,25 @@ impl RunInfo {
     pub fn custom_id(&self, seq: usize) -> String {
         format!("{}-{seq:03}", self.custom_id_prefix)
     }
+}
+
+/// `YYYYMMDDTHHMM` of `instant` in `tz`, with the seconds when they are
+/// not zero, and `B` when the local time occurs twice and this is its second
+/// pass (as German time signals called the repeated hour "2B"): every instant
+/// gets its own stamp, and stamps of stored runs keep their form.
+fn stamp(tz: Tz, instant: DateTime<Utc>) -> String {
+    use chrono::{TimeZone, Timelike};
+    let local = instant.with_timezone(&tz);
+    let mut stamp = local.format("%Y%m%dT%H%M").to_string();
+    if local.second() != 0 || instant.timestamp_subsec_nanos() != 0 {
+        stamp.push_str(&local.format("%S").to_string());
+    }
+    if let chrono::LocalResult::Ambiguous(_, second) = tz.from_local_datetime(&local.naive_local())
+        && second == local
+    {
+        stamp.push('B');
+    }
+    stamp
 }
 
 /// Whether the cron fires at least twice on the local day of `around`.
@@ -238,6 +260,64 @@ mod tests {
 
     fn utc(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    /// Every instant a cron yields across the DST changes of 2026, with its run id.
+    fn ids_through(cron: &str, zone: &str, from: &str, to: &str) -> Vec<(DateTime<Utc>, String)> {
+        let tz: Tz = zone.parse().unwrap();
+        let parsed = cron_parser().parse(cron).unwrap();
+        let job = crate::manifest::test_job("hourly", cron, zone);
+        crate::schedule::due_between(&parsed, tz, utc(from), utc(to), 10_000)
+            .into_iter()
+            .map(|at| (at, RunInfo::new(&job, at).unwrap().custom_id(1)))
+            .collect()
+    }
+
+    fn assert_distinct_and_valid(ids: &[(DateTime<Utc>, String)]) {
+        let pattern =
+            |id: &str| id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let mut seen = std::collections::HashSet::new();
+        for (at, id) in ids {
+            assert!(pattern(id), "{id} fits the provider's custom_id pattern");
+            assert!(seen.insert(id.clone()), "{id} (for {at}) is another instant's id too");
+        }
+    }
+
+    #[test]
+    fn every_instant_of_a_dst_change_gets_its_own_ids() {
+        let days = [
+            ("Europe/Berlin", "2026-10-24T22:00:00Z", "2026-10-25T23:00:00Z"),
+            ("Europe/Berlin", "2026-03-28T23:00:00Z", "2026-03-29T22:00:00Z"),
+            ("America/New_York", "2026-11-01T04:00:00Z", "2026-11-02T05:00:00Z"),
+            ("America/New_York", "2026-03-08T05:00:00Z", "2026-03-09T04:00:00Z"),
+        ];
+        for cron in ["0 * * * *", "*/30 * * * *", "15 * * * *"] {
+            for (zone, from, to) in days {
+                let ids = ids_through(cron, zone, from, to);
+                assert_distinct_and_valid(&ids);
+                // A day of real time: 25, 23 or 24 hours of firings.
+                let hours = (utc(to) - utc(from)).num_hours() as usize;
+                let per_hour = if cron.starts_with("*/30") { 2 } else { 1 };
+                assert_eq!(ids.len(), hours * per_hour, "{cron} in {zone} from {from}: {ids:?}");
+            }
+        }
+        // Berlin, 2026-10-25: 02:00 CEST (00:00 UTC), then 02:00 CET (01:00 UTC).
+        let hourly = ids_through("0 * * * *", "Europe/Berlin", "2026-10-24T23:30:00Z", "2026-10-25T01:30:00Z");
+        let ids: Vec<&str> = hourly.iter().map(|(_, id)| id.as_str()).collect();
+        assert_eq!(ids, ["hourly-20261025T0200-001", "hourly-20261025T0200B-001"]);
+        // A daily 01:30 in New York fires once on the day 01:30 occurs twice.
+        let daily = ids_through("30 1 * * *", "America/New_York", "2026-10-31T12:00:00Z", "2026-11-02T12:00:00Z");
+        assert_eq!(daily.len(), 2, "{daily:?}");
+        assert_distinct_and_valid(&daily);
+        assert_eq!(daily[0], (utc("2026-11-01T05:30:00Z"), "hourly-2026-11-01-001".to_owned()));
+    }
+
+    #[test]
+    fn an_instant_off_the_minute_keeps_its_seconds() {
+        let job = crate::manifest::test_job("feed", "0 6 * * *", "UTC");
+        let info = RunInfo::new(&job, utc("2026-11-22T06:00:42Z")).unwrap();
+        assert_eq!(info.id, "feed-20261122T060042");
+        assert_eq!(RunInfo::new(&job, utc("2026-11-22T06:00:00Z")).unwrap().id, "feed-20261122T0600");
     }
 
     #[test]

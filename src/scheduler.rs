@@ -26,6 +26,9 @@ const MAX_DUE: usize = 1000;
 /// Instants this close to start-up count as on time, not as missed.
 const ON_TIME: Duration = Duration::from_secs(60);
 
+/// How soon an instant whose run could not start is tried again.
+const START_RETRY: Duration = Duration::from_secs(60);
+
 /// Fires the runs of every known job on the engine.
 pub struct Scheduler {
     engine: Arc<Engine>,
@@ -40,6 +43,8 @@ enum Fired {
     Queued,
     /// The previous run is still open and the job skips (recorded).
     Skipped,
+    /// No run could be created for it (recorded): it is tried again later.
+    Failed,
 }
 
 /// A job's parsed cron expression and time zone (`None` if either is invalid).
@@ -94,12 +99,15 @@ impl Scheduler {
                 });
                 self.record(job, "run_skipped", detail).await?;
             }
+            let mut row = ScheduleRow { cursor: last, ..row };
             for &instant in &plan.fire {
-                self.start(job, instant).await?;
+                if !self.start(job, instant, &mut row).await? {
+                    // Not consumed: the loop tries it again, and what follows it.
+                    row.cursor = instant - chrono::Duration::milliseconds(1);
+                    break;
+                }
             }
             tracing::info!(job = %job.name, missed = missed.len(), fired = plan.fire.len(), "caught up after downtime");
-            let row =
-                ScheduleRow { cursor: last, last_fired_for: plan.fire.last().copied().or(row.last_fired_for), ..row };
             self.save(row).await?;
         }
         Ok(())
@@ -110,7 +118,8 @@ impl Scheduler {
         let now = self.engine.clock().now();
         let minute = now.duration_trunc(chrono::Duration::minutes(1)).unwrap_or(now);
         for job in self.engine.jobs().values() {
-            self.start(job, minute).await?;
+            let mut row = ScheduleRow::new(&job.name, now);
+            self.start(job, minute, &mut row).await?;
         }
         Ok(())
     }
@@ -132,38 +141,35 @@ impl Scheduler {
         let name = job.name.clone();
         let stored = self.engine.store().call(move |s| s.schedule(&name)).await?;
         // A job seen for the first time starts from now: no backfill from the past.
-        let mut row =
-            stored.unwrap_or(ScheduleRow { job: job.name.clone(), cursor: now, next_at: None, last_fired_for: None });
-        let mut cursor = now;
+        let mut row = stored.unwrap_or_else(|| ScheduleRow::new(&job.name, now));
+        let (mut cursor, mut retry_in) = (now, None);
         for instant in due_between(&cron, tz, row.cursor, now, MAX_DUE) {
-            match self.fire(job, instant, &row).await? {
-                Fired::Started => row.last_fired_for = Some(instant),
-                Fired::Skipped => {}
-                Fired::Queued => {
-                    // Stay just before the queued instant: it is due again on every tick.
-                    cursor = instant - chrono::Duration::milliseconds(1);
-                    break;
-                }
+            let fired = self.fire(job, instant, &mut row).await?;
+            if matches!(fired, Fired::Queued | Fired::Failed) {
+                // Stay just before the instant: it is due again on a later tick.
+                cursor = instant - chrono::Duration::milliseconds(1);
+                // A queued instant waits for the open run to close; a failed one for its cause to go away.
+                retry_in = Some(if fired == Fired::Queued { Duration::from_secs(1) } else { START_RETRY });
+                break;
             }
         }
         row.cursor = cursor;
         row.next_at = next_after(&cron, tz, cursor);
-        let (next_at, queued) = (row.next_at, cursor < now);
+        let next_at = row.next_at;
         self.save(row).await?;
-        // A queued instant is retried as runs close: look again soon.
-        Ok(if queued { Some(now + chrono::Duration::seconds(1)) } else { next_at })
+        Ok(retry_in.map(|wait| now + span(wait)).or(next_at))
     }
 
     /// Applies the job's overlap policy to one due instant.
-    async fn fire(&self, job: &Job, instant: DateTime<Utc>, row: &ScheduleRow) -> Result<Fired, EngineError> {
+    async fn fire(&self, job: &Job, instant: DateTime<Utc>, row: &mut ScheduleRow) -> Result<Fired, EngineError> {
         let name = job.name.clone();
         let open = self.engine.store().call(move |s| s.open_runs_of(&name)).await?;
         let previous_open = open.iter().any(|run| run.scheduled_for < instant);
         match (previous_open, job.manifest.overlap) {
-            (false, _) | (true, Overlap::Allow) => {
-                self.start(job, instant).await?;
-                Ok(Fired::Started)
-            }
+            (false, _) | (true, Overlap::Allow) => match self.start(job, instant, row).await? {
+                true => Ok(Fired::Started),
+                false => Ok(Fired::Failed),
+            },
             (true, Overlap::Skip) => {
                 let detail = serde_json::json!({ "scheduled_for": instant.to_rfc3339(), "reason": "overlap" });
                 self.record(job, "run_skipped", detail).await?;
@@ -181,21 +187,40 @@ impl Scheduler {
         }
     }
 
-    /// Creates (or finds) the run of `job` for `instant`. A run whose items
-    /// cannot be read is closed as failed by the engine; that is logged, not fatal.
-    async fn start(&self, job: &Job, instant: DateTime<Utc>) -> Result<(), EngineError> {
+    /// Creates (or finds) the run of `job` for `instant`; true if the run
+    /// exists now. A run whose items cannot be read exists, closed as failed
+    /// by the engine. When no run could be created at all, that is never
+    /// silent: a `run_start_failed` event (once per instant, alerted as a
+    /// failed run), the reason on the job's schedule (`status`, the
+    /// dashboard), and the instant stays due. A store that cannot even
+    /// record that fails the tick instead (the instant stays due too).
+    async fn start(&self, job: &Job, instant: DateTime<Utc>, row: &mut ScheduleRow) -> Result<bool, EngineError> {
         let deadline_at = instant + span(job.deadline());
-        match self.engine.start_run(job, instant, deadline_at).await {
+        let error = match self.engine.start_run(job, instant, deadline_at).await {
             Ok(run) => {
                 tracing::info!(job = %job.name, run = %run.run_key, "run fired");
-                Ok(())
+                row.last_fired_for = Some(instant);
+                row.start_failed_for = None;
+                row.start_error = None;
+                return Ok(true);
             }
-            Err(EngineError::Store(error)) => Err(EngineError::Store(error)),
-            Err(error) => {
-                tracing::error!(job = %job.name, scheduled_for = %instant, error = %error, "run could not start");
-                Ok(())
-            }
+            Err(error) => error,
+        };
+        let name = job.name.clone();
+        if let Some(run) = self.engine.store().call(move |s| s.run_by_key(&name, instant)).await? {
+            // A failed run is closed with the reason (and alerted); an unprepared one is prepared again.
+            tracing::error!(job = %job.name, run = %run.run_key, %error, "the run exists, but starting it failed");
+            row.last_fired_for = Some(instant);
+            return Ok(true);
         }
+        tracing::error!(job = %job.name, scheduled_for = %instant, %error, "run could not start; trying again in a minute");
+        if row.start_failed_for != Some(instant) {
+            let detail = serde_json::json!({ "scheduled_for": instant.to_rfc3339(), "error": error.to_string() });
+            self.record(job, "run_start_failed", detail).await?;
+        }
+        row.start_failed_for = Some(instant);
+        row.start_error = Some(error.to_string());
+        Ok(false)
     }
 
     async fn record(&self, job: &Job, kind: &'static str, detail: serde_json::Value) -> Result<(), EngineError> {

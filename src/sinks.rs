@@ -1,6 +1,12 @@
-//! Where results go. Each result reaches its sink once per custom_id: files
-//! are written through a temporary file and a rename, and a result already
-//! present (a crash between writing and recording) is recognised, not written again.
+//! Where results go. Each result reaches its sink once per custom_id, and a
+//! failed delivery leaves nothing behind that would block the next one.
+//!
+//! A JSONL file is appended to in place: a failed append (a full disk) is
+//! cut back to where it started, and the file's length is recorded with
+//! every round of deliveries, so a later round reads only what a crash may
+//! have written after that point (results already there are recognised, not
+//! written again) instead of the whole file. A directory gets one file per
+//! result, through a temporary file that is removed when the write fails.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
@@ -90,72 +96,136 @@ pub fn describe(sink: &Sink) -> (&'static str, String) {
     }
 }
 
-/// Delivers `results` to `sink` (paths already rendered). On success every
-/// result is in the sink exactly once; the caller then records the deliveries.
-pub fn deliver(sink: &Sink, results: &[DeliveredResult]) -> Result<(), SinkError> {
+/// Where a sink stood when its last delivery was recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkMark {
+    /// A JSONL sink's length in bytes (`None`: not known, the whole file is read).
+    pub jsonl_len: Option<u64>,
+}
+
+/// Delivers `results` to `sink` (paths already rendered), which stood at
+/// `mark` when its last round was recorded. On success every result is in
+/// the sink exactly once; the caller then records the deliveries with the
+/// mark returned.
+pub fn deliver(sink: &Sink, results: &[DeliveredResult], mark: SinkMark) -> Result<SinkMark, SinkError> {
     if results.is_empty() {
-        return Ok(());
+        return Ok(mark);
     }
     if let Some(path) = &sink.jsonl {
-        return append_jsonl(Path::new(path), results);
+        return append_jsonl(Path::new(path), results, mark.jsonl_len).map(|len| SinkMark { jsonl_len: Some(len) });
     }
     if let Some(dir) = &sink.dir {
-        return write_dir(Path::new(dir), results);
+        write_dir(Path::new(dir), results)?;
+    } else if let Some(sqlite) = &sink.sqlite {
+        write_sqlite(Path::new(&sqlite.path), &sqlite.table, results)?;
+    } else if let Some(command) = &sink.command {
+        pipe_command(command, results)?;
     }
-    if let Some(sqlite) = &sink.sqlite {
-        return write_sqlite(Path::new(&sqlite.path), &sqlite.table, results);
-    }
-    if let Some(command) = &sink.command {
-        return pipe_command(command, results);
-    }
-    Ok(())
+    Ok(mark)
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> SinkError + '_ {
     move |source| SinkError::Io { path: path.to_owned(), source }
 }
 
-/// Appends to a copy of the file and renames it over the original, skipping
-/// custom_ids the file already holds.
-fn append_jsonl(path: &Path, results: &[DeliveredResult]) -> Result<(), SinkError> {
+/// Appends the results the file does not hold yet; returns its new length.
+/// Only the part after `recorded_len` (the length when the last round was
+/// recorded) can hold undelivered-but-written results, so only it is read;
+/// an unknown or shrunk length (a new or rotated file) reads it all.
+fn append_jsonl(path: &Path, results: &[DeliveredResult], recorded_len: Option<u64>) -> Result<u64, SinkError> {
+    use std::io::{Seek, SeekFrom};
     ensure_parent(path)?;
-    let present = existing_custom_ids(path)?;
-    let fresh: Vec<_> = results.iter().filter(|r| !present.contains(&r.custom_id)).collect();
-    if fresh.is_empty() {
-        return Ok(());
-    }
-    let temp = temp_path(path);
-    if path.exists() {
-        std::fs::copy(path, &temp).map_err(io_err(path))?;
-    }
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&temp).map_err(io_err(&temp))?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err(path))?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    let from = recorded_len.filter(|&recorded| recorded <= len).unwrap_or(0);
+    let tail = read_tail(&mut file, path, from)?;
+    let start = repair_last_line(&file, path, from, &tail)?;
+    let present = tail.custom_ids;
     let mut buffer = Vec::new();
-    for result in fresh {
+    if start.needs_newline {
+        buffer.push(b'\n');
+    }
+    for result in results.iter().filter(|r| !present.contains(&r.custom_id)) {
         serde_json::to_writer(&mut buffer, result).expect("results serialize");
         buffer.push(b'\n');
     }
-    file.write_all(&buffer).map_err(io_err(&temp))?;
-    file.sync_all().map_err(io_err(&temp))?;
-    std::fs::rename(&temp, path).map_err(io_err(path))
+    if buffer.len() <= usize::from(start.needs_newline) {
+        return Ok(start.end);
+    }
+    file.seek(SeekFrom::Start(start.end)).map_err(io_err(path))?;
+    let written = file.write_all(&buffer).and_then(|()| file.sync_data());
+    if let Err(error) = written {
+        // A full disk must not leave half a line (or a copy) behind: cut back.
+        let _ = file.set_len(start.end);
+        return Err(io_err(path)(error));
+    }
+    Ok(start.end + buffer.len() as u64)
 }
 
-fn existing_custom_ids(path: &Path) -> Result<HashSet<String>, SinkError> {
-    let file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
-        Err(err) => return Err(io_err(path)(err)),
-    };
+/// What the part of a JSONL file after the recorded length holds.
+struct Tail {
+    custom_ids: HashSet<String>,
+    /// Offset (from the start of the file) just after the last newline, if any.
+    last_newline_end: Option<u64>,
+    /// The bytes after the last newline (a line without its end).
+    unterminated: Vec<u8>,
+}
+
+fn read_tail(file: &mut std::fs::File, path: &Path, from: u64) -> Result<Tail, SinkError> {
+    use std::io::{Read, Seek, SeekFrom};
     #[derive(serde::Deserialize)]
     struct Id {
         custom_id: String,
     }
-    let mut ids = HashSet::new();
-    for line in BufReader::new(file).lines() {
-        if let Ok(id) = serde_json::from_str::<Id>(&line.map_err(io_err(path))?) {
-            ids.insert(id.custom_id);
+    file.seek(SeekFrom::Start(from)).map_err(io_err(path))?;
+    let mut reader = BufReader::new(file.take(u64::MAX));
+    let (mut custom_ids, mut offset, mut last_newline_end) = (HashSet::new(), from, None);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line).map_err(io_err(path))?;
+        if read == 0 {
+            return Ok(Tail { custom_ids, last_newline_end, unterminated: Vec::new() });
+        }
+        offset += read as u64;
+        if line.last() != Some(&b'\n') {
+            return Ok(Tail { custom_ids, last_newline_end, unterminated: line });
+        }
+        last_newline_end = Some(offset);
+        if let Ok(id) = serde_json::from_slice::<Id>(&line) {
+            custom_ids.insert(id.custom_id);
         }
     }
-    Ok(ids)
+}
+
+/// Where appending starts, and whether a newline must come first.
+struct Start {
+    end: u64,
+    needs_newline: bool,
+}
+
+/// A last line without its newline is either the start of one of our
+/// results cut short by a crash (removed: it is written again whole) or
+/// someone else's last line (kept, and ended with a newline).
+fn repair_last_line(file: &std::fs::File, path: &Path, from: u64, tail: &Tail) -> Result<Start, SinkError> {
+    let line_start = tail.last_newline_end.unwrap_or(from);
+    let end = line_start + tail.unterminated.len() as u64;
+    if tail.unterminated.is_empty() {
+        return Ok(Start { end, needs_newline: false });
+    }
+    let whole = serde_json::from_slice::<serde::de::IgnoredAny>(&tail.unterminated).is_ok();
+    let ours = tail.unterminated.starts_with(b"{\"custom_id\":");
+    if ours && !whole {
+        file.set_len(line_start).map_err(io_err(path))?;
+        return Ok(Start { end: line_start, needs_newline: false });
+    }
+    Ok(Start { end, needs_newline: true })
 }
 
 fn write_dir(dir: &Path, results: &[DeliveredResult]) -> Result<(), SinkError> {
@@ -167,8 +237,14 @@ fn write_dir(dir: &Path, results: &[DeliveredResult]) -> Result<(), SinkError> {
         }
         let temp = temp_path(&path);
         let text = serde_json::to_vec_pretty(result).expect("results serialize");
-        std::fs::write(&temp, text).map_err(io_err(&temp))?;
-        std::fs::rename(&temp, &path).map_err(io_err(&path))?;
+        let written = std::fs::write(&temp, text)
+            .map_err(io_err(&temp))
+            .and_then(|()| std::fs::rename(&temp, &path).map_err(io_err(&path)));
+        if written.is_err() {
+            // A full disk must not keep the half-written copy.
+            let _ = std::fs::remove_file(&temp);
+        }
+        written?;
     }
     Ok(())
 }
@@ -247,8 +323,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out/results.jsonl");
         let sink = Sink { jsonl: Some(path.display().to_string()), ..Sink::default() };
-        deliver(&sink, &[result("a"), result("b")]).unwrap();
-        deliver(&sink, &[result("b"), result("c")]).unwrap();
+        // Without a recorded mark (a crash before the round was recorded) the whole file is read.
+        deliver(&sink, &[result("a"), result("b")], SinkMark::default()).unwrap();
+        let mark = deliver(&sink, &[result("b"), result("c")], SinkMark::default()).unwrap();
+        assert_eq!(mark.jsonl_len, Some(std::fs::metadata(&path).unwrap().len()));
+        deliver(&sink, &[result("a"), result("c")], SinkMark::default()).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let ids: Vec<String> = text
             .lines()
@@ -258,21 +337,62 @@ mod tests {
         assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no temporary files left");
     }
 
+    fn ids_in(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["custom_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn jsonl_reads_only_what_follows_the_recorded_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.jsonl");
+        let sink = Sink { jsonl: Some(path.display().to_string()), ..Sink::default() };
+        let mark = deliver(&sink, &[result("a")], SinkMark::default()).unwrap();
+        // Written, then a crash before the round was recorded: the old mark stands.
+        deliver(&sink, &[result("b")], mark).unwrap();
+        deliver(&sink, &[result("b"), result("c")], mark).unwrap();
+        assert_eq!(ids_in(&path), ["a", "b", "c"], "b is found after the mark, not written twice");
+        // What lies before the mark was recorded as delivered: it is not read again.
+        let end = SinkMark { jsonl_len: Some(std::fs::metadata(&path).unwrap().len()) };
+        deliver(&sink, &[result("d")], end).unwrap();
+        assert_eq!(ids_in(&path), ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn jsonl_cuts_a_result_line_a_crash_left_half_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.jsonl");
+        let sink = Sink { jsonl: Some(path.display().to_string()), ..Sink::default() };
+        let mark = deliver(&sink, &[result("a")], SinkMark::default()).unwrap();
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"custom_id\":\"b\",\"job\":\"fe").unwrap();
+        deliver(&sink, &[result("b")], mark).unwrap();
+        assert_eq!(ids_in(&path), ["a", "b"]);
+        // Someone else's last line without a newline is kept and ended.
+        std::fs::write(&path, "{\"note\":\"by hand\"}").unwrap();
+        deliver(&sink, &[result("c")], SinkMark::default()).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("{\"note\":\"by hand\"}\n{\"custom_id\":\"c\""), "{text}");
+    }
+
     #[test]
     fn dir_and_sqlite_sinks_are_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("results");
         let sink = Sink { dir: Some(out.display().to_string()), ..Sink::default() };
-        deliver(&sink, &[result("a")]).unwrap();
-        deliver(&sink, &[result("a"), result("b")]).unwrap();
+        deliver(&sink, &[result("a")], SinkMark::default()).unwrap();
+        deliver(&sink, &[result("a"), result("b")], SinkMark::default()).unwrap();
         assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2);
         let db = dir.path().join("sink.db");
         let sqlite = Sink {
             sqlite: Some(SqliteSink { path: db.display().to_string(), table: "answers".into() }),
             ..Sink::default()
         };
-        deliver(&sqlite, &[result("a"), result("b")]).unwrap();
-        deliver(&sqlite, &[result("b")]).unwrap();
+        deliver(&sqlite, &[result("a"), result("b")], SinkMark::default()).unwrap();
+        deliver(&sqlite, &[result("b")], SinkMark::default()).unwrap();
         let conn = rusqlite::Connection::open(&db).unwrap();
         let rows: i64 = conn.query_row("SELECT COUNT(*) FROM answers", [], |r| r.get(0)).unwrap();
         assert_eq!(rows, 2);
@@ -281,8 +401,10 @@ mod tests {
     #[test]
     fn a_failing_command_is_an_error() {
         let sink = Sink { command: Some("cat > /dev/null; exit 2".into()), ..Sink::default() };
-        assert!(deliver(&sink, &[result("a")]).unwrap_err().to_string().contains("exit status: 2"));
+        assert!(
+            deliver(&sink, &[result("a")], SinkMark::default()).unwrap_err().to_string().contains("exit status: 2")
+        );
         let ok = Sink { command: Some("wc -l > /dev/null".into()), ..Sink::default() };
-        deliver(&ok, &[result("a")]).unwrap();
+        deliver(&ok, &[result("a")], SinkMark::default()).unwrap();
     }
 }

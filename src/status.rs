@@ -11,6 +11,9 @@ use crate::store::{BatchRow, RunRow, Store, StoreError};
 
 /// Event kinds listed as "recent".
 const NOTABLE: &[&str] = &[
+    "run_start_failed",
+    "deadline_missed",
+    "delivery_failed",
     "run_skipped",
     "run_queued",
     "run_late",
@@ -62,6 +65,12 @@ pub struct RunStatus {
     pub requests: BTreeMap<&'static str, u64>,
     /// The run's batches.
     pub batches: Vec<BatchStatus>,
+    /// When it passed its deadline still open (it keeps going until every request is final).
+    pub deadline_missed_at: Option<DateTime<Utc>>,
+    /// Since when delivering its results has been failing (they stay stored and are retried).
+    pub delivery_failing_since: Option<DateTime<Utc>>,
+    /// The last delivery error.
+    pub delivery_error: Option<String>,
 }
 
 /// One batch of a run.
@@ -90,6 +99,10 @@ pub struct ScheduleStatus {
     pub next_at: Option<DateTime<Utc>>,
     /// The scheduled instant of its latest run.
     pub last_fired_for: Option<DateTime<Utc>>,
+    /// An instant whose run could not start (it is tried again every minute).
+    pub start_failed_for: Option<DateTime<Utc>>,
+    /// Why it could not start.
+    pub start_error: Option<String>,
 }
 
 /// A notable event.
@@ -133,6 +146,9 @@ fn run_status(store: &Store, run: RunRow, now: DateTime<Utc>) -> Result<RunStatu
         fallback_at: run.fallback_at,
         fallback_started_at: run.fallback_started_at,
         fallback_reason: run.fallback_reason,
+        deadline_missed_at: run.deadline_missed_at,
+        delivery_failing_since: run.delivery_failing_since,
+        delivery_error: run.delivery_error,
     })
 }
 
@@ -147,7 +163,13 @@ pub fn collect(store: &Store, job: Option<&str>, now: DateTime<Utc>) -> Result<S
         .schedules()?
         .into_iter()
         .filter(|s| wanted(&s.job))
-        .map(|s| ScheduleStatus { job: s.job, next_at: s.next_at, last_fired_for: s.last_fired_for })
+        .map(|s| ScheduleStatus {
+            job: s.job,
+            next_at: s.next_at,
+            last_fired_for: s.last_fired_for,
+            start_failed_for: s.start_failed_for,
+            start_error: s.start_error,
+        })
         .collect();
     let mut recent = Vec::new();
     for event in store.recent_events(NOTABLE, now - chrono::Duration::days(7), 200)? {
@@ -193,10 +215,27 @@ pub fn render_text(report: &StatusReport) -> String {
             let id = batch.provider_batch_id.as_deref().unwrap_or("(not created)");
             out.push_str(&format!("  batch {}: {id} {} ({} requests)\n", batch.id, batch.state, batch.requests));
         }
+        if let Some(at) = run.deadline_missed_at {
+            out.push_str(&format!(
+                "  late:      missed its deadline at {}; it keeps going until every request is final\n",
+                time(at)
+            ));
+        }
+        if let Some(since) = run.delivery_failing_since {
+            let error = run.delivery_error.as_deref().unwrap_or("");
+            out.push_str(&format!(
+                "  delivery:  failing since {} (retried; results stay stored): {error}\n",
+                time(since)
+            ));
+        }
     }
     for schedule in &report.schedules {
         let next = schedule.next_at.map_or("never".to_owned(), time);
         out.push_str(&format!("job {}: next firing {next}\n", schedule.job));
+        if let Some(at) = schedule.start_failed_for {
+            let error = schedule.start_error.as_deref().unwrap_or("");
+            out.push_str(&format!("  could not start the run for {} (tried again every minute): {error}\n", time(at)));
+        }
     }
     if !report.recent.is_empty() {
         out.push_str("recent:\n");

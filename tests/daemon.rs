@@ -74,6 +74,78 @@ async fn new_york_transitions_fire_once_each() {
     assert_eq!(fall, [at("2026-11-01T05:30:00Z"), at("2026-11-02T06:30:00Z")]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hourly_job_runs_both_passes_of_the_repeated_hour_each_with_its_own_ids() {
+    // Europe/Berlin, 2026-10-25: 25 hours of real time, 02:00 twice.
+    let head = "schedule: { cron: '0 * * * *', timezone: Europe/Berlin }\ntier: realtime\ndeadline: 10m\n";
+    let h = harness_at(head, 2, SimConfig::default(), at("2026-10-24T21:59:30Z")).await;
+    let daemon = daemon(&h);
+    daemon.start(false).await.unwrap();
+    serve_until(&h, &daemon, at("2026-10-25T23:00:30Z")).await;
+    assert_eq!(fired(&h).len(), 26, "midnight to midnight, both ends, is 26 firings on a 25-hour day");
+    assert_eq!(
+        h.count("SELECT COUNT(*) FROM runs WHERE state = 'completed'"),
+        26,
+        "{:?}",
+        h.ids("SELECT run_key || ' ' || state || ' ' || COALESCE(reason, '') FROM runs WHERE state <> 'completed'")
+    );
+    let repeated = h.ids("SELECT run_key FROM runs WHERE run_key LIKE 'bulk-20261025T02%' ORDER BY scheduled_for");
+    assert_eq!(repeated, ["bulk-20261025T0200", "bulk-20261025T0200B"]);
+    let ids = h.ids("SELECT custom_id FROM requests WHERE custom_id LIKE 'bulk-20261025T0200%' ORDER BY custom_id");
+    assert_eq!(
+        ids,
+        ["bulk-20261025T0200-001", "bulk-20261025T0200-002", "bulk-20261025T0200B-001", "bulk-20261025T0200B-002"]
+    );
+    assert_eq!(h.count("SELECT COUNT(*) FROM deliveries"), 52, "every run's results reached the sink");
+    assert_eq!(h.count("SELECT COUNT(*) FROM events WHERE kind IN ('run_failed', 'run_start_failed')"), 0);
+    h.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instant_whose_run_cannot_be_created_is_reported_and_fired_once_it_can() {
+    let head = "schedule: { cron: '0 * * * *' }\ntier: realtime\ndeadline: 10m\n";
+    let h = harness_at(head, 1, SimConfig::default(), at("2026-11-22T05:59:30Z")).await;
+    // The state database refuses new runs (as a full disk would), but still records events.
+    h.db()
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON runs BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+    let daemon = daemon(&h);
+    daemon.start(false).await.unwrap();
+    serve_until(&h, &daemon, at("2026-11-22T06:05:00Z")).await;
+    assert_eq!(fired(&h), Vec::<DateTime<Utc>>::new());
+    assert_eq!(
+        h.count("SELECT COUNT(*) FROM events WHERE kind = 'run_start_failed'"),
+        1,
+        "reported once, though tried again"
+    );
+    let report = orchestrator::status::collect(
+        &orchestrator::store::Store::open(&h.dir.path().join("state/orchestrator.db")).unwrap(),
+        None,
+        h.clock.now(),
+    )
+    .unwrap();
+    assert_eq!(report.schedules[0].start_failed_for, Some(at("2026-11-22T06:00:00Z")));
+    assert!(
+        report.schedules[0].start_error.as_deref().unwrap_or("").contains("refused by the test"),
+        "{:?}",
+        report.schedules
+    );
+    assert!(orchestrator::status::render_text(&report).contains("could not start the run for 2026-11-22 06:00:00 UTC"));
+    assert!(report.recent.iter().any(|e| e.kind == "run_start_failed"));
+    // The cause goes away: the instant was not consumed, its run starts now.
+    h.db().execute_batch("DROP TRIGGER refuse;").unwrap();
+    serve_until(&h, &daemon, at("2026-11-22T06:10:00Z")).await;
+    assert_eq!(fired(&h), [at("2026-11-22T06:00:00Z")]);
+    assert_eq!(h.count("SELECT COUNT(*) FROM runs WHERE state = 'completed'"), 1);
+    assert_eq!(
+        h.count("SELECT COUNT(*) FROM schedules WHERE start_failed_for IS NOT NULL OR start_error IS NOT NULL"),
+        0
+    );
+    h.sim.shutdown().await;
+}
+
 /// Runs a daily 06:00 UTC job, stops the daemon for three days, starts it
 /// again; returns the scheduled instants of the runs and the skipped events.
 async fn downtime(policy: &str) -> (Vec<DateTime<Utc>>, Vec<String>) {

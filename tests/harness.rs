@@ -28,6 +28,8 @@ pub struct Harness {
     pub sim: SimHandle,
     pub engine: Arc<Engine>,
     pub job: Job,
+    /// What `validate` said of the project.
+    pub diagnostics: Vec<orchestrator::diagnostics::Diagnostic>,
 }
 
 /// A project with one job `bulk` (`tier`, `deadline`) over `items` items,
@@ -40,6 +42,18 @@ pub async fn harness(tier: &str, deadline: &str, items: usize, sim: SimConfig) -
 /// Like [`harness`], with the manifest's first lines (schedule, tier,
 /// deadline, policies) given, and the clock starting at `start`.
 pub async fn harness_at(head: &str, items: usize, sim: SimConfig, start: DateTime<Utc>) -> Harness {
+    harness_tuned(head, items, sim, start, |_| {}).await
+}
+
+/// Like [`harness_at`], with the engine's settings changed by `tune` after
+/// the harness set them (for a test that plans with the catalog's figures).
+pub async fn harness_tuned(
+    head: &str,
+    items: usize,
+    sim: SimConfig,
+    start: DateTime<Utc>,
+    tune: impl FnOnce(&mut EngineSettings),
+) -> Harness {
     // Logs show up only for a failing test.
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
@@ -59,13 +73,23 @@ pub async fn harness_at(head: &str, items: usize, sim: SimConfig, start: DateTim
         sink = root.join("out/bulk.jsonl").display(),
     );
     std::fs::write(root.join("jobs/bulk.yaml"), manifest).unwrap();
-    harness_for(dir, "bulk", sim, start).await
+    harness_engine(dir, "bulk", sim, start, tune).await
 }
 
 /// An engine over every job of the project in `dir` (`jobs/`, `prompts/`,
 /// `state/`) on a manual clock at `start`, with a simulator on the same
 /// clock; `main` names the job [`Harness::run`] starts.
 pub async fn harness_for(dir: tempfile::TempDir, main: &str, sim: SimConfig, start: DateTime<Utc>) -> Harness {
+    harness_engine(dir, main, sim, start, |_| {}).await
+}
+
+async fn harness_engine(
+    dir: tempfile::TempDir,
+    main: &str,
+    sim: SimConfig,
+    start: DateTime<Utc>,
+    tune: impl FnOnce(&mut EngineSettings),
+) -> Harness {
     let root = dir.path();
     let catalog = Catalog::builtin();
     let report = validate_dir(Inputs {
@@ -83,13 +107,16 @@ pub async fn harness_for(dir: tempfile::TempDir, main: &str, sim: SimConfig, sta
     let store = SharedStore::new(Store::open(&root.join("state/orchestrator.db")).unwrap());
     let client = AnthropicClient::new(&sim.base_url(), ApiKey::new("sk-test")).unwrap();
     let mut settings = EngineSettings::new(root.join("prompts"), catalog);
-    settings.assumed_sync_latency = Duration::from_secs(2);
+    settings.assumed_sync_latency = Some(Duration::from_secs(2));
+    // The simulator's batches end in 3 s (median) to 8 s (p95).
+    settings.assumed_batch_turnaround = Some(Duration::from_secs(10));
     settings.sync = SyncLimits { concurrency: 8, ..SyncLimits::default() };
     settings.idle_tick = Duration::from_secs(3600);
+    tune(&mut settings);
     let batch = BatchLane::new(client.clone(), store.clone(), Arc::clone(&shared));
     let sync = SyncLane::new(client, store.clone(), Arc::clone(&shared), settings.sync);
     let engine = Arc::new(Engine::new(store, batch, sync, shared, settings, report.jobs.clone()));
-    Harness { dir, clock, sim, engine, job }
+    Harness { dir, clock, sim, engine, job, diagnostics: report.diagnostics.clone() }
 }
 
 impl Harness {

@@ -1,12 +1,14 @@
 //! Integration tests: the real binary on real files.
 
 mod alerts;
+mod backpressure;
 mod browser;
 mod budget;
 mod cost;
 mod daemon;
 mod estimate;
 mod fallback;
+mod full_disk;
 mod harness;
 mod memory;
 mod prepare;

@@ -10,7 +10,17 @@ use serde_json::Value;
 
 use crate::support::{code, stderr, stdout};
 
-const SCHEDULED_FOR: &str = "2026-11-22T06:00:00Z";
+/// The instant the tests' runs are scheduled for: a minute ago, fixed for
+/// the whole test process, so running again resumes the same run and a 12 h
+/// deadline lies ahead whatever the machine's date (a fixed date in the past
+/// made every run late once that day was over).
+fn scheduled_for() -> &'static str {
+    static AT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    AT.get_or_init(|| {
+        let minute = chrono::DurationRound::duration_trunc(chrono::Utc::now(), chrono::Duration::minutes(1)).unwrap();
+        (minute - chrono::Duration::minutes(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    })
+}
 
 /// A project with one job `bulk` over `items` items writing `out/bulk.jsonl`.
 fn project(items: usize, extra: &str) -> tempfile::TempDir {
@@ -48,7 +58,7 @@ async fn run_job(dir: &Path, sim: &SimHandle, failpoint: Option<&str>) -> Output
             "--state",
             "state/orchestrator.db",
             "--scheduled-for",
-            SCHEDULED_FOR,
+            scheduled_for(),
             "--poll-interval",
             "1s",
         ])
@@ -99,7 +109,10 @@ async fn ten_thousand_items_with_faults_end_final_and_delivered_once() {
     let stats = sim.stats();
     assert_eq!(code(&output), 4, "some requests fail for good: {}\n{}", stdout(&output), stderr(&output));
     let sizes = batch_sizes(dir.path());
-    assert_eq!(sizes.len(), 2, "one batch, then one follow-up: {sizes:?}");
+    // Follow-ups go on while requests have attempts left: only a request's own
+    // failures (`api_error`) use them up, not expiry or `overloaded_error`.
+    assert!(sizes.len() >= 3, "one batch, then follow-ups: {sizes:?}");
+    assert!(sizes.windows(2).all(|pair| pair[1] < pair[0]), "each follow-up is smaller: {sizes:?}");
     assert_eq!(sizes[0], 10_000);
     let delivered = delivered(dir.path());
     assert!(delivered.values().all(|n| *n == 1), "every result is delivered exactly once");
@@ -122,11 +135,24 @@ async fn ten_thousand_items_with_faults_end_final_and_delivered_once() {
         0,
         "every request is final"
     );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM requests WHERE state = 'retryable_failed' AND attempts <> 2"),
+        0,
+        "a request is given up only when its own failures used up retry.max_attempts"
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM requests q WHERE q.attempts <> (SELECT COUNT(*) FROM results r
+               WHERE r.custom_id = q.custom_id AND r.status = 'errored' AND r.error_type <> 'overloaded_error')"
+        ),
+        0,
+        "the attempts used are the request's own errors received (api_error, invalid_request_error), nothing else"
+    );
     let succeeded = count("SELECT COUNT(*) FROM requests WHERE state = 'succeeded'");
     assert_eq!(delivered.len() as i64, succeeded);
     assert!(stdout(&output).contains("invalid_request_error"), "{}", stdout(&output));
     assert_eq!(stats.custom_ids_submitted_more_than_once as i64, sizes[1], "only the retryable ones were sent twice");
-    assert_eq!(stats.requests_received as i64, 10_000 + sizes[1]);
+    assert_eq!(stats.requests_received as i64, sizes.iter().sum::<i64>());
     // Every provider call is in the attempts log, failures with their status.
     let injected = |key: &str| stats.faults_injected.get(key).copied().unwrap_or(0) as i64;
     let breakdown: Vec<(String, Option<i64>, Option<String>, i64)> = conn
@@ -148,7 +174,10 @@ async fn ten_thousand_items_with_faults_end_final_and_delivered_once() {
         count("SELECT COUNT(*) FROM attempts WHERE error_type = 'malformed_response'"),
         injected("truncated_results")
     );
-    assert_eq!(count("SELECT COUNT(*) FROM attempts WHERE operation = 'create_batch' AND error_type IS NULL"), 2);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM attempts WHERE operation = 'create_batch' AND error_type IS NULL"),
+        sizes.len() as i64
+    );
     sim.shutdown().await;
 }
 
@@ -177,8 +206,9 @@ async fn a_templated_sink_path_is_rendered_for_the_run() {
     std::fs::write(&manifest, text).unwrap();
     let output = run_job(dir.path(), &sim, None).await;
     assert_eq!(code(&output), 0, "{}", stderr(&output));
-    let written =
-        std::fs::read_to_string(dir.path().join("out/2026-11-22/bulk.jsonl")).expect("the rendered path was written");
+    let date = &scheduled_for()[..10];
+    let written = std::fs::read_to_string(dir.path().join(format!("out/{date}/bulk.jsonl")))
+        .expect("the rendered path was written");
     assert_eq!(written.lines().count(), 3);
     sim.shutdown().await;
 }
@@ -229,5 +259,99 @@ async fn a_create_whose_answer_is_lost_adopts_the_batch_instead_of_creating_it_t
     assert_eq!(stats.batches_created, 1, "the retry found the batch the lost answer created");
     assert_eq!(stats.custom_ids_submitted_more_than_once, 0);
     assert_eq!(delivered(dir.path()).len(), 50);
+    sim.shutdown().await;
+}
+
+/// Counts `sql` in the project's state database (-1 while it cannot be read).
+fn count_in(dir: &Path, sql: &str) -> i64 {
+    let Ok(conn) = rusqlite::Connection::open(dir.join("state/orchestrator.db")) else { return -1 };
+    conn.query_row(sql, [], |row| row.get(0)).unwrap_or(-1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_again_after_a_failing_sink_resumes_the_open_run_and_pays_nothing_twice() {
+    let sim = simulator(SimConfig::default()).await;
+    let dir = project(20, "");
+    let manifest = dir.path().join("jobs/bulk.yaml");
+    let working = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        working.replace("sink: { jsonl: out/bulk.jsonl }", "sink: { command: 'cat > /dev/null; exit 3' }"),
+    )
+    .unwrap();
+    // No --scheduled-for: `run` picks the instant, as a user's cron would.
+    let mut first = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["run", "bulk", "--poll-interval", "1s"])
+        .current_dir(dir.path())
+        .env("ANTHROPIC_BASE_URL", sim.base_url())
+        .env("ANTHROPIC_API_KEY", "sk-test-not-a-real-key")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let failing = "SELECT COUNT(*) FROM runs WHERE delivery_failing_since IS NOT NULL";
+    let start = std::time::Instant::now();
+    while count_in(dir.path(), failing) < 1 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "the sink never failed");
+        assert!(first.try_wait().unwrap().is_none(), "run keeps retrying a failing sink instead of exiting");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(
+        count_in(dir.path(), "SELECT COUNT(*) FROM requests WHERE state = 'succeeded'"),
+        20,
+        "paid for and stored"
+    );
+    // The user fixes the sink and runs the same command a minute (or a day) later.
+    std::fs::write(&manifest, &working).unwrap();
+    let mut again = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    again.args(["run", "bulk", "--poll-interval", "1s"]).current_dir(dir.path());
+    again.env("ANTHROPIC_BASE_URL", sim.base_url()).env("ANTHROPIC_API_KEY", "sk-test-not-a-real-key");
+    let second = tokio::task::spawn_blocking(move || again.output().unwrap()).await.unwrap();
+    assert_eq!(code(&second), 0, "{}", stderr(&second));
+    assert!(stderr(&second).contains("resuming run bulk-"), "it says which run it resumes: {}", stderr(&second));
+    assert_eq!(count_in(dir.path(), "SELECT COUNT(*) FROM runs"), 1, "no second run");
+    assert_eq!(sim.stats().batches_created, 1, "nothing was paid for twice");
+    assert_eq!(sim.stats().requests_received, 20);
+    let once = delivered(dir.path());
+    assert_eq!(once.len(), 20);
+    assert!(once.values().all(|n| *n == 1));
+    // --new starts a fresh run even though one of this minute may exist.
+    let mut fresh = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    fresh.args(["run", "bulk", "--new", "--poll-interval", "1s"]).current_dir(dir.path());
+    fresh.env("ANTHROPIC_BASE_URL", sim.base_url()).env("ANTHROPIC_API_KEY", "sk-test-not-a-real-key");
+    let third = tokio::task::spawn_blocking(move || fresh.output().unwrap()).await.unwrap();
+    assert_eq!(code(&third), 0, "{}", stderr(&third));
+    assert_eq!(count_in(dir.path(), "SELECT COUNT(*) FROM runs"), 2, "--new made a second run");
+    assert_eq!(count_in(dir.path(), "SELECT COUNT(DISTINCT run_key) FROM runs"), 2);
+    assert_eq!(delivered(dir.path()).len(), 40, "with its own custom_ids");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_scheduled_inside_the_repeated_hour_gets_its_own_ids() {
+    let sim = simulator(SimConfig::default()).await;
+    let dir = project(2, "");
+    let manifest = dir.path().join("jobs/bulk.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "schedule: { cron: '0 6 * * *' }\ntier: batch\ndeadline: 12h",
+        "schedule: { cron: '0 * * * *', timezone: Europe/Berlin }\ntier: realtime\ndeadline: 10m",
+    );
+    std::fs::write(&manifest, text).unwrap();
+    // 02:00 CEST, then 02:00 CET an hour later: both passes of 2026-10-25's repeated hour.
+    for instant in ["2026-10-25T00:00:00Z", "2026-10-25T01:00:00Z"] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+        command.args(["run", "bulk", "--scheduled-for", instant, "--deadline", "1000d"]).current_dir(dir.path());
+        command.env("ANTHROPIC_BASE_URL", sim.base_url()).env("ANTHROPIC_API_KEY", "sk-test-not-a-real-key");
+        let output = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
+        assert_eq!(code(&output), 0, "{instant}: {}", stderr(&output));
+    }
+    let mut ids: Vec<String> = delivered(dir.path()).into_keys().collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["bulk-20261025T0200-001", "bulk-20261025T0200-002", "bulk-20261025T0200B-001", "bulk-20261025T0200B-002"]
+    );
     sim.shutdown().await;
 }

@@ -175,7 +175,7 @@ async fn catch_up_after_downtime_follows_the_policy() {
     let cursor = chrono::Utc::now() - chrono::Duration::minutes(210);
     {
         let mut store = orchestrator::store::Store::open(&dir.path().join("state/orchestrator.db")).unwrap();
-        let row = orchestrator::store::ScheduleRow { job: "bulk".into(), cursor, next_at: None, last_fired_for: None };
+        let row = orchestrator::store::ScheduleRow::new("bulk", cursor);
         store.save_schedule(&row, cursor).unwrap();
     }
     let daemon = serve(dir.path(), &sim, &[]);
@@ -278,4 +278,39 @@ async fn a_second_process_on_the_same_state_is_refused_until_the_first_exits() {
     let third = run(&["run", "bulk", "--scheduled-for", "2026-01-01T00:00:00Z", "--deadline", "1s"]);
     assert_ne!(third.status.code(), Some(75), "the lock died with the killed daemon");
     sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_as_a_process_runs_both_passes_of_the_repeated_hour() {
+    let dir = project("schedule: { cron: '0 * * * *', timezone: Europe/Berlin }\ntier: realtime\ndeadline: 10m\n");
+    // A rehearsal of 2026-10-25 in Berlin: from 01:58 CEST, ten minutes per real second.
+    let daemon = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config", "orchestrator.yaml", "--simulate"])
+        .args(["--clock-start", "2026-10-24T23:58:00Z", "--clock-scale", "600"])
+        .current_dir(dir.path())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("ANTHROPIC_API_KEY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // 02:00 CEST, 02:00 CET, 03:00 CET: three runs, each completed with its own ids.
+    let first_three = "SELECT COUNT(*) FROM runs WHERE state = 'completed' AND scheduled_for <= 1792893600000";
+    wait_for(dir.path(), first_three, 3, Duration::from_secs(60)).await;
+    signal(&daemon, "TERM");
+    let (code, stderr) = wait_exit(daemon, Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let keys = {
+        let db = Connection::open(dir.path().join("state/orchestrator.db")).unwrap();
+        let mut statement = db.prepare("SELECT run_key FROM runs ORDER BY scheduled_for LIMIT 3").unwrap();
+        statement.query_map([], |row| row.get::<_, String>(0)).unwrap().map(Result::unwrap).collect::<Vec<_>>()
+    };
+    assert_eq!(keys, ["bulk-20261025T0200", "bulk-20261025T0200B", "bulk-20261025T0300"]);
+    let delivered = delivered(dir.path());
+    for key in &keys {
+        let n = delivered.keys().filter(|id| id.starts_with(&format!("{key}-"))).count();
+        assert_eq!(n, ITEMS, "{key}: every item delivered under the run's own ids");
+    }
+    assert!(delivered.values().all(|&n| n == 1));
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM events WHERE kind IN ('run_failed', 'run_start_failed')"), 0);
 }

@@ -76,7 +76,6 @@ async fn pass(base_url: &str, db: &std::path::Path, requests: u64, limits: SyncL
     let store = SharedStore::new(Store::open(db)?);
     let run_id = store.call(move |s| seed(s, requests)).await?;
     let lane = SyncLane::new(client(base_url)?, store.clone(), Arc::new(SystemClock), limits);
-    let deadline = chrono::Utc::now() + chrono::Duration::hours(1);
     let started = Instant::now();
     // What the engine's fallback does: every unfinished request, straight from the store.
     let work = store.call(move |s| s.sync_candidates(run_id, 3, usize::MAX)).await?;
@@ -88,7 +87,8 @@ async fn pass(base_url: &str, db: &std::path::Path, requests: u64, limits: SyncL
             params: w.params,
             model: "claude-haiku-4-5".to_owned(),
             betas: Vec::new(),
-            deadline,
+            attempts: w.attempts,
+            max_attempts: 3,
         })
         .collect();
     ensure!(batch.len() as u64 == requests, "expected {requests} candidates, found {}", batch.len());

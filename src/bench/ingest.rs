@@ -182,7 +182,7 @@ async fn prepare(base_url: &str, dir: &Path, results: u64) -> anyhow::Result<Set
     let run_id = store.call(move |s| seed(s, results)).await?;
     tracing::info!(requests = results, "requests stored; submitting the batch");
     let ids = (1..=results).map(custom_id).collect();
-    let batch_id = lane.submit(run_id, ids, &[], Utc::now() + chrono::Duration::hours(24)).await?;
+    let batch_id = lane.submit(run_id, ids, &[], None).await?;
     let batch = wait_until_ended(&lane, &store, batch_id).await?;
     let url = batch.results_url.context("the ended batch has no results_url")?;
     let bytes_per_result = stream_bytes(&client, &url, results).await?;

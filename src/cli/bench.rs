@@ -257,10 +257,12 @@ fn run_worker_args(args: &RunWorkerArgs) -> super::run::Args {
         project: super::ProjectArgs { jobs: "jobs".into(), prompts: "prompts".into(), catalog: None },
         state: "state/orchestrator.db".into(),
         scheduled_for: Some(args.scheduled_for),
+        new: false,
         poll_interval: Some(std::time::Duration::from_secs(1)),
         deadline: None,
         config: None,
         simulate: false,
+        simulator_log: false,
     }
 }
 

@@ -4,6 +4,7 @@
 mod bench;
 mod cost;
 mod estimate;
+mod progress;
 mod render;
 mod run;
 mod schema;
@@ -115,7 +116,9 @@ pub enum OutputFormat {
 /// Parses the command line, runs the command and returns the exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // `run --simulate` is about the user's job: the simulator's own lines only when asked.
+    let quiet_simulator = matches!(&cli.command, Command::Run(args) if args.simulate && !args.simulator_log);
+    init_tracing(cli.log_format, quiet_simulator);
     let result = match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Schema => schema::run(),
@@ -154,12 +157,15 @@ fn engine_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, quiet_simulator: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("ORCHESTRATOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let default = if quiet_simulator { "info,orchestrator::sim=warn" } else { "info" };
+    let filter = EnvFilter::try_from_env("ORCHESTRATOR_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     // Colours only on a terminal (and never with NO_COLOR): a file or the journal gets plain text.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
+    // Log lines are drawn around `run`'s progress line, never over it.
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(progress::MakeLogWriter).with_ansi(colour);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

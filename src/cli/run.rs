@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use chrono::{DateTime, DurationRound, Utc};
 
+use super::progress::Progress;
 use super::setup::backend;
 use super::{EXIT_CONFIG, EXIT_USAGE, ProjectArgs};
 use crate::catalog::Catalog;
@@ -32,10 +33,15 @@ pub struct Args {
     /// State database.
     #[arg(long, default_value = crate::store::DEFAULT_PATH, env = "ORCHESTRATOR_STATE")]
     pub state: std::path::PathBuf,
-    /// The run's scheduled instant (RFC 3339); default: now, to the minute.
-    /// Running again with the same instant resumes that run.
-    #[arg(long)]
+    /// The run's scheduled instant (RFC 3339): creates that run, or resumes
+    /// it if it exists. Default: the job's newest open run (resumed), else a
+    /// new run for now, to the minute.
+    #[arg(long, conflicts_with = "new")]
     pub scheduled_for: Option<DateTime<Utc>>,
+    /// Start a fresh run for now even if the job has an open run (to the
+    /// second when a run of the current minute exists already).
+    #[arg(long)]
+    pub new: bool,
     /// First wait between polls of a batch (default 2s); it doubles while
     /// nothing changes, up to 5 minutes, and shrinks as the deadline nears.
     #[arg(long, value_parser = parse_interval)]
@@ -51,6 +57,9 @@ pub struct Args {
     /// everything there: no API key needed, nothing leaves the machine.
     #[arg(long)]
     pub simulate: bool,
+    /// With `--simulate`: show the simulator's own log lines too.
+    #[arg(long, requires = "simulate")]
+    pub simulator_log: bool,
 }
 
 fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
@@ -71,12 +80,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         errors.iter().for_each(|d| eprint!("{}", d.render_human()));
         return Ok(EXIT_CONFIG);
     }
-    let scheduled_for = match args.scheduled_for {
-        Some(at) => at,
-        None => clock.now().duration_trunc(chrono::Duration::minutes(1)).context("cannot truncate the current time")?,
-    };
     let deadline = args.deadline.unwrap_or_else(|| job.deadline());
-    let deadline_at = scheduled_for + chrono::Duration::from_std(deadline).context("deadline too long")?;
     let mut settings = EngineSettings::new(args.project.prompts.clone(), catalog);
     Config::load(args.config.as_deref())?.apply(&mut settings).map_err(anyhow::Error::msg)?;
     // In the foreground someone watches: poll sooner than the daemon does.
@@ -89,14 +93,18 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
             Err(code) => return Ok(code),
         };
         let engine = Arc::clone(&backend.engine);
+        let scheduled_for = which_run(&engine, args, &job.name).await?;
+        let deadline_at = scheduled_for + chrono::Duration::from_std(deadline).context("deadline too long")?;
         let run = engine.start_run(&job, scheduled_for, deadline_at).await?;
-        // A progress line on a terminal; logs alone otherwise.
-        let progress = std::io::stderr().is_terminal();
-        let outcome =
-            engine.drive(run.id, async |run| if progress { show_progress(&engine, run).await } else { Ok(()) }).await;
-        if progress {
-            eprintln!();
-        }
+        // A progress line on a terminal, below the log; logs alone otherwise.
+        let progress = std::io::stderr().is_terminal().then(Progress::start);
+        let outcome = engine
+            .drive(run.id, async |run| match &progress {
+                Some(line) => show_progress(&engine, run, line).await,
+                None => Ok(()),
+            })
+            .await;
+        drop(progress);
         let outcome = outcome
             .with_context(|| format!("run of `{}` stopped; run the same command again to resume it", job.name))?;
         print_summary(&outcome);
@@ -105,22 +113,75 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     })
 }
 
-async fn show_progress(engine: &Engine, run: &RunRow) -> Result<(), crate::engine::EngineError> {
+/// The instant of the run to drive: `--scheduled-for`; else, unless
+/// `--new`, the job's newest open run (a rerun after a failure resumes it
+/// instead of paying for everything again); else now, to the minute, or to
+/// the second with `--new` when the minute's run exists already.
+async fn which_run(engine: &Engine, args: &Args, job: &str) -> anyhow::Result<DateTime<Utc>> {
+    if let Some(at) = args.scheduled_for {
+        return Ok(at);
+    }
+    let name = job.to_owned();
+    let newest_open = engine.store().call(move |s| s.open_runs_of(&name)).await?.into_iter().last();
+    let now = engine.clock().now();
+    match newest_open {
+        Some(run) if !args.new => {
+            eprintln!(
+                "resuming run {} (scheduled for {}, open since {}); pass --new for a fresh run",
+                run.run_key,
+                run.scheduled_for.to_rfc3339(),
+                run.created_at.format("%Y-%m-%d %H:%M:%S UTC")
+            );
+            Ok(run.scheduled_for)
+        }
+        _ => {
+            let minute =
+                now.duration_trunc(chrono::Duration::minutes(1)).context("cannot truncate the current time")?;
+            let name = job.to_owned();
+            let taken = args.new && engine.store().call(move |s| s.run_by_key(&name, minute)).await?.is_some();
+            if !taken {
+                return Ok(minute);
+            }
+            let second =
+                now.duration_trunc(chrono::Duration::seconds(1)).context("cannot truncate the current time")?;
+            let name = job.to_owned();
+            if engine.store().call(move |s| s.run_by_key(&name, second)).await?.is_some() {
+                anyhow::bail!("a run of `{job}` was started this very second; try again in a second");
+            }
+            Ok(second)
+        }
+    }
+}
+
+/// What the progress line says: how far the run is, and what it waits for.
+async fn show_progress(engine: &Engine, run: &RunRow, line: &Progress) -> Result<(), crate::engine::EngineError> {
     let run_id = run.id;
     let (counts, batches) =
         engine.store().call(move |s| Ok((s.request_counts(run_id)?, s.all_batches(Some(run_id))?))).await?;
     let total: u64 = counts.values().sum();
     let done = counts["succeeded"] + counts["permanent_failed"];
-    let batch = batches.last().map_or("none", |b| b.state.as_str());
     let in_flight = engine.sync_lane().outstanding(run_id);
-    let lane = match (run.lane.as_str(), run.fallback_started_at) {
-        ("sync", _) => format!("sync lane, {in_flight} in flight"),
-        (_, Some(_)) => format!("fallback: {in_flight} in flight on the sync lane"),
-        _ => format!("batch {batch}"),
+    let waiting = match (run.lane.as_str(), run.fallback_started_at, batches.last()) {
+        ("sync", _, _) => format!("sync lane: {in_flight} in flight"),
+        (_, Some(_), _) => format!("fallback: {in_flight} in flight on the sync lane"),
+        (_, None, Some(batch)) => match &batch.provider_batch_id {
+            Some(id) => format!("waiting for batch {id} ({})", batch.state.as_str()),
+            None => "creating the batch".to_owned(),
+        },
+        (_, None, None) => "preparing".to_owned(),
     };
     let fallback = run.fallback_at.filter(|_| !run.is_sync());
     let fallback = fallback.map(|at| format!(" · fallback at {}", at.format("%H:%M:%S"))).unwrap_or_default();
-    eprint!("\r\x1b[2K{}: {done}/{total} final · {lane}{fallback}", run.run_key);
+    let delivery = match (&run.delivery_failing_since, &run.delivery_error) {
+        (Some(since), error) => format!(
+            " · delivery failing since {} (retrying; results are stored): {}",
+            since.format("%H:%M:%S"),
+            error.as_deref().unwrap_or("")
+        ),
+        _ => String::new(),
+    };
+    let late = if run.deadline_missed_at.is_some() { " · past its deadline, still going" } else { "" };
+    line.say(format!("{}: {done}/{total} final · {waiting}{fallback}{late}{delivery}", run.run_key));
     Ok(())
 }
 

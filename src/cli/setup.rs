@@ -51,14 +51,21 @@ pub(super) async fn backend(
         );
         return Ok(Err(EXIT_BUSY));
     };
+    // The simulator keeps the engine's time: a rehearsal clock moves its batches too.
     let simulator = match simulate {
-        true => Some(crate::sim::start(simulator_config()).await.context("cannot start the simulator")?),
+        true => Some(
+            crate::sim::start_with_clock(simulator_config(), Arc::clone(&clock))
+                .await
+                .context("cannot start the simulator")?,
+        ),
         false => None,
     };
     let client = match &simulator {
         Some(sim) => {
-            // The simulator answers in milliseconds; plan with that, not with a real model's latency.
-            settings.assumed_sync_latency = std::time::Duration::from_secs(1);
+            // The simulator answers in milliseconds and ends a small batch in
+            // seconds (its p95 is 8 s): plan with that, not with a real provider's figures.
+            settings.assumed_sync_latency.get_or_insert(std::time::Duration::from_secs(1));
+            settings.assumed_batch_turnaround.get_or_insert(std::time::Duration::from_secs(10));
             AnthropicClient::new(&sim.base_url(), ApiKey::new("simulated"))?
         }
         None => match AnthropicClient::from_environment() {

@@ -6,7 +6,7 @@ use crate::cost::{Pricer, price_pending, usd};
 use crate::manifest::{Job, Sink, SqliteSink};
 use crate::outcome::message_text;
 use crate::render::{RenderError, RunInfo, render_path};
-use crate::sinks::{self, DeliveredResult, SinkError};
+use crate::sinks::{self, DeliveredResult, SinkError, SinkMark};
 use crate::store::{DeliverableResult, SharedStore, StoreError};
 
 /// Why a delivery round failed; nothing of the round is recorded then.
@@ -71,13 +71,15 @@ async fn deliver_round(
     let (kind, target) = sinks::describe(sink);
     let delivered: Vec<DeliveredResult> = pending.iter().map(|r| delivered_result(job, info, r, now)).collect();
     let sink_for_thread = sink.clone();
-    tokio::task::spawn_blocking(move || sinks::deliver(&sink_for_thread, &delivered))
+    let file = target.clone();
+    let mark = SinkMark { jsonl_len: store.call(move |s| s.sink_file_length(&file)).await? };
+    let mark = tokio::task::spawn_blocking(move || sinks::deliver(&sink_for_thread, &delivered, mark))
         .await
         .expect("sink task panicked")?;
     crate::failpoint::hit("after_sink_write");
     let ids: Vec<(String, i64)> = pending.iter().map(|r| (r.custom_id.clone(), r.result_id)).collect();
     let count = ids.len();
-    store.call(move |s| s.record_deliveries(&ids, kind, &target, now)).await?;
+    store.call(move |s| s.record_deliveries(&ids, kind, &target, mark.jsonl_len, now)).await?;
     tracing::info!(run = %info.id, delivered = count, sink = kind, "results delivered");
     Ok(count)
 }

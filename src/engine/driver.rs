@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 
 use super::deliver::deliver_pending;
 use super::finish::finish_if_done;
-use super::plan::{SyncLoad, safety_margin, sync_estimate, takeover_at};
+use super::plan::{SyncLoad, batch_worthwhile, safety_margin, sync_estimate, takeover_at};
 use super::prepare::{PrepareError, RunSlot, prepare_run};
 use super::{EngineError, RunOutcome};
 use crate::catalog::Catalog;
@@ -25,7 +25,7 @@ use crate::lanes::batch::split;
 use crate::lanes::{BatchLane, BatchLimits, SyncLane, SyncLimits, SyncRequest};
 use crate::manifest::{Job, Lane};
 use crate::render::RunInfo;
-use crate::store::{BatchRow, BatchState, RunRow, RunState, SharedStore, TokenAverages};
+use crate::store::{BatchRow, BatchState, RunRow, RunState, SharedStore, TokenAverages, Waiting};
 
 /// How the engine works; defaults suit real providers.
 #[derive(Debug, Clone)]
@@ -42,8 +42,12 @@ pub struct EngineSettings {
     pub poll_max: Duration,
     /// Longest safety margin kept before a deadline (a tenth of the window below that).
     pub max_safety_margin: Duration,
-    /// Latency assumed for a sync call to a model with no observed calls yet.
-    pub assumed_sync_latency: Duration,
+    /// Latency of a sync call to a model with no observed calls yet; `None`:
+    /// the catalog's figure for the model.
+    pub assumed_sync_latency: Option<Duration>,
+    /// How long a batch takes before any of the provider's was seen to end;
+    /// `None`: the catalog's `batch_turnaround` for the provider.
+    pub assumed_batch_turnaround: Option<Duration>,
     /// Limits of the sync lane, per model.
     pub sync: SyncLimits,
     /// How often to look while the sync lane works for a run (to deliver its results).
@@ -55,6 +59,9 @@ pub struct EngineSettings {
 }
 
 impl EngineSettings {
+    /// The default longest safety margin before a deadline.
+    pub const DEFAULT_MAX_SAFETY_MARGIN: Duration = Duration::from_secs(600);
+
     /// Defaults for real providers.
     pub fn new(prompts_dir: PathBuf, catalog: Catalog) -> EngineSettings {
         EngineSettings {
@@ -63,13 +70,62 @@ impl EngineSettings {
             limits: BatchLimits::default(),
             poll_initial: Duration::from_secs(10),
             poll_max: Duration::from_secs(300),
-            max_safety_margin: Duration::from_secs(600),
-            assumed_sync_latency: Duration::from_secs(20),
+            max_safety_margin: Self::DEFAULT_MAX_SAFETY_MARGIN,
+            assumed_sync_latency: None,
+            assumed_batch_turnaround: None,
             sync: SyncLimits::default(),
             sync_tick: Duration::from_secs(1),
             idle_tick: Duration::from_secs(60),
             global_budget: None,
         }
+    }
+}
+
+/// Latency assumed for a sync call when neither a measurement, nor the
+/// configuration, nor the catalog says.
+const DEFAULT_SYNC_LATENCY: Duration = Duration::from_secs(20);
+/// Batch turnaround assumed when neither a measurement, nor the
+/// configuration, nor the catalog says (the `W021` threshold).
+pub const DEFAULT_BATCH_TURNAROUND: Duration = Duration::from_secs(600);
+
+/// What the planner knows of how long each lane takes, and where it got it
+/// (`measured`, `configured`, `catalog`, `assumed`).
+#[derive(Debug, Clone, Copy)]
+struct Evidence {
+    latency: Duration,
+    latency_from: &'static str,
+    turnaround: Duration,
+    turnaround_from: &'static str,
+}
+
+/// A batch-lane run's fallback plan, recomputed every tick.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// When the sync lane takes over what is left.
+    takeover_at: DateTime<Utc>,
+    /// Whether a new batch could still end before then.
+    batch_worthwhile: bool,
+    /// Time the sync lane needs for what is left.
+    estimate: Duration,
+    evidence: Evidence,
+    /// Requests not final yet.
+    remaining: u64,
+}
+
+impl Plan {
+    /// Why a run goes (or went) to the sync lane, with the figures.
+    fn why_sync(&self, waiting: usize) -> String {
+        let e = &self.evidence;
+        format!(
+            "no batch is expected to end before the sync lane must take over: a batch takes about {} ({}), \
+             the sync lane about {} for {} request(s) ({} per call, {}); {waiting} waiting",
+            crate::manifest::format_duration(e.turnaround),
+            e.turnaround_from,
+            crate::manifest::format_duration(self.estimate),
+            self.remaining,
+            crate::manifest::format_duration(e.latency),
+            e.latency_from,
+        )
     }
 }
 
@@ -94,6 +150,8 @@ pub struct Engine {
     averages: Mutex<HashMap<i64, TokenAverages>>,
     /// Prices results as they arrive, for reports and budgets.
     pricer: Pricer,
+    /// When to try delivering again, per run whose sink failed.
+    delivery_retries: Mutex<HashMap<i64, PollPlan>>,
 }
 
 impl Engine {
@@ -116,6 +174,7 @@ impl Engine {
             jobs: RwLock::new(Arc::default()),
             polls: Mutex::new(HashMap::new()),
             averages: Mutex::new(HashMap::new()),
+            delivery_retries: Mutex::new(HashMap::new()),
         };
         engine.set_jobs(jobs);
         engine
@@ -187,14 +246,16 @@ impl Engine {
         for run in open {
             wake = wake.min(self.tend_run(run).await?);
         }
-        // Batches submitted or canceled during this tick are due for a poll;
-        // plans of batches that are no longer active are dropped, never waited for.
+        // Batches submitted or canceled during this tick are due for a poll,
+        // and so is one without a plan yet (an intent whose create was pushed
+        // back); plans of batches that are no longer active are dropped.
         let active: Vec<i64> = self.store.call(move |s| s.active_batches(only)).await?.iter().map(|b| b.id).collect();
         let mut polls = self.polls();
         if only.is_none() {
             polls.retain(|id, _| active.contains(id));
         }
-        Ok(active.iter().filter_map(|id| polls.get(id)).map(|plan| plan.next_at).fold(wake, DateTime::min))
+        let now = self.clock.now();
+        Ok(active.iter().map(|id| polls.get(id).map_or(now, |plan| plan.next_at)).fold(wake, DateTime::min))
     }
 
     /// Ticks until the run is closed; returns its outcome.
@@ -243,7 +304,8 @@ impl Engine {
         let result = match batch.state {
             BatchState::Submitting => {
                 let may_create = run.state == RunState::Open && !run.is_sync();
-                self.batch.reconcile(batch, &betas, run.deadline_at, may_create).await
+                let give_up_at = run.fallback_at.or(Some(run.deadline_at));
+                self.batch.reconcile(batch, &betas, give_up_at, may_create).await
             }
             BatchState::InProgress | BatchState::Canceling => self.poll(batch, &run).await,
             BatchState::Ended | BatchState::Abandoned => self.batch.ingest(batch).await.map(drop),
@@ -343,14 +405,68 @@ impl Engine {
                 wake = wake.min(self.clock.now() + span(self.settings.sync_tick));
             }
         }
-        let info = RunInfo::new(&job, run.scheduled_for)?;
-        if let Err(error) = deliver_pending(&self.store, &job, &info, run.id, &self.pricer, self.clock.now()).await {
-            tracing::warn!(run = %run.run_key, error = %error, "delivery failed; trying again later");
-            return self.fail_if_past_deadline(&run, &error.to_string()).await.map(|()| wake);
+        if let Some(retry_at) = self.deliver(&job, &run).await? {
+            return Ok(wake.min(retry_at));
         }
+        self.note_if_late(&run).await?;
         let outstanding = self.sync.outstanding(run.id);
         finish_if_done(&self.store, &run, max_attempts(&job), outstanding, self.clock.now()).await?;
         Ok(wake)
+    }
+
+    /// Delivers the run's new results, unless an earlier failure's backoff
+    /// has not run out. A failing sink is retried with a growing wait (the
+    /// results stay stored, the run stays open, even past its deadline);
+    /// returns when to try again while it fails.
+    async fn deliver(&self, job: &Job, run: &RunRow) -> Result<Option<DateTime<Utc>>, EngineError> {
+        let now = self.clock.now();
+        if let Some(retry) = self.delivery_retries().get(&run.id).filter(|retry| retry.next_at > now) {
+            return Ok(Some(retry.next_at));
+        }
+        let info = RunInfo::new(job, run.scheduled_for)?;
+        let run_id = run.id;
+        match deliver_pending(&self.store, job, &info, run_id, &self.pricer, now).await {
+            Ok(_) => {
+                if self.delivery_retries().remove(&run_id).is_some() || run.delivery_failing_since.is_some() {
+                    tracing::info!(run = %run.run_key, "delivery works again");
+                    self.store.call(move |s| s.clear_delivery_failure(run_id, now)).await?;
+                }
+                Ok(None)
+            }
+            Err(error) => {
+                let wait = self
+                    .delivery_retries()
+                    .get(&run_id)
+                    .map_or(DELIVERY_RETRY_FIRST, |r| (r.wait * 2).min(DELIVERY_RETRY_MAX));
+                let next_at = now + span(wait);
+                self.delivery_retries().insert(run_id, PollPlan { next_at, wait });
+                tracing::warn!(run = %run.run_key, error = %error, retry_in_ms = wait.as_millis() as u64, "delivery failed; the results stay stored and are delivered once the sink works");
+                let message = error.to_string();
+                self.store.call(move |s| s.record_delivery_failure(run_id, &message, now)).await?;
+                Ok(Some(next_at))
+            }
+        }
+    }
+
+    fn delivery_retries(&self) -> MutexGuard<'_, HashMap<i64, PollPlan>> {
+        self.delivery_retries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records, once, that an open run passed its deadline: late, not
+    /// abandoned; its retryable requests keep going until each is final.
+    async fn note_if_late(&self, run: &RunRow) -> Result<(), EngineError> {
+        let now = self.clock.now();
+        if now <= run.deadline_at || run.deadline_missed_at.is_some() {
+            return Ok(());
+        }
+        let run_id = run.id;
+        let counts = self.store.call(move |s| s.request_counts(run_id)).await?;
+        let open = counts["pending"] + counts["queued"] + counts["in_flight"] + counts["retryable_failed"];
+        let detail = serde_json::json!({ "deadline_at": run.deadline_at.to_rfc3339(), "requests_not_final": open });
+        if self.store.call(move |s| s.mark_deadline_missed(run_id, &detail, now)).await? {
+            tracing::warn!(run = %run.run_key, requests_not_final = open, "missed its deadline: it keeps going until every request is final");
+        }
+        Ok(())
     }
 
     /// Finishes a run whose preparation was cut off (a crash between two
@@ -371,52 +487,112 @@ impl Engine {
     /// submits what waits or hands the rest to the sync lane.
     async fn plan_batch_run(&self, job: &Job, run: RunRow, wake: &mut DateTime<Utc>) -> Result<RunRow, EngineError> {
         let now = self.clock.now();
-        let plan = self.fallback_plan(job, &run).await?;
-        let run_id = run.id;
-        if run.fallback_at.is_none_or(|old| (old - plan).num_milliseconds().abs() >= 1000) {
-            if plan == run.deadline_at && plan > now {
-                tracing::warn!(run = %run.run_key, deadline = %plan, "the sync lane could not finish this run by its deadline: the batch keeps it until then");
-            }
-            self.store.call(move |s| s.set_fallback_at(run_id, plan)).await?;
-        }
-        let has_batches = !self.store.call(move |s| s.all_batches(Some(run_id))).await?.is_empty();
-        let sync_wanted = plan <= now;
-        if sync_wanted && !has_batches && self.sync_allowed(job, &run).await? {
-            let reason = format!("deadline too close for a batch: the sync lane needs until {plan}");
+        let (run_id, attempts) = (run.id, max_attempts(job));
+        let (batches, waiting) =
+            self.store.call(move |s| Ok((s.all_batches(Some(run_id))?, s.waiting_requests(run_id, attempts)?))).await?;
+        let plan = self.fallback_plan(job, &run, &batches).await?;
+        self.keep_plan(&run, &plan).await?;
+        let active = batches.iter().any(|b| matches!(b.state, BatchState::Submitting | BatchState::InProgress));
+        // A batch is worth submitting only if it can end before the sync lane must take over.
+        let too_late_for_a_batch = !waiting.is_empty() && !active && !plan.batch_worthwhile;
+        if batches.is_empty() && too_late_for_a_batch && self.sync_allowed(job, &run).await? {
+            let reason = plan.why_sync(waiting.len());
+            tracing::info!(run = %run.run_key, %reason, "routed to the sync lane");
             self.store.call(move |s| s.route_to_sync(run_id, &reason, now)).await?;
-            tracing::info!(run = %run.run_key, "routed to the sync lane: deadline too close for a batch");
-        } else if sync_wanted && has_batches && self.sync_allowed(job, &run).await? {
-            self.start_fallback(&run, "deadline", serde_json::json!({ "fallback_at": plan.to_rfc3339() })).await?;
-        } else if let Err(error) = self.submit_waiting(job, &run).await {
+        } else if (plan.takeover_at <= now || too_late_for_a_batch) && self.sync_allowed(job, &run).await? {
+            let detail = serde_json::json!({ "fallback_at": plan.takeover_at.to_rfc3339(), "why": plan.why_sync(waiting.len()) });
+            self.start_fallback(&run, "deadline", detail).await?;
+        } else if let Err(error) = self.submit_waiting(job, &run, &waiting, plan.takeover_at).await {
             let detail = serde_json::json!({ "error": error.to_string() });
-            if self.sync_allowed(job, &run).await? {
+            if error.is_backpressure() {
+                // Not a failure of the batch lane: the intent stays, and the
+                // create is tried again while the fallback plan stands.
+                tracing::info!(run = %run.run_key, %error, "the batch endpoint pushes back; creating the batch later");
+            } else if self.sync_allowed(job, &run).await? {
                 self.start_fallback(&run, "batch_create_failed", detail).await?;
             } else {
                 tracing::warn!(run = %run.run_key, %error, "batch create failed; the budget blocks the sync lane, so it is retried");
             }
-        } else if !sync_wanted {
-            *wake = (*wake).min(plan);
+        } else if plan.takeover_at > now {
+            *wake = (*wake).min(plan.takeover_at);
         }
         Ok(self.store.call(move |s| s.run(run_id)).await?.expect("the run exists"))
     }
 
-    /// `deadline − margin − time the sync lane needs for what is left`, or
-    /// the deadline when the sync lane could not make it anyway ([`takeover_at`]).
-    async fn fallback_plan(&self, job: &Job, run: &RunRow) -> Result<DateTime<Utc>, EngineError> {
-        let (run_id, model) = (run.id, job.manifest.model.clone());
-        let (counts, latency) =
-            self.store.call(move |s| Ok((s.request_counts(run_id)?, s.sync_latency_p90_ms(&model)?))).await?;
+    /// Stores the plan's takeover instant when it moved by a second or more.
+    async fn keep_plan(&self, run: &RunRow, plan: &Plan) -> Result<(), EngineError> {
+        let (run_id, at, now) = (run.id, plan.takeover_at, self.clock.now());
+        if run.fallback_at.is_some_and(|old| (old - at).num_milliseconds().abs() < 1000) {
+            return Ok(());
+        }
+        if at == run.deadline_at && at > now {
+            tracing::warn!(run = %run.run_key, deadline = %at, "late either way, and the batch is expected to end before the sync lane would: the batch keeps the run until its deadline");
+        }
+        Ok(self.store.call(move |s| s.set_fallback_at(run_id, at)).await?)
+    }
+
+    /// The fallback plan of a batch-lane run: when the sync lane takes over
+    /// ([`takeover_at`]) and whether a new batch could still help
+    /// ([`batch_worthwhile`]), from the time the sync lane needs for what is
+    /// left and how long a batch is expected to take.
+    async fn fallback_plan(&self, job: &Job, run: &RunRow, batches: &[BatchRow]) -> Result<Plan, EngineError> {
+        let run_id = run.id;
+        let counts = self.store.call(move |s| s.request_counts(run_id)).await?;
         let averages = self.token_averages(run).await?;
         let remaining = counts["pending"] + counts["queued"] + counts["in_flight"] + counts["retryable_failed"];
-        let load = SyncLoad {
-            remaining,
-            input_tokens: averages.input_tokens,
-            output_tokens: averages.output_tokens.unwrap_or(job.manifest.max_tokens as f64 / 2.0),
-            latency: latency.map_or(self.settings.assumed_sync_latency, Duration::from_millis),
-        };
+        let output_tokens = averages.output_tokens.unwrap_or(job.manifest.max_tokens as f64 / 2.0);
+        let evidence = self.evidence(job, output_tokens).await?;
+        let load =
+            SyncLoad { remaining, input_tokens: averages.input_tokens, output_tokens, latency: evidence.latency };
+        let now = self.clock.now();
         let margin = safety_margin(run.created_at, run.deadline_at, self.settings.max_safety_margin);
         let estimate = sync_estimate(load, self.sync.limits());
-        Ok(takeover_at(self.clock.now(), run.deadline_at, margin, estimate))
+        // The batch at the provider is expected to end a turnaround after it
+        // was created; one that is overdue, any moment now.
+        let submitted =
+            batches.iter().filter(|b| b.state == BatchState::InProgress).filter_map(|b| b.submitted_at).min();
+        let batch_end = submitted.map_or(now, |at| at + span(evidence.turnaround)).max(now);
+        Ok(Plan {
+            takeover_at: takeover_at(now, run.deadline_at, margin, estimate, batch_end),
+            batch_worthwhile: batch_worthwhile(now, run.deadline_at, margin, estimate, evidence.turnaround),
+            estimate,
+            evidence,
+            remaining,
+        })
+    }
+
+    /// How long a sync call to the job's model and a batch of its provider
+    /// take: measured when calls and batches have been seen, else what is
+    /// configured, else the catalog's figures.
+    async fn evidence(&self, job: &Job, output_tokens: f64) -> Result<Evidence, EngineError> {
+        let (model, provider) = (job.manifest.model.clone(), job.manifest.provider.clone());
+        let (latency, turnaround) = self
+            .store
+            .call(move |s| Ok((s.sync_latency_p90_ms(&model)?, s.batch_turnaround_p90_ms(&provider)?)))
+            .await?;
+        let catalog = &self.settings.catalog;
+        let (latency, latency_from) = match latency {
+            Some(ms) => (Duration::from_millis(ms), "measured"),
+            None => match self.settings.assumed_sync_latency {
+                Some(configured) => (configured, "configured"),
+                None => catalog
+                    .model(&job.manifest.provider, &job.manifest.model)
+                    .and_then(|(_, model)| model.sync_latency(output_tokens))
+                    .map_or((DEFAULT_SYNC_LATENCY, "assumed"), |latency| (latency, "catalog")),
+            },
+        };
+        let (turnaround, turnaround_from) = match turnaround {
+            Some(ms) => (Duration::from_millis(ms), "measured"),
+            None => match self.settings.assumed_batch_turnaround {
+                Some(configured) => (configured, "configured"),
+                None => catalog
+                    .providers
+                    .get(&job.manifest.provider)
+                    .and_then(crate::catalog::Provider::batch_turnaround)
+                    .map_or((DEFAULT_BATCH_TURNAROUND, "assumed"), |turnaround| (turnaround, "catalog")),
+            },
+        };
+        Ok(Evidence { latency, latency_from, turnaround, turnaround_from })
     }
 
     /// The run's token averages, read once per run.
@@ -456,19 +632,26 @@ impl Engine {
 
     /// Submits the run's waiting requests in batches within the limits. A
     /// run the budget keeps off the sync lane still submits after its
-    /// deadline: late beats lost.
-    async fn submit_waiting(&self, job: &Job, run: &RunRow) -> Result<(), crate::lanes::batch::LaneError> {
-        if self.clock.now() >= run.deadline_at && run.sync_blocked.is_none() {
+    /// deadline: late beats lost. Backpressure on the create call is waited
+    /// out until `takeover_at`, when the sync lane would take over anyway.
+    async fn submit_waiting(
+        &self,
+        job: &Job,
+        run: &RunRow,
+        waiting: &[Waiting],
+        takeover_at: DateTime<Utc>,
+    ) -> Result<(), crate::lanes::batch::LaneError> {
+        let now = self.clock.now();
+        if (now >= run.deadline_at && run.sync_blocked.is_none()) || waiting.is_empty() {
             return Ok(());
         }
-        let (run_id, attempts) = (run.id, max_attempts(job));
-        let waiting = self.store.call(move |s| s.waiting_requests(run_id, attempts)).await?;
+        let give_up_at = Some(takeover_at).filter(|at| *at > now && run.sync_blocked.is_none());
         let mut limits = self.settings.limits;
         if let Some(cap) = job.manifest.max_batch_requests {
             limits.max_requests = limits.max_requests.min(cap as usize);
         }
-        for custom_ids in split(&waiting, limits) {
-            let batch_id = self.batch.submit(run.id, custom_ids, &job.manifest.betas, run.deadline_at).await?;
+        for custom_ids in split(waiting, limits) {
+            let batch_id = self.batch.submit(run.id, custom_ids, &job.manifest.betas, give_up_at).await?;
             self.schedule_poll(batch_id, self.settings.poll_initial);
         }
         Ok(())
@@ -530,24 +713,14 @@ impl Engine {
                 params: sync_params(job, work.params),
                 model: job.manifest.model.clone(),
                 betas: job.manifest.betas.clone(),
-                deadline: run.deadline_at,
+                attempts: work.attempts,
+                max_attempts: attempts,
             })
             .collect();
         let queued = self.sync.send(requests);
         if queued > 0 {
             tracing::info!(run = %run.run_key, requests = queued, "sent to the sync lane");
         }
-        Ok(())
-    }
-
-    /// A sink that keeps failing after the deadline fails the run (results stay stored).
-    async fn fail_if_past_deadline(&self, run: &RunRow, error: &str) -> Result<(), EngineError> {
-        let now = self.clock.now();
-        if now <= run.deadline_at {
-            return Ok(());
-        }
-        let (run_id, reason) = (run.id, format!("delivery still failing after the deadline: {error}"));
-        self.store.call(move |s| s.finish_run(run_id, RunState::Failed, Some(&reason), now)).await?;
         Ok(())
     }
 }
@@ -571,6 +744,11 @@ fn sync_params(job: &Job, params: String) -> String {
 pub fn until(now: DateTime<Utc>, wake: DateTime<Utc>) -> Duration {
     (wake - now).to_std().unwrap_or_default().max(MIN_SLEEP)
 }
+
+/// First wait before delivering again after a sink failed; it doubles.
+const DELIVERY_RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between deliveries to a failing sink.
+const DELIVERY_RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// Shortest sleep between ticks.
 const MIN_SLEEP: Duration = Duration::from_millis(10);

@@ -7,6 +7,6 @@ mod finish;
 pub mod plan;
 mod prepare;
 
-pub use driver::{Engine, EngineSettings, until};
+pub use driver::{DEFAULT_BATCH_TURNAROUND, Engine, EngineSettings, until};
 pub use finish::{EngineError, RunOutcome};
 pub use prepare::{PrepareError, read_run_items};

@@ -51,21 +51,54 @@ pub fn fallback_at(deadline_at: DateTime<Utc>, margin: Duration, estimate: Durat
     deadline_at.checked_sub_signed(lead).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
-/// When the sync lane takes over what is left of a batch run: at
-/// [`fallback_at`], unless the sync lane could not finish before the
-/// deadline even if it started `now`. Taking over would then meet no
-/// deadline and double the price, so the batch (half the price, and usually
-/// done well within the sync estimate) keeps the run until the deadline;
-/// only then does the sync lane take what is left, to bound how late it ends.
+/// When the sync lane takes over what is left of a run on the batch lane,
+/// given when its batch is expected to end (`batch_end`).
+///
+/// Normally at [`fallback_at`]. Once that instant has come, the sync lane
+/// takes over at once if it can still finish by the deadline. If it
+/// cannot, the run is late either way, and whichever lane is expected to
+/// finish first keeps it: the batch (half the price) until the deadline
+/// when it is expected to end before the sync lane would, else the sync
+/// lane now. So a large run the sync lane could never finish in time
+/// stays on the batch, and a small run is not left waiting for a batch
+/// that is expected to take longer than the sync lane.
 pub fn takeover_at(
     now: DateTime<Utc>,
     deadline_at: DateTime<Utc>,
     margin: Duration,
     estimate: Duration,
+    batch_end: DateTime<Utc>,
 ) -> DateTime<Utc> {
     let planned = fallback_at(deadline_at, margin, estimate);
-    let sync_in_time = now.checked_add_signed(crate::clock::span(estimate)).is_some_and(|end| end <= deadline_at);
-    if planned > now || sync_in_time { planned } else { deadline_at }
+    if planned > now || sync_end(now, estimate) <= deadline_at {
+        return planned;
+    }
+    if batch_end < sync_end(now, estimate) { deadline_at } else { planned }
+}
+
+/// Whether a run that has no batch yet should submit one: when a batch
+/// (expected to take `turnaround`) can end before the sync lane would have
+/// to take over, or when the run is late either way and the batch is
+/// expected to end before the sync lane would. Otherwise the batch would
+/// only be canceled: the run goes to the sync lane now.
+pub fn batch_worthwhile(
+    now: DateTime<Utc>,
+    deadline_at: DateTime<Utc>,
+    margin: Duration,
+    estimate: Duration,
+    turnaround: Duration,
+) -> bool {
+    let batch_end = sync_end(now, turnaround);
+    if batch_end <= fallback_at(deadline_at, margin, estimate) {
+        return true;
+    }
+    let late_either_way = sync_end(now, estimate) > deadline_at;
+    late_either_way && batch_end < sync_end(now, estimate)
+}
+
+/// `now + estimate`, saturating.
+fn sync_end(now: DateTime<Utc>, estimate: Duration) -> DateTime<Utc> {
+    now.checked_add_signed(crate::clock::span(estimate)).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 #[cfg(test)]
@@ -78,14 +111,39 @@ mod tests {
         let deadline = now + chrono::Duration::hours(12);
         let margin = Duration::from_secs(3600);
         let hours = |h: u64| Duration::from_secs(h * 3600);
+        let batch_end = now + chrono::Duration::hours(1);
         // Time enough for the batch: the usual plan, deadline − margin − estimate.
-        assert_eq!(takeover_at(now, deadline, margin, hours(2)), now + chrono::Duration::hours(9));
+        assert_eq!(takeover_at(now, deadline, margin, hours(2), batch_end), now + chrono::Duration::hours(9));
         // Too late for the margin, in time for the deadline: the sync lane now.
-        assert_eq!(takeover_at(now, deadline, margin, hours(12)), now - chrono::Duration::hours(1));
-        // The sync lane would end after the deadline anyway: the batch keeps it until then.
-        assert_eq!(takeover_at(now, deadline, margin, hours(69)), deadline);
+        assert_eq!(takeover_at(now, deadline, margin, hours(12), batch_end), now - chrono::Duration::hours(1));
+        // The sync lane would end after the deadline and the batch is expected first: the batch keeps it.
+        assert_eq!(takeover_at(now, deadline, margin, hours(69), batch_end), deadline);
         // Past the deadline, the sync lane bounds how late it ends.
-        assert_eq!(takeover_at(deadline, deadline, margin, hours(69)), deadline);
+        assert_eq!(takeover_at(deadline, deadline, margin, hours(69), batch_end), deadline);
+        // Late either way, but the batch is expected to take longer than the sync lane: the sync lane now.
+        let slow_batch = now + chrono::Duration::hours(20);
+        assert!(takeover_at(now, deadline, margin, hours(13), slow_batch) <= now);
+    }
+
+    #[test]
+    fn a_new_run_submits_a_batch_only_when_it_can_help() {
+        let now = DateTime::parse_from_rfc3339("2026-11-22T06:00:00Z").unwrap().with_timezone(&Utc);
+        let secs = Duration::from_secs;
+        let ten_minutes = secs(600);
+        // A soft job's hour: the batch has 50 minutes to end.
+        let hour = now + chrono::Duration::hours(1);
+        assert!(batch_worthwhile(now, hour, secs(360), secs(40), ten_minutes));
+        // 200 requests under 120 s (the storm of issue 14): no batch ends in time,
+        // the sync lane can still make it, so it goes there at once.
+        let two_minutes = now + chrono::Duration::seconds(120);
+        assert!(!batch_worthwhile(now, two_minutes, secs(12), secs(50), ten_minutes));
+        // Even a guessed 20 s per call (500 s for 200 requests): late either way,
+        // and the sync lane is expected to finish before a batch would.
+        assert!(!batch_worthwhile(now, two_minutes, secs(12), secs(500), ten_minutes));
+        // 100,000 requests under 12 h at the default limits: the sync lane needs
+        // longer than the window; the batch is expected to end well before.
+        let twelve_hours = now + chrono::Duration::hours(12);
+        assert!(batch_worthwhile(now, twelve_hours, ten_minutes, secs(70 * 3600), ten_minutes));
     }
 
     fn limits() -> SyncLimits {

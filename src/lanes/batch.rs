@@ -47,6 +47,13 @@ pub enum LaneError {
     Store(#[from] StoreError),
 }
 
+impl LaneError {
+    /// Whether the provider only asked us to slow down ([`ProviderError::is_backpressure`]).
+    pub fn is_backpressure(&self) -> bool {
+        matches!(self, LaneError::Provider(error) if error.is_backpressure())
+    }
+}
+
 /// Splits waiting requests into batches within `limits`, in order.
 pub fn split(waiting: &[Waiting], limits: BatchLimits) -> Vec<Vec<String>> {
     let envelope = |w: &Waiting| w.params_len + w.custom_id.len() + 32;
@@ -99,8 +106,8 @@ impl BatchLane {
         self.record_seen(batch, &seen).await?;
         let now = self.clock.now();
         let detail = serde_json::json!({ "batch": batch.id, "provider_batch_id": provider_id });
-        let run_id = batch.run_id;
-        self.store.call(move |s| s.record_event(Some(run_id), None, "batch_cancel_requested", &detail, now)).await?;
+        let batch_id = batch.id;
+        self.store.call(move |s| s.mark_cancel_requested(batch_id, &detail, now)).await?;
         tracing::info!(batch = batch.id, provider_batch_id = %provider_id, "batch cancel requested");
         Ok(())
     }
@@ -115,17 +122,18 @@ impl BatchLane {
 
     /// Submits `custom_ids` of `run_id` as one batch: the intent is committed
     /// first, the provider's id right after the create call returns.
+    /// Retries stop at `give_up_at` (the batch would no longer help).
     pub async fn submit(
         &self,
         run_id: i64,
         custom_ids: Vec<String>,
         betas: &[String],
-        deadline: DateTime<Utc>,
+        give_up_at: Option<DateTime<Utc>>,
     ) -> Result<i64, LaneError> {
         let now = self.clock.now();
         let batch = self.store.call(move |s| s.record_batch_intent(run_id, "anthropic", &custom_ids, now)).await?;
         crate::failpoint::hit("after_intent");
-        self.create(run_id, batch.id, betas, deadline).await?;
+        self.create(run_id, batch.id, betas, give_up_at).await?;
         Ok(batch.id)
     }
 
@@ -135,12 +143,12 @@ impl BatchLane {
         run_id: i64,
         batch_id: i64,
         betas: &[String],
-        deadline: DateTime<Utc>,
+        give_up_at: Option<DateTime<Utc>>,
     ) -> Result<(), LaneError> {
         // A failed create may still have created the batch (its answer was
         // lost): before sending again, look for it, so it is never created twice.
         let maybe_created = std::cell::Cell::new(false);
-        let created = with_retries(self.clock.as_ref(), self.policy, Some(deadline), "create_batch", || async {
+        let created = with_retries(self.clock.as_ref(), self.policy, give_up_at, "create_batch", || async {
             if maybe_created.get()
                 && let Some(found) = self.created_for(batch_id).await?
             {
@@ -180,7 +188,7 @@ impl BatchLane {
         &self,
         batch: &BatchRow,
         betas: &[String],
-        deadline: DateTime<Utc>,
+        give_up_at: Option<DateTime<Utc>>,
         may_create: bool,
     ) -> Result<(), LaneError> {
         if let Some(found) = self.find_created(batch).await? {
@@ -200,7 +208,7 @@ impl BatchLane {
             return Ok(());
         }
         tracing::info!(batch = batch.id, "no provider batch matches the intent: submitting it again");
-        self.create(batch.run_id, batch.id, betas, deadline).await
+        self.create(batch.run_id, batch.id, betas, give_up_at).await
     }
 
     /// [`Self::find_created`] for the batch with database id `batch_id`, as a provider call.

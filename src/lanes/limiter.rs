@@ -71,6 +71,13 @@ impl TokenBucket {
         self.tokens = self.tokens.min(self.capacity());
     }
 
+    /// Spends the burst the bucket holds: what follows comes at the steady
+    /// rate (the provider pushed back, so no rush of calls now).
+    pub fn drain(&mut self, now: DateTime<Utc>) {
+        self.refill(now);
+        self.tokens = self.tokens.min(0.0);
+    }
+
     /// Empties the bucket until `until` (the provider said the quota is spent).
     pub fn exhaust_until(&mut self, until: DateTime<Utc>, now: DateTime<Utc>) {
         self.refill(now);
@@ -115,5 +122,13 @@ mod tests {
         bucket.set_rate(60, at(20));
         assert_eq!(bucket.rate_per_minute(), 60.0);
         assert_eq!(bucket.reserve(2.0, at(20)), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_drained_bucket_paces_at_the_rate_without_debt() {
+        let mut bucket = TokenBucket::per_minute(60, at(0));
+        bucket.drain(at(0));
+        assert_eq!(bucket.wait(at(0)), Duration::ZERO, "no pause");
+        assert_eq!(bucket.reserve(1.0, at(0)), Duration::from_secs(1), "but no burst");
     }
 }

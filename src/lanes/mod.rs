@@ -4,6 +4,7 @@ pub mod batch;
 pub mod limiter;
 pub mod retry;
 pub mod sync;
+pub mod window;
 
 pub use batch::{BatchLane, BatchLimits};
 pub use sync::{SyncLane, SyncLimits, SyncRequest};

@@ -1,31 +1,41 @@
 //! The sync lane: the Messages API, one request at a time per worker, with
-//! bounded concurrency and token buckets per model, retries with backoff,
-//! and every call recorded as an attempt.
+//! a concurrency window and token buckets per model, and every call
+//! recorded as an attempt.
 //!
-//! Work is queued per model and taken by at most `concurrency` workers.
-//! Idle workers exit instead of waiting, so a waiting worker never holds a
-//! [`ManualClock`](crate::clock::ManualClock) still in tests.
+//! Two kinds of failure are told apart. Backpressure (a 429, a 529, an
+//! overload, any answer with `retry-after`) means the provider wants us
+//! slower: the request waits as told, the model's concurrency window is
+//! halved (additive increase, multiplicative decrease), and the request is
+//! sent again; it never uses up one of its attempts. The request's own
+//! failures (a 5xx without `retry-after`, a timeout, a malformed answer)
+//! are recorded as results and count against `retry.max_attempts`. Neither
+//! kind gives up at the deadline: a late result beats none.
+//!
+//! Work is queued per model and taken by at most the window's worth of
+//! workers. Idle workers exit instead of waiting, so a waiting worker never
+//! holds a [`ManualClock`](crate::clock::ManualClock) still in tests.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 
 use super::limiter::TokenBucket;
-use super::retry::{RetryPolicy, with_retries};
+use super::retry::RetryPolicy;
+use super::window::Window;
 use crate::clock::{Clock, Presence};
 use crate::outcome::Outcome;
 use crate::providers::ProviderError;
 use crate::providers::anthropic::{AnthropicClient, MessageReply, RateLimits};
-use crate::store::{NewAttempt, SharedStore, SyncSettle};
+use crate::store::{NewAttempt, SharedStore, StoreError, SyncSettle};
 
 /// Limits of the sync lane, per model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyncLimits {
-    /// Calls in flight at once.
+    /// Calls in flight at once (the most the concurrency window opens to).
     pub concurrency: usize,
     /// Requests per minute.
     pub requests_per_minute: u64,
@@ -60,8 +70,10 @@ pub struct SyncRequest {
     pub model: String,
     /// `anthropic-beta` values.
     pub betas: Vec<String>,
-    /// No retry is started that would end after this.
-    pub deadline: DateTime<Utc>,
+    /// Attempts the request has used so far (its own failures).
+    pub attempts: u32,
+    /// Attempts it may use in all (`retry.max_attempts`).
+    pub max_attempts: u32,
 }
 
 /// The sync lane of one provider account.
@@ -77,12 +89,14 @@ struct Inner {
     limits: SyncLimits,
     policy: RetryPolicy,
     models: Mutex<HashMap<String, Arc<ModelQueue>>>,
-    stopping: AtomicBool,
+    /// Cancelled on shutdown: no new call starts, every wait ends.
+    stop: CancellationToken,
 }
 
 struct ModelQueue {
     work: Mutex<Work>,
     buckets: Mutex<Buckets>,
+    window: Mutex<Window>,
 }
 
 #[derive(Default)]
@@ -99,6 +113,16 @@ struct Buckets {
     output: TokenBucket,
 }
 
+/// What one call amounted to, for the request.
+enum Step {
+    /// A final result to store (a success or a permanent failure).
+    Final(Outcome),
+    /// The request's own failure: stored, counts as an attempt; retried while attempts remain.
+    Failed(Outcome),
+    /// The provider wants us slower: wait this long, then send it again.
+    Backpressure(Duration),
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -113,7 +137,7 @@ impl SyncLane {
             limits,
             policy: RetryPolicy::default(),
             models: Mutex::new(HashMap::new()),
-            stopping: AtomicBool::new(false),
+            stop: CancellationToken::new(),
         };
         SyncLane { inner: Arc::new(inner) }
     }
@@ -125,7 +149,11 @@ impl SyncLane {
 
     /// Queues requests that are not queued or in flight already; returns how many were queued.
     pub fn send(&self, requests: Vec<SyncRequest>) -> usize {
+        if self.inner.stop.is_cancelled() {
+            return 0;
+        }
         let mut queued = 0;
+        let mut touched: Vec<Arc<ModelQueue>> = Vec::new();
         for request in requests {
             let model = self.model_queue(&request.model);
             let mut work = lock(&model.work);
@@ -134,11 +162,13 @@ impl SyncLane {
                 work.queue.push_back(request);
                 queued += 1;
             }
-            if work.workers < self.inner.limits.concurrency.max(1) && !work.queue.is_empty() {
-                work.workers += 1;
-                drop(work);
-                self.spawn_worker(model);
+            drop(work);
+            if !touched.iter().any(|m| Arc::ptr_eq(m, &model)) {
+                touched.push(model);
             }
+        }
+        for model in touched {
+            self.top_up(&model);
         }
         queued
     }
@@ -154,9 +184,14 @@ impl SyncLane {
         lock(&self.inner.models).values().any(|m| lock(&m.work).workers > 0)
     }
 
-    /// Stops taking new work; calls in flight finish on their own.
+    /// The concurrency window of `model` now (for progress and tests).
+    pub fn window(&self, model: &str) -> Option<f64> {
+        lock(&self.inner.models).get(model).map(|m| lock(&m.window).allowed())
+    }
+
+    /// Stops taking new work and ends every wait; calls in flight finish on their own.
     pub fn stop(&self) {
-        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.stop.cancel();
         for model in lock(&self.inner.models).values() {
             let mut work = lock(&model.work);
             let dropped: Vec<String> = work.queue.drain(..).map(|r| r.custom_id).collect();
@@ -178,8 +213,23 @@ impl SyncLane {
                     input: TokenBucket::per_minute(limits.input_tokens_per_minute, now),
                     output: TokenBucket::per_minute(limits.output_tokens_per_minute, now),
                 }),
+                window: Mutex::new(Window::new(limits.concurrency)),
             })
         }))
+    }
+
+    /// Starts workers until the window is full or every queued request has one.
+    fn top_up(&self, model: &Arc<ModelQueue>) {
+        let allowed = lock(&model.window).workers();
+        loop {
+            let mut work = lock(&model.work);
+            if self.inner.stop.is_cancelled() || work.workers >= allowed || work.workers >= work.queue.len() {
+                return;
+            }
+            work.workers += 1;
+            drop(work);
+            self.spawn_worker(Arc::clone(model));
+        }
     }
 
     fn spawn_worker(&self, model: Arc<ModelQueue>) {
@@ -191,8 +241,13 @@ impl SyncLane {
     async fn work(self, model: Arc<ModelQueue>, _presence: Presence) {
         loop {
             let next = {
+                let allowed = lock(&model.window).workers();
                 let mut work = lock(&model.work);
-                let next = if self.inner.stopping.load(Ordering::SeqCst) { None } else { work.queue.pop_front() };
+                // A worker beyond the window (it shrank under backpressure) leaves.
+                let next = match self.inner.stop.is_cancelled() || work.workers > allowed {
+                    true => None,
+                    false => work.queue.pop_front(),
+                };
                 if next.is_none() {
                     work.workers -= 1;
                 }
@@ -204,47 +259,79 @@ impl SyncLane {
                 tracing::error!(custom_id = %custom_id, error = %error, "sync request could not be recorded");
             }
             lock(&model.work).taken.remove(&custom_id);
+            // The window may have grown with this success.
+            self.top_up(&model);
         }
     }
 
-    /// Sends one request (with retries) and stores its outcome.
-    async fn process(&self, model: &ModelQueue, request: SyncRequest) -> Result<SyncSettle, crate::store::StoreError> {
-        let clock = self.inner.clock.as_ref();
+    /// Sends one request until it has a final result, runs out of
+    /// attempts, or the lane stops; stores every outcome that counts.
+    async fn process(&self, model: &ModelQueue, request: SyncRequest) -> Result<(), StoreError> {
         // The engine may have queued it from a snapshot taken just before
         // another worker finished it: never pay for a request twice.
         let id = request.custom_id.clone();
         if self.inner.store.call(move |s| s.is_final(&id)).await? {
-            return Ok(SyncSettle::Ignored);
+            return Ok(());
         }
-        let last_attempt = Mutex::new(None::<i64>);
-        let reply = with_retries(clock, self.inner.policy, Some(request.deadline), "create_message", || async {
-            self.pace(model, &request).await;
+        let (mut attempts, mut pushed_back) = (request.attempts, 0u32);
+        loop {
+            if !self.pace(model, &request).await {
+                return Ok(());
+            }
             let (result, attempt_id) = self.call(&request).await;
-            *lock(&last_attempt) = attempt_id;
-            self.adapt(model, &result);
-            result
-        })
-        .await;
-        let outcome = match reply {
-            Ok(reply) => reply.outcome,
-            Err(error) => failure_outcome(&error),
-        };
-        let Some(attempt_id) = *lock(&last_attempt) else {
+            let step = self.adapt(model, &request.model, &result, pushed_back + 1);
+            let wait = match step {
+                Step::Backpressure(wait) => {
+                    pushed_back += 1;
+                    tracing::debug!(custom_id = %request.custom_id, wait_ms = wait.as_millis() as u64, "backpressure; waiting");
+                    wait
+                }
+                Step::Final(outcome) => return self.settle(&request, attempt_id, outcome).await,
+                Step::Failed(outcome) => {
+                    self.settle(&request, attempt_id, outcome).await?;
+                    attempts += 1;
+                    if attempts >= request.max_attempts {
+                        return Ok(());
+                    }
+                    self.inner.policy.backoff(attempts)
+                }
+            };
+            if !self.wait(wait).await {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Stores an outcome of the request (the attempt row is its source).
+    async fn settle(&self, request: &SyncRequest, attempt_id: Option<i64>, outcome: Outcome) -> Result<(), StoreError> {
+        let Some(attempt_id) = attempt_id else {
             // The store refused the attempt row; it will refuse the result too.
             // The request stays as it was and is sent again on a later tick.
-            return Ok(SyncSettle::Ignored);
+            return Ok(());
         };
-        let (custom_id, now) = (request.custom_id.clone(), clock.now());
+        let (custom_id, now) = (request.custom_id.clone(), self.inner.clock.now());
         let settled =
             self.inner.store.call(move |s| s.record_sync_result(&custom_id, attempt_id, &outcome, now)).await?;
         if settled == SyncSettle::Duplicate {
             tracing::info!(custom_id = %request.custom_id, "sync result arrived after another final result: duplicate spend");
         }
-        Ok(settled)
+        Ok(())
     }
 
-    /// Waits until the model's buckets allow one more call of this size.
-    async fn pace(&self, model: &ModelQueue, request: &SyncRequest) {
+    /// Sleeps on the lane's clock; false when the lane stopped meanwhile.
+    async fn wait(&self, duration: Duration) -> bool {
+        if duration.is_zero() {
+            return !self.inner.stop.is_cancelled();
+        }
+        tokio::select! {
+            () = self.inner.clock.sleep(duration) => !self.inner.stop.is_cancelled(),
+            () = self.inner.stop.cancelled() => false,
+        }
+    }
+
+    /// Waits until the model's buckets allow one more call of this size;
+    /// false when the lane stopped meanwhile.
+    async fn pace(&self, model: &ModelQueue, request: &SyncRequest) -> bool {
         let clock = self.inner.clock.as_ref();
         let input_estimate = (request.params.len() / 4) as f64;
         let wait = {
@@ -253,9 +340,7 @@ impl SyncLane {
             let output_debt = buckets.output.wait(now);
             buckets.requests.reserve(1.0, now).max(buckets.input.reserve(input_estimate, now)).max(output_debt)
         };
-        if !wait.is_zero() {
-            clock.sleep(wait).await;
-        }
+        self.wait(wait).await
     }
 
     /// One call, recorded as an attempt; returns the attempt's id when it was recorded.
@@ -278,24 +363,38 @@ impl SyncLane {
         (result, recorded.ok())
     }
 
-    /// Follows what the provider said about the account's limits.
-    fn adapt(&self, model: &ModelQueue, result: &Result<MessageReply, ProviderError>) {
+    /// Follows what the provider said: its rate-limit headers, and for
+    /// backpressure a smaller window; returns what the call means for the
+    /// request (`pushed_back` counts its backpressure answers in a row).
+    fn adapt(
+        &self,
+        model: &ModelQueue,
+        name: &str,
+        result: &Result<MessageReply, ProviderError>,
+        pushed_back: u32,
+    ) -> Step {
         let now = self.inner.clock.now();
-        let mut buckets = lock(&model.buckets);
         match result {
             Ok(reply) => {
+                let mut buckets = lock(&model.buckets);
                 if let Outcome::Succeeded { usage, .. } = &reply.outcome {
                     buckets.output.charge(usage.output_tokens as f64, now);
                 }
                 follow(&mut buckets, &reply.rate_limits, now);
+                lock(&model.window).grow();
+                Step::Final(reply.outcome.clone())
             }
-            Err(error @ ProviderError::Api { status: 429, .. }) => {
-                let until = now
-                    + chrono::Duration::from_std(error.retry_after().unwrap_or(Duration::from_secs(1)))
-                        .unwrap_or_default();
-                buckets.requests.exhaust_until(until, now);
+            Err(error) if error.is_backpressure() => {
+                let wait = self.inner.policy.wait(pushed_back, error);
+                if lock(&model.window).shrink(now, wait) {
+                    tracing::info!(model = name, window = lock(&model.window).allowed(), error = %error, "backpressure: fewer calls at once");
+                }
+                // The burst is spent: calls go on at the steady rate, not in a rush.
+                lock(&model.buckets).requests.drain(now);
+                Step::Backpressure(wait)
             }
-            Err(_) => {}
+            Err(error) if error.is_retryable() => Step::Failed(failure_outcome(error)),
+            Err(error) => Step::Final(failure_outcome(error)),
         }
     }
 }

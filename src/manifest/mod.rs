@@ -91,6 +91,17 @@ pub fn manifest_files(jobs_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// A minimal valid job `name` with `cron` in `timezone`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_job(name: &str, cron: &str, timezone: &str) -> Job {
+    let source = format!(
+        "schedule: {{ cron: '{cron}', timezone: {timezone} }}\nmodel: claude-haiku-4-5\nmax_tokens: 100\nprompt: {{ inline: hi }}\n"
+    );
+    let file = format!("jobs/{name}.yaml");
+    let (manifest, spans) = parse_manifest(&file, &source).expect("the test manifest parses");
+    Job { name: name.to_owned(), file, source, manifest, spans }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,8 @@
 //!   command: [/usr/local/bin/page-oncall, --team, ops]   # the alert as JSON on stdin
 //!   events:
 //!     run_late: true
-//!     run_failed: true
+//!     run_failed: true         # also a run that could not start at all
+//!     delivery_failing: true   # a run's sink failing for 5 minutes
 //!     errored_per_day: 5       # more than this many errored requests in a UTC day
 //!     budget: true             # a budget crossed, or about to be (budget_warn_at of it spent)
 //!     budget_warn_at: 0.9
@@ -83,8 +84,10 @@ pub enum BodyFormat {
 pub struct EventRules {
     /// A run that missed its deadline.
     pub run_late: bool,
-    /// A run that failed.
+    /// A run that failed, or whose run could not start at all.
     pub run_failed: bool,
+    /// A run whose delivery has been failing for [`DELIVERY_FAILING_AFTER`].
+    pub delivery_failing: bool,
     /// Alert when a UTC day has more errored requests than this (null: never).
     pub errored_per_day: Option<u64>,
     /// Budgets crossed or about to be.
@@ -102,6 +105,7 @@ impl Default for EventRules {
         EventRules {
             run_late: true,
             run_failed: true,
+            delivery_failing: true,
             errored_per_day: Some(5),
             budget: true,
             budget_warn_at: 0.9,
@@ -110,6 +114,10 @@ impl Default for EventRules {
         }
     }
 }
+
+/// How long a run's delivery must have been failing before it alerts: a
+/// sink that hiccups once is retried quietly.
+pub const DELIVERY_FAILING_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// When the daily digest goes out.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

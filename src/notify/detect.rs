@@ -62,8 +62,8 @@ impl Detector {
     pub fn scan(&mut self, store: &Store, context: &Context<'_>, now: DateTime<Utc>) -> Result<Vec<Alert>, StoreError> {
         let rules = context.rules;
         let mut alerts = self.new_events(store, rules)?;
-        if rules.run_late {
-            alerts.extend(overdue_runs(store, now)?);
+        if rules.run_late || rules.delivery_failing {
+            alerts.extend(open_run_alerts(store, rules, now)?);
         }
         if rules.batch_submit_failing {
             alerts.extend(self.failed_creates(store)?);
@@ -88,6 +88,7 @@ impl Detector {
         let kinds: Vec<&str> = [
             ("run_late", rules.run_late),
             ("run_failed", rules.run_failed),
+            ("run_start_failed", rules.run_failed),
             ("budget_exceeded", rules.budget),
             ("fallback_started", rules.fallback),
         ]
@@ -174,6 +175,7 @@ fn event_alert(event: &EventRow, run: Option<&RunRow>) -> Option<Alert> {
             detail,
         )),
         ("budget_exceeded", run) => Some(budget_exceeded(event, run, reason)),
+        ("run_start_failed", None) => Some(start_failed(event)),
         _ => None,
     }
 }
@@ -208,10 +210,52 @@ fn budget_exceeded(event: &EventRow, run: Option<&RunRow>, reason: String) -> Al
     }
 }
 
-/// Open runs whose deadline has passed: late already, even before they close.
-fn overdue_runs(store: &Store, now: DateTime<Utc>) -> Result<Vec<Alert>, StoreError> {
-    let overdue = store.open_runs()?.into_iter().filter(|run| run.deadline_at <= now);
-    Ok(overdue.map(|run| late_alert(&run, run.deadline_at, "still open".into())).collect())
+/// A scheduled instant for which no run could be created.
+fn start_failed(event: &EventRow) -> Alert {
+    let field = |name: &str| event.detail.get(name).and_then(|s| s.as_str()).unwrap_or("").to_owned();
+    let (job, instant, error) = (event.job.clone().unwrap_or_default(), field("scheduled_for"), field("error"));
+    Alert {
+        key: format!("run_start_failed:{job}:{instant}"),
+        kind: "run_start_failed",
+        severity: "critical",
+        at: event.at,
+        job: event.job.clone(),
+        run_id: None,
+        run_key: None,
+        text: format!("the run of {job} for {instant} could not start (tried again every minute): {error}"),
+        detail: event.detail.clone(),
+    }
+}
+
+/// Open runs past their deadline (late already, even before they close),
+/// and open runs whose delivery has failed for a while.
+fn open_run_alerts(store: &Store, rules: &EventRules, now: DateTime<Utc>) -> Result<Vec<Alert>, StoreError> {
+    let mut alerts = Vec::new();
+    let failing_for = Duration::from_std(super::config::DELIVERY_FAILING_AFTER).unwrap_or(Duration::MAX);
+    for run in store.open_runs()? {
+        if rules.run_late && run.deadline_at <= now {
+            alerts.push(late_alert(&run, run.deadline_at, "still open".into()));
+        }
+        if let Some(since) =
+            run.delivery_failing_since.filter(|since| rules.delivery_failing && *since + failing_for <= now)
+        {
+            let error = run.delivery_error.clone().unwrap_or_default();
+            let text = format!(
+                "{}: delivering its results has failed since {} (they stay stored and are retried): {error}",
+                run.run_key,
+                since.format("%Y-%m-%d %H:%M UTC")
+            );
+            alerts.push(run_alert(
+                "delivery_failing",
+                "warning",
+                &run,
+                now,
+                text,
+                json!({ "since": since, "error": error }),
+            ));
+        }
+    }
+    Ok(alerts)
 }
 
 fn errored_today(store: &Store, limit: u64, now: DateTime<Utc>) -> Result<Option<Alert>, StoreError> {
@@ -362,6 +406,39 @@ mod tests {
         assert_eq!(after.iter().map(|a| a.key.as_str()).collect::<Vec<_>>(), ["run_late:nightly-b"]);
         let off = EventRules { run_late: false, ..EventRules::default() };
         assert!(detector.scan(&store, &context(&off, &jobs, None), at("2026-11-22T07:00:00Z")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_failing_delivery_alerts_after_five_minutes_and_a_run_that_cannot_start_at_once() {
+        let (_dir, mut store) = store_with_runs();
+        let (rules, jobs) = (EventRules::default(), BTreeMap::new());
+        let mut detector = Detector::start(&store, at("2026-11-22T03:00:00Z"), Duration::zero()).unwrap();
+        let run = store.run_by_key("nightly", at("2026-11-22T02:00:00Z")).unwrap().unwrap();
+        store
+            .record_delivery_failure(run.id, "sink out/x.jsonl: No space left on device", at("2026-11-22T03:00:00Z"))
+            .unwrap();
+        let soon = detector.scan(&store, &context(&rules, &jobs, None), at("2026-11-22T03:04:59Z")).unwrap();
+        assert!(soon.is_empty(), "a hiccup is retried quietly: {soon:?}");
+        let later = detector.scan(&store, &context(&rules, &jobs, None), at("2026-11-22T03:05:00Z")).unwrap();
+        assert_eq!(later.iter().map(|a| a.key.as_str()).collect::<Vec<_>>(), ["delivery_failing:nightly-b"]);
+        assert!(later[0].text.contains("No space left on device"), "{}", later[0].text);
+        let detail = serde_json::json!({ "scheduled_for": "2026-11-22T04:00:00+00:00", "error": "refused" });
+        store.record_event(None, Some("nightly"), "run_start_failed", &detail, at("2026-11-22T04:00:01Z")).unwrap();
+        let now = at("2026-11-22T04:00:02Z");
+        let alerts = detector.scan(&store, &context(&rules, &jobs, None), now).unwrap();
+        let started: Vec<&Alert> = alerts.iter().filter(|a| a.kind == "run_start_failed").collect();
+        assert_eq!(started.len(), 1, "{alerts:?}");
+        assert_eq!(started[0].key, "run_start_failed:nightly:2026-11-22T04:00:00+00:00");
+        assert_eq!(started[0].severity, "critical");
+        store.clear_delivery_failure(run.id, now).unwrap();
+        let off = EventRules { delivery_failing: false, ..EventRules::default() };
+        assert!(
+            detector
+                .scan(&store, &context(&off, &jobs, None), now)
+                .unwrap()
+                .iter()
+                .all(|a| a.kind != "delivery_failing")
+        );
     }
 
     #[test]

@@ -46,6 +46,21 @@ impl ProviderError {
         }
     }
 
+    /// Whether the provider refused the call to slow us down rather than
+    /// because of the request: a 429, a 529 or `overloaded_error`, or any
+    /// answer that says when to come back (`retry-after`). Backpressure is
+    /// waited out; it never uses up a request's attempts.
+    pub fn is_backpressure(&self) -> bool {
+        match self {
+            ProviderError::Api { status, error_type, retry_after, .. } => {
+                matches!(status, 429 | 529)
+                    || crate::outcome::is_backpressure_error_type(error_type)
+                    || (retry_after.is_some() && self.is_retryable())
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the call may have taken effect at the provider although it
     /// failed: everything but a 429 or 529, which refuse a call before it
     /// runs. A lost answer to a create call may hide a created batch.
@@ -84,12 +99,16 @@ mod tests {
     use super::*;
 
     fn api(status: u16) -> ProviderError {
+        answer(status, "x", None)
+    }
+
+    fn answer(status: u16, error_type: &str, retry_after: Option<u64>) -> ProviderError {
         ProviderError::Api {
             status,
-            error_type: "x".into(),
+            error_type: error_type.into(),
             message: String::new(),
             request_id: None,
-            retry_after: None,
+            retry_after: retry_after.map(Duration::from_secs),
         }
     }
 
@@ -102,5 +121,22 @@ mod tests {
             assert!(!api(status).is_retryable(), "{status}");
         }
         assert!(ProviderError::Transport("timeout".into()).is_retryable());
+    }
+
+    #[test]
+    fn backpressure_is_a_429_a_529_an_overload_or_anything_with_retry_after() {
+        assert!(api(429).is_backpressure());
+        assert!(api(529).is_backpressure());
+        let overloaded = answer(503, "overloaded_error", None);
+        assert!(overloaded.is_backpressure());
+        let told_to_wait = answer(500, "api_error", Some(3));
+        assert!(told_to_wait.is_backpressure());
+        // The request's own failures count as attempts.
+        assert!(!api(500).is_backpressure());
+        assert!(!ProviderError::Transport("timeout".into()).is_backpressure());
+        assert!(!ProviderError::Malformed("cut".into()).is_backpressure());
+        // A permanent refusal stays permanent even with a retry-after.
+        let refused = answer(400, "invalid_request_error", Some(3));
+        assert!(!refused.is_backpressure());
     }
 }

@@ -72,6 +72,12 @@ impl ApiError {
         err
     }
 
+    /// 500 `api_error` without `retry-after`: the call itself failed (it counts
+    /// as one of the caller's tries, unlike backpressure).
+    pub(crate) fn failed() -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "Internal server error (simulated).")
+    }
+
     /// The full response, body included, for the request `request_id`.
     pub(crate) fn render(&self, request_id: &str) -> Response {
         let body = error_body(self.kind, &self.message, request_id);

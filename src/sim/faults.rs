@@ -6,8 +6,15 @@ use super::SimConfig;
 use super::errors::ApiError;
 use super::hash::{Key, unit};
 
-/// Rolls the fault of request number `n`: `(label, error)` or none.
-pub(crate) fn roll_fault(config: &SimConfig, n: u64) -> Option<(&'static str, ApiError)> {
+/// Rolls the fault of request number `n`, answered `now` simulated seconds
+/// after start-up: `(label, error)` or none. A storm answers everything 429.
+pub(crate) fn roll_fault(config: &SimConfig, n: u64, now: f64) -> Option<(&'static str, ApiError)> {
+    if config.storm_secs.is_some_and(|storm| now < storm) {
+        return Some(("429", ApiError::rate_limited(config.retry_after_secs)));
+    }
+    if config.faults_for_secs.is_some_and(|window| now >= window) {
+        return None;
+    }
     let roll = Key::new(config.seed, "fault").num(n).unit();
     let mut bound = config.rate_limit_chance;
     if roll < bound {
@@ -112,6 +119,20 @@ mod tests {
         let p95 = samples[3800];
         assert!((80.0..125.0).contains(&median), "median {median}");
         assert!((300.0..530.0).contains(&p95), "p95 {p95}");
+    }
+
+    #[test]
+    fn a_storm_answers_everything_429_then_the_faults_stop_when_their_window_closes() {
+        let config = SimConfig {
+            storm_secs: Some(600.0),
+            faults_for_secs: Some(1800.0),
+            rate_limit_chance: 0.5,
+            ..SimConfig::default()
+        };
+        assert!((0..100).all(|n| roll_fault(&config, n, 599.0).is_some_and(|(label, _)| label == "429")));
+        let during = (0..1000).filter(|&n| roll_fault(&config, n, 1000.0).is_some()).count();
+        assert!((400..600).contains(&during), "half of them in the rest of the storm: {during}");
+        assert!((0..1000).all(|n| roll_fault(&config, n, 1800.0).is_none()), "calm after the window");
     }
 
     #[test]

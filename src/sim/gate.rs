@@ -29,7 +29,7 @@ pub(crate) async fn gate(State(sim): State<Arc<Sim>>, mut req: Request, next: Ne
         sim.lock().stats.call(endpoint);
         if let Err(err) = check_headers(req.headers()) {
             err.into_response()
-        } else if let Some((label, err)) = faults::roll_fault(&sim.config, n) {
+        } else if let Some((label, err)) = faults::roll_fault(&sim.config, n, sim.clock.now()) {
             tracing::debug!(fault = label, path = req.uri().path(), "injecting a fault");
             sim.lock().stats.fault(label);
             err.into_response()

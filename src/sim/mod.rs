@@ -64,6 +64,14 @@ pub struct SimConfig {
     /// Chance per API call of a 500 `api_error` with `retry-after`.
     #[arg(long, default_value_t = 0.0)]
     pub server_error_chance: f64,
+    /// A rate-limit storm: every API call answers 429 `rate_limit_error`
+    /// (with `retry-after`) for the first this many simulated seconds.
+    #[arg(long)]
+    pub storm_secs: Option<f64>,
+    /// The chance-based faults (429, 529, 500) happen only in the first this
+    /// many simulated seconds; later calls are answered normally.
+    #[arg(long)]
+    pub faults_for_secs: Option<f64>,
     /// Seconds sent in `retry-after` on injected 429 and 500 responses.
     #[arg(long, default_value_t = 1)]
     pub retry_after_secs: u64,
@@ -79,8 +87,9 @@ pub struct SimConfig {
     /// Latency of `POST /v1/messages` in real milliseconds.
     #[arg(long, default_value_t = 0)]
     pub message_latency_ms: u64,
-    /// Chance that a batch create call answers 529 `overloaded_error` (on
-    /// top of the per-call faults): the batch lane down while Messages works.
+    /// Chance that a batch create call fails with a 500 `api_error` without
+    /// `retry-after` (on top of the per-call faults): the batch lane down
+    /// while Messages works.
     #[arg(long, default_value_t = 0.0)]
     pub batch_create_error_chance: f64,
     /// Chance that a batch create call creates the batch but answers 500, as
@@ -109,6 +118,8 @@ impl Default for SimConfig {
             rate_limit_chance: 0.0,
             overloaded_chance: 0.0,
             server_error_chance: 0.0,
+            storm_secs: None,
+            faults_for_secs: None,
             retry_after_secs: 1,
             truncate_results_chance: 0.0,
             never_end: false,
@@ -147,6 +158,11 @@ impl SimConfig {
         }
         if self.rate_limit_chance + self.overloaded_chance + self.server_error_chance > 1.0 {
             return Err("rate_limit_chance + overloaded_chance + server_error_chance must be at most 1".into());
+        }
+        for (name, value) in [("storm_secs", self.storm_secs), ("faults_for_secs", self.faults_for_secs)] {
+            if value.is_some_and(|secs| !(secs.is_finite() && secs >= 0.0)) {
+                return Err(format!("{name} must be a number of seconds, got {}", value.unwrap_or_default()));
+            }
         }
         if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
             return Err(format!("time_scale must be a positive number, got {}", self.time_scale));

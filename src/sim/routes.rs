@@ -105,8 +105,8 @@ async fn create_batch(
     let base = base_url(&sim, &headers);
     let mut state = sim.lock();
     if faults::roll_create_failure(&sim.config, n) {
-        state.stats.fault("batch_create_529");
-        return Err(ApiError::overloaded());
+        state.stats.fault("batch_create_500");
+        return Err(ApiError::failed());
     }
     let seq = state.create_batch(&sim.config, &sim.clock, sim.nonce, incoming);
     let batch = &state.batches[&seq];

@@ -104,7 +104,8 @@ fn batch_event(
 impl Store {
     /// Commits the intent to submit `custom_ids` as one batch: the batch row
     /// (`submitting`) and its request list, with the requests `queued`.
-    /// Call this before the create call, never after.
+    /// Call this before the create call, never after. Submitting uses up
+    /// none of a request's attempts: only its own failed results do.
     pub fn record_batch_intent(
         &mut self,
         run_id: i64,
@@ -126,7 +127,7 @@ impl Store {
                 tx.prepare_cached("INSERT INTO batch_requests (batch_id, custom_id) VALUES (?1, ?2)").map_err(e)?;
             let mut queue = tx
                 .prepare_cached(
-                    "UPDATE requests SET state = 'queued', lane = 'batch', attempts = attempts + 1, updated_at = ?2
+                    "UPDATE requests SET state = 'queued', lane = 'batch', updated_at = ?2
                      WHERE custom_id = ?1 AND state NOT IN ('succeeded', 'permanent_failed')",
                 )
                 .map_err(e)?;
@@ -184,6 +185,57 @@ impl Store {
         batch_event(&tx, batch_id, "batch_abandoned", &serde_json::json!({ "batch": batch_id, "reason": reason }), now)
             .map_err(e)?;
         tx.commit().map_err(e)
+    }
+
+    /// Records that a batch was asked to cancel (once), with its event.
+    pub fn mark_cancel_requested(
+        &mut self,
+        batch_id: i64,
+        detail: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let e = |source| super::sqlite(&path, source);
+        let tx = self.conn.transaction().map_err(e)?;
+        let first = tx
+            .execute(
+                "UPDATE batches SET cancel_requested_at = ?2 WHERE id = ?1 AND cancel_requested_at IS NULL",
+                params![batch_id, to_millis(now)],
+            )
+            .map_err(e)?;
+        if first == 1 {
+            batch_event(&tx, batch_id, "batch_cancel_requested", detail, now).map_err(e)?;
+        }
+        tx.commit().map_err(e)
+    }
+
+    /// How long the provider's batches took, from the create call to the
+    /// poll that saw them ended (our clock: the provider's timestamps may run
+    /// on another): the 90th percentile of its last 20 that ended on their
+    /// own (a canceled batch says nothing of it). `None` before 3 such
+    /// batches were seen.
+    pub fn batch_turnaround_p90_ms(&self, provider: &str) -> Result<Option<u64>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT polled_at - submitted_at FROM batches
+                 WHERE provider = ?1 AND state = 'ended' AND cancel_requested_at IS NULL
+                   AND polled_at IS NOT NULL AND submitted_at IS NOT NULL
+                 ORDER BY id DESC LIMIT 20",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = statement.query_map([provider], |row| row.get::<_, i64>(0)).map_err(|e| self.err(e))?;
+        let mut took: Vec<u64> = rows
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?
+            .into_iter()
+            .map(|ms| ms.max(0) as u64)
+            .collect();
+        if took.len() < 3 {
+            return Ok(None);
+        }
+        took.sort_unstable();
+        Ok(Some(took[(took.len() * 9).div_ceil(10) - 1]))
     }
 
     /// Records what a poll saw.

@@ -159,7 +159,8 @@ impl Store {
         Ok(counts)
     }
 
-    /// How many times each of a run's requests has been sent (batch submissions and sync calls).
+    /// How many of the request's attempts are used up: its own failed results
+    /// (backpressure, cancels and expiry use none; `retry.max_attempts` bounds them).
     pub fn request_attempts(&self, custom_id: &str) -> Result<u32, StoreError> {
         self.conn
             .query_row("SELECT attempts FROM requests WHERE custom_id = ?1", [custom_id], |row| row.get(0))

@@ -287,6 +287,8 @@ struct Unsettled {
     state: String,
     /// What the result makes of the request.
     next: &'static str,
+    /// Whether the result uses up one of the request's attempts.
+    counts: bool,
     /// Another attempt's result is newer: it decided the request.
     superseded: bool,
 }
@@ -310,6 +312,8 @@ fn unsettled(tx: &Transaction<'_>, batch_id: i64, after: &str) -> rusqlite::Resu
             custom_id: row.get(1)?,
             state: row.get(2)?,
             next: next_state(&status, error_type.as_deref()),
+            counts: status == "errored"
+                && !error_type.as_deref().is_some_and(crate::outcome::is_backpressure_error_type),
             superseded: row.get(5)?,
         })
     })?;
@@ -327,8 +331,9 @@ fn next_state(status: &str, error_type: Option<&str>) -> &'static str {
 
 /// Applies a slice: first final result wins; returns the duplicates flagged.
 fn settle(tx: &Transaction<'_>, slice: &[Unsettled], now: DateTime<Utc>) -> rusqlite::Result<u64> {
-    let mut take =
-        tx.prepare_cached("UPDATE requests SET state = ?2, result_id = ?3, updated_at = ?4 WHERE custom_id = ?1")?;
+    let mut take = tx.prepare_cached(
+        "UPDATE requests SET state = ?2, result_id = ?3, updated_at = ?4, attempts = attempts + ?5 WHERE custom_id = ?1",
+    )?;
     let mut duplicate = tx.prepare_cached("UPDATE results SET duplicate = 1 WHERE id = ?1")?;
     let mut duplicates = 0;
     for result in slice {
@@ -339,7 +344,7 @@ fn settle(tx: &Transaction<'_>, slice: &[Unsettled], now: DateTime<Utc>) -> rusq
                 duplicates += 1;
             }
         } else if !result.superseded {
-            take.execute(params![result.custom_id, result.next, result.result_id, to_millis(now)])?;
+            take.execute(params![result.custom_id, result.next, result.result_id, to_millis(now), result.counts])?;
         }
     }
     Ok(duplicates)
@@ -419,17 +424,36 @@ fn columns(outcome: &Outcome) -> Columns<'_> {
 }
 
 impl Store {
-    /// Records a round of deliveries to one sink in one transaction.
+    /// A JSONL sink file's length when its last round of deliveries was recorded.
+    pub fn sink_file_length(&self, target: &str) -> Result<Option<u64>, StoreError> {
+        use rusqlite::OptionalExtension;
+        self.conn
+            .query_row("SELECT length FROM sink_files WHERE target = ?1", [target], |row| row.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records a round of deliveries to one sink in one transaction, with
+    /// the JSONL file's length after it (`file_length`) when it is one.
     pub fn record_deliveries(
         &mut self,
         delivered: &[(String, i64)],
         sink: &str,
         target: &str,
+        file_length: Option<u64>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
         let e = |source| super::sqlite(&path, source);
         let tx = self.conn.transaction().map_err(e)?;
+        if let Some(length) = file_length {
+            tx.execute(
+                "INSERT INTO sink_files (target, length, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (target) DO UPDATE SET length = ?2, updated_at = ?3",
+                params![target, length, to_millis(now)],
+            )
+            .map_err(e)?;
+        }
         {
             let mut insert = tx
                 .prepare_cached(

@@ -81,6 +81,12 @@ pub struct RunRow {
     /// When the last of its requests was stored; until then the engine
     /// submits nothing of it and a restart prepares it again.
     pub prepared_at: Option<DateTime<Utc>>,
+    /// When the engine saw it still open past its deadline.
+    pub deadline_missed_at: Option<DateTime<Utc>>,
+    /// Since when its delivery has been failing (cleared by a delivery that works).
+    pub delivery_failing_since: Option<DateTime<Utc>>,
+    /// The last delivery error, while delivery fails.
+    pub delivery_error: Option<String>,
 }
 
 impl RunRow {
@@ -91,7 +97,8 @@ impl RunRow {
 }
 
 pub(super) const COLUMNS: &str = "id, job, scheduled_for, run_key, tier, deadline_at, state, reason, lane, created_at, \
-                       fallback_at, fallback_started_at, fallback_reason, finished_at, tags, sync_blocked, prepared_at";
+                       fallback_at, fallback_started_at, fallback_reason, finished_at, tags, sync_blocked, prepared_at, \
+                       deadline_missed_at, delivery_failing_since, delivery_error";
 
 pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<RunRow> {
     Ok(RunRow {
@@ -112,6 +119,9 @@ pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<RunRow> {
         tags: serde_json::from_str(&row.get::<_, String>(14)?).unwrap_or_default(),
         sync_blocked: row.get(15)?,
         prepared_at: row.get::<_, Option<i64>>(16)?.map(from_millis),
+        deadline_missed_at: row.get::<_, Option<i64>>(17)?.map(from_millis),
+        delivery_failing_since: row.get::<_, Option<i64>>(18)?.map(from_millis),
+        delivery_error: row.get(19)?,
     })
 }
 
@@ -295,6 +305,68 @@ impl Store {
         super::events::insert(&tx, Some(id), None, "budget_exceeded", detail, now)
             .map_err(|e| super::sqlite(&self.path, e))?;
         tx.commit().map_err(|e| super::sqlite(&self.path, e))
+    }
+
+    /// Records, once, that an open run passed its deadline: it is late, and
+    /// keeps going until every request is final. True the first time.
+    pub fn mark_deadline_missed(
+        &mut self,
+        id: i64,
+        detail: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction().map_err(|e| super::sqlite(&self.path, e))?;
+        let first = tx
+            .execute(
+                "UPDATE runs SET deadline_missed_at = ?2 WHERE id = ?1 AND deadline_missed_at IS NULL AND state = 'open'",
+                params![id, to_millis(now)],
+            )
+            .map_err(|e| super::sqlite(&self.path, e))?;
+        if first == 1 {
+            super::events::insert(&tx, Some(id), None, "deadline_missed", detail, now)
+                .map_err(|e| super::sqlite(&self.path, e))?;
+        }
+        tx.commit().map_err(|e| super::sqlite(&self.path, e))?;
+        Ok(first == 1)
+    }
+
+    /// Records a failed delivery round: the error, and since when delivery
+    /// fails (kept from the first failure); the first failure of a streak is
+    /// a `delivery_failed` event. True on the first failure of a streak.
+    pub fn record_delivery_failure(&mut self, id: i64, error: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction().map_err(|e| super::sqlite(&self.path, e))?;
+        let e = |source| super::sqlite(&self.path, source);
+        let since: Option<i64> =
+            tx.query_row("SELECT delivery_failing_since FROM runs WHERE id = ?1", [id], |row| row.get(0)).map_err(e)?;
+        tx.execute(
+            "UPDATE runs SET delivery_failing_since = COALESCE(delivery_failing_since, ?2), delivery_error = ?3 WHERE id = ?1",
+            params![id, to_millis(now), error],
+        )
+        .map_err(e)?;
+        if since.is_none() {
+            super::events::insert(&tx, Some(id), None, "delivery_failed", &serde_json::json!({ "error": error }), now)
+                .map_err(e)?;
+        }
+        tx.commit().map_err(e)?;
+        Ok(since.is_none())
+    }
+
+    /// Clears a delivery failure streak (a round went through); records
+    /// `delivery_recovered` when there was one.
+    pub fn clear_delivery_failure(&mut self, id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(|e| super::sqlite(&self.path, e))?;
+        let e = |source| super::sqlite(&self.path, source);
+        let cleared = tx
+            .execute(
+                "UPDATE runs SET delivery_failing_since = NULL, delivery_error = NULL
+                 WHERE id = ?1 AND delivery_failing_since IS NOT NULL",
+                [id],
+            )
+            .map_err(e)?;
+        if cleared == 1 {
+            super::events::insert(&tx, Some(id), None, "delivery_recovered", &serde_json::json!({}), now).map_err(e)?;
+        }
+        tx.commit().map_err(e)
     }
 
     /// The open runs of `job`.

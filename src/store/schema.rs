@@ -4,7 +4,7 @@
 //! never edited once released; changes are new entries.
 
 /// Migrations in order; entry `i` moves the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// Times are integer milliseconds since the Unix epoch (UTC).
 const V1: &str = r#"
@@ -265,4 +265,31 @@ const V5: &str = r#"
 ALTER TABLE runs ADD COLUMN prepared_at INTEGER;
 UPDATE runs SET prepared_at = created_at
  WHERE state != 'open' OR EXISTS (SELECT 1 FROM requests WHERE requests.run_id = runs.id);
+"#;
+
+/// What the deadline guard needs to see. When a batch was asked to cancel
+/// (so its end says nothing of how long batches take; backfilled from the
+/// events), when a run first missed its deadline while still open, since
+/// when and why its delivery keeps failing, which scheduled instant of a
+/// job could not start and why, and how long each JSONL sink file was when
+/// its last delivery was recorded (so a delivery reads only what a crash
+/// may have left after that point, never the whole file again).
+const V6: &str = r#"
+ALTER TABLE batches ADD COLUMN cancel_requested_at INTEGER;
+UPDATE batches SET cancel_requested_at = (
+    SELECT MIN(at) FROM events
+     WHERE kind = 'batch_cancel_requested' AND json_extract(detail, '$.batch') = batches.id);
+
+ALTER TABLE runs ADD COLUMN deadline_missed_at INTEGER;
+ALTER TABLE runs ADD COLUMN delivery_failing_since INTEGER;
+ALTER TABLE runs ADD COLUMN delivery_error TEXT;
+
+ALTER TABLE schedules ADD COLUMN start_failed_for INTEGER;
+ALTER TABLE schedules ADD COLUMN start_error TEXT;
+
+CREATE TABLE sink_files (
+    target      TEXT    PRIMARY KEY,
+    length      INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+) WITHOUT ROWID;
 "#;

@@ -14,6 +14,8 @@ pub struct SyncWork {
     pub custom_id: String,
     /// The Messages API body, as JSON text.
     pub params: String,
+    /// Attempts it has used (its own failed results).
+    pub attempts: u32,
 }
 
 /// What storing a sync result did.
@@ -35,7 +37,7 @@ impl Store {
         let mut statement = self
             .conn
             .prepare_cached(
-                "SELECT q.custom_id, b.params FROM requests q JOIN request_bodies b ON b.custom_id = q.custom_id
+                "SELECT q.custom_id, b.params, q.attempts FROM requests q JOIN request_bodies b ON b.custom_id = q.custom_id
                  WHERE q.run_id = ?1 AND q.state IN ('pending', 'queued', 'in_flight', 'retryable_failed')
                    AND (q.state <> 'retryable_failed' OR q.attempts < ?2)
                  ORDER BY q.seq LIMIT ?3",
@@ -43,7 +45,7 @@ impl Store {
             .map_err(|e| self.err(e))?;
         let rows = statement
             .query_map(params![run_id, max_attempts, i64::try_from(limit).unwrap_or(i64::MAX)], |row| {
-                Ok(SyncWork { custom_id: row.get(0)?, params: row.get(1)? })
+                Ok(SyncWork { custom_id: row.get(0)?, params: row.get(1)?, attempts: row.get(2)? })
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
@@ -51,6 +53,7 @@ impl Store {
 
     /// Stores the outcome of a sync call. The first final result of a
     /// request wins; a later success is kept, flagged as duplicate spend.
+    /// An outcome that [counts as an attempt](Outcome::counts_as_attempt) uses one up.
     pub fn record_sync_result(
         &mut self,
         custom_id: &str,
@@ -90,9 +93,9 @@ impl Store {
             _ => "permanent_failed",
         };
         tx.execute(
-            "UPDATE requests SET state = ?2, result_id = ?3, lane = 'sync', attempts = attempts + 1, updated_at = ?4
+            "UPDATE requests SET state = ?2, result_id = ?3, lane = 'sync', attempts = attempts + ?5, updated_at = ?4
              WHERE custom_id = ?1",
-            params![custom_id, next, result_id, to_millis(now)],
+            params![custom_id, next, result_id, to_millis(now), outcome.counts_as_attempt()],
         )
         .map_err(e)?;
         tx.commit().map_err(e)?;

@@ -111,7 +111,34 @@ fn intent_then_submission_moves_requests_through_the_states() {
     store.for_each_batch_request(batch.id, |id, params| seen.push((id.to_owned(), params.to_owned()))).unwrap();
     assert_eq!(seen.len(), 3);
     assert_eq!(seen[0], ("feed-2026-11-22-001".to_owned(), "{\"n\":1}".to_owned()));
-    assert_eq!(store.request_attempts("feed-2026-11-22-001").unwrap(), 1);
+    assert_eq!(store.request_attempts("feed-2026-11-22-001").unwrap(), 0, "submitting uses up no attempt");
+}
+
+#[test]
+fn only_a_requests_own_failures_use_up_its_attempts() {
+    let (_dir, mut store) = open();
+    let run = run_with_requests(&mut store, 5);
+    let ids = store.request_ids(run.id, &[RequestState::Pending]).unwrap();
+    let batch = store.record_batch_intent(run.id, "anthropic", &ids, at(1)).unwrap();
+    store.mark_batch_submitted(batch.id, "msgbatch_1", at(2)).unwrap();
+    let errored = |kind: &str| Outcome::Errored { error_type: kind.into(), message: String::new() };
+    let lines = vec![
+        (ids[0].clone(), errored("api_error")),
+        (ids[1].clone(), errored("overloaded_error")),
+        (ids[2].clone(), Outcome::Expired),
+        (ids[3].clone(), Outcome::Canceled),
+        (ids[4].clone(), success("a")),
+    ];
+    store.ingest_batch_results(batch.id, &lines, at(30)).unwrap();
+    let used: Vec<u32> = ids.iter().map(|id| store.request_attempts(id).unwrap()).collect();
+    assert_eq!(used, [1, 0, 0, 0, 0], "an api_error counts; overload, expiry and cancel do not");
+    // The same on the sync lane: a transport failure counts, a success adds nothing.
+    let attempt = store.record_attempt(&crate::store::NewAttempt::started("sync", "create_message", at(40))).unwrap();
+    let timeout = Outcome::Errored { error_type: "transport_error".into(), message: "timed out".into() };
+    store.record_sync_result(&ids[1], attempt, &timeout, at(41)).unwrap();
+    store.record_sync_result(&ids[2], attempt, &success("b"), at(41)).unwrap();
+    assert_eq!(store.request_attempts(&ids[1]).unwrap(), 1);
+    assert_eq!(store.request_attempts(&ids[2]).unwrap(), 0);
 }
 
 #[test]

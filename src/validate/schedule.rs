@@ -12,9 +12,6 @@ use crate::manifest::{Job, Lane, Tier, format_duration, parse_duration};
 use crate::schedule::{cron_parser, next_after};
 use crate::suggest;
 
-/// Below this, a batch-lane run cannot expect a batch to finish: it goes to
-/// the sync lane at full price.
-const MIN_BATCH_DEADLINE: Duration = Duration::from_secs(10 * 60);
 /// Below this, even one synchronous call may not fit.
 const MIN_REALTIME_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -110,9 +107,26 @@ fn check_deadline(job: &Job, catalog: &Catalog, cadence: Option<Duration>, out: 
             .help("give realtime jobs at least `10s`"),
         );
     }
-    if tier.lane() == Lane::Batch && deadline < MIN_BATCH_DEADLINE {
-        out.push(job.at_value(Code::DeadlineTierMismatch, "deadline", format!("a deadline of {} is too short for the batch lane: runs will go straight to the sync lane at full price", format_duration(deadline)))
-            .help(format!("use `tier: realtime`, or a deadline of at least `{}`", format_duration(MIN_BATCH_DEADLINE))));
+    if tier.lane() == Lane::Batch
+        && let Some(turnaround) = goes_straight_to_sync(job, catalog, deadline)
+    {
+        out.push(
+            job.at_value(
+                Code::DeadlineTierMismatch,
+                "deadline",
+                format!(
+                    "a deadline of {} leaves no time for a batch to end (a batch of `{}` is expected to take {}): \
+                     runs will go straight to the sync lane at full price",
+                    format_duration(deadline),
+                    job.manifest.provider,
+                    format_duration(turnaround)
+                ),
+            )
+            .help(format!(
+                "use `tier: realtime`, or a deadline of at least `{}` (the batch's time and the fallback's margin)",
+                format_duration(min_batch_deadline(turnaround))
+            )),
+        );
     }
     let expiry =
         catalog.providers.get(&job.manifest.provider).and_then(|provider| parse_duration(&provider.batch_expiry).ok());
@@ -150,4 +164,36 @@ fn check_deadline(job: &Job, catalog: &Catalog, cadence: Option<Duration>, out: 
             )),
         );
     }
+}
+
+/// The batch turnaround the planner assumes for the job's provider, when
+/// even a run of one request would go straight to the sync lane because no
+/// batch could end in time: the engine's own rule
+/// ([`batch_worthwhile`](crate::engine::plan::batch_worthwhile)) with the
+/// catalog's figures, as a fresh engine that has measured nothing uses them.
+fn goes_straight_to_sync(job: &Job, catalog: &Catalog, deadline: Duration) -> Option<Duration> {
+    use crate::engine::plan::{SyncLoad, batch_worthwhile, safety_margin, sync_estimate};
+    let turnaround = catalog
+        .providers
+        .get(&job.manifest.provider)
+        .and_then(crate::catalog::Provider::batch_turnaround)
+        .unwrap_or(crate::engine::DEFAULT_BATCH_TURNAROUND);
+    let output_tokens = job.manifest.max_tokens as f64 / 2.0;
+    let latency = catalog
+        .model(&job.manifest.provider, &job.manifest.model)
+        .and_then(|(_, model)| model.sync_latency(output_tokens))
+        .unwrap_or(Duration::ZERO);
+    let one = SyncLoad { remaining: 1, input_tokens: 0.0, output_tokens, latency };
+    let estimate = sync_estimate(one, crate::lanes::SyncLimits::default());
+    let start = DateTime::<Utc>::UNIX_EPOCH;
+    let deadline_at = start + crate::clock::span(deadline);
+    let margin = safety_margin(start, deadline_at, crate::engine::EngineSettings::DEFAULT_MAX_SAFETY_MARGIN);
+    (!batch_worthwhile(start, deadline_at, margin, estimate, turnaround)).then_some(turnaround)
+}
+
+/// The shortest deadline for which a batch can end before the fallback
+/// must start: the turnaround plus the margin (a tenth of the window), rounded up to a minute.
+fn min_batch_deadline(turnaround: Duration) -> Duration {
+    let secs = (turnaround.as_secs_f64() / 0.9 / 60.0).ceil() as u64 * 60;
+    Duration::from_secs(secs.max(60))
 }

@@ -59,6 +59,12 @@ pub struct RunItem {
     pub state: String,
     /// Why it failed, was late or skipped.
     pub reason: Option<String>,
+    /// When an open run passed its deadline (it keeps going until every request is final).
+    pub deadline_missed_at: Option<DateTime<Utc>>,
+    /// Since when delivering its results fails (they stay stored and are retried).
+    pub delivery_failing_since: Option<DateTime<Utc>>,
+    /// The last delivery error, while delivery fails.
+    pub delivery_error: Option<String>,
     /// The scheduled instant.
     pub scheduled_for: DateTime<Utc>,
     /// When its first batch was created at the provider.
@@ -324,6 +330,9 @@ fn run_item(summary: &RunSummary, zones: &Zones, median: Option<f64>) -> RunItem
         lane: run.lane.clone(),
         state: run.state.as_str().to_owned(),
         reason: run.reason.clone(),
+        deadline_missed_at: run.deadline_missed_at,
+        delivery_failing_since: run.delivery_failing_since,
+        delivery_error: run.delivery_error.clone(),
         scheduled_for: run.scheduled_for,
         submitted_at: summary.submitted_at,
         requests_total: summary.requests_total,
@@ -506,6 +515,9 @@ mod tests {
             tags: vec![],
             sync_blocked: None,
             prepared_at: Some(at(0)),
+            deadline_missed_at: None,
+            delivery_failing_since: None,
+            delivery_error: None,
         };
         RunSummary {
             run,

@@ -1,0 +1,107 @@
+//! A sink on a full disk: a real 256 KiB tmpfs, filled, then freed. The
+//! delivery fails, leaves nothing behind, is retried with backoff, and every
+//! result arrives exactly once once there is room again.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use orchestrator::clock::Clock;
+use orchestrator::sim::SimConfig;
+use orchestrator::store::RunState;
+
+use crate::harness::{harness, t0};
+
+/// A tmpfs of `size` mounted on `at`, unmounted when dropped.
+struct Mount(PathBuf);
+
+impl Mount {
+    /// `None` (with the reason printed) when this process may not mount.
+    fn tmpfs(at: &Path, size: &str) -> Option<Mount> {
+        std::fs::create_dir_all(at).unwrap();
+        let output =
+            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(at).output();
+        match output {
+            Ok(output) if output.status.success() => Some(Mount(at.to_owned())),
+            Ok(output) => {
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs (needs root): {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+                None
+            }
+            Err(error) => {
+                eprintln!("SKIPPED: cannot run mount: {error}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Writes zeros into `path` until the file system is full.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let block = vec![0u8; 4096];
+    while file.write_all(&block).is_ok() {}
+    let _ = file.sync_all();
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_the_delivery_then_a_freed_disk_gets_every_result_once() {
+    let h = harness("realtime", "1h", 120, SimConfig::default()).await;
+    let out = h.dir.path().join("out");
+    let Some(_mount) = Mount::tmpfs(&out, "256k") else { return };
+    let filler = out.join("filler");
+    fill(&filler);
+    let run = h.engine.start_run(&h.job, t0(), t0() + chrono::Duration::hours(1)).await.unwrap();
+    let _presence = h.clock.enter();
+    // Tick as the daemon does until the store says delivery is failing.
+    let failing =
+        "SELECT COUNT(*) FROM runs WHERE delivery_failing_since IS NOT NULL AND delivery_error LIKE '%No space left%'";
+    for _ in 0..100 {
+        let wake = h.engine.tick(None).await.unwrap();
+        if h.count(failing) == 1 {
+            break;
+        }
+        h.clock.sleep(orchestrator::engine::until(h.clock.now(), wake)).await;
+    }
+    assert_eq!(h.count(failing), 1, "the delivery failed on the full disk");
+    assert_eq!(h.count("SELECT COUNT(*) FROM requests WHERE state = 'succeeded'"), 120, "the results are stored");
+    assert_eq!(h.count("SELECT COUNT(*) FROM deliveries"), 0);
+    assert_eq!(h.count("SELECT COUNT(*) FROM events WHERE kind = 'delivery_failed'"), 1);
+    assert_eq!(entries(&out), ["bulk.jsonl", "filler"], "no temporary copy holds the space");
+    assert_eq!(std::fs::metadata(out.join("bulk.jsonl")).unwrap().len(), 0, "no half-written line either");
+    // More failed tries while the disk stays full: one event, the wait grows.
+    let failed_at = h.clock.now();
+    for _ in 0..4 {
+        let wake = h.engine.tick(None).await.unwrap();
+        h.clock.sleep(orchestrator::engine::until(h.clock.now(), wake)).await;
+    }
+    assert!(h.clock.now() - failed_at >= chrono::Duration::seconds(7), "backoff: 1 s, 2 s, 4 s, ...");
+    assert_eq!(h.count("SELECT COUNT(*) FROM events WHERE kind = 'delivery_failed'"), 1, "one event per streak");
+    assert_eq!(h.count("SELECT COUNT(*) FROM runs WHERE state = 'open'"), 1, "the run waits, it is not failed");
+    std::fs::remove_file(&filler).unwrap();
+    drop(_presence);
+    let outcome =
+        tokio::time::timeout(Duration::from_secs(60), h.engine.drive(run.id, async |_| Ok(()))).await.unwrap().unwrap();
+    assert_eq!(outcome.state, RunState::Completed, "{outcome:?}");
+    h.assert_delivered_once(120);
+    assert_eq!(h.count("SELECT COUNT(*) FROM events WHERE kind = 'delivery_recovered'"), 1);
+    assert_eq!(h.count("SELECT COUNT(*) FROM runs WHERE delivery_failing_since IS NOT NULL"), 0);
+    assert_eq!(entries(&out), ["bulk.jsonl"]);
+    h.sim.shutdown().await;
+}
