@@ -355,3 +355,48 @@ async fn a_run_scheduled_inside_the_repeated_hour_gets_its_own_ids() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_storm_on_a_two_minute_window_delivers_everything_in_time() {
+    // Issue 14's storm as a user meets it, on real time: batches never end,
+    // 30% of calls answer 429 with retry-after 1, a soft job of 200 items due in 120 s.
+    let sim = orchestrator::sim::start(SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        never_end: true,
+        rate_limit_chance: 0.3,
+        retry_after_secs: 1,
+        seed: 14,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = project(200, "");
+    let manifest = dir.path().join("jobs/bulk.yaml");
+    let text =
+        std::fs::read_to_string(&manifest).unwrap().replace("tier: batch\ndeadline: 12h", "tier: soft\ndeadline: 120s");
+    std::fs::write(&manifest, text).unwrap();
+    // Scheduled for now to the second, so the whole 120 s window lies ahead.
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    command.args(["run", "bulk", "--scheduled-for", &now]).current_dir(dir.path());
+    command.env("ANTHROPIC_BASE_URL", sim.base_url()).env("ANTHROPIC_API_KEY", "sk-test-not-a-real-key");
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
+    assert_eq!(code(&output), 0, "completed in time: {}\n{}", stdout(&output), stderr(&output));
+    assert!(
+        stdout(&output).contains("completed (200 requests, 200 succeeded, 200 delivered, 0 failed, 0 batches)"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(stderr(&output).contains("routed to the sync lane"), "W021's word holds: {}", stderr(&output));
+    let limited = count_in(dir.path(), "SELECT COUNT(*) FROM attempts WHERE http_status = 429");
+    assert!(limited >= 40, "the storm hit: {limited}");
+    assert_eq!(
+        count_in(dir.path(), "SELECT COUNT(*) FROM requests WHERE attempts > 0"),
+        0,
+        "no 429 used up an attempt"
+    );
+    let margin = count_in(dir.path(), "SELECT (deadline_at - finished_at) / 1000 FROM runs");
+    eprintln!("storm as a process: 200 delivered, {limited} 429s, {margin}s before the deadline");
+    assert_eq!(delivered(dir.path()).len(), 200);
+    sim.shutdown().await;
+}

@@ -263,6 +263,7 @@ fn run_worker_args(args: &RunWorkerArgs) -> super::run::Args {
         config: None,
         simulate: false,
         simulator_log: false,
+        rehearsal: super::setup::Rehearsal::default(),
     }
 }
 

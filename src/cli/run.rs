@@ -7,10 +7,9 @@ use anyhow::Context;
 use chrono::{DateTime, DurationRound, Utc};
 
 use super::progress::Progress;
-use super::setup::backend;
+use super::setup::{Rehearsal, backend};
 use super::{EXIT_CONFIG, EXIT_USAGE, ProjectArgs};
 use crate::catalog::Catalog;
-use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::engine::{Engine, EngineSettings, RunOutcome};
 use crate::store::{RunRow, RunState};
@@ -60,6 +59,9 @@ pub struct Args {
     /// With `--simulate`: show the simulator's own log lines too.
     #[arg(long, requires = "simulate")]
     pub simulator_log: bool,
+    /// A rehearsal clock (with `--simulate`).
+    #[command(flatten)]
+    pub rehearsal: Rehearsal,
 }
 
 fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
@@ -69,7 +71,7 @@ fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
 
 pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     let catalog = Catalog::load(args.project.catalog.as_deref())?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let clock = args.rehearsal.clock();
     let report = args.project.validate(&catalog, clock.now());
     let Some(job) = report.job(&args.job).cloned() else {
         eprintln!("error: no valid job `{}` in {}", args.job, args.project.jobs.display());

@@ -7,11 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::setup::backend;
+use super::setup::{Rehearsal, backend};
 use super::validate::human;
 use super::{EXIT_CONFIG, ProjectArgs};
 use crate::catalog::Catalog;
-use crate::clock::{Clock, ScaledClock, SystemClock};
 use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::engine::EngineSettings;
@@ -40,24 +39,12 @@ pub struct Args {
     /// Fire every job once at start (for its current minute), then follow the schedule.
     #[arg(long)]
     pub run_now: bool,
-    /// With `--simulate`: the clock starts at this instant (RFC 3339)
-    /// instead of now, to rehearse a schedule (a DST night, a deadline).
-    #[arg(long, requires = "simulate")]
-    pub clock_start: Option<chrono::DateTime<chrono::Utc>>,
-    /// With `--simulate`: clock seconds per real second (600 runs an hour in
-    /// six seconds); the simulator's batches follow the same clock.
-    #[arg(long, requires = "simulate", value_parser = positive_scale)]
-    pub clock_scale: Option<f64>,
+    /// A rehearsal clock (with `--simulate`).
+    #[command(flatten)]
+    pub rehearsal: Rehearsal,
     /// Daemon configuration file (lane limits, fallback margins, polling).
     #[arg(long, env = "ORCHESTRATOR_CONFIG")]
     pub config: Option<std::path::PathBuf>,
-}
-
-fn positive_scale(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(scale) if scale.is_finite() && scale > 0.0 => Ok(scale),
-        _ => Err(format!("`{text}` is not a positive number (write e.g. `60` or `600`)")),
-    }
 }
 
 /// Validates the manifests; prints every problem and returns `None` on errors.
@@ -98,14 +85,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     }
     let runtime = super::engine_runtime()?;
     runtime.block_on(async {
-        let clock: Arc<dyn Clock> = match (args.clock_start, args.clock_scale) {
-            (None, None) => Arc::new(SystemClock),
-            (start, scale) => {
-                let (start, scale) = (start.unwrap_or_else(chrono::Utc::now), scale.unwrap_or(1.0));
-                tracing::warn!(%start, scale, "rehearsal: the clock starts at {start} and runs {scale} times real time");
-                Arc::new(ScaledClock::new(start, scale))
-            }
-        };
+        let clock = args.rehearsal.clock();
         let backend = match backend(&args.state, clock, settings, jobs, args.simulate).await? {
             Ok(backend) => backend,
             Err(code) => return Ok(code),

@@ -15,6 +15,43 @@ use crate::providers::anthropic::{AnthropicClient, ApiKey};
 use crate::sim::{SimConfig, SimHandle};
 use crate::store::{SharedStore, Store};
 
+/// A clock for a rehearsal against the simulator: `run` and `serve` with
+/// `--simulate` may start their clock at another instant and run it faster,
+/// so a night of schedule or a long deadline plays out in seconds. Never
+/// against a real provider: its batches and rate limits run on real time.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct Rehearsal {
+    /// With `--simulate`: the clock starts at this instant (RFC 3339)
+    /// instead of now, to rehearse a schedule (a DST night, a deadline).
+    #[arg(long, requires = "simulate")]
+    pub clock_start: Option<chrono::DateTime<chrono::Utc>>,
+    /// With `--simulate`: clock seconds per real second (600 runs an hour in
+    /// six seconds); the simulator follows the same clock.
+    #[arg(long, requires = "simulate", value_parser = positive_scale)]
+    pub clock_scale: Option<f64>,
+}
+
+impl Rehearsal {
+    /// The real clock, or the rehearsal's.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        match (self.clock_start, self.clock_scale) {
+            (None, None) => Arc::new(crate::clock::SystemClock),
+            (start, scale) => {
+                let (start, scale) = (start.unwrap_or_else(chrono::Utc::now), scale.unwrap_or(1.0));
+                tracing::warn!(%start, scale, "rehearsal: the clock starts at {start} and runs {scale} times real time");
+                Arc::new(crate::clock::ScaledClock::new(start, scale))
+            }
+        }
+    }
+}
+
+fn positive_scale(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(scale) if scale.is_finite() && scale > 0.0 => Ok(scale),
+        _ => Err(format!("`{text}` is not a positive number (write e.g. `60` or `600`)")),
+    }
+}
+
 /// A ready engine, and the simulator behind it when there is one.
 pub(super) struct Backend {
     pub engine: Arc<Engine>,

@@ -146,6 +146,25 @@ mod tests {
         assert!(batch_worthwhile(now, twelve_hours, ten_minutes, secs(70 * 3600), ten_minutes));
     }
 
+    #[test]
+    fn a_hundred_thousand_requests_under_twelve_hours_stay_on_the_batch_lane() {
+        let now = DateTime::parse_from_rfc3339("2026-11-22T06:00:00Z").unwrap().with_timezone(&Utc);
+        let deadline = now + chrono::Duration::hours(12);
+        let margin = safety_margin(now, deadline, Duration::from_secs(600));
+        let catalog = crate::catalog::Catalog::builtin();
+        let (_, haiku) = catalog.model("anthropic", "claude-haiku-4-5").unwrap();
+        let turnaround = catalog.providers["anthropic"].batch_turnaround().unwrap();
+        // 1 KB prompts (250 tokens), 64 max tokens, at the sync lane's default limits,
+        // with the catalog's latency and with a blind 20 s guess.
+        for latency in [haiku.sync_latency(32.0).unwrap(), Duration::from_secs(20)] {
+            let load = SyncLoad { remaining: 100_000, input_tokens: 250.0, output_tokens: 32.0, latency };
+            let estimate = sync_estimate(load, SyncLimits::default());
+            assert!(batch_worthwhile(now, deadline, margin, estimate, turnaround), "{latency:?}: {estimate:?}");
+            let batch_end = now + chrono::Duration::from_std(turnaround).unwrap();
+            assert!(takeover_at(now, deadline, margin, estimate, batch_end) > now + chrono::Duration::hours(1));
+        }
+    }
+
     fn limits() -> SyncLimits {
         SyncLimits {
             concurrency: 4,
