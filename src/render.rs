@@ -100,6 +100,9 @@ fn stamp(tz: Tz, instant: DateTime<Utc>) -> String {
     if local.second() != 0 || instant.timestamp_subsec_nanos() != 0 {
         stamp.push_str(&local.format("%S").to_string());
     }
+    if instant.timestamp_subsec_millis() != 0 {
+        stamp.push_str(&local.format("%3f").to_string());
+    }
     if let chrono::LocalResult::Ambiguous(_, second) = tz.from_local_datetime(&local.naive_local())
         && second == local
     {
@@ -318,6 +321,7 @@ mod tests {
         let info = RunInfo::new(&job, utc("2026-11-22T06:00:42Z")).unwrap();
         assert_eq!(info.id, "feed-20261122T060042");
         assert_eq!(RunInfo::new(&job, utc("2026-11-22T06:00:00Z")).unwrap().id, "feed-20261122T0600");
+        assert_eq!(RunInfo::new(&job, utc("2026-11-22T06:00:42.250Z")).unwrap().id, "feed-20261122T060042250");
     }
 
     #[test]

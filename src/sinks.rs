@@ -146,7 +146,8 @@ fn append_jsonl(path: &Path, results: &[DeliveredResult], recorded_len: Option<u
     let from = recorded_len.filter(|&recorded| recorded <= len).unwrap_or(0);
     let tail = read_tail(&mut file, path, from)?;
     let start = repair_last_line(&file, path, from, &tail)?;
-    let present = tail.custom_ids;
+    let mut present = tail.custom_ids.clone();
+    present.extend(unterminated_id(&tail));
     let mut buffer = Vec::new();
     if start.needs_newline {
         buffer.push(b'\n');
@@ -228,25 +229,51 @@ fn repair_last_line(file: &std::fs::File, path: &Path, from: u64, tail: &Tail) -
     Ok(Start { end, needs_newline: true })
 }
 
+/// The custom_id of a whole result line that lost only its newline (it is
+/// kept, and must not be written again).
+fn unterminated_id(tail: &Tail) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        custom_id: String,
+    }
+    serde_json::from_slice::<Id>(&tail.unterminated).ok().map(|id| id.custom_id)
+}
+
 fn write_dir(dir: &Path, results: &[DeliveredResult]) -> Result<(), SinkError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     for result in results {
         let path = dir.join(format!("{}.json", result.custom_id));
-        if path.exists() {
+        if holds(&path, &result.custom_id) {
             continue;
         }
         let temp = temp_path(&path);
         let text = serde_json::to_vec_pretty(result).expect("results serialize");
-        let written = std::fs::write(&temp, text)
-            .map_err(io_err(&temp))
-            .and_then(|()| std::fs::rename(&temp, &path).map_err(io_err(&path)));
+        let written = write_synced(&temp, &text).and_then(|()| std::fs::rename(&temp, &path).map_err(io_err(&path)));
         if written.is_err() {
             // A full disk must not keep the half-written copy.
             let _ = std::fs::remove_file(&temp);
         }
         written?;
     }
-    Ok(())
+    // The renames are durable before the deliveries are recorded.
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
+/// Whether `path` already holds a whole result for `custom_id` (a file cut
+/// short by a power loss does not count: it is written again).
+fn holds(path: &Path, custom_id: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        custom_id: String,
+    }
+    let read = std::fs::read(path).ok().and_then(|bytes| serde_json::from_slice::<Id>(&bytes).ok());
+    read.is_some_and(|id| id.custom_id == custom_id)
+}
+
+/// Writes `bytes` to `path` and waits until they are on the disk.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
+    let mut file = std::fs::File::create(path).map_err(io_err(path))?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io_err(path))
 }
 
 fn write_sqlite(path: &Path, table: &str, results: &[DeliveredResult]) -> Result<(), SinkError> {
@@ -371,6 +398,10 @@ mod tests {
         file.write_all(b"{\"custom_id\":\"b\",\"job\":\"fe").unwrap();
         deliver(&sink, &[result("b")], mark).unwrap();
         assert_eq!(ids_in(&path), ["a", "b"]);
+        // One of our whole lines that lost only its newline is kept, not written twice.
+        std::fs::write(&path, serde_json::to_string(&result("a")).unwrap()).unwrap();
+        deliver(&sink, &[result("a"), result("b")], SinkMark::default()).unwrap();
+        assert_eq!(ids_in(&path), ["a", "b"]);
         // Someone else's last line without a newline is kept and ended.
         std::fs::write(&path, "{\"note\":\"by hand\"}").unwrap();
         deliver(&sink, &[result("c")], SinkMark::default()).unwrap();
@@ -386,6 +417,10 @@ mod tests {
         deliver(&sink, &[result("a")], SinkMark::default()).unwrap();
         deliver(&sink, &[result("a"), result("b")], SinkMark::default()).unwrap();
         assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2);
+        // A file a power loss cut short is written again whole.
+        std::fs::write(out.join("a.json"), "{\"custom_id\": \"a\", \"te").unwrap();
+        deliver(&sink, &[result("a")], SinkMark::default()).unwrap();
+        assert!(holds(&out.join("a.json"), "a"));
         let db = dir.path().join("sink.db");
         let sqlite = Sink {
             sqlite: Some(SqliteSink { path: db.display().to_string(), table: "answers".into() }),

@@ -148,7 +148,7 @@ async fn each_alert_arrives_once_a_500_is_retried_and_a_restart_sends_nothing_ag
     // A budget far below one request: crossed at submission (`alert` lets it run), then spent past.
     job(dir.path(), "capped", "tier: batch\ndeadline: 2h\nbudget: { monthly_usd: 0.000001, on_budget: alert }\n", 3);
     let daemon = serve(dir.path(), &sim, true, "first.log");
-    let expected = ["errored_requests:", "budget_exceeded:submit:capped-", "budget_near:capped:"];
+    let expected = ["errored_requests:", "budget_exceeded:submit:capped-", "budget_near:job:capped:"];
     wait_until("the expected alerts", Duration::from_secs(60), || {
         let delivered = receiver.delivered();
         expected.iter().all(|prefix| delivered.keys().any(|k| k.starts_with(prefix)))

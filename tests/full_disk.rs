@@ -10,7 +10,7 @@ use orchestrator::clock::Clock;
 use orchestrator::sim::SimConfig;
 use orchestrator::store::RunState;
 
-use crate::harness::{harness, t0};
+use crate::harness::{Harness, harness, t0};
 
 /// A tmpfs of `size` mounted on `at`, unmounted when dropped.
 struct Mount(PathBuf);
@@ -103,5 +103,32 @@ async fn a_full_disk_fails_the_delivery_then_a_freed_disk_gets_every_result_once
     assert_eq!(h.count("SELECT COUNT(*) FROM events WHERE kind = 'delivery_recovered'"), 1);
     assert_eq!(h.count("SELECT COUNT(*) FROM runs WHERE delivery_failing_since IS NOT NULL"), 0);
     assert_eq!(entries(&out), ["bulk.jsonl"]);
+    h.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_refuses_writes_holds_the_calls_it_paid_for_instead_of_paying_again() {
+    let h = harness("realtime", "1h", 20, SimConfig::default()).await;
+    // The state database takes no record of a call (as a full disk would).
+    h.db()
+        .execute_batch("CREATE TRIGGER refuse BEFORE INSERT ON attempts BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;")
+        .unwrap();
+    let run = h.engine.start_run(&h.job, t0(), t0() + chrono::Duration::hours(1)).await.unwrap();
+    let engine = std::sync::Arc::clone(&h.engine);
+    let driven = tokio::spawn(async move { engine.drive(run.id, async |_| Ok(())).await });
+    // Ten minutes of the clock with the store refusing: the lane holds what it paid for.
+    let start = std::time::Instant::now();
+    while h.clock.now() < t0() + chrono::Duration::minutes(10) {
+        assert!(start.elapsed() < Duration::from_secs(60), "the clock did not move: {:?}", h.clock);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let paid = h.sim.stats().messages_calls;
+    assert_eq!(paid, 8, "one call per worker of the window, then nothing new while nothing can be recorded");
+    h.db().execute_batch("DROP TRIGGER refuse;").unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), driven).await.unwrap().unwrap().unwrap();
+    assert_eq!(outcome.state, RunState::Completed, "{outcome:?}");
+    h.assert_delivered_once(20);
+    assert_eq!(h.sim.stats().messages_calls, 20, "every request paid for exactly once");
+    assert_eq!(h.count(Harness::SYNC_CALLS), 20, "and every paid call recorded");
     h.sim.shutdown().await;
 }

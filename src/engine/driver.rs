@@ -304,15 +304,27 @@ impl Engine {
         let result = match batch.state {
             BatchState::Submitting => {
                 let may_create = run.state == RunState::Open && !run.is_sync();
+                // A create that failed in a way that may have taken effect can
+                // show up in the provider's list a little later: while the
+                // fallback's grace lasts, keep looking instead of abandoning it.
+                let keep_looking = run.is_sync() && self.awaiting_cancel(&run, now);
                 let give_up_at = run.fallback_at.or(Some(run.deadline_at));
-                self.batch.reconcile(batch, &betas, give_up_at, may_create).await
+                self.batch.reconcile(batch, &betas, give_up_at, may_create, keep_looking).await
             }
             BatchState::InProgress | BatchState::Canceling => self.poll(batch, &run).await,
+            // Ended without a results URL (none in the answer that said it
+            // ended): ask again, or the batch would wait for it forever.
+            BatchState::Ended if batch.results_url.is_none() => self.poll(batch, &run).await,
             BatchState::Ended | BatchState::Abandoned => self.batch.ingest(batch).await.map(drop),
         };
-        if let Err(error) = result {
-            tracing::warn!(batch = batch.id, run = %run.run_key, error = %error, "batch step failed; trying again later");
-            self.reschedule_poll(batch.id, &run, false);
+        match result {
+            Err(error) => {
+                tracing::warn!(batch = batch.id, run = %run.run_key, error = %error, "batch step failed; trying again later");
+                self.reschedule_poll(batch.id, &run, false);
+            }
+            // An intent still looking for its batch looks again later, not on every tick.
+            Ok(()) if batch.state == BatchState::Submitting => self.reschedule_poll(batch.id, &run, false),
+            Ok(()) => {}
         }
         Ok(self.poll_plan(batch.id, self.clock.now()).next_at)
     }
@@ -689,6 +701,10 @@ impl Engine {
                     ),
                 }
             }
+            // A batch still `submitting` does not hold the sync lane back (the
+            // fallback after a failed create is at once); its reconcile keeps
+            // looking for it during the grace, and a batch found then is
+            // canceled, what it returns counted as duplicate spend.
             settling |= matches!(batch.state, BatchState::InProgress | BatchState::Canceling);
         }
         Ok(settling && self.awaiting_cancel(run, now))

@@ -146,10 +146,12 @@ impl BatchLane {
         give_up_at: Option<DateTime<Utc>>,
     ) -> Result<(), LaneError> {
         // A failed create may still have created the batch (its answer was
-        // lost): before sending again, look for it, so it is never created twice.
-        let maybe_created = std::cell::Cell::new(false);
+        // lost): before sending again, look for it, so it is never created
+        // twice. Once a try may have taken effect, every later try looks
+        // first, even after a 429 in between.
+        let maybe_created = std::sync::atomic::AtomicBool::new(false);
         let created = with_retries(self.clock.as_ref(), self.policy, give_up_at, "create_batch", || async {
-            if maybe_created.get()
+            if maybe_created.load(std::sync::atomic::Ordering::Relaxed)
                 && let Some(found) = self.created_for(batch_id).await?
             {
                 tracing::info!(batch = batch_id, provider_batch_id = %found.id, "adopted the batch a failed create made");
@@ -158,7 +160,9 @@ impl BatchLane {
             let body = request_body(self.store.path().to_owned(), batch_id);
             let sent = self.recorded("create_batch", Some(run_id), Some(batch_id), self.client.create_batch(body, betas));
             let result = sent.await;
-            maybe_created.set(result.as_ref().err().is_some_and(ProviderError::may_have_taken_effect));
+            if result.as_ref().err().is_some_and(ProviderError::may_have_taken_effect) {
+                maybe_created.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             result
         })
         .await;
@@ -181,15 +185,17 @@ impl BatchLane {
         Ok(())
     }
 
-    /// Settles a batch left `submitting` by a crash: adopts the provider's
-    /// batch created for it if there is one, else submits it again when
-    /// `may_create`, else abandons it (its requests went to the sync lane).
+    /// Settles a batch left `submitting` by a crash or a failed create:
+    /// adopts the provider's batch created for it if there is one, else
+    /// submits it again when `may_create`, else (unless `keep_looking`, when
+    /// it looks again later) abandons it: its requests went to the sync lane.
     pub async fn reconcile(
         &self,
         batch: &BatchRow,
         betas: &[String],
         give_up_at: Option<DateTime<Utc>>,
         may_create: bool,
+        keep_looking: bool,
     ) -> Result<(), LaneError> {
         if let Some(found) = self.find_created(batch).await? {
             let now = self.clock.now();
@@ -199,6 +205,9 @@ impl BatchLane {
             let detail = serde_json::json!({ "batch": batch.id, "provider_batch_id": found.id });
             let run_id = batch.run_id;
             self.store.call(move |s| s.record_event(Some(run_id), None, "batch_adopted", &detail, now)).await?;
+            return Ok(());
+        }
+        if !may_create && keep_looking {
             return Ok(());
         }
         if !may_create {
@@ -302,10 +311,21 @@ impl BatchLane {
             Some(url) => url,
             None => return Ok(ResultCounts::default()),
         };
-        let mut counts = with_retries(self.clock.as_ref(), self.policy, None, "ingest_results", || {
+        let streamed = with_retries(self.clock.as_ref(), self.policy, None, "ingest_results", || {
             self.recorded("results", Some(batch.run_id), Some(batch.id), self.ingest_once(batch.id, &url))
         })
-        .await?;
+        .await;
+        let mut counts = match streamed {
+            Ok(counts) => counts,
+            // Results that can never be read (a 404 once they expired after 29
+            // days, a refused key): what was stored stays, and every request
+            // without a result is retryable instead of in flight forever.
+            Err(error) if !error.is_retryable() => {
+                tracing::error!(batch = batch.id, %error, "the batch's results cannot be read; its requests without a result are retried");
+                ResultCounts::default()
+            }
+            Err(error) => return Err(error.into()),
+        };
         let (now, batch_id) = (self.clock.now(), batch.id);
         tracing::debug!(batch = batch.id, stored = counts.stored, "batch results stored; settling their requests");
         counts.duplicates += self.store.call(move |s| s.settle_batch_results(batch_id, now)).await?;

@@ -267,18 +267,20 @@ impl SyncLane {
     /// Sends one request until it has a final result, runs out of
     /// attempts, or the lane stops; stores every outcome that counts.
     async fn process(&self, model: &ModelQueue, request: SyncRequest) -> Result<(), StoreError> {
-        // The engine may have queued it from a snapshot taken just before
-        // another worker finished it: never pay for a request twice.
-        let id = request.custom_id.clone();
-        if self.inner.store.call(move |s| s.is_final(&id)).await? {
-            return Ok(());
-        }
         let (mut attempts, mut pushed_back) = (request.attempts, 0u32);
         loop {
+            // Checked before every call, waits included: the engine may have
+            // queued it from a snapshot taken just before another worker
+            // finished it, or a canceled batch's results may have settled it
+            // while it waited out backpressure. Never pay for a request twice.
+            let id = request.custom_id.clone();
+            if self.inner.store.call(move |s| s.is_final(&id)).await? {
+                return Ok(());
+            }
             if !self.pace(model, &request).await {
                 return Ok(());
             }
-            let (result, attempt_id) = self.call(&request).await;
+            let Some((result, attempt_id)) = self.call(&request).await else { return Ok(()) };
             let step = self.adapt(model, &request.model, &result, pushed_back + 1);
             let wait = match step {
                 Step::Backpressure(wait) => {
@@ -303,19 +305,39 @@ impl SyncLane {
     }
 
     /// Stores an outcome of the request (the attempt row is its source).
-    async fn settle(&self, request: &SyncRequest, attempt_id: Option<i64>, outcome: Outcome) -> Result<(), StoreError> {
-        let Some(attempt_id) = attempt_id else {
-            // The store refused the attempt row; it will refuse the result too.
-            // The request stays as it was and is sent again on a later tick.
-            return Ok(());
-        };
+    async fn settle(&self, request: &SyncRequest, attempt_id: i64, outcome: Outcome) -> Result<(), StoreError> {
         let (custom_id, now) = (request.custom_id.clone(), self.inner.clock.now());
-        let settled =
-            self.inner.store.call(move |s| s.record_sync_result(&custom_id, attempt_id, &outcome, now)).await?;
+        let write = move |s: &mut crate::store::Store| s.record_sync_result(&custom_id, attempt_id, &outcome, now);
+        let Some(settled) = self.persist("result", &request.custom_id, write).await else { return Ok(()) };
         if settled == SyncSettle::Duplicate {
             tracing::info!(custom_id = %request.custom_id, "sync result arrived after another final result: duplicate spend");
         }
         Ok(())
+    }
+
+    /// Runs a store write until it is committed. A call that was paid for is
+    /// never dropped to be sent (and paid) again: while the store refuses
+    /// writes (a full disk), the worker holds its request and makes no new
+    /// call, retrying the write with a growing wait. `None` if the lane stopped first.
+    async fn persist<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        custom_id: &str,
+        write: impl FnMut(&mut crate::store::Store) -> Result<T, StoreError> + Clone + Send + 'static,
+    ) -> Option<T> {
+        let mut wait = Duration::from_secs(1);
+        loop {
+            match self.inner.store.call(write.clone()).await {
+                Ok(value) => return Some(value),
+                Err(error) => {
+                    tracing::error!(custom_id, what, %error, retry_in_ms = wait.as_millis() as u64, "cannot store a sync call; holding it until the store takes it");
+                }
+            }
+            if !self.wait(wait).await {
+                return None;
+            }
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
     }
 
     /// Sleeps on the lane's clock; false when the lane stopped meanwhile.
@@ -343,8 +365,9 @@ impl SyncLane {
         self.wait(wait).await
     }
 
-    /// One call, recorded as an attempt; returns the attempt's id when it was recorded.
-    async fn call(&self, request: &SyncRequest) -> (Result<MessageReply, ProviderError>, Option<i64>) {
+    /// One call, recorded as an attempt, with the attempt's id (`None` if
+    /// the lane stopped while the store refused the record).
+    async fn call(&self, request: &SyncRequest) -> Option<(Result<MessageReply, ProviderError>, i64)> {
         let clock = self.inner.clock.as_ref();
         let started_at = clock.now();
         let result = self.inner.client.create_message(&request.params, &request.betas).await;
@@ -356,11 +379,8 @@ impl SyncLane {
         };
         let ok_request_id = result.as_ref().ok().and_then(|reply| reply.request_id.clone());
         let attempt = super::ended_attempt(started, clock.now(), &result, ok_request_id);
-        let recorded = self.inner.store.call(move |s| s.record_attempt(&attempt)).await;
-        if let Err(error) = &recorded {
-            tracing::warn!(custom_id = %request.custom_id, error = %error, "could not record a sync call");
-        }
-        (result, recorded.ok())
+        let id = self.persist("attempt", &request.custom_id, move |s| s.record_attempt(&attempt)).await?;
+        Some((result, id))
     }
 
     /// Follows what the provider said: its rate-limit headers, and for

@@ -14,8 +14,9 @@ use super::config::BodyFormat;
 pub struct Alert {
     /// The deduplication key, e.g. `run_late:nightly-report-20261122T0200`.
     pub key: String,
-    /// `run_late`, `run_failed`, `errored_requests`, `budget_exceeded`,
-    /// `budget_near`, `fallback_fired`, `batch_submit_failing` or `digest`.
+    /// `run_late`, `run_failed`, `run_start_failed`, `delivery_failing`,
+    /// `errored_requests`, `budget_exceeded`, `budget_near`,
+    /// `fallback_fired`, `batch_submit_failing` or `digest`.
     pub kind: &'static str,
     /// `critical`, `warning` or `info`.
     pub severity: &'static str,

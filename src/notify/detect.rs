@@ -291,7 +291,12 @@ fn budgets_near(store: &Store, context: &Context<'_>, now: DateTime<Utc>) -> Res
         }
         let scope = job.map_or("global".to_owned(), |j| format!("job {j}"));
         alerts.push(Alert {
-            key: format!("budget_near:{}:{}", job.unwrap_or("global"), since.format("%Y-%m")),
+            // `job:` keeps a job named `global` apart from the global budget.
+            key: format!(
+                "budget_near:{}:{}",
+                job.map_or("global".to_owned(), |j| format!("job:{j}")),
+                since.format("%Y-%m")
+            ),
             kind: "budget_near",
             severity: "warning",
             at: now,

@@ -343,7 +343,11 @@ fn settle(tx: &Transaction<'_>, slice: &[Unsettled], now: DateTime<Utc>) -> rusq
                 duplicate.execute([result.result_id])?;
                 duplicates += 1;
             }
-        } else if !result.superseded {
+        } else if !result.superseded || result.next == "succeeded" {
+            // A success settles a request that is not final yet, even when a
+            // newer failure of another attempt came first (a sync call that
+            // failed while the batch's results were being stored): it is paid
+            // for, and sending the request again would pay twice.
             take.execute(params![result.custom_id, result.next, result.result_id, to_millis(now), result.counts])?;
         }
     }

@@ -314,6 +314,25 @@ fn streamed_results_wait_for_the_settle_and_a_sync_result_in_between_wins() {
 }
 
 #[test]
+fn a_stored_batch_success_settles_a_request_whose_newer_sync_call_failed() {
+    let (_dir, mut store) = open();
+    let run = run_with_requests(&mut store, 1);
+    let ids = store.request_ids(run.id, &[RequestState::Pending]).unwrap();
+    let batch = store.record_batch_intent(run.id, "anthropic", &ids, at(1)).unwrap();
+    store.mark_batch_submitted(batch.id, "msgbatch_1", at(2)).unwrap();
+    store.store_batch_results(batch.id, &[(ids[0].clone(), success("batch"))], at(3)).unwrap();
+    // The fallback's call for it fails (newer than the stored batch line) before the settle.
+    let attempt = store.record_attempt(&NewAttempt::started("sync", "create_message", at(4))).unwrap();
+    let failed = Outcome::Errored { error_type: "api_error".into(), message: "boom".into() };
+    store.record_sync_result(&ids[0], attempt, &failed, at(4)).unwrap();
+    assert_eq!(store.request_counts(run.id).unwrap()["retryable_failed"], 1);
+    store.settle_batch_results(batch.id, at(5)).unwrap();
+    assert_eq!(store.request_counts(run.id).unwrap()["succeeded"], 1, "the paid success is not thrown away");
+    let delivered = store.undelivered_results(run.id, 10).unwrap();
+    assert!(delivered[0].message.contains("batch"), "{delivered:?}");
+}
+
+#[test]
 fn only_an_unprepared_run_loses_its_requests_when_preparing_again() {
     let (_dir, mut store) = open();
     let run = run_with_requests(&mut store, 3);
