@@ -112,7 +112,7 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), String> {
-        let mut probe = EngineSettings::new(PathBuf::new(), crate::catalog::Catalog::builtin());
+        let mut probe = EngineSettings::new(crate::catalog::Catalog::builtin());
         // `notify` is resolved by `serve` alone: it reads webhook secrets,
         // which `run` (loading the same file) neither needs nor may be able to read.
         self.apply(&mut probe)?;
@@ -181,7 +181,7 @@ mod tests {
         let config = Config::load(Some(&path)).unwrap();
         assert_eq!(config.sync.concurrency, 2);
         assert_eq!(config.sync.output_tokens_per_minute, SyncLimits::default().output_tokens_per_minute);
-        let mut settings = EngineSettings::new(PathBuf::new(), crate::catalog::Catalog::builtin());
+        let mut settings = EngineSettings::new(crate::catalog::Catalog::builtin());
         config.apply(&mut settings).unwrap();
         assert_eq!(settings.max_safety_margin, Duration::from_secs(120));
         assert_eq!(settings.sync.requests_per_minute, 50);

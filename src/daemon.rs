@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::engine::{Engine, EngineError, until};
-use crate::scheduler::Scheduler;
+use crate::schedule::Scheduler;
 use crate::sdnotify::Notifier;
 
 /// Longest sleep of the loop, so the watchdog and status line stay fresh.
@@ -16,7 +16,7 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 /// The scheduler and the engine of one `serve` process.
 pub struct Daemon {
     engine: Arc<Engine>,
-    scheduler: Scheduler,
+    scheduler: Scheduler<Engine>,
     notifier: Notifier,
     max_sleep: Duration,
 }
@@ -42,7 +42,7 @@ impl Daemon {
     }
 
     /// The scheduler.
-    pub fn scheduler(&self) -> &Scheduler {
+    pub fn scheduler(&self) -> &Scheduler<Engine> {
         &self.scheduler
     }
 

@@ -3,26 +3,19 @@
 //! The same code renders for `orchestrator render` and for real runs, so
 //! what an author previews is what is sent and paid for.
 
-use std::path::Path;
-
-use chrono::{DateTime, NaiveTime, Utc};
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use minijinja::Environment;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::catalog::Catalog;
-use crate::manifest::Job;
-use crate::schedule::{cron_parser, next_after};
+use crate::job::Job;
 use crate::sources::Item;
-use crate::templates::{self, TemplateLoadError};
+use crate::templates::{self, TemplateText};
 
 /// Why a request could not be rendered.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    /// A template file could not be loaded.
-    #[error(transparent)]
-    Load(#[from] TemplateLoadError),
     /// A template failed to compile or render.
     #[error("template {name}: {source}")]
     Template {
@@ -32,17 +25,6 @@ pub enum RenderError {
         #[source]
         source: minijinja::Error,
     },
-    /// The job's model or provider is not in the catalog.
-    #[error("model `{model}` of provider `{provider}` is not in the catalog")]
-    UnknownModel {
-        /// Provider name.
-        provider: String,
-        /// Model as written in the manifest.
-        model: String,
-    },
-    /// The job's time zone or cron cannot be read.
-    #[error("schedule of job `{0}` is invalid; run `orchestrator validate`")]
-    Schedule(String),
 }
 
 /// One run's identity as templates and custom_ids see it.
@@ -64,15 +46,14 @@ pub struct RunInfo {
 
 impl RunInfo {
     /// The run of `job` scheduled for `scheduled_for`.
-    pub fn new(job: &Job, scheduled_for: DateTime<Utc>) -> Result<RunInfo, RenderError> {
-        let schedule = &job.manifest.schedule;
-        let tz: Tz = schedule.timezone.parse().map_err(|_| RenderError::Schedule(job.name.clone()))?;
+    pub fn new(job: &Job, scheduled_for: DateTime<Utc>) -> RunInfo {
+        let tz = job.schedule.timezone;
         let local = scheduled_for.with_timezone(&tz);
         let stamp = stamp(tz, scheduled_for);
         let date = local.format("%Y-%m-%d").to_string();
-        let many = fires_more_than_once_a_day(&schedule.cron, tz, scheduled_for);
+        let many = job.schedule.fires_more_than_once_on_the_day_of(scheduled_for);
         let custom_id_prefix = if many { format!("{}-{stamp}", job.name) } else { format!("{}-{date}", job.name) };
-        Ok(RunInfo { id: format!("{}-{stamp}", job.name), date, scheduled_for: local.to_rfc3339(), custom_id_prefix })
+        RunInfo { id: format!("{}-{stamp}", job.name), date, scheduled_for: local.to_rfc3339(), custom_id_prefix }
     }
 
     /// The same run with `<job>-<YYYYMMDDTHHMM>-<seq>` ids, for a run whose
@@ -111,23 +92,6 @@ fn stamp(tz: Tz, instant: DateTime<Utc>) -> String {
     stamp
 }
 
-/// Whether the cron fires at least twice on the local day of `around`.
-fn fires_more_than_once_a_day(cron: &str, tz: Tz, around: DateTime<Utc>) -> bool {
-    let Ok(cron) = cron_parser().parse(cron) else {
-        return false;
-    };
-    let day = around.with_timezone(&tz).date_naive();
-    let start_of = |date: chrono::NaiveDate| {
-        date.and_time(NaiveTime::MIN).and_local_timezone(tz).earliest().map(|t| t.with_timezone(&Utc))
-    };
-    let (Some(start), Some(end)) = (start_of(day), day.succ_opt().and_then(start_of)) else {
-        return false;
-    };
-    let first = next_after(&cron, tz, start - chrono::Duration::seconds(1));
-    let second = first.and_then(|first| next_after(&cron, tz, first));
-    matches!(second, Some(second) if second < end)
-}
-
 /// One entry of a batch: the `custom_id` and the Messages API `params`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BatchRequest {
@@ -149,33 +113,19 @@ const SYSTEM: &str = "system";
 const PROMPT: &str = "prompt";
 
 impl<'job> Renderer<'job> {
-    /// Loads and compiles the job's templates and resolves its model.
-    pub fn new(job: &'job Job, prompts_dir: &Path, catalog: &Catalog) -> Result<Renderer<'job>, RenderError> {
-        let manifest = &job.manifest;
-        let (model_id, _) = catalog.model(&manifest.provider, &manifest.model).ok_or_else(|| {
-            RenderError::UnknownModel { provider: manifest.provider.clone(), model: manifest.model.clone() }
-        })?;
+    /// Compiles the job's templates (as loaded when the job was compiled),
+    /// for requests to `model` (see [`Job::model_for`]).
+    pub fn new(job: &'job Job, model_id: &str) -> Result<Renderer<'job>, RenderError> {
         let mut env = templates::environment();
-        let mut add = |key: &'static str, source: &crate::manifest::PromptSource| -> Result<(), RenderError> {
-            let text = templates::load(source, prompts_dir, &format!("{}:{key}", job.file))?;
-            env.add_template_owned(key, text.source).map_err(|source| RenderError::Template { name: text.name, source })
+        let mut add = |key: &'static str, text: &TemplateText| -> Result<(), RenderError> {
+            env.add_template_owned(key, text.source.clone())
+                .map_err(|source| RenderError::Template { name: text.name.clone(), source })
         };
-        if let Some(system) = &manifest.system {
+        if let Some(system) = &job.templates.system {
             add(SYSTEM, system)?;
         }
-        add(PROMPT, &manifest.prompt)?;
-        Ok(Renderer { job, env, has_system: manifest.system.is_some(), model_id: model_id.to_owned() })
-    }
-
-    /// Renders requests for `name` (an id or alias) instead of the job's
-    /// `model`: a batch-lane run of a job with `batch_model`.
-    pub fn use_model(&mut self, catalog: &Catalog, name: &str) -> Result<(), RenderError> {
-        let provider = &self.job.manifest.provider;
-        let (model_id, _) = catalog
-            .model(provider, name)
-            .ok_or_else(|| RenderError::UnknownModel { provider: provider.clone(), model: name.to_owned() })?;
-        self.model_id = model_id.to_owned();
-        Ok(())
+        add(PROMPT, &job.templates.prompt)?;
+        Ok(Renderer { job, env, has_system: job.templates.system.is_some(), model_id: model_id.to_owned() })
     }
 
     /// Renders the request for the `seq`-th item (1-based) of `run`.
@@ -215,11 +165,9 @@ impl<'job> Renderer<'job> {
     }
 
     fn template_name(&self, key: &str) -> String {
-        let source = if key == SYSTEM { self.job.manifest.system.as_ref() } else { Some(&self.job.manifest.prompt) };
-        match source {
-            Some(crate::manifest::PromptSource::Path(path)) => path.clone(),
-            _ => format!("{}:{key}", self.job.file),
-        }
+        let templates = &self.job.templates;
+        let text = if key == SYSTEM { templates.system.as_ref() } else { Some(&templates.prompt) };
+        text.map_or_else(|| format!("{}:{key}", self.job.file), |t| t.name.clone())
     }
 
     /// A plain string, or a text block with `cache_control` when the job caches its system prompt.
@@ -265,14 +213,20 @@ mod tests {
         DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
     }
 
+    fn job(name: &str, cron: &str, zone: &str) -> Job {
+        let source = format!(
+            "schedule: {{ cron: '{cron}', timezone: {zone} }}\nmodel: claude-haiku-4-5\nmax_tokens: 100\nprompt: {{ inline: hi }}\n"
+        );
+        crate::validate::test_job(name, &source)
+    }
+
     /// Every instant a cron yields across the DST changes of 2026, with its run id.
     fn ids_through(cron: &str, zone: &str, from: &str, to: &str) -> Vec<(DateTime<Utc>, String)> {
-        let tz: Tz = zone.parse().unwrap();
-        let parsed = cron_parser().parse(cron).unwrap();
-        let job = crate::manifest::test_job("hourly", cron, zone);
-        crate::schedule::due_between(&parsed, tz, utc(from), utc(to), 10_000)
+        let job = job("hourly", cron, zone);
+        job.schedule
+            .due_between(utc(from), utc(to), 10_000)
             .into_iter()
-            .map(|at| (at, RunInfo::new(&job, at).unwrap().custom_id(1)))
+            .map(|at| (at, RunInfo::new(&job, at).custom_id(1)))
             .collect()
     }
 
@@ -317,18 +271,23 @@ mod tests {
 
     #[test]
     fn an_instant_off_the_minute_keeps_its_seconds() {
-        let job = crate::manifest::test_job("feed", "0 6 * * *", "UTC");
-        let info = RunInfo::new(&job, utc("2026-11-22T06:00:42Z")).unwrap();
-        assert_eq!(info.id, "feed-20261122T060042");
-        assert_eq!(RunInfo::new(&job, utc("2026-11-22T06:00:00Z")).unwrap().id, "feed-20261122T0600");
-        assert_eq!(RunInfo::new(&job, utc("2026-11-22T06:00:42.250Z")).unwrap().id, "feed-20261122T060042250");
+        let job = job("feed", "0 6 * * *", "UTC");
+        assert_eq!(RunInfo::new(&job, utc("2026-11-22T06:00:42Z")).id, "feed-20261122T060042");
+        assert_eq!(RunInfo::new(&job, utc("2026-11-22T06:00:00Z")).id, "feed-20261122T0600");
+        assert_eq!(RunInfo::new(&job, utc("2026-11-22T06:00:42.250Z")).id, "feed-20261122T060042250");
     }
 
     #[test]
     fn daily_jobs_get_dated_ids_and_frequent_jobs_timestamped_ids() {
-        let berlin: Tz = "Europe/Berlin".parse().unwrap();
-        assert!(!fires_more_than_once_a_day("30 6 * * *", berlin, utc("2026-11-22T05:30:00Z")));
-        assert!(fires_more_than_once_a_day("0 */6 * * *", Tz::UTC, utc("2026-11-22T06:00:00Z")));
-        assert!(!fires_more_than_once_a_day("0 2 * * 1", Tz::UTC, utc("2026-11-23T02:00:00Z")));
+        let fires_twice = |cron: &str, zone: &str, at: &str| {
+            job("x", cron, zone).schedule.fires_more_than_once_on_the_day_of(utc(at))
+        };
+        assert!(!fires_twice("30 6 * * *", "Europe/Berlin", "2026-11-22T05:30:00Z"));
+        assert!(fires_twice("0 */6 * * *", "UTC", "2026-11-22T06:00:00Z"));
+        assert!(!fires_twice("0 2 * * 1", "UTC", "2026-11-23T02:00:00Z"));
+        assert_eq!(
+            RunInfo::new(&job("daily", "30 6 * * *", "Europe/Berlin"), utc("2026-11-22T05:30:00Z")).custom_id(7),
+            "daily-2026-11-22-007"
+        );
     }
 }

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use orchestrator::catalog::Catalog;
 use orchestrator::clock::{Clock, ManualClock};
 use orchestrator::engine::{Engine, EngineSettings, RunOutcome};
+use orchestrator::job::Job;
 use orchestrator::lanes::{BatchLane, SyncLane, SyncLimits};
-use orchestrator::manifest::Job;
 use orchestrator::providers::anthropic::{AnthropicClient, ApiKey};
 use orchestrator::sim::{SimConfig, SimHandle};
 use orchestrator::store::{SharedStore, Store};
@@ -106,7 +106,7 @@ async fn harness_engine(
     let sim = orchestrator::sim::start_with_clock(sim_config, Arc::clone(&shared)).await.unwrap();
     let store = SharedStore::new(Store::open(&root.join("state/orchestrator.db")).unwrap());
     let client = AnthropicClient::new(&sim.base_url(), ApiKey::new("sk-test")).unwrap();
-    let mut settings = EngineSettings::new(root.join("prompts"), catalog);
+    let mut settings = EngineSettings::new(catalog);
     settings.assumed_sync_latency = Some(Duration::from_secs(2));
     // The simulator's batches end in 3 s (median) to 8 s (p95).
     settings.assumed_batch_turnaround = Some(Duration::from_secs(10));
@@ -122,7 +122,7 @@ async fn harness_engine(
 impl Harness {
     /// Starts the run for `t0` and drives it to its end (a real-time guard stops a hang).
     pub async fn run(&self) -> (i64, RunOutcome) {
-        let deadline_at = t0() + chrono::Duration::from_std(self.job.deadline()).unwrap();
+        let deadline_at = self.job.deadline_at(t0());
         let run = self.engine.start_run(&self.job, t0(), deadline_at).await.unwrap();
         let guard = std::env::var("TEST_GUARD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
         let outcome =
@@ -145,7 +145,7 @@ impl Harness {
         for _ in 0..1000 {
             let wake = self.engine.tick(None).await.unwrap();
             if self
-                .count("SELECT COUNT(*) FROM batches WHERE state NOT IN ('ended', 'abandoned') OR results_ingested = 0")
+                .count("SELECT COUNT(*) FROM batches WHERE state NOT IN ('ended', 'abandoned') OR (state = 'ended' AND results_ingested = 0)")
                 == 0
             {
                 return;

@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde_json::{Map, Value, json};
 
 use crate::catalog::Catalog;
-use crate::manifest::Job;
+use crate::job::Job;
 
 /// Time zones the generated jobs are spread over, DST and half-hour offsets included.
 pub const TIME_ZONES: [&str; 12] = [

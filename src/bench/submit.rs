@@ -100,7 +100,7 @@ pub async fn worker(project_dir: &Path, state: &Path, base_url: &str, requests: 
     let job = project::load(&project, &catalog)?.into_iter().next().context("the project has no job")?;
     let store = SharedStore::new(Store::open(state)?);
     let scheduled_for = Utc.with_ymd_and_hms(2026, 1, 1, 6, 30, 0).single().context("a valid instant")?;
-    let info = RunInfo::new(&job, scheduled_for)?;
+    let info = RunInfo::new(&job, scheduled_for);
     let (name, key) = (job.name.clone(), info.id.clone());
     let run_id = store
         .call(move |s| {
@@ -117,7 +117,7 @@ pub async fn worker(project_dir: &Path, state: &Path, base_url: &str, requests: 
             Ok(s.create_run(&run, Utc::now())?.0.id)
         })
         .await?;
-    let renderer = Renderer::new(&job, &project.prompts, &catalog)?;
+    let renderer = Renderer::new(&job, &job.model_id)?;
     let (mut render_secs, mut store_secs, mut params_bytes) = (0.0, 0.0, 0_u64);
     let mut ids = Vec::with_capacity(requests as usize);
     for start in (1..=requests as usize).step_by(CHUNK) {

@@ -11,7 +11,7 @@ use super::ProjectArgs;
 use crate::catalog::Catalog;
 use crate::cost::Pricer;
 use crate::cost::estimate::{Estimate, JobEstimate, Totals, advice, inputs, project, runs_per_month, totals};
-use crate::manifest::Job;
+use crate::job::Job;
 use crate::render::{Renderer, RunInfo};
 use crate::store::Store;
 
@@ -55,12 +55,11 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     };
     let pricer = Pricer::new(catalog.clone());
     let (mut rows, mut advised) = (Vec::new(), Vec::new());
+    for parsed in report.parsed.iter().filter(|parsed| report.job(&parsed.name).is_none()) {
+        eprintln!("warning: {} has errors (see `orchestrator validate`); left out", parsed.file);
+    }
     for job in &report.jobs {
-        if !report.errors_of(job).is_empty() {
-            eprintln!("warning: {} has errors (see `orchestrator validate`); left out", job.file);
-            continue;
-        }
-        let known = inputs(store.as_ref(), job, || read_items(job, &args.project.prompts, &catalog))?;
+        let known = inputs(store.as_ref(), job, || read_items(job))?;
         let runs = runs_per_month(job, now);
         rows.push(project(&pricer, job, &known, runs));
         advised.extend(advice(&pricer, job, &known, runs));
@@ -82,13 +81,11 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
 
 /// The items the next run would read, and its first request's length in
 /// tokens (about 4 characters each); `None` when they cannot be read now.
-fn read_items(job: &Job, prompts: &std::path::Path, catalog: &Catalog) -> Option<(usize, f64)> {
-    let next = crate::scheduler::timing(job)
-        .and_then(|(cron, tz)| crate::schedule::next_after(&cron, tz, Utc::now()))
-        .unwrap_or_else(Utc::now);
-    let info = RunInfo::new(job, next).ok()?;
+fn read_items(job: &Job) -> Option<(usize, f64)> {
+    let next = job.schedule.next_after(Utc::now()).unwrap_or_else(Utc::now);
+    let info = RunInfo::new(job, next);
     let items = crate::engine::read_run_items(job, &info).ok()?;
-    let renderer = Renderer::new(job, prompts, catalog).ok()?;
+    let renderer = Renderer::new(job, job.model_for(job.manifest.tier.lane())).ok()?;
     let first = renderer.request(&info, 1, items.first()?).ok()?;
     Some((items.len(), first.params.to_string().len() as f64 / 4.0))
 }

@@ -9,7 +9,6 @@ use super::{EXIT_CONFIG, EXIT_USAGE, ProjectArgs};
 use crate::catalog::Catalog;
 use crate::engine::read_run_items;
 use crate::render::{Renderer, RunInfo};
-use crate::schedule::{cron_parser, next_after};
 use crate::sources::Item;
 use crate::suggest;
 
@@ -37,29 +36,27 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     let now = Utc::now();
     let report = args.project.validate(&catalog, now);
     let Some(job) = report.job(&args.job) else {
-        let names = report.jobs.iter().map(|job| job.name.as_str());
+        let errors = report.errors_of(&args.job);
+        if report.parsed(&args.job).is_some() && !errors.is_empty() {
+            errors.iter().for_each(|diagnostic| eprint!("{}", diagnostic.render_human()));
+            eprintln!("error: fix the manifest first (see `orchestrator validate`)");
+            return Ok(EXIT_CONFIG);
+        }
+        let names = report.parsed.iter().map(|parsed| parsed.name.as_str());
         let hint = suggest::did_you_mean(&args.job, names).map(|h| format!(" ({h})")).unwrap_or_default();
         eprintln!("error: no valid job `{}` in {}{hint}", args.job, args.project.jobs.display());
         return Ok(EXIT_USAGE);
     };
-    let errors = report.errors_of(job);
-    if !errors.is_empty() {
-        for diagnostic in errors {
-            eprint!("{}", diagnostic.render_human());
-        }
-        eprintln!("error: fix the manifest first (see `orchestrator validate`)");
-        return Ok(EXIT_CONFIG);
-    }
     let scheduled_for = match args.scheduled_for {
         Some(instant) => instant,
         None => next_firing(job, now)?,
     };
-    let run = RunInfo::new(job, scheduled_for)?;
+    let run = RunInfo::new(job, scheduled_for);
     let items = match &args.item {
         Some(text) => vec![serde_json::from_str::<Item>(text).context("--item must be a JSON object")?],
         None => read_run_items(job, &run).with_context(|| format!("cannot read the items of job `{}`", job.name))?,
     };
-    let renderer = Renderer::new(job, &args.project.prompts, &catalog)?;
+    let renderer = Renderer::new(job, job.model_for(job.manifest.tier.lane()))?;
     let mut stdout = std::io::stdout().lock();
     for (index, item) in items.iter().enumerate().take(args.limit.unwrap_or(usize::MAX)) {
         let request = renderer.request(&run, index + 1, item)?;
@@ -68,11 +65,8 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn next_firing(job: &crate::manifest::Job, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
-    let schedule = &job.manifest.schedule;
-    let cron = cron_parser().parse(&schedule.cron)?;
-    let tz = schedule.timezone.parse().map_err(|_| anyhow::anyhow!("unknown time zone `{}`", schedule.timezone))?;
-    match next_after(&cron, tz, now) {
+fn next_firing(job: &crate::job::Job, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
+    match job.schedule.next_after(now) {
         Some(next) => Ok(next),
         None => bail!("job `{}` never fires", job.name),
     }

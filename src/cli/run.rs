@@ -74,16 +74,16 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     let clock = args.rehearsal.clock();
     let report = args.project.validate(&catalog, clock.now());
     let Some(job) = report.job(&args.job).cloned() else {
+        let errors = report.errors_of(&args.job);
+        if report.parsed(&args.job).is_some() && !errors.is_empty() {
+            errors.iter().for_each(|d| eprint!("{}", d.render_human()));
+            return Ok(EXIT_CONFIG);
+        }
         eprintln!("error: no valid job `{}` in {}", args.job, args.project.jobs.display());
         return Ok(EXIT_USAGE);
     };
-    let errors = report.errors_of(&job);
-    if !errors.is_empty() {
-        errors.iter().for_each(|d| eprint!("{}", d.render_human()));
-        return Ok(EXIT_CONFIG);
-    }
-    let deadline = args.deadline.unwrap_or_else(|| job.deadline());
-    let mut settings = EngineSettings::new(args.project.prompts.clone(), catalog);
+    let deadline = args.deadline.unwrap_or(job.deadline);
+    let mut settings = EngineSettings::new(catalog);
     Config::load(args.config.as_deref())?.apply(&mut settings).map_err(anyhow::Error::msg)?;
     // In the foreground someone watches: poll sooner than the daemon does.
     settings.poll_initial = args.poll_interval.unwrap_or(settings.poll_initial.min(std::time::Duration::from_secs(2)));

@@ -14,7 +14,7 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::engine::EngineSettings;
-use crate::manifest::Job;
+use crate::job::Job;
 use crate::sdnotify::Notifier;
 
 /// How long in-flight sync calls get to finish on shutdown.
@@ -73,7 +73,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         );
         return Ok(EXIT_CONFIG);
     }
-    let mut settings = EngineSettings::new(args.project.prompts.clone(), catalog.clone());
+    let mut settings = EngineSettings::new(catalog.clone());
     let config = Config::load(args.config.as_deref())?;
     config.apply(&mut settings).map_err(anyhow::Error::msg)?;
     let config_path = args.config.as_deref().map_or_else(String::new, |p| format!("{}: ", p.display()));

@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::{Micros, Pricer, micros, month_start, price_pending, usd};
-use crate::manifest::{Job, Lane, OnBudget};
+use crate::job::Job;
+use crate::manifest::{Lane, OnBudget};
 use crate::store::{AverageUsage, Store, StoreError};
 
 /// Which budget a run would cross.
@@ -86,17 +87,9 @@ pub fn hinted_usage(job: &Job, input_guess: f64) -> (AverageUsage, UsageSource) 
     (usage, source)
 }
 
-/// The model a job's requests use in `lane`.
-pub fn lane_model(job: &Job, lane: Lane) -> &str {
-    match (lane, job.manifest.batch_model.as_deref()) {
-        (Lane::Batch, Some(model)) => model,
-        _ => &job.manifest.model,
-    }
-}
-
 /// The cost of `requests` requests of `job` in `lane` at `per_request` usage.
 pub fn estimate(pricer: &Pricer, job: &Job, lane: Lane, per_request: &AverageUsage, requests: u64) -> Micros {
-    pricer.cost(lane_model(job, lane), lane, &per_request.times(requests as f64)).map_or(0, |cost| cost.actual)
+    pricer.cost(job.model_for(lane), lane, &per_request.times(requests as f64)).map_or(0, |cost| cost.actual)
 }
 
 /// Where in a run's life a budget is checked.
@@ -214,8 +207,7 @@ mod tests {
             "schedule: {{ cron: '0 6 * * *' }}\nmodel: claude-haiku-4-5\nmax_tokens: 100\nprompt: {{ inline: hi }}\n{}",
             budget.map(|usd| format!("budget: {{ monthly_usd: {usd} }}\n")).unwrap_or_default()
         );
-        let (manifest, spans) = crate::manifest::parse_manifest("jobs/feed.yaml", &source).expect("it parses");
-        Job { name: "feed".into(), file: "jobs/feed.yaml".into(), source, manifest, spans }
+        crate::validate::test_job("feed", &source)
     }
 
     /// A store where job `feed` spent 1,000,000 output tokens of haiku on the sync lane ($5).

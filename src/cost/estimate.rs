@@ -2,20 +2,14 @@
 //! lane only versus as its tier routes it, and advice for realtime jobs
 //! whose deadline would allow the batch lane.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::budget::{UsageSource, hinted_usage, lane_model, per_request};
+use super::budget::{UsageSource, hinted_usage, per_request};
 use super::{Pricer, usd};
-use crate::manifest::{Job, Lane, Tier, format_duration};
+use crate::job::Job;
+use crate::manifest::{Lane, format_duration};
 use crate::store::{AverageUsage, Store, StoreError};
-
-/// The deadline from which a realtime job is advised to move to `tier: soft`:
-/// the soft tier's default, long enough for a small batch to end and for
-/// the fallback to finish what it does not.
-pub const ADVICE_MIN_DEADLINE: Duration = Duration::from_secs(3600);
 
 /// Input tokens per request assumed when nothing better is known.
 const DEFAULT_INPUT_TOKENS: f64 = 1000.0;
@@ -122,14 +116,13 @@ pub fn inputs(
 
 /// Firings of `job` in the 30 days after `now`.
 pub fn runs_per_month(job: &Job, now: DateTime<Utc>) -> u64 {
-    let Some((cron, tz)) = crate::scheduler::timing(job) else { return 0 };
     let end = now + chrono::Duration::days(MONTH_DAYS);
-    crate::schedule::due_between(&cron, tz, now, end, usize::MAX).len() as u64
+    job.schedule.due_between(now, end, usize::MAX).len() as u64
 }
 
 /// The monthly cost of `requests` requests of `job` in `lane`.
 fn monthly(pricer: &Pricer, job: &Job, lane: Lane, usage: &AverageUsage, requests: f64) -> f64 {
-    pricer.cost(lane_model(job, lane), lane, &usage.times(requests)).map_or(0.0, |cost| usd(cost.actual))
+    pricer.cost(job.model_for(lane), lane, &usage.times(requests)).map_or(0.0, |cost| usd(cost.actual))
 }
 
 /// One job's row.
@@ -142,7 +135,7 @@ pub fn project(pricer: &Pricer, job: &Job, inputs: &Inputs, runs: u64) -> JobEst
     JobEstimate {
         job: job.name.clone(),
         tier: job.manifest.tier.as_str(),
-        model: lane_model(job, lane).to_owned(),
+        model: job.model_for(lane).to_owned(),
         runs_per_month: runs,
         items_per_run: inputs.items.0,
         items_source: inputs.items.1,
@@ -172,7 +165,7 @@ pub fn advice(pricer: &Pricer, job: &Job, inputs: &Inputs, runs: u64) -> Option<
         message: format!(
             "realtime with a {} deadline: `tier: soft` would put it on the batch lane at half price, \
              with the sync fallback holding the deadline",
-            format_duration(job.deadline())
+            format_duration(job.deadline)
         ),
         savings_usd: savings,
     })
@@ -187,7 +180,7 @@ pub fn totals(rows: &[JobEstimate], volume: f64) -> Totals {
     })
 }
 
-/// Whether `job` should get the advice note from `validate` (no figures there).
-pub fn batch_eligible(job: &Job) -> bool {
-    job.manifest.tier == Tier::Realtime && job.deadline() >= ADVICE_MIN_DEADLINE
+/// Whether `job` should get the advice ([`crate::plan::batch_eligible`]).
+fn batch_eligible(job: &Job) -> bool {
+    crate::plan::batch_eligible(job.manifest.tier, job.deadline)
 }

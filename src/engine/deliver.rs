@@ -3,7 +3,8 @@
 use chrono::{DateTime, Utc};
 
 use crate::cost::{Pricer, price_pending, usd};
-use crate::manifest::{Job, Sink, SqliteSink};
+use crate::job::Job;
+use crate::manifest::{Sink, SqliteSink};
 use crate::outcome::message_text;
 use crate::render::{RenderError, RunInfo, render_path};
 use crate::sinks::{self, DeliveredResult, SinkError, SinkMark};

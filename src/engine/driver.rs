@@ -6,7 +6,6 @@
 //! look, so callers sleep on the injected clock in between.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -14,24 +13,23 @@ use chrono::{DateTime, Utc};
 
 use super::deliver::deliver_pending;
 use super::finish::finish_if_done;
-use super::plan::{SyncLoad, batch_worthwhile, safety_margin, sync_estimate, takeover_at};
 use super::prepare::{PrepareError, RunSlot, prepare_run};
 use super::{EngineError, RunOutcome};
 use crate::catalog::Catalog;
 use crate::clock::{Clock, span};
 use crate::cost::Pricer;
 use crate::cost::budget::{self, Decision, Spend, Stage};
+use crate::job::Job;
 use crate::lanes::batch::split;
 use crate::lanes::{BatchLane, BatchLimits, SyncLane, SyncLimits, SyncRequest};
-use crate::manifest::{Job, Lane};
+use crate::manifest::Lane;
+use crate::plan::{SyncLoad, batch_worthwhile, safety_margin, sync_estimate, takeover_at};
 use crate::render::RunInfo;
 use crate::store::{BatchRow, BatchState, RunRow, RunState, SharedStore, TokenAverages, Waiting};
 
 /// How the engine works; defaults suit real providers.
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
-    /// Directory of prompt templates.
-    pub prompts_dir: PathBuf,
     /// Models and prices.
     pub catalog: Catalog,
     /// Provider limits per batch (a job's `max_batch_requests` lowers them).
@@ -63,9 +61,8 @@ impl EngineSettings {
     pub const DEFAULT_MAX_SAFETY_MARGIN: Duration = Duration::from_secs(600);
 
     /// Defaults for real providers.
-    pub fn new(prompts_dir: PathBuf, catalog: Catalog) -> EngineSettings {
+    pub fn new(catalog: Catalog) -> EngineSettings {
         EngineSettings {
-            prompts_dir,
             catalog,
             limits: BatchLimits::default(),
             poll_initial: Duration::from_secs(10),
@@ -220,7 +217,7 @@ impl Engine {
         scheduled_for: DateTime<Utc>,
         deadline_at: DateTime<Utc>,
     ) -> Result<RunRow, EngineError> {
-        let info = RunInfo::new(job, scheduled_for)?;
+        let info = RunInfo::new(job, scheduled_for);
         let slot = RunSlot { scheduled_for, deadline_at };
         Ok(prepare_run(&self.store, job, &info, slot, &self.settings, &self.pricer, self.clock.now()).await?)
     }
@@ -435,7 +432,7 @@ impl Engine {
         if let Some(retry) = self.delivery_retries().get(&run.id).filter(|retry| retry.next_at > now) {
             return Ok(Some(retry.next_at));
         }
-        let info = RunInfo::new(job, run.scheduled_for)?;
+        let info = RunInfo::new(job, run.scheduled_for);
         let run_id = run.id;
         match deliver_pending(&self.store, job, &info, run_id, &self.pricer, now).await {
             Ok(_) => {
@@ -577,7 +574,7 @@ impl Engine {
     /// take: measured when calls and batches have been seen, else what is
     /// configured, else the catalog's figures.
     async fn evidence(&self, job: &Job, output_tokens: f64) -> Result<Evidence, EngineError> {
-        let (model, provider) = (job.manifest.model.clone(), job.manifest.provider.clone());
+        let (model, provider) = (job.model_id.clone(), job.manifest.provider.clone());
         let (latency, turnaround) = self
             .store
             .call(move |s| Ok((s.sync_latency_p90_ms(&model)?, s.batch_turnaround_p90_ms(&provider)?)))
@@ -588,7 +585,7 @@ impl Engine {
             None => match self.settings.assumed_sync_latency {
                 Some(configured) => (configured, "configured"),
                 None => catalog
-                    .model(&job.manifest.provider, &job.manifest.model)
+                    .model(&job.manifest.provider, &job.model_id)
                     .and_then(|(_, model)| model.sync_latency(output_tokens))
                     .map_or((DEFAULT_SYNC_LATENCY, "assumed"), |latency| (latency, "catalog")),
             },
@@ -727,7 +724,7 @@ impl Engine {
                 run_id: run.id,
                 custom_id: work.custom_id,
                 params: sync_params(job, work.params),
-                model: job.manifest.model.clone(),
+                model: job.model_id.clone(),
                 betas: job.manifest.betas.clone(),
                 attempts: work.attempts,
                 max_attempts: attempts,
@@ -741,15 +738,38 @@ impl Engine {
     }
 }
 
+/// The scheduler starts runs through the engine.
+impl crate::schedule::RunStarter for Engine {
+    fn jobs(&self) -> Arc<BTreeMap<String, Job>> {
+        Engine::jobs(self)
+    }
+
+    fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    async fn start_run(
+        &self,
+        job: &Job,
+        scheduled_for: DateTime<Utc>,
+    ) -> Result<RunRow, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Engine::start_run(self, job, scheduled_for, job.deadline_at(scheduled_for)).await?)
+    }
+}
+
 /// A request's body for the sync lane: with `batch_model`, requests were
 /// rendered for the batch lane, and the sync lane uses the job's `model`.
 fn sync_params(job: &Job, params: String) -> String {
-    if job.manifest.batch_model.is_none() {
+    if job.batch_model_id.is_none() {
         return params;
     }
     match serde_json::from_str::<serde_json::Value>(&params) {
         Ok(mut body) => {
-            body["model"] = serde_json::Value::from(job.manifest.model.as_str());
+            body["model"] = serde_json::Value::from(job.model_id.as_str());
             body.to_string()
         }
         Err(_) => params,

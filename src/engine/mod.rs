@@ -4,7 +4,6 @@
 mod deliver;
 mod driver;
 mod finish;
-pub mod plan;
 mod prepare;
 
 pub use driver::{DEFAULT_BATCH_TURNAROUND, Engine, EngineSettings, until};

@@ -1,14 +1,12 @@
 //! Creating a run and storing its rendered requests, once.
 
-use std::path::Path;
-
 use chrono::{DateTime, Utc};
 
 use super::EngineSettings;
-use crate::catalog::Catalog;
 use crate::cost::budget::{self, Decision, Spend, Stage};
 use crate::cost::{Micros, Pricer};
-use crate::manifest::{ItemSource, Job, Lane};
+use crate::job::Job;
+use crate::manifest::{ItemSource, Lane};
 use crate::render::{RenderError, Renderer, RunInfo, render_path};
 use crate::sources::{self, Item, ItemStream, SourceError};
 use crate::store::{NewRequest, NewRun, RunRow, RunState, SharedStore, StoreError};
@@ -72,7 +70,7 @@ pub async fn prepare_run(
         let leftover = store.call(move |s| s.discard_unprepared_requests(run_id)).await?;
         tracing::warn!(run = %run.run_key, requests = leftover, "preparing again: the last preparation was cut off");
     }
-    let stored = match store_requests(store, job, info, run_id, settings, now).await {
+    let stored = match store_requests(store, job, info, run_id, now).await {
         Ok(stored) => stored,
         Err(PrepareError::Store(error)) => return Err(error.into()),
         Err(error) => {
@@ -141,13 +139,12 @@ async fn store_requests(
     job: &Job,
     info: &RunInfo,
     run_id: i64,
-    settings: &EngineSettings,
     now: DateTime<Utc>,
 ) -> Result<Stored, PrepareError> {
     let info = distinct_ids(store, info, run_id).await?;
     let (sender, mut chunks) = tokio::sync::mpsc::channel::<Vec<NewRequest>>(2);
-    let (job, prompts, catalog) = (job.clone(), settings.prompts_dir.clone(), settings.catalog.clone());
-    let renderer = tokio::task::spawn_blocking(move || render_chunks(&job, &info, &prompts, &catalog, &sender));
+    let job = job.clone();
+    let renderer = tokio::task::spawn_blocking(move || render_chunks(&job, &info, &sender));
     let mut stored = Stored::default();
     while let Some(chunk) = chunks.recv().await {
         stored.requests += chunk.len() as u64;
@@ -211,15 +208,11 @@ pub fn read_run_items(job: &Job, info: &RunInfo) -> Result<Vec<Item>, PrepareErr
 fn render_chunks(
     job: &Job,
     info: &RunInfo,
-    prompts_dir: &Path,
-    catalog: &Catalog,
     chunks: &tokio::sync::mpsc::Sender<Vec<NewRequest>>,
 ) -> Result<(), PrepareError> {
     let mut items = ItemStream::open(rendered_source(job, info)?.as_ref())?;
-    let mut renderer = Renderer::new(job, prompts_dir, catalog)?;
-    if let (Lane::Batch, Some(model)) = (job.manifest.tier.lane(), &job.manifest.batch_model) {
-        renderer.use_model(catalog, model)?;
-    }
+    // A batch-lane run renders for `batch_model` when the job has one.
+    let renderer = Renderer::new(job, job.model_for(job.manifest.tier.lane()))?;
     let mut chunk = Vec::with_capacity(CHUNK);
     for (index, item) in items.by_ref().enumerate() {
         let (seq, item) = (index + 1, item?);

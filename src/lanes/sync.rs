@@ -31,31 +31,7 @@ use crate::providers::ProviderError;
 use crate::providers::anthropic::{AnthropicClient, MessageReply, RateLimits};
 use crate::store::{NewAttempt, SharedStore, StoreError, SyncSettle};
 
-/// Limits of the sync lane, per model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SyncLimits {
-    /// Calls in flight at once (the most the concurrency window opens to).
-    pub concurrency: usize,
-    /// Requests per minute.
-    pub requests_per_minute: u64,
-    /// Input tokens per minute.
-    pub input_tokens_per_minute: u64,
-    /// Output tokens per minute.
-    pub output_tokens_per_minute: u64,
-}
-
-impl Default for SyncLimits {
-    fn default() -> Self {
-        // A middle usage tier; the provider's headers lower them when the account's are lower.
-        SyncLimits {
-            concurrency: 8,
-            requests_per_minute: 1000,
-            input_tokens_per_minute: 400_000,
-            output_tokens_per_minute: 80_000,
-        }
-    }
-}
+pub use crate::plan::SyncLimits;
 
 /// One request for the sync lane.
 #[derive(Debug, Clone)]

@@ -16,9 +16,11 @@ use std::time::Duration;
 
 use crate::diagnostics::{Code, Diagnostic};
 
-/// A manifest that parsed, with everything needed to point into it.
+/// A manifest that parsed, with everything needed to point into it: what
+/// `validate` checks and reports on. A manifest without errors is compiled
+/// into a [`crate::job::Job`], which is what runs.
 #[derive(Debug, Clone)]
-pub struct Job {
+pub struct Parsed {
     /// The job's name: the file stem.
     pub name: String,
     /// The file, as it is shown in diagnostics.
@@ -31,7 +33,7 @@ pub struct Job {
     pub spans: SpanIndex,
 }
 
-impl Job {
+impl Parsed {
     /// A diagnostic underlining the value at `path` (or its nearest ancestor).
     pub fn at_value(&self, code: Code, path: &str, message: impl Into<String>) -> Diagnostic {
         let pos = self.spans.value_or_parent(path);
@@ -42,17 +44,6 @@ impl Job {
     pub fn at_key(&self, code: Code, path: &str, message: impl Into<String>) -> Diagnostic {
         let pos = self.spans.key_or_parent(path);
         Diagnostic::new(code, &self.file, message).at(&self.source, pos.line, pos.column, pos.len)
-    }
-
-    /// The deadline after the scheduled instant: the manifest's, else the tier's default.
-    /// An unparseable deadline (reported by `validate`) falls back to the default.
-    pub fn deadline(&self) -> Duration {
-        self.manifest
-            .deadline
-            .as_deref()
-            .and_then(|text| parse_duration(text).ok())
-            .filter(|deadline| !deadline.is_zero())
-            .unwrap_or_else(|| default_deadline(self.manifest.tier))
     }
 }
 
@@ -89,17 +80,6 @@ pub fn manifest_files(jobs_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
     files.sort();
     Ok(files)
-}
-
-/// A minimal valid job `name` with `cron` in `timezone`, for unit tests.
-#[cfg(test)]
-pub(crate) fn test_job(name: &str, cron: &str, timezone: &str) -> Job {
-    let source = format!(
-        "schedule: {{ cron: '{cron}', timezone: {timezone} }}\nmodel: claude-haiku-4-5\nmax_tokens: 100\nprompt: {{ inline: hi }}\n"
-    );
-    let file = format!("jobs/{name}.yaml");
-    let (manifest, spans) = parse_manifest(&file, &source).expect("the test manifest parses");
-    Job { name: name.to_owned(), file, source, manifest, spans }
 }
 
 #[cfg(test)]

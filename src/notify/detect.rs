@@ -12,7 +12,7 @@ use serde_json::json;
 use super::alert::Alert;
 use super::config::EventRules;
 use crate::cost::{Micros, month_start, usd};
-use crate::manifest::Job;
+use crate::job::Job;
 use crate::store::{EventRow, RunRow, Scope, Store, StoreError};
 
 /// How far back a fresh notifier looks, so a restart does not miss what

@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 
 use crate::diagnostics::{Code, Diagnostic};
-use crate::manifest::{Job, Sink};
+use crate::manifest::{Parsed, Sink};
 
 /// The provider's limit on requests per batch.
 pub const MAX_BATCH_REQUESTS: u32 = 100_000;
 
-pub(super) fn check(job: &Job, out: &mut Vec<Diagnostic>) {
+pub(super) fn check(job: &Parsed, out: &mut Vec<Diagnostic>) {
     check_items(job, out);
     check_sink(job, out);
     let manifest = &job.manifest;
@@ -45,7 +45,7 @@ pub(super) fn check(job: &Job, out: &mut Vec<Diagnostic>) {
     }
 }
 
-fn check_items(job: &Job, out: &mut Vec<Diagnostic>) {
+fn check_items(job: &Parsed, out: &mut Vec<Diagnostic>) {
     let Some(items) = &job.manifest.items else {
         return;
     };
@@ -72,7 +72,7 @@ fn check_items(job: &Job, out: &mut Vec<Diagnostic>) {
     }
 }
 
-fn check_sink(job: &Job, out: &mut Vec<Diagnostic>) {
+fn check_sink(job: &Parsed, out: &mut Vec<Diagnostic>) {
     let Some(sink) = &job.manifest.sink else {
         return;
     };
@@ -129,8 +129,8 @@ fn sink_target(sink: &Sink) -> Option<(String, &'static str)> {
 }
 
 /// Warns once per job when two or more jobs write the same sink target.
-pub(super) fn check_shared_sinks(jobs: &[Job], out: &mut Vec<Diagnostic>) {
-    let mut writers: BTreeMap<String, Vec<(&Job, &'static str)>> = BTreeMap::new();
+pub(super) fn check_shared_sinks(jobs: &[Parsed], out: &mut Vec<Diagnostic>) {
+    let mut writers: BTreeMap<String, Vec<(&Parsed, &'static str)>> = BTreeMap::new();
     for job in jobs {
         if let Some((target, path)) = job.manifest.sink.as_ref().and_then(sink_target) {
             writers.entry(target).or_default().push((job, path));

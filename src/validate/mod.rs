@@ -20,7 +20,13 @@ use chrono::{DateTime, Utc};
 
 use crate::catalog::Catalog;
 use crate::diagnostics::{self, Code, Diagnostic, Severity};
-use crate::manifest::{self, Job};
+use crate::job::Job;
+use crate::manifest::{self, Parsed};
+
+mod compile;
+
+#[cfg(test)]
+pub(crate) use compile::test_job;
 
 /// What `validate` is given.
 #[derive(Debug, Clone, Copy)]
@@ -40,10 +46,14 @@ pub struct Inputs<'a> {
 pub struct Report {
     /// Problems, sorted by file and position.
     pub diagnostics: Vec<Diagnostic>,
-    /// Jobs whose manifest parsed (with or without semantic problems).
+    /// Manifests that parsed (with or without semantic problems).
+    pub parsed: Vec<Parsed>,
+    /// The manifests without errors, compiled: what `run` and `serve` run.
     pub jobs: Vec<Job>,
     /// Number of manifest files looked at.
     pub files: usize,
+    /// The errors found in each parsed manifest and the templates it uses, by job name.
+    errors: BTreeMap<String, Vec<Diagnostic>>,
 }
 
 impl Report {
@@ -58,14 +68,20 @@ impl Report {
         errors == 0 && (!deny_warnings || warnings == 0)
     }
 
-    /// The errors in `job`'s manifest (and templates it names), if any.
-    pub fn errors_of(&self, job: &Job) -> Vec<&Diagnostic> {
-        self.diagnostics.iter().filter(|d| d.file == job.file && d.severity == Severity::Error).collect()
+    /// The errors in the manifest of the job called `name` (and in the
+    /// templates it uses), if any.
+    pub fn errors_of(&self, name: &str) -> &[Diagnostic] {
+        self.errors.get(name).map_or(&[], Vec::as_slice)
     }
 
-    /// The job called `name`, if it parsed.
+    /// The compiled job called `name`: its manifest had no errors.
     pub fn job(&self, name: &str) -> Option<&Job> {
         self.jobs.iter().find(|job| job.name == name)
+    }
+
+    /// The manifest of the job called `name`, if it parsed (errors or not).
+    pub fn parsed(&self, name: &str) -> Option<&Parsed> {
+        self.parsed.iter().find(|parsed| parsed.name == name)
     }
 }
 
@@ -93,14 +109,27 @@ pub fn validate_dir(inputs: Inputs<'_>) -> Report {
             }
         }
     }
-    check_duplicate_names(&report.jobs, &mut report.diagnostics);
-    io::check_shared_sinks(&report.jobs, &mut report.diagnostics);
+    let checked = report.diagnostics.len();
+    check_duplicate_names(&report.parsed, &mut report.diagnostics);
+    io::check_shared_sinks(&report.parsed, &mut report.diagnostics);
+    for diagnostic in report.diagnostics[checked..].iter().filter(|d| d.severity == Severity::Error) {
+        if let Some(parsed) = report.parsed.iter().find(|p| p.file == diagnostic.file) {
+            report.errors.entry(parsed.name.clone()).or_default().push(diagnostic.clone());
+        }
+    }
     diagnostics::sort_dedup(&mut report.diagnostics);
+    report.jobs = report
+        .parsed
+        .iter()
+        .filter(|parsed| report.errors.get(&parsed.name).is_none_or(Vec::is_empty))
+        .filter_map(|parsed| compile::compile(parsed, inputs.prompts_dir, inputs.catalog))
+        .collect();
     report
 }
 
 /// Validates one manifest's bytes; `file` is its path, whose stem is the job name.
 pub fn validate_file(file: &str, bytes: &[u8], inputs: Inputs<'_>, report: &mut Report) {
+    let before = report.diagnostics.len();
     let name = job_name(file);
     if !manifest::is_valid_job_name(&name) {
         report.diagnostics.push(
@@ -129,12 +158,14 @@ pub fn validate_file(file: &str, bytes: &[u8], inputs: Inputs<'_>, report: &mut 
             return;
         }
     };
-    let job = Job { name, file: file.to_owned(), source: source.to_owned(), manifest, spans };
-    schedule::check(&job, inputs.catalog, inputs.now, &mut report.diagnostics);
-    model::check(&job, inputs.catalog, &mut report.diagnostics);
-    templates::check(&job, inputs.prompts_dir, &mut report.diagnostics);
-    io::check(&job, &mut report.diagnostics);
-    report.jobs.push(job);
+    let parsed = Parsed { name, file: file.to_owned(), source: source.to_owned(), manifest, spans };
+    schedule::check(&parsed, inputs.catalog, inputs.now, &mut report.diagnostics);
+    model::check(&parsed, inputs.catalog, &mut report.diagnostics);
+    templates::check(&parsed, inputs.prompts_dir, &mut report.diagnostics);
+    io::check(&parsed, &mut report.diagnostics);
+    let errors = report.diagnostics[before..].iter().filter(|d| d.severity == Severity::Error).cloned().collect();
+    report.errors.insert(parsed.name.clone(), errors);
+    report.parsed.push(parsed);
 }
 
 fn job_name(file: &str) -> String {
@@ -150,8 +181,8 @@ fn suggest_job_name(name: &str) -> String {
     if out.is_empty() { "my-job".to_owned() } else { out }
 }
 
-fn check_duplicate_names(jobs: &[Job], out: &mut Vec<Diagnostic>) {
-    let mut by_name: BTreeMap<&str, Vec<&Job>> = BTreeMap::new();
+fn check_duplicate_names(jobs: &[Parsed], out: &mut Vec<Diagnostic>) {
+    let mut by_name: BTreeMap<&str, Vec<&Parsed>> = BTreeMap::new();
     for job in jobs {
         by_name.entry(&job.name).or_default().push(job);
     }

@@ -2,7 +2,7 @@
 
 use crate::catalog::{Catalog, Model, Provider};
 use crate::diagnostics::{Code, Diagnostic};
-use crate::manifest::{Job, Lane};
+use crate::manifest::{Lane, Parsed};
 use crate::suggest;
 
 /// Messages API parameters `params` may pass through.
@@ -31,7 +31,7 @@ const OWNED_PARAMS: &[(&str, &str)] = &[
     ("stream", "remove it: the batch lane does not allow streaming and results are collected whole"),
 ];
 
-pub(super) fn check(job: &Job, catalog: &Catalog, out: &mut Vec<Diagnostic>) {
+pub(super) fn check(job: &Parsed, catalog: &Catalog, out: &mut Vec<Diagnostic>) {
     check_temperature(job, out);
     check_params(job, out);
     check_cache(job, out);
@@ -81,7 +81,7 @@ pub(super) fn check(job: &Job, catalog: &Catalog, out: &mut Vec<Diagnostic>) {
 }
 
 /// `batch_model` must be a known model the batch API accepts.
-fn check_batch_model(job: &Job, catalog: &Catalog, out: &mut Vec<Diagnostic>) {
+fn check_batch_model(job: &Parsed, catalog: &Catalog, out: &mut Vec<Diagnostic>) {
     let manifest = &job.manifest;
     let Some(name) = manifest.batch_model.as_deref() else {
         return;
@@ -107,7 +107,7 @@ fn check_batch_model(job: &Job, catalog: &Catalog, out: &mut Vec<Diagnostic>) {
     }
 }
 
-fn check_max_tokens(job: &Job, provider: &Provider, model_id: &str, model: &Model, out: &mut Vec<Diagnostic>) {
+fn check_max_tokens(job: &Parsed, provider: &Provider, model_id: &str, model: &Model, out: &mut Vec<Diagnostic>) {
     let manifest = &job.manifest;
     let lane = manifest.tier.lane();
     let limit = provider.max_output_tokens(model_id, model, lane, &manifest.betas);
@@ -135,7 +135,7 @@ fn check_max_tokens(job: &Job, provider: &Provider, model_id: &str, model: &Mode
     }
 }
 
-fn check_betas(job: &Job, provider: &Provider, out: &mut Vec<Diagnostic>) {
+fn check_betas(job: &Parsed, provider: &Provider, out: &mut Vec<Diagnostic>) {
     let lane = job.manifest.tier.lane();
     for (i, name) in job.manifest.betas.iter().enumerate() {
         let path = format!("betas.{i}");
@@ -167,7 +167,7 @@ fn check_betas(job: &Job, provider: &Provider, out: &mut Vec<Diagnostic>) {
     }
 }
 
-fn check_temperature(job: &Job, out: &mut Vec<Diagnostic>) {
+fn check_temperature(job: &Parsed, out: &mut Vec<Diagnostic>) {
     if let Some(temperature) = job.manifest.temperature.filter(|t| !(0.0..=1.0).contains(t)) {
         out.push(
             job.at_value(
@@ -180,7 +180,7 @@ fn check_temperature(job: &Job, out: &mut Vec<Diagnostic>) {
     }
 }
 
-fn check_params(job: &Job, out: &mut Vec<Diagnostic>) {
+fn check_params(job: &Parsed, out: &mut Vec<Diagnostic>) {
     for name in job.manifest.params.keys() {
         let path = format!("params.{name}");
         if let Some((_, help)) = OWNED_PARAMS.iter().find(|(owned, _)| owned == name) {
@@ -197,7 +197,7 @@ fn check_params(job: &Job, out: &mut Vec<Diagnostic>) {
     }
 }
 
-fn check_cache(job: &Job, out: &mut Vec<Diagnostic>) {
+fn check_cache(job: &Parsed, out: &mut Vec<Diagnostic>) {
     let Some(cache) = &job.manifest.cache else {
         return;
     };

@@ -8,14 +8,14 @@ use chrono_tz::Tz;
 
 use crate::catalog::Catalog;
 use crate::diagnostics::{Code, Diagnostic};
-use crate::manifest::{Job, Lane, Tier, format_duration, parse_duration};
+use crate::manifest::{Lane, Parsed, Tier, format_duration, parse_duration};
 use crate::schedule::{cron_parser, next_after};
 use crate::suggest;
 
 /// Below this, even one synchronous call may not fit.
 const MIN_REALTIME_DEADLINE: Duration = Duration::from_secs(10);
 
-pub(super) fn check(job: &Job, catalog: &Catalog, now: DateTime<Utc>, out: &mut Vec<Diagnostic>) {
+pub(super) fn check(job: &Parsed, catalog: &Catalog, now: DateTime<Utc>, out: &mut Vec<Diagnostic>) {
     let schedule = &job.manifest.schedule;
     let timezone = check_timezone(job, out);
     let cron = match cron_parser().parse(&schedule.cron) {
@@ -45,7 +45,7 @@ pub(super) fn check(job: &Job, catalog: &Catalog, now: DateTime<Utc>, out: &mut 
     check_deadline(job, catalog, cadence, out);
 }
 
-fn check_timezone(job: &Job, out: &mut Vec<Diagnostic>) -> Option<Tz> {
+fn check_timezone(job: &Parsed, out: &mut Vec<Diagnostic>) -> Option<Tz> {
     let name = &job.manifest.schedule.timezone;
     match Tz::from_str(name) {
         Ok(tz) => Some(tz),
@@ -62,7 +62,7 @@ fn check_timezone(job: &Job, out: &mut Vec<Diagnostic>) -> Option<Tz> {
     }
 }
 
-fn check_deadline(job: &Job, catalog: &Catalog, cadence: Option<Duration>, out: &mut Vec<Diagnostic>) {
+fn check_deadline(job: &Parsed, catalog: &Catalog, cadence: Option<Duration>, out: &mut Vec<Diagnostic>) {
     let Some(text) = job.manifest.deadline.as_deref() else {
         return;
     };
@@ -84,7 +84,7 @@ fn check_deadline(job: &Job, catalog: &Catalog, cadence: Option<Duration>, out: 
         }
     };
     let tier = job.manifest.tier;
-    if crate::cost::estimate::batch_eligible(job) {
+    if crate::plan::batch_eligible(tier, deadline) {
         out.push(
             job.at_value(
                 Code::BatchEligible,
@@ -169,10 +169,10 @@ fn check_deadline(job: &Job, catalog: &Catalog, cadence: Option<Duration>, out: 
 /// The batch turnaround the planner assumes for the job's provider, when
 /// even a run of one request would go straight to the sync lane because no
 /// batch could end in time: the engine's own rule
-/// ([`batch_worthwhile`](crate::engine::plan::batch_worthwhile)) with the
+/// ([`batch_worthwhile`](crate::plan::batch_worthwhile)) with the
 /// catalog's figures, as a fresh engine that has measured nothing uses them.
-fn goes_straight_to_sync(job: &Job, catalog: &Catalog, deadline: Duration) -> Option<Duration> {
-    use crate::engine::plan::{SyncLoad, batch_worthwhile, safety_margin, sync_estimate};
+fn goes_straight_to_sync(job: &Parsed, catalog: &Catalog, deadline: Duration) -> Option<Duration> {
+    use crate::plan::{SyncLoad, batch_worthwhile, safety_margin, sync_estimate};
     let turnaround = catalog
         .providers
         .get(&job.manifest.provider)

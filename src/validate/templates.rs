@@ -6,13 +6,13 @@ use std::path::Path;
 use minijinja::Environment;
 
 use crate::diagnostics::{Code, Diagnostic};
-use crate::manifest::{Job, PromptSource};
+use crate::manifest::{Parsed, PromptSource};
 use crate::suggest;
 use crate::templates::{
     self, JOB_ATTRIBUTES, PATH_VARIABLES, PROMPT_VARIABLES, RUN_ATTRIBUTES, TemplateLoadError, TemplateText,
 };
 
-pub(super) fn check(job: &Job, prompts_dir: &Path, out: &mut Vec<Diagnostic>) {
+pub(super) fn check(job: &Parsed, prompts_dir: &Path, out: &mut Vec<Diagnostic>) {
     let env = templates::environment();
     let prompts = [("system", job.manifest.system.as_ref()), ("prompt", Some(&job.manifest.prompt))];
     for (field, source) in prompts {
@@ -36,7 +36,7 @@ pub(super) fn check(job: &Job, prompts_dir: &Path, out: &mut Vec<Diagnostic>) {
 }
 
 fn check_prompt(
-    job: &Job,
+    job: &Parsed,
     env: &Environment<'_>,
     prompts_dir: &Path,
     field: &str,
@@ -89,7 +89,7 @@ fn check_prompt(
     }
 }
 
-fn check_path_template(job: &Job, env: &Environment<'_>, field: &str, text: &str, out: &mut Vec<Diagnostic>) {
+fn check_path_template(job: &Parsed, env: &Environment<'_>, field: &str, text: &str, out: &mut Vec<Diagnostic>) {
     let template = match env.template_from_named_str(field, text) {
         Ok(template) => template,
         Err(err) => {
@@ -161,13 +161,13 @@ impl Allowed<'_> {
 /// Where a template's problems are reported: in its file, or at the inline
 /// value in the manifest.
 struct Place<'a> {
-    job: &'a Job,
+    job: &'a Parsed,
     text: &'a TemplateText,
     value_path: &'a str,
 }
 
 impl<'a> Place<'a> {
-    fn new(job: &'a Job, text: &'a TemplateText, value_path: &'a str) -> Place<'a> {
+    fn new(job: &'a Parsed, text: &'a TemplateText, value_path: &'a str) -> Place<'a> {
         Place { job, text, value_path }
     }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::cost::report::{self, CostReport, Kpis};
 use crate::cost::{month_start, usd};
-use crate::manifest::Job;
+use crate::job::Job;
 use crate::store::{BatchListing, ErrorGroup, GroupBy, RunFilter, RunSummary, Scope, Store, StoreError};
 
 /// How far back the lifecycle table and `/api/v1/runs` look by default.

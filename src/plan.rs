@@ -1,11 +1,52 @@
-//! The fallback planner: when what is left of a run must leave the batch
-//! lane so the sync lane can still finish it before the deadline.
+//! The fallback planner's rules: when what is left of a run must leave the
+//! batch lane so the sync lane can still finish it before the deadline, and
+//! whether a batch is worth submitting at all. Pure functions of limits,
+//! latencies and instants, so the engine that acts on them and `validate`
+//! that warns about them use the same rules.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::lanes::SyncLimits;
+use crate::manifest::Tier;
+
+/// Limits of the sync lane, per model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncLimits {
+    /// Calls in flight at once (the most the concurrency window opens to).
+    pub concurrency: usize,
+    /// Requests per minute.
+    pub requests_per_minute: u64,
+    /// Input tokens per minute.
+    pub input_tokens_per_minute: u64,
+    /// Output tokens per minute.
+    pub output_tokens_per_minute: u64,
+}
+
+impl Default for SyncLimits {
+    fn default() -> Self {
+        // A middle usage tier; the provider's headers lower them when the account's are lower.
+        SyncLimits {
+            concurrency: 8,
+            requests_per_minute: 1000,
+            input_tokens_per_minute: 400_000,
+            output_tokens_per_minute: 80_000,
+        }
+    }
+}
+
+/// The deadline from which a realtime job is advised to move to `tier: soft`:
+/// the soft tier's default, long enough for a small batch to end and for
+/// the fallback to finish what it does not.
+pub const ADVICE_MIN_DEADLINE: Duration = Duration::from_secs(3600);
+
+/// Whether a job of `tier` with `deadline` could run on the batch lane at
+/// half the price: a realtime job with an hour or more to spare
+/// (`validate`'s note N080, `estimate`'s advice).
+pub fn batch_eligible(tier: Tier, deadline: Duration) -> bool {
+    tier == Tier::Realtime && deadline >= ADVICE_MIN_DEADLINE
+}
 
 /// What the estimate of the sync lane's time needs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -163,6 +204,13 @@ mod tests {
             let batch_end = now + chrono::Duration::from_std(turnaround).unwrap();
             assert!(takeover_at(now, deadline, margin, estimate, batch_end) > now + chrono::Duration::hours(1));
         }
+    }
+
+    #[test]
+    fn only_realtime_jobs_with_an_hour_to_spare_could_use_the_batch_lane() {
+        assert!(batch_eligible(Tier::Realtime, Duration::from_secs(3600)));
+        assert!(!batch_eligible(Tier::Realtime, Duration::from_secs(3599)));
+        assert!(!batch_eligible(Tier::Soft, Duration::from_secs(86_400)));
     }
 
     fn limits() -> SyncLimits {

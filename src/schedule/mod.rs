@@ -1,5 +1,7 @@
-//! Cron expressions in time zones: parsing, firing instants, and what to do
-//! with instants missed while the daemon was down.
+//! Scheduling's one home: cron expressions in time zones (a job's
+//! [`Schedule`], parsed once), firing instants across DST changes, what to do
+//! with instants missed while the daemon was down, and the firing loop
+//! ([`firing`]) that turns due instants into runs.
 //!
 //! Daylight saving time follows one rule, decided by the hour field:
 //!
@@ -28,6 +30,58 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 
 use crate::manifest::CatchUp;
+
+pub mod firing;
+
+pub use firing::{RunStarter, Scheduler};
+
+/// A job's cron expression in its time zone, parsed once (when the job is
+/// compiled), with the text it came from.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// The parsed expression.
+    pub cron: Cron,
+    /// The time zone it is read in.
+    pub timezone: Tz,
+    /// The expression as written, e.g. `30 6 * * *`.
+    pub text: String,
+}
+
+impl Schedule {
+    /// `cron` in `timezone`; the reason when either is invalid.
+    pub fn parse(cron: &str, timezone: &str) -> Result<Schedule, String> {
+        let parsed = cron_parser().parse(cron).map_err(|e| format!("invalid cron expression `{cron}`: {e}"))?;
+        let tz: Tz = timezone.parse().map_err(|_| format!("unknown time zone `{timezone}`"))?;
+        Ok(Schedule { cron: parsed, timezone: tz, text: cron.to_owned() })
+    }
+
+    /// The first firing strictly after `after` ([`next_after`]).
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        next_after(&self.cron, self.timezone, after)
+    }
+
+    /// Firings in `(after, until]`, the newest `cap` ([`due_between`]).
+    pub fn due_between(&self, after: DateTime<Utc>, until: DateTime<Utc>, cap: usize) -> Vec<DateTime<Utc>> {
+        due_between(&self.cron, self.timezone, after, until, cap)
+    }
+
+    /// Whether it fires at least twice on the local day of `around` (its
+    /// runs then carry the time in their custom_ids, not only the date).
+    pub fn fires_more_than_once_on_the_day_of(&self, around: DateTime<Utc>) -> bool {
+        use chrono::NaiveTime;
+        let tz = self.timezone;
+        let day = around.with_timezone(&tz).date_naive();
+        let start_of = |date: chrono::NaiveDate| {
+            date.and_time(NaiveTime::MIN).and_local_timezone(tz).earliest().map(|t| t.with_timezone(&Utc))
+        };
+        let (Some(start), Some(end)) = (start_of(day), day.succ_opt().and_then(start_of)) else {
+            return false;
+        };
+        let first = self.next_after(start - chrono::Duration::seconds(1));
+        let second = first.and_then(|first| self.next_after(first));
+        matches!(second, Some(second) if second < end)
+    }
+}
 
 /// The parser for manifests: standard 5 fields, no seconds, no year.
 pub fn cron_parser() -> CronParser {

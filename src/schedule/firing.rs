@@ -6,18 +6,18 @@
 //! order, then moves the cursor. Runs are keyed by `(job, scheduled_for)`,
 //! so a crash between firing and moving the cursor cannot fire twice.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, Utc};
-use chrono_tz::Tz;
 
-use crate::clock::span;
-use crate::engine::{Engine, EngineError};
-use crate::manifest::{Job, Overlap};
-use crate::schedule::{cron_parser, due_between, next_after, plan_catch_up};
-use crate::store::ScheduleRow;
+use crate::clock::{Clock, span};
+use crate::job::Job;
+use crate::manifest::Overlap;
+use crate::schedule::plan_catch_up;
+use crate::store::{RunRow, ScheduleRow, SharedStore, StoreError};
 
 /// Firings found in one look; a cron firing every minute after a year of
 /// downtime keeps only the newest of them.
@@ -29,9 +29,27 @@ const ON_TIME: Duration = Duration::from_secs(60);
 /// How soon an instant whose run could not start is tried again.
 const START_RETRY: Duration = Duration::from_secs(60);
 
-/// Fires the runs of every known job on the engine.
-pub struct Scheduler {
-    engine: Arc<Engine>,
+/// What the loop needs from whoever runs the runs (the engine): the known
+/// jobs, the state, the clock, and starting a run. Scheduling sits below the
+/// engine; the engine implements this.
+pub trait RunStarter: Send + Sync {
+    /// The jobs to fire, by name.
+    fn jobs(&self) -> Arc<BTreeMap<String, Job>>;
+    /// The state database (schedule cursors, open runs, events).
+    fn store(&self) -> &SharedStore;
+    /// The clock the loop reads.
+    fn clock(&self) -> &Arc<dyn Clock>;
+    /// Creates (or resumes) the run of `job` for `scheduled_for`.
+    fn start_run(
+        &self,
+        job: &Job,
+        scheduled_for: DateTime<Utc>,
+    ) -> impl Future<Output = Result<RunRow, Box<dyn std::error::Error + Send + Sync>>> + Send;
+}
+
+/// Fires the runs of every known job through a [`RunStarter`].
+pub struct Scheduler<E> {
+    engine: Arc<E>,
 }
 
 /// What happened to one due instant.
@@ -47,52 +65,22 @@ enum Fired {
     Failed,
 }
 
-/// A job's parsed cron expression and time zone (`None` if either is invalid).
-pub(crate) fn timing(job: &Job) -> Timing {
-    parsed_schedule(&job.manifest.schedule.cron, &job.manifest.schedule.timezone)
-}
-
-/// Schedules parsed so far, by cron and time zone text. Every tick needs
-/// every job's schedule, and parsing a cron expression costs about 17 µs:
-/// 10,000 jobs took 180 ms per tick. Entries are few (one per distinct
-/// schedule ever loaded) and never stale (the text is the key).
-static PARSED: OnceLock<Mutex<HashMap<(String, String), Timing>>> = OnceLock::new();
-
-/// A parsed cron expression and time zone, `None` if either is invalid.
-type Timing = Option<(croner::Cron, Tz)>;
-
-/// `cron` in `timezone`, parsed once per process (`None` if either is invalid).
-pub fn parsed_schedule(cron: &str, timezone: &str) -> Timing {
-    let cache = PARSED.get_or_init(Mutex::default);
-    let key = (cron.to_owned(), timezone.to_owned());
-    if let Some(hit) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-        return hit.clone();
-    }
-    let parsed = cron_parser().parse(cron).ok().zip(timezone.parse::<Tz>().ok());
-    cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key, parsed.clone());
-    parsed
-}
-
-impl Scheduler {
+impl<E: RunStarter> Scheduler<E> {
     /// A scheduler firing on `engine` for the engine's known jobs.
-    pub fn new(engine: Arc<Engine>) -> Scheduler {
+    pub fn new(engine: Arc<E>) -> Scheduler<E> {
         Scheduler { engine }
     }
 
     /// After downtime: applies each job's `catch_up` policy to the instants
     /// missed while nothing ran, recording the ones it skips.
-    pub async fn catch_up(&self) -> Result<(), EngineError> {
+    pub async fn catch_up(&self) -> Result<(), StoreError> {
         let now = self.engine.clock().now();
         for job in self.engine.jobs().values() {
             let name = job.name.clone();
-            let (Some(row), Some((cron, tz))) =
-                (self.engine.store().call(move |s| s.schedule(&name)).await?, timing(job))
-            else {
-                continue;
-            };
-            let missed = due_between(&cron, tz, row.cursor, now - span(ON_TIME), MAX_DUE);
+            let Some(row) = self.engine.store().call(move |s| s.schedule(&name)).await? else { continue };
+            let missed = job.schedule.due_between(row.cursor, now - span(ON_TIME), MAX_DUE);
             let Some(&last) = missed.last() else { continue };
-            let plan = plan_catch_up(&missed, job.manifest.catch_up, now, job.deadline());
+            let plan = plan_catch_up(&missed, job.manifest.catch_up, now, job.deadline);
             for (instant, reason) in &plan.skipped {
                 let detail = serde_json::json!({
                     "scheduled_for": instant.to_rfc3339(), "reason": reason.as_str(), "message": reason.to_string()
@@ -114,7 +102,7 @@ impl Scheduler {
     }
 
     /// Fires one run of every job now (`serve --run-now`), keyed by the current minute.
-    pub async fn run_now(&self) -> Result<(), EngineError> {
+    pub async fn run_now(&self) -> Result<(), StoreError> {
         let now = self.engine.clock().now();
         let minute = now.duration_trunc(chrono::Duration::minutes(1)).unwrap_or(now);
         for job in self.engine.jobs().values() {
@@ -125,7 +113,7 @@ impl Scheduler {
     }
 
     /// Fires every due instant of every job; returns the next firing instant.
-    pub async fn tick(&self) -> Result<Option<DateTime<Utc>>, EngineError> {
+    pub async fn tick(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let mut next: Option<DateTime<Utc>> = None;
         for job in self.engine.jobs().values() {
             if let Some(at) = self.tick_job(job).await? {
@@ -135,15 +123,14 @@ impl Scheduler {
         Ok(next)
     }
 
-    async fn tick_job(&self, job: &Job) -> Result<Option<DateTime<Utc>>, EngineError> {
-        let Some((cron, tz)) = timing(job) else { return Ok(None) };
+    async fn tick_job(&self, job: &Job) -> Result<Option<DateTime<Utc>>, StoreError> {
         let now = self.engine.clock().now();
         let name = job.name.clone();
         let stored = self.engine.store().call(move |s| s.schedule(&name)).await?;
         // A job seen for the first time starts from now: no backfill from the past.
         let mut row = stored.unwrap_or_else(|| ScheduleRow::new(&job.name, now));
         let (mut cursor, mut retry_in) = (now, None);
-        for instant in due_between(&cron, tz, row.cursor, now, MAX_DUE) {
+        for instant in job.schedule.due_between(row.cursor, now, MAX_DUE) {
             let fired = self.fire(job, instant, &mut row).await?;
             if matches!(fired, Fired::Queued | Fired::Failed) {
                 // Stay just before the instant: it is due again on a later tick.
@@ -154,14 +141,14 @@ impl Scheduler {
             }
         }
         row.cursor = cursor;
-        row.next_at = next_after(&cron, tz, cursor);
+        row.next_at = job.schedule.next_after(cursor);
         let next_at = row.next_at;
         self.save(row).await?;
         Ok(retry_in.map(|wait| now + span(wait)).or(next_at))
     }
 
     /// Applies the job's overlap policy to one due instant.
-    async fn fire(&self, job: &Job, instant: DateTime<Utc>, row: &mut ScheduleRow) -> Result<Fired, EngineError> {
+    async fn fire(&self, job: &Job, instant: DateTime<Utc>, row: &mut ScheduleRow) -> Result<Fired, StoreError> {
         let name = job.name.clone();
         let open = self.engine.store().call(move |s| s.open_runs_of(&name)).await?;
         let previous_open = open.iter().any(|run| run.scheduled_for < instant);
@@ -194,9 +181,8 @@ impl Scheduler {
     /// failed run), the reason on the job's schedule (`status`, the
     /// dashboard), and the instant stays due. A store that cannot even
     /// record that fails the tick instead (the instant stays due too).
-    async fn start(&self, job: &Job, instant: DateTime<Utc>, row: &mut ScheduleRow) -> Result<bool, EngineError> {
-        let deadline_at = instant + span(job.deadline());
-        let error = match self.engine.start_run(job, instant, deadline_at).await {
+    async fn start(&self, job: &Job, instant: DateTime<Utc>, row: &mut ScheduleRow) -> Result<bool, StoreError> {
+        let error = match self.engine.start_run(job, instant).await {
             Ok(run) => {
                 tracing::info!(job = %job.name, run = %run.run_key, "run fired");
                 row.last_fired_for = Some(instant);
@@ -223,13 +209,13 @@ impl Scheduler {
         Ok(false)
     }
 
-    async fn record(&self, job: &Job, kind: &'static str, detail: serde_json::Value) -> Result<(), EngineError> {
+    async fn record(&self, job: &Job, kind: &'static str, detail: serde_json::Value) -> Result<(), StoreError> {
         let (name, now) = (job.name.clone(), self.engine.clock().now());
-        Ok(self.engine.store().call(move |s| s.record_event(None, Some(&name), kind, &detail, now)).await?)
+        self.engine.store().call(move |s| s.record_event(None, Some(&name), kind, &detail, now)).await
     }
 
-    async fn save(&self, row: ScheduleRow) -> Result<(), EngineError> {
+    async fn save(&self, row: ScheduleRow) -> Result<(), StoreError> {
         let now = self.engine.clock().now();
-        Ok(self.engine.store().call(move |s| s.save_schedule(&row, now)).await?)
+        self.engine.store().call(move |s| s.save_schedule(&row, now)).await
     }
 }
