@@ -5,9 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use orchestrator::clock::Clock;
 use orchestrator::daemon::Daemon;
-use orchestrator::sdnotify::Notifier;
+use orchestrator::daemon::sdnotify::Notifier;
 use orchestrator::sim::SimConfig;
 use serde_json::Value;
 
@@ -58,18 +57,10 @@ pub fn example_project(thin: bool) -> tempfile::TempDir {
     dir
 }
 
-/// Steps the daemon as `serve` does until the clock reaches `end`.
+/// Runs the daemon as `serve` does until the clock reaches `end`.
 async fn serve_until(h: &Harness, end: DateTime<Utc>) {
     let daemon = Daemon::new(h.engine.clone(), Notifier::disabled()).with_max_sleep(Duration::from_secs(3600));
-    let _presence = h.clock.enter();
-    daemon.start(false).await.unwrap();
-    let guard = tokio::time::timeout(Duration::from_secs(240), async {
-        while h.clock.now() < end {
-            let sleep = daemon.step().await.unwrap();
-            h.clock.sleep(sleep).await;
-        }
-    });
-    guard.await.expect("the month ends within four real minutes");
+    crate::harness::serve_until(h, &daemon, end, 240).await;
 }
 
 fn cost_json(h: &Harness, extra: &[&str]) -> Value {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use orchestrator::clock::Clock;
 use orchestrator::daemon::Daemon;
-use orchestrator::sdnotify::Notifier;
+use orchestrator::daemon::sdnotify::Notifier;
 use orchestrator::sim::SimConfig;
 
 use crate::harness::{Harness, harness_at};
@@ -19,16 +19,9 @@ fn daemon(h: &Harness) -> Daemon {
     Daemon::new(h.engine.clone(), Notifier::disabled()).with_max_sleep(Duration::from_secs(3600))
 }
 
-/// Steps the daemon as `serve` does until the clock reaches `end`.
+/// Runs the daemon as `serve` does until the clock reaches `end`.
 async fn serve_until(h: &Harness, daemon: &Daemon, end: DateTime<Utc>) {
-    let _presence = h.clock.enter();
-    let guard = tokio::time::timeout(Duration::from_secs(60), async {
-        while h.clock.now() < end {
-            let sleep = daemon.step().await.unwrap();
-            h.clock.sleep(sleep).await;
-        }
-    });
-    guard.await.expect("the loop reaches the end within a real minute");
+    crate::harness::serve_until(h, daemon, end, 60).await;
 }
 
 /// Scheduled instants of every run, in order.
@@ -43,7 +36,6 @@ async fn dst_case(cron: &str, zone: &str, from: &str, to: &str) -> Vec<DateTime<
     let head = format!("schedule: {{ cron: '{cron}', timezone: {zone} }}\ntier: soft\ndeadline: 1h\n");
     let h = harness_at(&head, 1, SimConfig::default(), at(from)).await;
     let daemon = daemon(&h);
-    daemon.start(false).await.unwrap();
     serve_until(&h, &daemon, at(to)).await;
     assert_eq!(h.count("SELECT COUNT(*) FROM runs WHERE state <> 'completed' AND scheduled_for < (SELECT MAX(scheduled_for) FROM runs)"), 0);
     let runs = fired(&h);
@@ -80,7 +72,6 @@ async fn an_hourly_job_runs_both_passes_of_the_repeated_hour_each_with_its_own_i
     let head = "schedule: { cron: '0 * * * *', timezone: Europe/Berlin }\ntier: realtime\ndeadline: 10m\n";
     let h = harness_at(head, 2, SimConfig::default(), at("2026-10-24T21:59:30Z")).await;
     let daemon = daemon(&h);
-    daemon.start(false).await.unwrap();
     serve_until(&h, &daemon, at("2026-10-25T23:00:30Z")).await;
     assert_eq!(fired(&h).len(), 26, "midnight to midnight, both ends, is 26 firings on a 25-hour day");
     assert_eq!(
@@ -112,7 +103,6 @@ async fn an_instant_whose_run_cannot_be_created_is_reported_and_fired_once_it_ca
         )
         .unwrap();
     let daemon = daemon(&h);
-    daemon.start(false).await.unwrap();
     serve_until(&h, &daemon, at("2026-11-22T06:05:00Z")).await;
     assert_eq!(fired(&h), Vec::<DateTime<Utc>>::new());
     assert_eq!(
@@ -152,12 +142,10 @@ async fn downtime(policy: &str) -> (Vec<DateTime<Utc>>, Vec<String>) {
     let head = format!("schedule: {{ cron: '0 6 * * *' }}\ntier: soft\ndeadline: 12h\ncatch_up: {policy}\n");
     let h = harness_at(&head, 1, SimConfig::default(), at("2026-11-22T07:00:00Z")).await;
     let first = daemon(&h);
-    first.start(false).await.unwrap();
     serve_until(&h, &first, at("2026-11-22T08:00:00Z")).await;
     drop(first);
     h.clock.advance(Duration::from_secs(3 * 86_400));
     let second = daemon(&h);
-    second.start(false).await.unwrap();
     serve_until(&h, &second, at("2026-11-25T09:00:00Z")).await;
     let reasons = h.ids("SELECT json_extract(detail, '$.reason') FROM events WHERE kind = 'run_skipped' ORDER BY id");
     let runs = fired(&h);
@@ -193,7 +181,6 @@ async fn overlapping(policy: &str) -> Harness {
     let sim = SimConfig { never_end: true, ..SimConfig::default() };
     let h = harness_at(&head, 2, sim, at("2026-11-22T05:59:00Z")).await;
     let daemon = daemon(&h);
-    daemon.start(false).await.unwrap();
     serve_until(&h, &daemon, at("2026-11-22T07:10:00Z")).await;
     h
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use orchestrator::catalog::Catalog;
 use orchestrator::clock::{Clock, ManualClock};
+use orchestrator::daemon::{Control, Daemon, Options, Services};
 use orchestrator::engine::{Engine, EngineSettings, RunOutcome};
 use orchestrator::job::Job;
 use orchestrator::lanes::{BatchLane, SyncLane, SyncLimits};
@@ -117,6 +118,25 @@ async fn harness_engine(
     let sync = SyncLane::new(client, store.clone(), Arc::clone(&shared), settings.sync);
     let engine = Arc::new(Engine::new(store, batch, sync, shared, settings, report.jobs.clone()));
     Harness { dir, clock, sim, engine, job, diagnostics: report.diagnostics.clone() }
+}
+
+/// Runs `daemon` as `serve` does (`Daemon::run_until`) until the manual
+/// clock reaches `end`, then stops it; `guard` real seconds at most.
+pub async fn serve_until(h: &Harness, daemon: &Daemon, end: DateTime<Utc>, guard: u64) {
+    let (control, _reload) = Control::new();
+    let stop = control.stop.clone();
+    let clock = h.clock.clone();
+    // Present on the clock like the daemon, so time moves only when both wait.
+    let stopper = async move {
+        let _presence = clock.enter();
+        clock.sleep(orchestrator::engine::until(clock.now(), end)).await;
+        stop.cancel();
+    };
+    let options = Options { run_now: false, grace: Duration::from_secs(10) };
+    let keep = || None;
+    let served = async { daemon.run_until(options, control, &keep, Services::default()).await.unwrap() };
+    let both = futures_util::future::join(served, stopper);
+    tokio::time::timeout(Duration::from_secs(guard), both).await.expect("the daemon reaches the end in time");
 }
 
 impl Harness {

@@ -10,7 +10,7 @@ use super::progress::Progress;
 use super::setup::{Rehearsal, backend};
 use super::{EXIT_CONFIG, EXIT_USAGE, ProjectArgs};
 use crate::catalog::Catalog;
-use crate::config::Config;
+use crate::daemon::config::Config;
 use crate::engine::{Engine, EngineSettings, RunOutcome};
 use crate::store::{RunRow, RunState};
 

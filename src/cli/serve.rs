@@ -5,20 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::setup::{Rehearsal, backend};
 use super::validate::human;
 use super::{EXIT_CONFIG, ProjectArgs};
 use crate::catalog::Catalog;
-use crate::config::Config;
-use crate::daemon::Daemon;
+use crate::daemon::config::Config;
+use crate::daemon::sdnotify::Notifier;
+use crate::daemon::{Control, Daemon, Options, Services, signals};
 use crate::engine::EngineSettings;
 use crate::job::Job;
-use crate::sdnotify::Notifier;
-
-/// How long in-flight sync calls get to finish on shutdown.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+use crate::store::{SharedStore, Store};
 
 /// Arguments of `serve`.
 #[derive(Debug, clap::Args)]
@@ -79,102 +76,37 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     let config_path = args.config.as_deref().map_or_else(String::new, |p| format!("{}: ", p.display()));
     let notify =
         config.notify.as_ref().map(|n| n.resolve()).transpose().map_err(|e| anyhow::anyhow!("{config_path}{e}"))?;
+    let options = Options { run_now: args.run_now, grace: config.shutdown.grace().map_err(anyhow::Error::msg)? };
     if args.simulate {
         // The simulator ends a small batch in seconds: poll like someone is watching.
         settings.poll_initial = settings.poll_initial.min(Duration::from_secs(2));
     }
     let runtime = super::engine_runtime()?;
     runtime.block_on(async {
-        let clock = args.rehearsal.clock();
-        let backend = match backend(&args.state, clock, settings, jobs, args.simulate).await? {
+        let backend = match backend(&args.state, args.rehearsal.clock(), settings, jobs, args.simulate).await? {
             Ok(backend) => backend,
             Err(code) => return Ok(code),
         };
-        let daemon = Daemon::new(Arc::clone(&backend.engine), Notifier::from_env());
+        let (control, reload) = Control::new();
+        signals::listen(control.stop.clone(), reload)?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         // The bound address, not the asked one: `--listen 127.0.0.1:0` picks a free port.
         let listen = listener.local_addr().unwrap_or(args.listen);
-        let observer = crate::store::SharedStore::new(crate::store::Store::open_read_only(&args.state)?);
-        let web = tokio::spawn(crate::web::serve(listener, Arc::clone(&backend.engine), observer, token));
-        let alerts = match notify {
-            Some(settings) => {
-                let store = crate::store::SharedStore::new(crate::store::Store::open_read_only(&args.state)?);
-                Some(tokio::spawn(crate::notify::run(settings, Arc::clone(&backend.engine), store)))
-            }
-            None => None,
+        let read_only = || -> anyhow::Result<SharedStore> { Ok(SharedStore::new(Store::open_read_only(&args.state)?)) };
+        let services = Services {
+            web: Some(crate::web::Service { listener, store: read_only()?, token }),
+            alerts: match notify {
+                Some(settings) => Some(crate::notify::Service { settings, store: read_only()? }),
+                None => None,
+            },
         };
         tracing::info!(%listen, jobs = backend.engine.jobs().len(), simulate = args.simulate, "serving");
-        daemon.start(args.run_now).await?;
-        serve_until_signal(&daemon, args, &catalog).await?;
-        web.abort();
-        if let Some(alerts) = alerts {
-            alerts.abort();
-        }
+        let daemon = Daemon::new(Arc::clone(&backend.engine), Notifier::from_env());
+        let reload_jobs = || load_jobs(&args.project, &catalog);
+        daemon.run_until(options, control, &reload_jobs, services).await?;
         backend.shutdown().await;
         Ok(0)
     })
-}
-
-/// Runs the loop until SIGTERM or SIGINT; SIGHUP reloads the manifests.
-async fn serve_until_signal(daemon: &Daemon, args: &Args, catalog: &Catalog) -> anyhow::Result<()> {
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    let clock = Arc::clone(daemon.engine().clock());
-    loop {
-        let sleep = match daemon.step().await {
-            Ok(sleep) => sleep,
-            Err(error) => {
-                tracing::error!(error = %error, "tick failed; trying again in 5 s");
-                Duration::from_secs(5)
-            }
-        };
-        tokio::select! {
-            _ = clock.sleep(sleep) => {}
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-            _ = hangup.recv() => reload(daemon, args, catalog),
-        }
-    }
-    stop(daemon, &mut terminate, &mut interrupt).await;
-    Ok(())
-}
-
-/// Re-reads the manifests; keeps the old set when any is invalid.
-fn reload(daemon: &Daemon, args: &Args, catalog: &Catalog) {
-    daemon.reloading();
-    match load_jobs(&args.project, catalog) {
-        Some(jobs) => {
-            tracing::info!(jobs = jobs.len(), "manifests reloaded");
-            daemon.engine().set_jobs(jobs);
-        }
-        None => tracing::error!("reload refused: the manifests have errors (printed above); keeping the previous set"),
-    }
-    daemon.ready();
-}
-
-/// Stops taking work, lets sync calls in flight finish for a bounded time,
-/// and leaves submitted batches at the provider for the next start. A second
-/// signal exits at once.
-async fn stop(
-    daemon: &Daemon,
-    terminate: &mut tokio::signal::unix::Signal,
-    interrupt: &mut tokio::signal::unix::Signal,
-) {
-    tracing::info!("stopping: no new runs; batches stay at the provider and resume on the next start");
-    daemon.stopping();
-    daemon.engine().stop();
-    let drained = async {
-        while daemon.engine().sync_lane().is_busy() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::select! {
-        _ = drained => tracing::info!("stopped cleanly"),
-        _ = tokio::time::sleep(STOP_GRACE) => tracing::warn!("sync calls still in flight were abandoned; they are sent again on the next start"),
-        _ = terminate.recv() => std::process::exit(1),
-        _ = interrupt.recv() => std::process::exit(1),
-    }
 }

@@ -2,31 +2,8 @@
 
 use chrono::{DateTime, Utc};
 
-use super::deliver::DeliverError;
-use super::prepare::PrepareError;
-use crate::lanes::batch::LaneError;
-use crate::render::RenderError;
-use crate::store::{RunRow, RunState, SharedStore, StoreError};
-
-/// Why a run stopped before it was done. The run stays open; running it again resumes it.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    /// The run could not be prepared.
-    #[error(transparent)]
-    Prepare(#[from] PrepareError),
-    /// The lane failed.
-    #[error(transparent)]
-    Lane(#[from] LaneError),
-    /// Delivery failed.
-    #[error(transparent)]
-    Deliver(#[from] DeliverError),
-    /// The state database failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The run could not be identified.
-    #[error(transparent)]
-    Render(#[from] RenderError),
-}
+use super::EngineError;
+use crate::store::{RunRow, RunState, SharedStore};
 
 /// What a finished run amounted to.
 #[derive(Debug, Clone, PartialEq)]

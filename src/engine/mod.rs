@@ -3,9 +3,16 @@
 
 mod deliver;
 mod driver;
+mod error;
+mod fallback;
 mod finish;
+mod poll;
 mod prepare;
+mod settings;
 
-pub use driver::{DEFAULT_BATCH_TURNAROUND, Engine, EngineSettings, until};
-pub use finish::{EngineError, RunOutcome};
+use driver::max_attempts;
+pub use driver::{Engine, until};
+pub use error::EngineError;
+pub use finish::RunOutcome;
 pub use prepare::{PrepareError, read_run_items};
+pub use settings::{DEFAULT_BATCH_TURNAROUND, EngineSettings};

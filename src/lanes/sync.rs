@@ -65,8 +65,11 @@ struct Inner {
     limits: SyncLimits,
     policy: RetryPolicy,
     models: Mutex<HashMap<String, Arc<ModelQueue>>>,
-    /// Cancelled on shutdown: no new call starts, every wait ends.
-    stop: CancellationToken,
+    /// Cancelled on shutdown: no new call starts, every wait ends. Replaced
+    /// by a fresh one when the lane is resumed.
+    stop: Mutex<CancellationToken>,
+    /// Woken whenever a worker leaves, for [`SyncLane::drained`].
+    left: tokio::sync::Notify,
 }
 
 struct ModelQueue {
@@ -113,7 +116,8 @@ impl SyncLane {
             limits,
             policy: RetryPolicy::default(),
             models: Mutex::new(HashMap::new()),
-            stop: CancellationToken::new(),
+            stop: Mutex::new(CancellationToken::new()),
+            left: tokio::sync::Notify::new(),
         };
         SyncLane { inner: Arc::new(inner) }
     }
@@ -125,7 +129,7 @@ impl SyncLane {
 
     /// Queues requests that are not queued or in flight already; returns how many were queued.
     pub fn send(&self, requests: Vec<SyncRequest>) -> usize {
-        if self.inner.stop.is_cancelled() {
+        if self.stopped() {
             return 0;
         }
         let mut queued = 0;
@@ -160,14 +164,42 @@ impl SyncLane {
         lock(&self.inner.models).values().any(|m| lock(&m.work).workers > 0)
     }
 
+    /// Returns once no worker is running (after [`SyncLane::stop`]: once the
+    /// calls in flight have finished and been recorded).
+    pub async fn drained(&self) {
+        loop {
+            let left = self.inner.left.notified();
+            tokio::pin!(left);
+            // Registered before looking, so a worker leaving in between is not missed.
+            left.as_mut().enable();
+            if !self.is_busy() {
+                return;
+            }
+            left.await;
+        }
+    }
+
     /// The concurrency window of `model` now (for progress and tests).
     pub fn window(&self, model: &str) -> Option<f64> {
         lock(&self.inner.models).get(model).map(|m| lock(&m.window).allowed())
     }
 
+    /// Whether the lane is stopped.
+    fn stopped(&self) -> bool {
+        lock(&self.inner.stop).is_cancelled()
+    }
+
+    /// Takes work again after [`SyncLane::stop`] (a daemon started again in the same process).
+    pub fn resume(&self) {
+        let mut stop = lock(&self.inner.stop);
+        if stop.is_cancelled() {
+            *stop = CancellationToken::new();
+        }
+    }
+
     /// Stops taking new work and ends every wait; calls in flight finish on their own.
     pub fn stop(&self) {
-        self.inner.stop.cancel();
+        lock(&self.inner.stop).cancel();
         for model in lock(&self.inner.models).values() {
             let mut work = lock(&model.work);
             let dropped: Vec<String> = work.queue.drain(..).map(|r| r.custom_id).collect();
@@ -199,7 +231,7 @@ impl SyncLane {
         let allowed = lock(&model.window).workers();
         loop {
             let mut work = lock(&model.work);
-            if self.inner.stop.is_cancelled() || work.workers >= allowed || work.workers >= work.queue.len() {
+            if self.stopped() || work.workers >= allowed || work.workers >= work.queue.len() {
                 return;
             }
             work.workers += 1;
@@ -220,7 +252,7 @@ impl SyncLane {
                 let allowed = lock(&model.window).workers();
                 let mut work = lock(&model.work);
                 // A worker beyond the window (it shrank under backpressure) leaves.
-                let next = match self.inner.stop.is_cancelled() || work.workers > allowed {
+                let next = match self.stopped() || work.workers > allowed {
                     true => None,
                     false => work.queue.pop_front(),
                 };
@@ -229,7 +261,10 @@ impl SyncLane {
                 }
                 next
             };
-            let Some(request) = next else { return };
+            let Some(request) = next else {
+                self.inner.left.notify_waiters();
+                return;
+            };
             let custom_id = request.custom_id.clone();
             if let Err(error) = self.process(&model, request).await {
                 tracing::error!(custom_id = %custom_id, error = %error, "sync request could not be recorded");
@@ -319,11 +354,12 @@ impl SyncLane {
     /// Sleeps on the lane's clock; false when the lane stopped meanwhile.
     async fn wait(&self, duration: Duration) -> bool {
         if duration.is_zero() {
-            return !self.inner.stop.is_cancelled();
+            return !self.stopped();
         }
+        let stop = lock(&self.inner.stop).clone();
         tokio::select! {
-            () = self.inner.clock.sleep(duration) => !self.inner.stop.is_cancelled(),
-            () = self.inner.stop.cancelled() => false,
+            () = self.inner.clock.sleep(duration) => !stop.is_cancelled(),
+            () = stop.cancelled() => false,
         }
     }
 

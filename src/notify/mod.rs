@@ -56,6 +56,25 @@ struct Notifier {
     slots: Vec<Arc<tokio::sync::Semaphore>>,
 }
 
+/// The notifier as the daemon runs it: its settings and a read connection of its own.
+pub struct Service {
+    /// Targets, rules, retries.
+    pub settings: NotifySettings,
+    /// A connection for the notifier alone (it only reads).
+    pub store: SharedStore,
+}
+
+impl Service {
+    /// Scans every `check_every` and delivers what is new, until `stop` is
+    /// cancelled; deliveries under way are left to their own timeouts.
+    pub async fn run(self, engine: Arc<Engine>, stop: tokio_util::sync::CancellationToken) {
+        tokio::select! {
+            () = run(self.settings, engine, self.store) => {}
+            () = stop.cancelled() => {}
+        }
+    }
+}
+
 /// Runs until aborted: scans every `check_every`, delivers what is new.
 /// `store` must be a connection of its own (it is only read).
 pub async fn run(settings: NotifySettings, engine: Arc<Engine>, store: SharedStore) {

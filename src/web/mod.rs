@@ -48,8 +48,32 @@ struct Web {
     pages: Arc<Pages>,
 }
 
-/// Serves until the task is aborted. `store` is a connection for the web
-/// alone; `token`, when set, is required on everything but `/healthz`.
+/// The web server as the daemon runs it: a bound listener, a read
+/// connection of its own, and the token required on everything but
+/// `/healthz` (when set).
+pub struct Service {
+    /// Where it listens (bound already, so its address is known).
+    pub listener: tokio::net::TcpListener,
+    /// A connection for the web alone (opened read-only).
+    pub store: SharedStore,
+    /// The bearer token, if one is required.
+    pub token: Option<String>,
+}
+
+impl Service {
+    /// Serves until `stop` is cancelled, then lets open requests finish.
+    pub async fn serve(self, engine: Arc<Engine>, stop: tokio_util::sync::CancellationToken) {
+        let app = router(engine, self.store, self.token);
+        let served = axum::serve(self.listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+        if let Err(error) = served {
+            tracing::error!(%error, "the web server stopped");
+        }
+    }
+}
+
+/// Serves `engine`'s dashboard on `listener` until the task ends (tests).
+/// `store` is a connection for the web alone; `token`, when set, is
+/// required on everything but `/healthz`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: Arc<Engine>,

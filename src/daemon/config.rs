@@ -17,6 +17,8 @@
 //!   poll_max: 5m
 //! budget:
 //!   monthly_usd: 500           # all jobs together, calendar month (UTC)
+//! shutdown:
+//!   grace: 30s                 # sync calls in flight on SIGTERM get this long
 //! notify:                      # alerts: see `crate::notify::config`
 //!   webhooks: [{url_env: SLACK_WEBHOOK_URL}]
 //! ```
@@ -44,6 +46,30 @@ pub struct Config {
     pub budget: GlobalBudget,
     /// Alerts (off when absent).
     pub notify: Option<crate::notify::NotifyConfig>,
+    /// How `serve` stops.
+    pub shutdown: ShutdownConfig,
+}
+
+/// How `serve` stops on SIGTERM or SIGINT.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long sync calls in flight get to finish and be recorded, e.g.
+    /// `30s` (default; keep it below systemd's `TimeoutStopSec`).
+    pub grace: Option<String>,
+}
+
+/// The default of `shutdown.grace`: within the unit's `TimeoutStopSec=45s`.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+impl ShutdownConfig {
+    /// The grace period.
+    pub fn grace(&self) -> Result<Duration, String> {
+        match &self.grace {
+            None => Ok(DEFAULT_GRACE),
+            Some(text) => parse_duration(text).map_err(|e| format!("shutdown.grace: {e} (write e.g. `30s`)")),
+        }
+    }
 }
 
 /// The spending cap of all jobs together.
@@ -119,6 +145,7 @@ impl Config {
         if self.sync.concurrency == 0 {
             return Err("sync.concurrency must be at least 1".into());
         }
+        self.shutdown.grace()?;
         Ok(())
     }
 
