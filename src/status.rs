@@ -1,13 +1,21 @@
-//! What `orchestrator status` and `/api/v1/status` show: open runs with
-//! their batches, request counts, deadline and fallback plan; each job's
-//! next firing; recent skipped, queued, late and failed runs and fallbacks.
+//! The read model of runs and batches: what `orchestrator status`,
+//! `/api/v1/status`, the dashboard's lifecycle table and `/api/v1/runs` and
+//! `/api/v1/batches` show, built once here. A status report adds each job's
+//! next firing and recent notable events. Field names are a public
+//! contract: only ever added.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
-use crate::store::{BatchRow, RunRow, Store, StoreError};
+use crate::cost::report;
+use crate::cost::usd;
+use crate::job::Job;
+use crate::store::{BatchListing, RunFilter, RunSummary, Scope, Store, StoreError};
+
+/// The window of the turnaround medians behind an open run's ETA.
+const KPI_DAYS: i64 = 30;
 
 /// Event kinds listed as "recent".
 const NOTABLE: &[&str] = &[
@@ -38,56 +46,19 @@ pub struct StatusReport {
     pub recent: Vec<RecentEvent>,
 }
 
-/// One open run.
+/// One open run, as `status` shows it: the run as the dashboard and
+/// `/api/v1/runs` show it, with its requests by state and its batches.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunStatus {
-    /// `<job>-<YYYYMMDDTHHMM>`.
-    pub run_key: String,
-    /// The job.
-    pub job: String,
-    /// Its scheduled instant.
-    pub scheduled_for: DateTime<Utc>,
-    /// The tier at creation.
-    pub tier: String,
-    /// `batch` or `sync` (the router's choice).
-    pub lane: String,
-    /// The deadline.
-    pub deadline_at: DateTime<Utc>,
+    /// Every field of a run in `/api/v1/runs`.
+    #[serde(flatten)]
+    pub run: RunItem,
     /// Seconds until the deadline (negative once passed).
     pub seconds_to_deadline: i64,
-    /// When the fallback engine plans to move what is left to the sync lane.
-    pub fallback_at: Option<DateTime<Utc>>,
-    /// When it did, if it did.
-    pub fallback_started_at: Option<DateTime<Utc>>,
-    /// Why: `deadline` or `batch_create_failed`.
-    pub fallback_reason: Option<String>,
     /// Requests by state.
     pub requests: BTreeMap<&'static str, u64>,
-    /// The run's batches.
-    pub batches: Vec<BatchStatus>,
-    /// When it passed its deadline still open (it keeps going until every request is final).
-    pub deadline_missed_at: Option<DateTime<Utc>>,
-    /// Since when delivering its results has been failing (they stay stored and are retried).
-    pub delivery_failing_since: Option<DateTime<Utc>>,
-    /// The last delivery error.
-    pub delivery_error: Option<String>,
-}
-
-/// One batch of a run.
-#[derive(Debug, Clone, Serialize)]
-pub struct BatchStatus {
-    /// Our id.
-    pub id: i64,
-    /// The provider's id, once created.
-    pub provider_batch_id: Option<String>,
-    /// `submitting`, `in_progress`, `canceling`, `ended`, `abandoned`.
-    pub state: &'static str,
-    /// Requests in it.
-    pub requests: u64,
-    /// When it was created at the provider.
-    pub submitted_at: Option<DateTime<Utc>>,
-    /// When it ended.
-    pub ended_at: Option<DateTime<Utc>>,
+    /// The run's batches, oldest first.
+    pub batches: Vec<BatchItem>,
 }
 
 /// A job's schedule position.
@@ -120,45 +91,251 @@ pub struct RecentEvent {
     pub detail: serde_json::Value,
 }
 
-fn batch_status(batch: &BatchRow) -> BatchStatus {
-    BatchStatus {
+/// One run in the lifecycle table and in `/api/v1/runs`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunItem {
+    /// Database id (the page is `/runs/{id}`).
+    pub id: i64,
+    /// `<job>-<YYYYMMDDTHHMM>`.
+    pub run_key: String,
+    /// The job.
+    pub job: String,
+    /// The job's tags when the run was created.
+    pub tags: Vec<String>,
+    /// The job's time zone (for display), UTC when the job is gone.
+    pub timezone: String,
+    /// The tier at creation.
+    pub tier: String,
+    /// The router's lane: `batch` or `sync`.
+    pub lane: String,
+    /// `open`, `completed`, `failed`, `late` or `skipped`.
+    pub state: String,
+    /// Why it failed, was late or skipped.
+    pub reason: Option<String>,
+    /// When an open run passed its deadline (it keeps going until every request is final).
+    pub deadline_missed_at: Option<DateTime<Utc>>,
+    /// Since when delivering its results fails (they stay stored and are retried).
+    pub delivery_failing_since: Option<DateTime<Utc>>,
+    /// The last delivery error, while delivery fails.
+    pub delivery_error: Option<String>,
+    /// The scheduled instant.
+    pub scheduled_for: DateTime<Utc>,
+    /// When its first batch was created at the provider.
+    pub submitted_at: Option<DateTime<Utc>>,
+    /// Requests in the run.
+    pub requests_total: u64,
+    /// Requests with a final outcome.
+    pub requests_done: u64,
+    /// Of those, failed for good.
+    pub requests_failed: u64,
+    /// When an open run is expected to finish, and on what grounds (`eta_basis`).
+    pub eta: Option<DateTime<Utc>>,
+    /// `turnaround_p50` (the job's median batch turnaround), `fallback` or `deadline`.
+    pub eta_basis: Option<&'static str>,
+    /// When the run closed.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// When the fallback engine plans to move what is left to the sync lane.
+    pub fallback_at: Option<DateTime<Utc>>,
+    /// When it did, if it did.
+    pub fallback_started_at: Option<DateTime<Utc>>,
+    /// `deadline` or `batch_create_failed`.
+    pub fallback_reason: Option<String>,
+    /// The deadline.
+    pub deadline_at: DateTime<Utc>,
+    /// Charged so far.
+    pub cost_usd: f64,
+    /// What the synchronous API would have charged.
+    pub sync_equivalent_usd: f64,
+    /// The difference.
+    pub savings_usd: f64,
+}
+
+/// One batch, in `/api/v1/batches` and on a run's page.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchItem {
+    /// Our id.
+    pub id: i64,
+    /// Its run.
+    pub run_id: i64,
+    /// The run's key.
+    pub run_key: String,
+    /// The job.
+    pub job: String,
+    /// Provider name.
+    pub provider: String,
+    /// The provider's id, once created.
+    pub provider_batch_id: Option<String>,
+    /// `submitting`, `in_progress`, `canceling`, `ended` or `abandoned`.
+    pub state: &'static str,
+    /// Requests in it.
+    pub requests: u64,
+    /// When the intent to create it was committed.
+    pub intent_at: DateTime<Utc>,
+    /// When the provider accepted it.
+    pub submitted_at: Option<DateTime<Utc>>,
+    /// When the provider ended it.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// `ended_at − submitted_at`, seconds.
+    pub turnaround_secs: Option<f64>,
+    /// Whether every result line is stored.
+    pub results_ingested: bool,
+}
+
+/// The zone each job's times are shown in.
+pub type Zones = HashMap<String, String>;
+
+/// Each known job's time zone.
+pub fn zones(jobs: &BTreeMap<String, Job>) -> Zones {
+    jobs.values().map(|job| (job.name.clone(), job.manifest.schedule.timezone.clone())).collect()
+}
+
+/// Median batch turnaround per job, seconds, over the last 30 days.
+fn turnaround_medians(store: &Store, runs: &[RunSummary], now: DateTime<Utc>) -> Result<Medians, StoreError> {
+    let mut medians = HashMap::new();
+    for run in runs.iter().filter(|r| r.run.state.as_str() == "open") {
+        if medians.contains_key(&run.run.job) {
+            continue;
+        }
+        let scope =
+            Scope { since: Some(now - Duration::days(KPI_DAYS)), job: Some(run.run.job.clone()), ..Scope::default() };
+        let figures = store.kpi_figures(&scope)?;
+        medians.insert(run.run.job.clone(), report::percentile(&figures.turnarounds_secs, 0.5));
+    }
+    Ok(medians)
+}
+
+/// The median batch turnaround of each job, seconds (`None` without history).
+type Medians = HashMap<String, Option<f64>>;
+
+/// When an open run should finish: its batch's expected end by the job's
+/// median turnaround, but never after the fallback (which takes over then),
+/// and never after the deadline.
+fn eta(summary: &RunSummary, median: Option<f64>) -> (Option<DateTime<Utc>>, Option<&'static str>) {
+    let run = &summary.run;
+    if run.state.as_str() != "open" {
+        return (None, None);
+    }
+    let by_turnaround = summary
+        .submitted_at
+        .zip(median)
+        .filter(|_| run.fallback_started_at.is_none() && run.lane == "batch")
+        .map(|(at, secs)| at + Duration::milliseconds((secs * 1000.0) as i64));
+    let candidates = [
+        (by_turnaround, "turnaround_p50"),
+        (run.fallback_at.filter(|_| run.fallback_started_at.is_none() && run.sync_blocked.is_none()), "fallback"),
+        (Some(run.deadline_at), "deadline"),
+    ];
+    candidates
+        .into_iter()
+        .filter_map(|(at, basis)| at.map(|at| (at, basis)))
+        .min_by_key(|(at, _)| *at)
+        .map_or((None, None), |(at, basis)| (Some(at), Some(basis)))
+}
+
+fn run_item(summary: &RunSummary, zones: &Zones, median: Option<f64>) -> RunItem {
+    let run = &summary.run;
+    let (eta, eta_basis) = eta(summary, median);
+    RunItem {
+        id: run.id,
+        run_key: run.run_key.clone(),
+        job: run.job.clone(),
+        tags: run.tags.clone(),
+        timezone: zones.get(&run.job).cloned().unwrap_or_else(|| "UTC".into()),
+        tier: run.tier.clone(),
+        lane: run.lane.clone(),
+        state: run.state.as_str().to_owned(),
+        reason: run.reason.clone(),
+        deadline_missed_at: run.deadline_missed_at,
+        delivery_failing_since: run.delivery_failing_since,
+        delivery_error: run.delivery_error.clone(),
+        scheduled_for: run.scheduled_for,
+        submitted_at: summary.submitted_at,
+        requests_total: summary.requests_total,
+        requests_done: summary.requests_done,
+        requests_failed: summary.requests_failed,
+        eta,
+        eta_basis,
+        completed_at: run.finished_at,
+        fallback_at: run.fallback_at,
+        fallback_started_at: run.fallback_started_at,
+        fallback_reason: run.fallback_reason.clone(),
+        deadline_at: run.deadline_at,
+        cost_usd: usd(summary.cost_micros),
+        sync_equivalent_usd: usd(summary.sync_cost_micros),
+        savings_usd: usd(summary.sync_cost_micros - summary.cost_micros),
+    }
+}
+
+/// The runs matching `filter`, as the lifecycle table shows them.
+pub fn runs(store: &Store, filter: &RunFilter, zones: &Zones, now: DateTime<Utc>) -> Result<Vec<RunItem>, StoreError> {
+    let summaries = store.run_summaries(filter)?;
+    let medians = turnaround_medians(store, &summaries, now)?;
+    Ok(summaries.iter().map(|s| run_item(s, zones, medians.get(&s.run.job).copied().flatten())).collect())
+}
+
+/// A batch listing as the API and the run page show it.
+pub fn batch_item(listing: &BatchListing) -> BatchItem {
+    let batch = &listing.batch;
+    BatchItem {
         id: batch.id,
+        run_id: batch.run_id,
+        run_key: listing.run_key.clone(),
+        job: listing.job.clone(),
+        provider: batch.provider.clone(),
         provider_batch_id: batch.provider_batch_id.clone(),
         state: batch.state.as_str(),
         requests: batch.request_count,
+        intent_at: batch.intent_at,
         submitted_at: batch.submitted_at,
         ended_at: batch.ended_at,
+        turnaround_secs: batch
+            .submitted_at
+            .zip(batch.ended_at)
+            .map(|(start, end)| (end - start).num_milliseconds() as f64 / 1000.0),
+        results_ingested: batch.results_ingested,
     }
 }
 
-fn run_status(store: &Store, run: RunRow, now: DateTime<Utc>) -> Result<RunStatus, StoreError> {
-    let batches = store.all_batches(Some(run.id))?.iter().map(batch_status).collect();
-    Ok(RunStatus {
-        requests: store.request_counts(run.id)?,
-        batches,
-        seconds_to_deadline: (run.deadline_at - now).num_seconds(),
-        run_key: run.run_key,
-        job: run.job,
-        scheduled_for: run.scheduled_for,
-        tier: run.tier,
-        lane: run.lane,
-        deadline_at: run.deadline_at,
-        fallback_at: run.fallback_at,
-        fallback_started_at: run.fallback_started_at,
-        fallback_reason: run.fallback_reason,
-        deadline_missed_at: run.deadline_missed_at,
-        delivery_failing_since: run.delivery_failing_since,
-        delivery_error: run.delivery_error,
-    })
+/// One run as the lifecycle table shows it (its ETA from its job's median turnaround).
+pub fn run_view(store: &Store, summary: &RunSummary, zones: &Zones, now: DateTime<Utc>) -> Result<RunItem, StoreError> {
+    let medians = turnaround_medians(store, std::slice::from_ref(summary), now)?;
+    Ok(run_item(summary, zones, medians.get(&summary.run.job).copied().flatten()))
 }
 
-/// Collects the report, for every job or only `job`.
-pub fn collect(store: &Store, job: Option<&str>, now: DateTime<Utc>) -> Result<StatusReport, StoreError> {
+/// Open runs with their requests by state and batches, of every job or only `job`.
+fn open_runs(
+    store: &Store,
+    job: Option<&str>,
+    zones: &Zones,
+    now: DateTime<Utc>,
+) -> Result<Vec<RunStatus>, StoreError> {
+    let filter = RunFilter { job: job.map(str::to_owned), state: Some("open".into()), since: None, limit: u32::MAX };
+    let mut runs = runs(store, &filter, zones, now)?;
+    runs.sort_by_key(|run| (run.scheduled_for, run.id));
+    let mut open = Vec::with_capacity(runs.len());
+    for run in runs {
+        let mut listings = store.batch_listings(Some(run.id), u32::MAX)?;
+        listings.reverse();
+        open.push(RunStatus {
+            seconds_to_deadline: (run.deadline_at - now).num_seconds(),
+            requests: store.request_counts(run.id)?,
+            batches: listings.iter().map(batch_item).collect(),
+            run,
+        });
+    }
+    Ok(open)
+}
+
+/// Collects the report, for every job or only `job`; times are shown in
+/// each job's zone from `zones` (UTC for a job not in it).
+pub fn collect(
+    store: &Store,
+    job: Option<&str>,
+    zones: &Zones,
+    now: DateTime<Utc>,
+) -> Result<StatusReport, StoreError> {
     let wanted = |name: &str| job.is_none_or(|j| j == name);
-    let mut runs = Vec::new();
-    for run in store.open_runs()?.into_iter().filter(|r| wanted(&r.job)) {
-        runs.push(run_status(store, run, now)?);
-    }
+    let runs = open_runs(store, job, zones, now)?;
     let schedules = store
         .schedules()?
         .into_iter()
@@ -196,12 +373,13 @@ pub fn render_text(report: &StatusReport) -> String {
     if report.runs.is_empty() {
         out.push_str("no open runs\n");
     }
-    for run in &report.runs {
+    for status in &report.runs {
+        let run = &status.run;
         let counts: Vec<String> =
-            run.requests.iter().filter(|(_, n)| **n > 0).map(|(s, n)| format!("{s} {n}")).collect();
+            status.requests.iter().filter(|(_, n)| **n > 0).map(|(s, n)| format!("{s} {n}")).collect();
         out.push_str(&format!("{}  ({} tier, {} lane)\n", run.run_key, run.tier, run.lane));
         out.push_str(&format!("  requests:  {}\n", counts.join(", ")));
-        out.push_str(&format!("  deadline:  {} (in {}s)\n", time(run.deadline_at), run.seconds_to_deadline));
+        out.push_str(&format!("  deadline:  {} (in {}s)\n", time(run.deadline_at), status.seconds_to_deadline));
         match (&run.fallback_started_at, &run.fallback_at) {
             (Some(at), _) => out.push_str(&format!(
                 "  fallback:  engaged {} ({})\n",
@@ -211,7 +389,7 @@ pub fn render_text(report: &StatusReport) -> String {
             (None, Some(at)) => out.push_str(&format!("  fallback:  planned at {}\n", time(*at))),
             (None, None) => {}
         }
-        for batch in &run.batches {
+        for batch in &status.batches {
             let id = batch.provider_batch_id.as_deref().unwrap_or("(not created)");
             out.push_str(&format!("  batch {}: {id} {} ({} requests)\n", batch.id, batch.state, batch.requests));
         }
@@ -245,4 +423,65 @@ pub fn render_text(report: &StatusReport) -> String {
         out.push_str(&format!("  {} {} {} {}\n", time(event.at), event.kind, who, event.detail));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{RunRow, RunState};
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn open_run(fallback_at: Option<DateTime<Utc>>) -> RunSummary {
+        let run = RunRow {
+            id: 1,
+            job: "nightly".into(),
+            scheduled_for: at(0),
+            run_key: "nightly-x".into(),
+            tier: "batch".into(),
+            deadline_at: at(10_000),
+            state: RunState::Open,
+            reason: None,
+            lane: "batch".into(),
+            created_at: at(0),
+            fallback_at,
+            fallback_started_at: None,
+            fallback_reason: None,
+            finished_at: None,
+            tags: vec![],
+            sync_blocked: None,
+            prepared_at: Some(at(0)),
+            deadline_missed_at: None,
+            delivery_failing_since: None,
+            delivery_error: None,
+        };
+        RunSummary {
+            run,
+            requests_total: 10,
+            requests_done: 0,
+            requests_failed: 0,
+            submitted_at: Some(at(60)),
+            cost_micros: 0,
+            sync_cost_micros: 0,
+        }
+    }
+
+    #[test]
+    fn the_eta_is_the_median_turnaround_unless_the_fallback_or_deadline_comes_first() {
+        assert_eq!(eta(&open_run(Some(at(9_000))), Some(600.0)), (Some(at(660)), Some("turnaround_p50")));
+        assert_eq!(eta(&open_run(Some(at(300))), Some(600.0)), (Some(at(300)), Some("fallback")));
+        assert_eq!(eta(&open_run(None), None), (Some(at(10_000)), Some("deadline")));
+        let mut blocked = open_run(Some(at(300)));
+        blocked.run.sync_blocked = Some("budget".into());
+        assert_eq!(
+            eta(&blocked, Some(600.0)),
+            (Some(at(660)), Some("turnaround_p50")),
+            "a blocked fallback never fires"
+        );
+        let mut closed = open_run(None);
+        closed.run.state = RunState::Completed;
+        assert_eq!(eta(&closed, Some(600.0)), (None, None));
+    }
 }

@@ -113,6 +113,7 @@ async fn an_instant_whose_run_cannot_be_created_is_reported_and_fired_once_it_ca
     let report = orchestrator::status::collect(
         &orchestrator::store::Store::open(&h.dir.path().join("state/orchestrator.db")).unwrap(),
         None,
+        &Default::default(),
         h.clock.now(),
     )
     .unwrap();

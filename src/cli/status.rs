@@ -34,7 +34,8 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         return Ok(1);
     }
     let store = Store::open(&args.state)?;
-    let report = crate::status::collect(&store, args.job.as_deref(), chrono::Utc::now())?;
+    // No manifests are read here: times of runs are in UTC.
+    let report = crate::status::collect(&store, args.job.as_deref(), &Default::default(), chrono::Utc::now())?;
     let text = match args.format {
         Format::Text => crate::status::render_text(&report),
         Format::Json => serde_json::to_string_pretty(&report)? + "\n",

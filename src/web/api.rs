@@ -35,8 +35,8 @@ fn instant<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<D
 }
 
 async fn status(State(web): State<Web>) -> Response {
-    let now = web.now();
-    match web.read(move |s| crate::status::collect(s, None, now)).await {
+    let (now, zones) = (web.now(), model::zones(&web.engine.jobs()));
+    match web.read(move |s| crate::status::collect(s, None, &zones, now)).await {
         Ok(report) => Json(report).into_response(),
         Err(response) => response,
     }

@@ -10,7 +10,8 @@ use serde::Serialize;
 use crate::cost::report::{self, CostReport, Kpis};
 use crate::cost::{month_start, usd};
 use crate::job::Job;
-use crate::store::{BatchListing, ErrorGroup, GroupBy, RunFilter, RunSummary, Scope, Store, StoreError};
+pub use crate::status::{BatchItem, RunItem, Zones, batch_item, runs, zones};
+use crate::store::{ErrorGroup, GroupBy, RunFilter, Scope, Store, StoreError};
 
 /// How far back the lifecycle table and `/api/v1/runs` look by default.
 pub const DEFAULT_RUN_LIMIT: u32 = 100;
@@ -37,65 +38,6 @@ const DECISIONS: &[&str] = &[
     "alert_sent",
     "alert_failed",
 ];
-
-/// One run in the lifecycle table and in `/api/v1/runs`.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunItem {
-    /// Database id (the page is `/runs/{id}`).
-    pub id: i64,
-    /// `<job>-<YYYYMMDDTHHMM>`.
-    pub run_key: String,
-    /// The job.
-    pub job: String,
-    /// The job's tags when the run was created.
-    pub tags: Vec<String>,
-    /// The job's time zone (for display), UTC when the job is gone.
-    pub timezone: String,
-    /// The tier at creation.
-    pub tier: String,
-    /// The router's lane: `batch` or `sync`.
-    pub lane: String,
-    /// `open`, `completed`, `failed`, `late` or `skipped`.
-    pub state: String,
-    /// Why it failed, was late or skipped.
-    pub reason: Option<String>,
-    /// When an open run passed its deadline (it keeps going until every request is final).
-    pub deadline_missed_at: Option<DateTime<Utc>>,
-    /// Since when delivering its results fails (they stay stored and are retried).
-    pub delivery_failing_since: Option<DateTime<Utc>>,
-    /// The last delivery error, while delivery fails.
-    pub delivery_error: Option<String>,
-    /// The scheduled instant.
-    pub scheduled_for: DateTime<Utc>,
-    /// When its first batch was created at the provider.
-    pub submitted_at: Option<DateTime<Utc>>,
-    /// Requests in the run.
-    pub requests_total: u64,
-    /// Requests with a final outcome.
-    pub requests_done: u64,
-    /// Of those, failed for good.
-    pub requests_failed: u64,
-    /// When an open run is expected to finish, and on what grounds (`eta_basis`).
-    pub eta: Option<DateTime<Utc>>,
-    /// `turnaround_p50` (the job's median batch turnaround), `fallback` or `deadline`.
-    pub eta_basis: Option<&'static str>,
-    /// When the run closed.
-    pub completed_at: Option<DateTime<Utc>>,
-    /// When the fallback engine plans to move what is left to the sync lane.
-    pub fallback_at: Option<DateTime<Utc>>,
-    /// When it did, if it did.
-    pub fallback_started_at: Option<DateTime<Utc>>,
-    /// `deadline` or `batch_create_failed`.
-    pub fallback_reason: Option<String>,
-    /// The deadline.
-    pub deadline_at: DateTime<Utc>,
-    /// Charged so far.
-    pub cost_usd: f64,
-    /// What the synchronous API would have charged.
-    pub sync_equivalent_usd: f64,
-    /// The difference.
-    pub savings_usd: f64,
-}
 
 /// The strip above the lifecycle table.
 #[derive(Debug, Clone, Serialize)]
@@ -136,37 +78,6 @@ pub struct Overview {
     pub runs: Vec<RunItem>,
     /// Spend and savings per job this month, largest spend first.
     pub spend_by_job: Vec<JobSpend>,
-}
-
-/// One batch, in `/api/v1/batches` and on a run's page.
-#[derive(Debug, Clone, Serialize)]
-pub struct BatchItem {
-    /// Our id.
-    pub id: i64,
-    /// Its run.
-    pub run_id: i64,
-    /// The run's key.
-    pub run_key: String,
-    /// The job.
-    pub job: String,
-    /// Provider name.
-    pub provider: String,
-    /// The provider's id, once created.
-    pub provider_batch_id: Option<String>,
-    /// `submitting`, `in_progress`, `canceling`, `ended` or `abandoned`.
-    pub state: &'static str,
-    /// Requests in it.
-    pub requests: u64,
-    /// When the intent to create it was committed.
-    pub intent_at: DateTime<Utc>,
-    /// When the provider accepted it.
-    pub submitted_at: Option<DateTime<Utc>>,
-    /// When the provider ended it.
-    pub ended_at: Option<DateTime<Utc>>,
-    /// `ended_at − submitted_at`, seconds.
-    pub turnaround_secs: Option<f64>,
-    /// Whether every result line is stored.
-    pub results_ingested: bool,
 }
 
 /// A recorded decision about a run.
@@ -266,98 +177,6 @@ pub struct JobItem {
     pub max_tokens: i64,
 }
 
-/// The zone each job's times are shown in.
-pub type Zones = HashMap<String, String>;
-
-/// Each known job's time zone.
-pub fn zones(jobs: &BTreeMap<String, Job>) -> Zones {
-    jobs.values().map(|job| (job.name.clone(), job.manifest.schedule.timezone.clone())).collect()
-}
-
-/// Median batch turnaround per job, seconds, over the last 30 days.
-fn turnaround_medians(store: &Store, runs: &[RunSummary], now: DateTime<Utc>) -> Result<Medians, StoreError> {
-    let mut medians = HashMap::new();
-    for run in runs.iter().filter(|r| r.run.state.as_str() == "open") {
-        if medians.contains_key(&run.run.job) {
-            continue;
-        }
-        let scope =
-            Scope { since: Some(now - Duration::days(KPI_DAYS)), job: Some(run.run.job.clone()), ..Scope::default() };
-        let figures = store.kpi_figures(&scope)?;
-        medians.insert(run.run.job.clone(), report::percentile(&figures.turnarounds_secs, 0.5));
-    }
-    Ok(medians)
-}
-
-/// The median batch turnaround of each job, seconds (`None` without history).
-type Medians = HashMap<String, Option<f64>>;
-
-/// When an open run should finish: its batch's expected end by the job's
-/// median turnaround, but never after the fallback (which takes over then),
-/// and never after the deadline.
-fn eta(summary: &RunSummary, median: Option<f64>) -> (Option<DateTime<Utc>>, Option<&'static str>) {
-    let run = &summary.run;
-    if run.state.as_str() != "open" {
-        return (None, None);
-    }
-    let by_turnaround = summary
-        .submitted_at
-        .zip(median)
-        .filter(|_| run.fallback_started_at.is_none() && run.lane == "batch")
-        .map(|(at, secs)| at + Duration::milliseconds((secs * 1000.0) as i64));
-    let candidates = [
-        (by_turnaround, "turnaround_p50"),
-        (run.fallback_at.filter(|_| run.fallback_started_at.is_none() && run.sync_blocked.is_none()), "fallback"),
-        (Some(run.deadline_at), "deadline"),
-    ];
-    candidates
-        .into_iter()
-        .filter_map(|(at, basis)| at.map(|at| (at, basis)))
-        .min_by_key(|(at, _)| *at)
-        .map_or((None, None), |(at, basis)| (Some(at), Some(basis)))
-}
-
-fn run_item(summary: &RunSummary, zones: &Zones, median: Option<f64>) -> RunItem {
-    let run = &summary.run;
-    let (eta, eta_basis) = eta(summary, median);
-    RunItem {
-        id: run.id,
-        run_key: run.run_key.clone(),
-        job: run.job.clone(),
-        tags: run.tags.clone(),
-        timezone: zones.get(&run.job).cloned().unwrap_or_else(|| "UTC".into()),
-        tier: run.tier.clone(),
-        lane: run.lane.clone(),
-        state: run.state.as_str().to_owned(),
-        reason: run.reason.clone(),
-        deadline_missed_at: run.deadline_missed_at,
-        delivery_failing_since: run.delivery_failing_since,
-        delivery_error: run.delivery_error.clone(),
-        scheduled_for: run.scheduled_for,
-        submitted_at: summary.submitted_at,
-        requests_total: summary.requests_total,
-        requests_done: summary.requests_done,
-        requests_failed: summary.requests_failed,
-        eta,
-        eta_basis,
-        completed_at: run.finished_at,
-        fallback_at: run.fallback_at,
-        fallback_started_at: run.fallback_started_at,
-        fallback_reason: run.fallback_reason.clone(),
-        deadline_at: run.deadline_at,
-        cost_usd: usd(summary.cost_micros),
-        sync_equivalent_usd: usd(summary.sync_cost_micros),
-        savings_usd: usd(summary.sync_cost_micros - summary.cost_micros),
-    }
-}
-
-/// The runs matching `filter`, as the lifecycle table shows them.
-pub fn runs(store: &Store, filter: &RunFilter, zones: &Zones, now: DateTime<Utc>) -> Result<Vec<RunItem>, StoreError> {
-    let summaries = store.run_summaries(filter)?;
-    let medians = turnaround_medians(store, &summaries, now)?;
-    Ok(summaries.iter().map(|s| run_item(s, zones, medians.get(&s.run.job).copied().flatten())).collect())
-}
-
 /// The KPIs of the last 30 days, as `orchestrator cost` computes them.
 pub fn kpis(store: &Store, since: DateTime<Utc>, until: DateTime<Utc>) -> Result<CostReport, StoreError> {
     report::build(store, &Scope { since: Some(since), until: Some(until), ..Scope::default() }, None)
@@ -388,29 +207,6 @@ pub fn overview(store: &Store, zones: &Zones, now: DateTime<Utc>) -> Result<Over
     Ok(Overview { now, strip, runs: runs(store, &filter, zones, now)?, spend_by_job })
 }
 
-/// A batch listing as the API and the run page show it.
-pub fn batch_item(listing: &BatchListing) -> BatchItem {
-    let batch = &listing.batch;
-    BatchItem {
-        id: batch.id,
-        run_id: batch.run_id,
-        run_key: listing.run_key.clone(),
-        job: listing.job.clone(),
-        provider: batch.provider.clone(),
-        provider_batch_id: batch.provider_batch_id.clone(),
-        state: batch.state.as_str(),
-        requests: batch.request_count,
-        intent_at: batch.intent_at,
-        submitted_at: batch.submitted_at,
-        ended_at: batch.ended_at,
-        turnaround_secs: batch
-            .submitted_at
-            .zip(batch.ended_at)
-            .map(|(start, end)| (end - start).num_milliseconds() as f64 / 1000.0),
-        results_ingested: batch.results_ingested,
-    }
-}
-
 fn error_item(group: ErrorGroup) -> ErrorItem {
     ErrorItem {
         source: group.source,
@@ -424,7 +220,6 @@ fn error_item(group: ErrorGroup) -> ErrorItem {
 /// `/runs/{id}`, or `None` when there is no such run.
 pub fn run_detail(store: &Store, id: i64, zones: &Zones, now: DateTime<Utc>) -> Result<Option<RunDetail>, StoreError> {
     let Some(summary) = store.run_summary(id)? else { return Ok(None) };
-    let medians = turnaround_medians(store, std::slice::from_ref(&summary), now)?;
     let decisions = store
         .events(Some(id))?
         .into_iter()
@@ -432,7 +227,7 @@ pub fn run_detail(store: &Store, id: i64, zones: &Zones, now: DateTime<Utc>) -> 
         .map(|e| Decision { at: e.at, kind: e.kind, detail: e.detail })
         .collect();
     Ok(Some(RunDetail {
-        run: run_item(&summary, zones, medians.get(&summary.run.job).copied().flatten()),
+        run: crate::status::run_view(store, &summary, zones, now)?,
         requests: store.request_counts(id)?,
         batches: store.batch_listings(Some(id), u32::MAX)?.iter().map(batch_item).collect(),
         decisions,
@@ -485,65 +280,4 @@ pub fn jobs(store: &Store, jobs: &BTreeMap<String, Job>, now: DateTime<Utc>) -> 
         });
     }
     Ok(items)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::{RunRow, RunState};
-
-    fn at(secs: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
-    }
-
-    fn open_run(fallback_at: Option<DateTime<Utc>>) -> RunSummary {
-        let run = RunRow {
-            id: 1,
-            job: "nightly".into(),
-            scheduled_for: at(0),
-            run_key: "nightly-x".into(),
-            tier: "batch".into(),
-            deadline_at: at(10_000),
-            state: RunState::Open,
-            reason: None,
-            lane: "batch".into(),
-            created_at: at(0),
-            fallback_at,
-            fallback_started_at: None,
-            fallback_reason: None,
-            finished_at: None,
-            tags: vec![],
-            sync_blocked: None,
-            prepared_at: Some(at(0)),
-            deadline_missed_at: None,
-            delivery_failing_since: None,
-            delivery_error: None,
-        };
-        RunSummary {
-            run,
-            requests_total: 10,
-            requests_done: 0,
-            requests_failed: 0,
-            submitted_at: Some(at(60)),
-            cost_micros: 0,
-            sync_cost_micros: 0,
-        }
-    }
-
-    #[test]
-    fn the_eta_is_the_median_turnaround_unless_the_fallback_or_deadline_comes_first() {
-        assert_eq!(eta(&open_run(Some(at(9_000))), Some(600.0)), (Some(at(660)), Some("turnaround_p50")));
-        assert_eq!(eta(&open_run(Some(at(300))), Some(600.0)), (Some(at(300)), Some("fallback")));
-        assert_eq!(eta(&open_run(None), None), (Some(at(10_000)), Some("deadline")));
-        let mut blocked = open_run(Some(at(300)));
-        blocked.run.sync_blocked = Some("budget".into());
-        assert_eq!(
-            eta(&blocked, Some(600.0)),
-            (Some(at(660)), Some("turnaround_p50")),
-            "a blocked fallback never fires"
-        );
-        let mut closed = open_run(None);
-        closed.run.state = RunState::Completed;
-        assert_eq!(eta(&closed, Some(600.0)), (None, None));
-    }
 }
