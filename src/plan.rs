@@ -36,6 +36,13 @@ impl Default for SyncLimits {
     }
 }
 
+/// Batch turnaround assumed when neither a measurement, nor the
+/// configuration, nor the catalog says (the `W021` threshold).
+pub const DEFAULT_BATCH_TURNAROUND: Duration = Duration::from_secs(600);
+
+/// The longest safety margin kept before a deadline, unless configured.
+pub const DEFAULT_MAX_SAFETY_MARGIN: Duration = Duration::from_secs(600);
+
 /// The deadline from which a realtime job is advised to move to `tier: soft`:
 /// the soft tier's default, long enough for a small batch to end and for
 /// the fallback to finish what it does not.

@@ -4,17 +4,20 @@
 //! does not hold up a run.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use orchestrator::sim::{SimConfig, SimHandle};
-use rusqlite::Connection;
 use serde_json::Value;
+
+use crate::support::db::count;
+use crate::support::process::kill;
+use crate::support::wait_until;
 
 /// What the receiver does with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,56 +74,19 @@ async fn hook(State(receiver): State<Receiver>, axum::Json(body): axum::Json<Val
 }
 
 fn job(dir: &Path, name: &str, head: &str, items: usize) {
-    let lines: String = (0..items).map(|i| format!("{{\"id\":{i},\"text\":\"item {i}\"}}\n")).collect();
-    std::fs::write(dir.join(format!("{name}.jsonl")), lines).unwrap();
-    let manifest = format!(
-        "schedule: {{ cron: '0 6 * * *' }}\n{head}model: claude-haiku-4-5\nmax_tokens: 64\n\
-         prompt: {{ inline: 'Label {{{{ item.text }}}}' }}\nitems: {{ jsonl: {name}.jsonl }}\n\
-         sink: {{ jsonl: out/{name}.jsonl }}\n"
-    );
-    std::fs::write(dir.join(format!("jobs/{name}.yaml")), manifest).unwrap();
+    crate::support::project::write_job(dir, name, &format!("schedule: {{ cron: '0 6 * * *' }}\n{head}"), items, "");
 }
 
 fn project(config: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
-    std::fs::create_dir_all(dir.path().join("prompts")).unwrap();
-    std::fs::write(dir.path().join("orchestrator.yaml"), config).unwrap();
+    let dir = crate::support::project::empty();
+    crate::support::project::write_config(dir.path(), config);
     dir
 }
 
 /// Starts `serve` (with `--run-now` when `fire`); its log goes to `log`.
 fn serve(dir: &Path, sim: &SimHandle, fire: bool, log: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config", "orchestrator.yaml"])
-        .args(if fire { &["--run-now"][..] } else { &[] })
-        .current_dir(dir)
-        .env("ANTHROPIC_BASE_URL", sim.base_url())
-        .env("ANTHROPIC_API_KEY", "sk-test-not-a-real-key")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(log)).unwrap())
-        .spawn()
-        .unwrap()
-}
-
-fn stop(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn count(dir: &Path, sql: &str) -> i64 {
-    Connection::open(dir.join("state/orchestrator.db"))
-        .and_then(|db| db.query_row(sql, [], |row| row.get(0)))
-        .unwrap_or(-1)
-}
-
-async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < within, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let log = std::fs::File::create(dir.join(log)).unwrap();
+    crate::support::process::serve(dir, sim, if fire { &["--run-now"][..] } else { &[] }, Stdio::from(log))
 }
 
 const SENT: &str = "SELECT COUNT(*) FROM events WHERE kind = 'alert_sent'";
@@ -182,7 +148,7 @@ async fn each_alert_arrives_once_a_500_is_retried_and_a_restart_sends_nothing_ag
     assert_eq!(command_sent as usize, delivered.len(), "one recorded delivery per alert to the command");
     assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM events WHERE kind = 'alert_failed'"), 0);
 
-    stop(daemon);
+    kill(daemon);
     let before = receiver.received().len();
     // Without --run-now: no new run, so every condition found now was found before.
     let again = serve(dir.path(), &sim, false, "second.log");
@@ -190,7 +156,7 @@ async fn each_alert_arrives_once_a_500_is_retried_and_a_restart_sends_nothing_ag
     wait_until("the restarted notifier", Duration::from_secs(20), || log().contains("alerts on")).await;
     // Its first scan runs at once and sums the day and month too; give it three more.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop(again);
+    kill(again);
     assert_eq!(receiver.received().len(), before, "a restart sends nothing already sent");
     sim.shutdown().await;
 }
@@ -227,6 +193,6 @@ async fn a_receiver_that_never_answers_does_not_hold_up_a_run() {
         0,
         "no delivery has finished, yet the run completed"
     );
-    stop(daemon);
+    kill(daemon);
     sim.shutdown().await;
 }

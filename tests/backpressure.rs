@@ -6,7 +6,7 @@ use orchestrator::diagnostics::Code;
 use orchestrator::sim::SimConfig;
 use orchestrator::store::RunState;
 
-use crate::harness::{Harness, harness, harness_tuned, t0};
+use crate::support::harness::{Harness, harness, harness_tuned, t0};
 
 /// Requests that used up an attempt or ended failed: none may under backpressure.
 const FAILED_OR_CHARGED: &str =

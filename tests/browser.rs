@@ -29,16 +29,14 @@ struct Browser {
 }
 
 impl Browser {
+    /// Chromium, or `None` (the test is skipped, and says so) where it is not installed.
     fn find() -> Option<Browser> {
-        let binary = chromium();
-        if binary.is_none() && std::env::var("ORCHESTRATOR_SKIP_BROWSER_TESTS").is_ok_and(|v| v == "1") {
-            eprintln!("skipping the browser test: ORCHESTRATOR_SKIP_BROWSER_TESTS=1 and no chromium");
+        let Some(binary) = chromium() else {
+            crate::support::skip(
+                "the browser test needs Chromium: `apt-get install -y chromium` (or set CHROMIUM=/path/to/chrome)",
+            );
             return None;
-        }
-        let binary = binary.expect(
-            "the browser test needs Chromium: `apt-get install -y chromium` (or set CHROMIUM=/path/to/chrome, \
-             or ORCHESTRATOR_SKIP_BROWSER_TESTS=1 to skip)",
-        );
+        };
         Some(Browser { binary, profile: tempfile::tempdir().unwrap() })
     }
 

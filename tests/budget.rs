@@ -6,7 +6,7 @@ use orchestrator::clock::Clock;
 use orchestrator::sim::SimConfig;
 use serde_json::Value;
 
-use crate::harness::{Harness, harness_at, t0};
+use crate::support::harness::{Harness, harness_at, t0};
 
 const ITEMS: usize = 20;
 

@@ -10,7 +10,7 @@ use orchestrator::daemon::sdnotify::Notifier;
 use orchestrator::sim::SimConfig;
 use serde_json::Value;
 
-use crate::harness::{Harness, harness_for};
+use crate::support::harness::{Harness, harness_for};
 use crate::support::{root, stdout};
 
 fn at(text: &str) -> DateTime<Utc> {
@@ -60,7 +60,7 @@ pub fn example_project(thin: bool) -> tempfile::TempDir {
 /// Runs the daemon as `serve` does until the clock reaches `end`.
 async fn serve_until(h: &Harness, end: DateTime<Utc>) {
     let daemon = Daemon::new(h.engine.clone(), Notifier::disabled()).with_max_sleep(Duration::from_secs(3600));
-    crate::harness::serve_until(h, &daemon, end, 240).await;
+    crate::support::harness::serve_until(h, &daemon, end, 240).await;
 }
 
 fn cost_json(h: &Harness, extra: &[&str]) -> Value {

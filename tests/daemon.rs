@@ -9,7 +9,7 @@ use orchestrator::daemon::Daemon;
 use orchestrator::daemon::sdnotify::Notifier;
 use orchestrator::sim::SimConfig;
 
-use crate::harness::{Harness, harness_at};
+use crate::support::harness::{Harness, harness_at};
 
 fn at(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
@@ -21,7 +21,7 @@ fn daemon(h: &Harness) -> Daemon {
 
 /// Runs the daemon as `serve` does until the clock reaches `end`.
 async fn serve_until(h: &Harness, daemon: &Daemon, end: DateTime<Utc>) {
-    crate::harness::serve_until(h, daemon, end, 60).await;
+    crate::support::harness::serve_until(h, daemon, end, 60).await;
 }
 
 /// Scheduled instants of every run, in order.

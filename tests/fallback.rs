@@ -6,7 +6,7 @@ use std::time::Duration;
 use orchestrator::sim::SimConfig;
 use orchestrator::store::RunState;
 
-use crate::harness::{Harness, harness, t0};
+use crate::support::harness::{Harness, harness, t0};
 
 pub const ITEMS: usize = 200;
 
@@ -180,7 +180,7 @@ async fn a_deadline_of_seconds_still_uses_the_batch_when_it_can() {
 async fn batch_model_is_sent_to_the_batch_lane_and_the_fallback_uses_model() {
     let head = "schedule: { cron: '0 6 * * *' }\ntier: batch\ndeadline: 4h\nbatch_model: claude-sonnet-4-6\n";
     let sim = SimConfig { never_end: true, ..SimConfig::default() };
-    let h = crate::harness::harness_at(head, 20, sim, t0()).await;
+    let h = crate::support::harness::harness_at(head, 20, sim, t0()).await;
     let (_, outcome) = h.run().await;
     assert!(outcome.is_complete(), "{outcome:?}");
     let batch_models = h.ids("SELECT DISTINCT json_extract(params, '$.model') FROM request_bodies");

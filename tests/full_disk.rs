@@ -10,28 +10,49 @@ use orchestrator::clock::Clock;
 use orchestrator::sim::SimConfig;
 use orchestrator::store::RunState;
 
-use crate::harness::{Harness, harness, t0};
+use crate::support::harness::{Harness, harness, t0};
 
-/// A tmpfs of `size` mounted on `at`, unmounted when dropped.
-struct Mount(PathBuf);
+/// A tmpfs of `size` mounted on `at`, unmounted when dropped: by this
+/// process when it runs as root, else through `sudo -n` when that works.
+struct Mount {
+    at: PathBuf,
+    sudo: bool,
+}
+
+/// The ids this process runs as, for the mount's owner.
+fn ids() -> (String, String) {
+    let id = |flag: &str| {
+        let output = Command::new("id").arg(flag).output().expect("id runs");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    (id("-u"), id("-g"))
+}
 
 impl Mount {
-    /// `None` (with the reason printed) when this process may not mount.
+    /// `None` (the test skipped, and saying so) when this process may not mount.
     fn tmpfs(at: &Path, size: &str) -> Option<Mount> {
         std::fs::create_dir_all(at).unwrap();
-        let output =
-            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(at).output();
-        match output {
-            Ok(output) if output.status.success() => Some(Mount(at.to_owned())),
+        let (uid, gid) = ids();
+        let options = format!("size={size},uid={uid},gid={gid},mode=0755");
+        let mount = |sudo: bool| {
+            let mut command = if sudo { Command::new("sudo") } else { Command::new("mount") };
+            if sudo {
+                command.args(["-n", "mount"]);
+            }
+            command.args(["-t", "tmpfs", "-o", &options, "tmpfs"]).arg(at).output()
+        };
+        let root = uid == "0";
+        match mount(!root) {
+            Ok(output) if output.status.success() => Some(Mount { at: at.to_owned(), sudo: !root }),
             Ok(output) => {
-                eprintln!(
-                    "SKIPPED: cannot mount a tmpfs (needs root): {}",
-                    String::from_utf8_lossy(&output.stderr).trim()
-                );
+                let why = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+                crate::support::skip(&format!(
+                    "the full-disk test mounts a 256 KiB tmpfs, which needs root or sudo: {why}"
+                ));
                 None
             }
             Err(error) => {
-                eprintln!("SKIPPED: cannot run mount: {error}");
+                crate::support::skip(&format!("the full-disk test cannot run mount: {error}"));
                 None
             }
         }
@@ -40,7 +61,11 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        let mut command = if self.sudo { Command::new("sudo") } else { Command::new("umount") };
+        if self.sudo {
+            command.args(["-n", "umount"]);
+        }
+        let _ = command.arg(&self.at).status();
     }
 }
 

@@ -5,18 +5,17 @@
 
 use crate::support::bench_ingest;
 
-/// How far the 100,000-result peak may exceed the 1,000-result one.
+/// How far the 100,000-result peak may exceed the 1,000-result one: the
+/// shape of the claim, not its figure (that is `bench ingest`'s, in a
+/// release build).
 ///
 /// Measured on Linux (debug build): 27.3–28.2 MiB for 1,000 results, 30.8–30.9
-/// MiB for 100,000, so about 3 MiB apart. That gap is constant, not growth:
-/// a 1,000-result batch fills neither one 2,000-line commit chunk (about 1 MiB
-/// of lines and messages at a time) nor SQLite's 2 MiB page cache, larger
-/// batches fill both: 3,000, 10,000, 30,000 and 100,000 results peaked
-/// between 30.7 and 32.1 MiB.
-/// The bound leaves twice that gap; anything kept per result over 100,000
-/// results (a set of the batch's custom_ids is about 65 bytes each, the
-/// results body 1 KB each) breaks it.
-const ALLOWED_GROWTH_KB: u64 = 6 * 1024;
+/// MiB for 100,000, so about 3 MiB apart, and the gap is constant: 3,000 to
+/// 100,000 results peaked between 30.7 and 32.1 MiB. Keeping the results in
+/// memory would add 100,000 × 1.5 KB, about 150 MiB; the bound is a sixth of
+/// that, far above the noise of a loaded machine and far below any growth
+/// with the batch.
+const ALLOWED_GROWTH_KB: u64 = 24 * 1024;
 
 /// The peak RSS of a one-repeat report, after checking every result was stored.
 fn peak_kb(report: &serde_json::Value, results: u64) -> Option<u64> {
@@ -33,8 +32,7 @@ fn peak_rss_of_100_000_results_is_within_a_constant_of_1_000() {
         if cfg!(target_os = "linux") {
             panic!("Linux reports VmHWM, but the bench found no peak RSS: {small}");
         }
-        eprintln!("skipped: this OS does not report a process's peak RSS (VmHWM in /proc/self/status)");
-        return;
+        return crate::support::skip("this OS does not report a process's peak RSS (VmHWM in /proc/self/status)");
     };
     let large = bench_ingest(100_000);
     let large_kb = peak_kb(&large, 100_000).expect("a peak RSS for 100,000 results, as for 1,000");

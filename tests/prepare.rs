@@ -5,7 +5,7 @@
 use orchestrator::sim::SimConfig;
 use orchestrator::store::{NewRequest, NewRun};
 
-use crate::harness::{harness, t0};
+use crate::support::harness::{harness, t0};
 
 /// More items than one chunk of preparation, so a run takes several transactions.
 const ITEMS: usize = 4500;
@@ -80,7 +80,7 @@ async fn a_sync_run_larger_than_one_window_is_sent_whole_and_once() {
     let (_, outcome) = h.run().await;
     assert_eq!(outcome.state.as_str(), "completed", "{outcome:?}");
     h.assert_delivered_once(SYNC_ITEMS);
-    let calls = h.count(crate::harness::Harness::SYNC_CALLS);
+    let calls = h.count(crate::support::harness::Harness::SYNC_CALLS);
     assert_eq!(calls, SYNC_ITEMS as i64, "each item sent once, window after window");
     assert_eq!(h.sim.stats().batches_created, 0);
 }

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use orchestrator::sim::{SimConfig, SimHandle};
-use serde_json::Value;
 
+use crate::support::db::count;
 use crate::support::{code, stderr, stdout};
 
 /// The instant the tests' runs are scheduled for: a minute ago, fixed for
@@ -24,28 +24,21 @@ fn scheduled_for() -> &'static str {
 
 /// A project with one job `bulk` over `items` items writing `out/bulk.jsonl`.
 fn project(items: usize, extra: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
-    std::fs::create_dir_all(dir.path().join("prompts")).unwrap();
-    let lines: String = (0..items).map(|i| format!("{{\"id\":{i},\"text\":\"item number {i}\"}}\n")).collect();
-    std::fs::write(dir.path().join("items.jsonl"), lines).unwrap();
-    let manifest = format!(
-        "schedule: {{ cron: '0 6 * * *' }}\ntier: batch\ndeadline: 12h\nmodel: claude-haiku-4-5\nmax_tokens: 64\n\
-         prompt: {{ inline: 'Label {{{{ item.text }}}}' }}\nitems: {{ jsonl: items.jsonl }}\nsink: {{ jsonl: out/bulk.jsonl }}\n{extra}"
-    );
-    std::fs::write(dir.path().join("jobs/bulk.yaml"), manifest).unwrap();
+    let dir = crate::support::project::empty();
+    let head = "schedule: { cron: '0 6 * * *' }\ntier: batch\ndeadline: 12h\n";
+    crate::support::project::write_job(dir.path(), "bulk", head, items, extra);
     dir
 }
 
+/// The simulator an hour per real second, with batches of 20 to 40 minutes.
 async fn simulator(config: SimConfig) -> SimHandle {
-    let config = SimConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
+    crate::support::simulator(SimConfig {
         time_scale: 3600.0,
         batch_median_secs: 1200.0,
         batch_p95_secs: 2400.0,
         ..config
-    };
-    orchestrator::sim::start(config).await.expect("the simulator starts")
+    })
+    .await
 }
 
 /// Runs `orchestrator run bulk` in `dir` against `sim`, off the async workers.
@@ -74,13 +67,7 @@ async fn run_job(dir: &Path, sim: &SimHandle, failpoint: Option<&str>) -> Output
 
 /// custom_id → how many times it appears in the sink file.
 fn delivered(dir: &Path) -> HashMap<String, usize> {
-    let mut seen = HashMap::new();
-    let text = std::fs::read_to_string(dir.join("out/bulk.jsonl")).unwrap_or_default();
-    for line in text.lines() {
-        let value: Value = serde_json::from_str(line).unwrap();
-        *seen.entry(value["custom_id"].as_str().unwrap().to_owned()).or_insert(0) += 1;
-    }
-    seen
+    crate::support::db::delivered(&dir.join("out/bulk.jsonl"))
 }
 
 fn batch_sizes(dir: &Path) -> Vec<i64> {
@@ -262,12 +249,6 @@ async fn a_create_whose_answer_is_lost_adopts_the_batch_instead_of_creating_it_t
     sim.shutdown().await;
 }
 
-/// Counts `sql` in the project's state database (-1 while it cannot be read).
-fn count_in(dir: &Path, sql: &str) -> i64 {
-    let Ok(conn) = rusqlite::Connection::open(dir.join("state/orchestrator.db")) else { return -1 };
-    conn.query_row(sql, [], |row| row.get(0)).unwrap_or(-1)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_again_after_a_failing_sink_resumes_the_open_run_and_pays_nothing_twice() {
     let sim = simulator(SimConfig::default()).await;
@@ -291,18 +272,14 @@ async fn running_again_after_a_failing_sink_resumes_the_open_run_and_pays_nothin
         .unwrap();
     let failing = "SELECT COUNT(*) FROM runs WHERE delivery_failing_since IS NOT NULL";
     let start = std::time::Instant::now();
-    while count_in(dir.path(), failing) < 1 {
+    while count(dir.path(), failing) < 1 {
         assert!(start.elapsed() < std::time::Duration::from_secs(60), "the sink never failed");
         assert!(first.try_wait().unwrap().is_none(), "run keeps retrying a failing sink instead of exiting");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     first.kill().unwrap();
     first.wait().unwrap();
-    assert_eq!(
-        count_in(dir.path(), "SELECT COUNT(*) FROM requests WHERE state = 'succeeded'"),
-        20,
-        "paid for and stored"
-    );
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM requests WHERE state = 'succeeded'"), 20, "paid for and stored");
     // The user fixes the sink and runs the same command a minute (or a day) later.
     std::fs::write(&manifest, &working).unwrap();
     let mut again = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
@@ -311,7 +288,7 @@ async fn running_again_after_a_failing_sink_resumes_the_open_run_and_pays_nothin
     let second = tokio::task::spawn_blocking(move || again.output().unwrap()).await.unwrap();
     assert_eq!(code(&second), 0, "{}", stderr(&second));
     assert!(stderr(&second).contains("resuming run bulk-"), "it says which run it resumes: {}", stderr(&second));
-    assert_eq!(count_in(dir.path(), "SELECT COUNT(*) FROM runs"), 1, "no second run");
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM runs"), 1, "no second run");
     assert_eq!(sim.stats().batches_created, 1, "nothing was paid for twice");
     assert_eq!(sim.stats().requests_received, 20);
     let once = delivered(dir.path());
@@ -323,8 +300,8 @@ async fn running_again_after_a_failing_sink_resumes_the_open_run_and_pays_nothin
     fresh.env("ANTHROPIC_BASE_URL", sim.base_url()).env("ANTHROPIC_API_KEY", "sk-test-not-a-real-key");
     let third = tokio::task::spawn_blocking(move || fresh.output().unwrap()).await.unwrap();
     assert_eq!(code(&third), 0, "{}", stderr(&third));
-    assert_eq!(count_in(dir.path(), "SELECT COUNT(*) FROM runs"), 2, "--new made a second run");
-    assert_eq!(count_in(dir.path(), "SELECT COUNT(DISTINCT run_key) FROM runs"), 2);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM runs"), 2, "--new made a second run");
+    assert_eq!(count(dir.path(), "SELECT COUNT(DISTINCT run_key) FROM runs"), 2);
     assert_eq!(delivered(dir.path()).len(), 40, "with its own custom_ids");
     sim.shutdown().await;
 }
@@ -388,14 +365,10 @@ async fn a_rate_limit_storm_on_a_two_minute_window_delivers_everything_in_time()
         stdout(&output)
     );
     assert!(stderr(&output).contains("routed to the sync lane"), "W021's word holds: {}", stderr(&output));
-    let limited = count_in(dir.path(), "SELECT COUNT(*) FROM attempts WHERE http_status = 429");
+    let limited = count(dir.path(), "SELECT COUNT(*) FROM attempts WHERE http_status = 429");
     assert!(limited >= 40, "the storm hit: {limited}");
-    assert_eq!(
-        count_in(dir.path(), "SELECT COUNT(*) FROM requests WHERE attempts > 0"),
-        0,
-        "no 429 used up an attempt"
-    );
-    let margin = count_in(dir.path(), "SELECT (deadline_at - finished_at) / 1000 FROM runs");
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM requests WHERE attempts > 0"), 0, "no 429 used up an attempt");
+    let margin = count(dir.path(), "SELECT (deadline_at - finished_at) / 1000 FROM runs");
     eprintln!("storm as a process: 200 delivered, {limited} 429s, {margin}s before the deadline");
     assert_eq!(delivered(dir.path()).len(), 200);
     sim.shutdown().await;

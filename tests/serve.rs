@@ -5,91 +5,40 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use orchestrator::sim::{SimConfig, SimHandle};
 use rusqlite::Connection;
 use serde_json::Value;
 
+use crate::support::db::count;
+use crate::support::process::{signal, wait_exit};
+use crate::support::{simulator, wait_until};
+
 const ITEMS: usize = 40;
 
 /// A project with one job `bulk` (`head` gives schedule, tier, deadline).
 fn project(head: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
-    std::fs::create_dir_all(dir.path().join("prompts")).unwrap();
-    let lines: String = (0..ITEMS).map(|i| format!("{{\"id\":{i},\"text\":\"item number {i}\"}}\n")).collect();
-    std::fs::write(dir.path().join("items.jsonl"), lines).unwrap();
-    let manifest = format!(
-        "{head}model: claude-haiku-4-5\nmax_tokens: 64\nprompt: {{ inline: 'Label {{{{ item.text }}}}' }}\n\
-         items: {{ jsonl: items.jsonl }}\nsink: {{ jsonl: out/bulk.jsonl }}\n"
-    );
-    std::fs::write(dir.path().join("jobs/bulk.yaml"), manifest).unwrap();
-    std::fs::write(
-        dir.path().join("orchestrator.yaml"),
+    let dir = crate::support::project::empty();
+    crate::support::project::write_job(dir.path(), "bulk", head, ITEMS, "");
+    crate::support::project::write_config(
+        dir.path(),
         "batch: { poll_initial: 1s }\nfallback: { assumed_sync_latency: 1s }\n",
-    )
-    .unwrap();
+    );
     dir
 }
 
-async fn simulator(config: SimConfig) -> SimHandle {
-    orchestrator::sim::start(SimConfig { listen: "127.0.0.1:0".parse().unwrap(), ..config }).await.unwrap()
-}
-
 fn serve(dir: &Path, sim: &SimHandle, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config", "orchestrator.yaml"])
-        .args(extra)
-        .current_dir(dir)
-        .env("ANTHROPIC_BASE_URL", sim.base_url())
-        .env("ANTHROPIC_API_KEY", "sk-test-not-a-real-key")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn count(dir: &Path, sql: &str) -> i64 {
-    let Ok(db) = Connection::open(dir.join("state/orchestrator.db")) else { return -1 };
-    db.query_row(sql, [], |row| row.get(0)).unwrap_or(-1)
+    crate::support::process::serve(dir, sim, extra, Stdio::piped())
 }
 
 /// Waits (real time) until `sql` counts at least `at_least`.
 async fn wait_for(dir: &Path, sql: &str, at_least: i64, within: Duration) {
-    let start = Instant::now();
-    while count(dir, sql) < at_least {
-        assert!(start.elapsed() < within, "timed out waiting for `{sql}` >= {at_least}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-}
-
-async fn wait_exit(mut child: Child, within: Duration) -> (Option<i32>, String) {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut stderr = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-            return (status.code(), stderr);
-        }
-        assert!(start.elapsed() < within, "the daemon did not exit in time");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(&format!("`{sql}` >= {at_least}"), within, || count(dir, sql) >= at_least).await;
 }
 
 fn delivered(dir: &Path) -> HashMap<String, usize> {
-    let mut seen = HashMap::new();
-    for line in std::fs::read_to_string(dir.join("out/bulk.jsonl")).unwrap_or_default().lines() {
-        let value: Value = serde_json::from_str(line).unwrap();
-        *seen.entry(value["custom_id"].as_str().unwrap().to_owned()).or_insert(0) += 1;
-    }
-    seen
+    crate::support::db::delivered(&dir.join("out/bulk.jsonl"))
 }
 
 fn assert_complete_once(dir: &Path, sim: &SimHandle) {

@@ -154,10 +154,10 @@ async fn the_dashboard_and_api_show_what_the_store_holds() {
     assert_eq!(served.get("/runs/999999").await.0, 404);
 }
 
-/// The field names the README documents after `marker` (up to the closing `}`).
+/// The field names docs/operating.md (the JSON API's manual) documents after `marker` (up to the closing `}`).
 fn documented_fields(marker: &str) -> std::collections::BTreeSet<String> {
-    let readme = std::fs::read_to_string(crate::support::root().join("README.md")).unwrap();
-    let start = readme.find(marker).unwrap_or_else(|| panic!("README documents {marker}")) + marker.len();
+    let readme = std::fs::read_to_string(crate::support::root().join("docs/operating.md")).unwrap();
+    let start = readme.find(marker).unwrap_or_else(|| panic!("docs/operating.md documents {marker}")) + marker.len();
     let end = start + readme[start..].find("}`").unwrap();
     readme[start..end].split('"').skip(1).step_by(2).map(str::to_owned).collect()
 }
@@ -169,7 +169,7 @@ fn fields(value: &Value) -> std::collections::BTreeSet<String> {
 async fn runs_match(served: &Served, db: &Connection) {
     let api = served.json("/api/v1/runs").await;
     let runs = api["runs"].as_array().unwrap();
-    assert_eq!(fields(&runs[0]), documented_fields("A `run` is `{"), "the README lists a run's fields");
+    assert_eq!(fields(&runs[0]), documented_fields("A `run` is `{"), "docs/operating.md lists a run's fields");
     assert_eq!(runs.len() as i64, served.count("SELECT COUNT(*) FROM runs"));
     for run in runs {
         let id = run["id"].as_i64().unwrap();
@@ -213,7 +213,7 @@ async fn run_detail_matches(served: &Served, db: &Connection) {
 async fn batches_match(served: &Served, db: &Connection) {
     let api = served.json("/api/v1/batches").await;
     let batches = api["batches"].as_array().unwrap();
-    assert_eq!(fields(&batches[0]), documented_fields("A `batch` is `{"), "the README lists a batch's fields");
+    assert_eq!(fields(&batches[0]), documented_fields("A `batch` is `{"), "docs/operating.md lists a batch's fields");
     assert_eq!(batches.len() as i64, served.count("SELECT COUNT(*) FROM batches"));
     for batch in batches {
         let (provider_id, requests): (Option<String>, i64) = db

@@ -118,7 +118,7 @@ fn pct(share: Option<f64>) -> String {
 }
 
 /// The terminal table: one line per row, the total, then the KPIs.
-pub fn table(report: &CostReport) -> String {
+pub(super) fn table(report: &CostReport) -> String {
     let mut out = format!(
         "cost from {} to {}{}\n\n",
         report.window.since.format("%Y-%m-%d %H:%M UTC"),
@@ -190,7 +190,7 @@ fn kpi_lines(k: &Kpis) -> String {
 }
 
 /// CSV: a header, one line per row, then the total (key `total`).
-pub fn csv(report: &CostReport) -> String {
+pub(super) fn csv(report: &CostReport) -> String {
     let mut out = String::from(
         "key,cost_usd,sync_equivalent_usd,savings_usd,savings_pct,requests,requests_batch,requests_sync,\
          failed_results,input_tokens,output_tokens,cache_write_tokens,cache_read_tokens,cache_read_share,\

@@ -95,7 +95,7 @@ fn money(usd: f64) -> String {
 }
 
 /// The table: one line per job, totals, totals at the volume, then advice.
-pub fn table(estimate: &Estimate) -> String {
+pub(super) fn table(estimate: &Estimate) -> String {
     let mut out = format!(
         "{:<18} {:<8} {:<18} {:>6} {:>9} {:>9} {:>8} {:<10} {:>11} {:>10} {:>10}\n",
         "job", "tier", "model", "runs", "items/run", "in/req", "out/req", "tokens", "sync-only", "routed", "saved"

@@ -15,11 +15,11 @@ use crate::engine::{Engine, EngineSettings, RunOutcome};
 use crate::store::{RunRow, RunState};
 
 /// Exit status: the run completed, but some requests failed for good.
-pub const EXIT_REQUESTS_FAILED: u8 = 4;
+pub(super) const EXIT_REQUESTS_FAILED: u8 = 4;
 /// Exit status: the run finished after its deadline.
-pub const EXIT_LATE: u8 = 5;
+pub(super) const EXIT_LATE: u8 = 5;
 /// `run`: the job's budget policy (`on_budget: skip`) skipped the run; nothing was spent.
-pub const EXIT_SKIPPED: u8 = 6;
+pub(super) const EXIT_SKIPPED: u8 = 6;
 
 /// Arguments of `run`.
 #[derive(Debug, clap::Args)]

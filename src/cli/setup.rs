@@ -62,7 +62,7 @@ pub(super) struct Backend {
 
 impl Backend {
     /// Stops the simulator, if any.
-    pub async fn shutdown(self) {
+    pub(super) async fn shutdown(self) {
         if let Some(sim) = self.simulator {
             sim.shutdown().await;
         }

@@ -35,7 +35,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
 }
 
 /// The human report: one block per problem, then a summary line.
-pub fn human(report: &Report) -> String {
+pub(super) fn human(report: &Report) -> String {
     let mut out = String::new();
     for diagnostic in &report.diagnostics {
         out.push_str(&diagnostic.render_human());

@@ -29,7 +29,7 @@ pub enum DeliverError {
 const DELIVERY_CHUNK: usize = 5000;
 
 /// Delivers every successful, undelivered result of the run; returns how many.
-pub async fn deliver_pending(
+pub(super) async fn deliver_pending(
     store: &SharedStore,
     job: &Job,
     info: &RunInfo,

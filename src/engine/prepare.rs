@@ -13,7 +13,7 @@ use crate::store::{NewRequest, NewRun, RunRow, RunState, SharedStore, StoreError
 
 /// When a run is scheduled and when it must be done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RunSlot {
+pub(super) struct RunSlot {
     /// The scheduled instant (the run's key with the job).
     pub scheduled_for: DateTime<Utc>,
     /// When every result must be final.
@@ -50,7 +50,7 @@ const CHUNK: usize = 2000;
 /// nothing of it, and a restart discards what was stored and prepares it
 /// again. A prepared run keeps the requests it has. A run whose items
 /// cannot be read is closed as failed, with the reason and no requests.
-pub async fn prepare_run(
+pub(super) async fn prepare_run(
     store: &SharedStore,
     job: &Job,
     info: &RunInfo,

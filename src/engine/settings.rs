@@ -9,9 +9,7 @@ use crate::lanes::{BatchLimits, SyncLimits};
 /// Latency assumed for a sync call when neither a measurement, nor the
 /// configuration, nor the catalog says.
 pub(super) const DEFAULT_SYNC_LATENCY: Duration = Duration::from_secs(20);
-/// Batch turnaround assumed when neither a measurement, nor the
-/// configuration, nor the catalog says (the `W021` threshold).
-pub const DEFAULT_BATCH_TURNAROUND: Duration = Duration::from_secs(600);
+pub use crate::plan::DEFAULT_BATCH_TURNAROUND;
 
 /// How the engine works; defaults suit real providers.
 #[derive(Debug, Clone)]
@@ -44,7 +42,7 @@ pub struct EngineSettings {
 
 impl EngineSettings {
     /// The default longest safety margin before a deadline.
-    pub const DEFAULT_MAX_SAFETY_MARGIN: Duration = Duration::from_secs(600);
+    pub const DEFAULT_MAX_SAFETY_MARGIN: Duration = crate::plan::DEFAULT_MAX_SAFETY_MARGIN;
 
     /// Defaults for real providers.
     pub fn new(catalog: Catalog) -> EngineSettings {

@@ -24,7 +24,7 @@ const PAGE: u32 = 500;
 
 /// What detection needs besides the store.
 #[derive(Debug)]
-pub struct Context<'a> {
+pub(super) struct Context<'a> {
     /// Which events alert.
     pub rules: &'a EventRules,
     /// The known jobs (for budgets).
@@ -37,7 +37,7 @@ pub struct Context<'a> {
 
 /// Where the scans are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Detector {
+pub(super) struct Detector {
     events_after: i64,
     attempts_after: i64,
     /// How often the checks that sum a day or a month run: they read far
@@ -48,7 +48,7 @@ pub struct Detector {
 
 impl Detector {
     /// Starts a day back; the daily and monthly totals are checked every `totals_every`.
-    pub fn start(store: &Store, now: DateTime<Utc>, totals_every: Duration) -> Result<Detector, StoreError> {
+    pub(super) fn start(store: &Store, now: DateTime<Utc>, totals_every: Duration) -> Result<Detector, StoreError> {
         let since = now - Duration::hours(LOOK_BACK_HOURS);
         Ok(Detector {
             events_after: store.last_event_id_before(since)?,
@@ -59,7 +59,12 @@ impl Detector {
     }
 
     /// Everything that deserves an alert now (possibly already sent).
-    pub fn scan(&mut self, store: &Store, context: &Context<'_>, now: DateTime<Utc>) -> Result<Vec<Alert>, StoreError> {
+    pub(super) fn scan(
+        &mut self,
+        store: &Store,
+        context: &Context<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Alert>, StoreError> {
         let rules = context.rules;
         let mut alerts = self.new_events(store, rules)?;
         if rules.run_late || rules.delivery_failing {

@@ -10,7 +10,7 @@ use super::config::Target;
 
 /// How deliveries are tried.
 #[derive(Debug, Clone, Copy)]
-pub struct Policy {
+pub(super) struct Policy {
     /// Retries after the first try.
     pub retries: u32,
     /// First wait between tries; it doubles, up to a minute.
@@ -20,7 +20,7 @@ pub struct Policy {
 }
 
 /// The outcome of a delivery: how many tries it took, or the last error.
-pub type Delivery = Result<u32, (u32, String)>;
+pub(super) type Delivery = Result<u32, (u32, String)>;
 
 /// Longest time one delivery waits out a receiver's backpressure (429 or
 /// 503 with `Retry-After`) on top of its retries.
@@ -36,7 +36,7 @@ enum Failed {
 
 /// Delivers `alert` to `target`, retrying failures. Each try holds one of
 /// the target's `slots`; the waits between tries hold none.
-pub async fn deliver(
+pub(super) async fn deliver(
     client: &reqwest::Client,
     target: &Target,
     slots: &tokio::sync::Semaphore,

@@ -51,7 +51,7 @@ pub fn parse_result_line(line: &str) -> Result<ResultLine, String> {
 }
 
 /// The outcome of a successful message, keeping the message as received.
-pub fn succeeded(message: &str) -> Result<Outcome, String> {
+pub(super) fn succeeded(message: &str) -> Result<Outcome, String> {
     #[derive(Deserialize)]
     struct Message {
         #[serde(default)]
@@ -69,7 +69,7 @@ pub fn succeeded(message: &str) -> Result<Outcome, String> {
 
 /// `usage` as the Messages API sends it; every field but two is optional.
 #[derive(Debug, Default, Deserialize)]
-pub struct RawUsage {
+pub(super) struct RawUsage {
     #[serde(default)]
     input_tokens: u64,
     #[serde(default)]
@@ -92,7 +92,7 @@ struct CacheCreation {
 
 impl RawUsage {
     /// Splits cache writes by TTL; without the breakdown they count as 5-minute writes.
-    pub fn into_usage(self) -> Usage {
+    pub(super) fn into_usage(self) -> Usage {
         let (write_5m, write_1h) = match self.cache_creation {
             Some(split) => (split.ephemeral_5m_input_tokens, split.ephemeral_1h_input_tokens),
             None => (self.cache_creation_input_tokens.unwrap_or(0), 0),

@@ -95,6 +95,13 @@ pub(crate) fn digest(params: &Value, mode: Mode, models: &mut Models) -> Result<
         Some(Value::Array(_)) => return Err("messages: at least one message is required".into()),
         Some(_) => return Err("messages: Input should be a valid list".into()),
     };
+    if let Some(temperature) = obj.get("temperature") {
+        match temperature.as_f64() {
+            Some(t) if (0.0..=1.0).contains(&t) => {}
+            Some(_) => return Err("temperature: Input should be less than or equal to 1 and at least 0".into()),
+            None => return Err("temperature: Input should be a valid number".into()),
+        }
+    }
     if obj.get("stream").and_then(Value::as_bool) == Some(true) {
         return Err(match mode {
             Mode::Batch => "stream: streaming is not supported in the Message Batches API".into(),
@@ -293,11 +300,17 @@ mod tests {
     #[test]
     fn rejects_bad_params() {
         let ok = json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
-        assert!(run(ok.clone(), Mode::Batch).is_ok());
+        let digested = run(ok.clone(), Mode::Batch).unwrap();
+        assert_eq!((&*digested.model, digested.max_tokens, digested.input_tokens), ("m", 5, 2), "\"hi\" and its turn");
         let mut zero = ok.clone();
         zero["max_tokens"] = json!(0);
         assert!(run(zero.clone(), Mode::Batch).unwrap_err().contains("max_tokens"));
-        assert!(run(zero, Mode::Sync).is_ok());
+        assert_eq!(run(zero, Mode::Sync).unwrap().max_tokens, 0, "a cache pre-warm outside a batch");
+        let mut hot = ok.clone();
+        hot["temperature"] = json!(1.5);
+        assert!(run(hot.clone(), Mode::Sync).unwrap_err().starts_with("temperature"));
+        hot["temperature"] = json!(0.7);
+        assert_eq!(run(hot, Mode::Sync).unwrap().max_tokens, 5);
         let mut stream = ok.clone();
         stream["stream"] = json!(true);
         assert!(run(stream, Mode::Batch).unwrap_err().starts_with("stream"));

@@ -83,6 +83,13 @@ fn check_deadline(job: &Parsed, catalog: &Catalog, cadence: Option<Duration>, ou
             return;
         }
     };
+    check_deadline_for_tier(job, catalog, deadline, out);
+    check_deadline_against_expiry(job, catalog, deadline, out);
+    check_deadline_against_cadence(job, deadline, cadence, out);
+}
+
+/// W021 and N080: what the tier's lane can do with the deadline.
+fn check_deadline_for_tier(job: &Parsed, catalog: &Catalog, deadline: Duration, out: &mut Vec<Diagnostic>) {
     let tier = job.manifest.tier;
     if crate::plan::batch_eligible(tier, deadline) {
         out.push(
@@ -128,6 +135,11 @@ fn check_deadline(job: &Parsed, catalog: &Catalog, cadence: Option<Duration>, ou
             )),
         );
     }
+}
+
+/// W022: a batch-lane deadline longer than the provider keeps a batch.
+fn check_deadline_against_expiry(job: &Parsed, catalog: &Catalog, deadline: Duration, out: &mut Vec<Diagnostic>) {
+    let tier = job.manifest.tier;
     let expiry =
         catalog.providers.get(&job.manifest.provider).and_then(|provider| parse_duration(&provider.batch_expiry).ok());
     if let Some(expiry) = expiry.filter(|expiry| tier.lane() == Lane::Batch && deadline > *expiry) {
@@ -147,6 +159,15 @@ fn check_deadline(job: &Parsed, catalog: &Catalog, cadence: Option<Duration>, ou
             )),
         );
     }
+}
+
+/// W023: a deadline longer than the time between firings.
+fn check_deadline_against_cadence(
+    job: &Parsed,
+    deadline: Duration,
+    cadence: Option<Duration>,
+    out: &mut Vec<Diagnostic>,
+) {
     if let Some(cadence) = cadence.filter(|cadence| deadline > *cadence) {
         out.push(
             job.at_value(
@@ -177,17 +198,17 @@ fn goes_straight_to_sync(job: &Parsed, catalog: &Catalog, deadline: Duration) ->
         .providers
         .get(&job.manifest.provider)
         .and_then(crate::catalog::Provider::batch_turnaround)
-        .unwrap_or(crate::engine::DEFAULT_BATCH_TURNAROUND);
+        .unwrap_or(crate::plan::DEFAULT_BATCH_TURNAROUND);
     let output_tokens = job.manifest.max_tokens as f64 / 2.0;
     let latency = catalog
         .model(&job.manifest.provider, &job.manifest.model)
         .and_then(|(_, model)| model.sync_latency(output_tokens))
         .unwrap_or(Duration::ZERO);
     let one = SyncLoad { remaining: 1, input_tokens: 0.0, output_tokens, latency };
-    let estimate = sync_estimate(one, crate::lanes::SyncLimits::default());
+    let estimate = sync_estimate(one, crate::plan::SyncLimits::default());
     let start = DateTime::<Utc>::UNIX_EPOCH;
     let deadline_at = start + crate::clock::span(deadline);
-    let margin = safety_margin(start, deadline_at, crate::engine::EngineSettings::DEFAULT_MAX_SAFETY_MARGIN);
+    let margin = safety_margin(start, deadline_at, crate::plan::DEFAULT_MAX_SAFETY_MARGIN);
     (!batch_worthwhile(start, deadline_at, margin, estimate, turnaround)).then_some(turnaround)
 }
 

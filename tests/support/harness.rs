@@ -17,7 +17,6 @@ use orchestrator::sim::{SimConfig, SimHandle};
 use orchestrator::store::{SharedStore, Store};
 use orchestrator::validate::{Inputs, validate_dir};
 use rusqlite::Connection;
-use serde_json::Value;
 
 pub fn t0() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-11-22T06:00:00Z").unwrap().with_timezone(&Utc)
@@ -180,24 +179,16 @@ impl Harness {
     }
 
     pub fn count(&self, sql: &str) -> i64 {
-        self.db().query_row(sql, [], |row| row.get(0)).unwrap()
+        super::db::count(self.dir.path(), sql)
     }
 
     pub fn ids(&self, sql: &str) -> Vec<String> {
-        let db = self.db();
-        let mut statement = db.prepare(sql).unwrap();
-        statement.query_map([], |row| row.get(0)).unwrap().map(Result::unwrap).collect()
+        super::db::ids(self.dir.path(), sql)
     }
 
     /// custom_id → how many times the sink holds it.
     pub fn delivered(&self) -> HashMap<String, usize> {
-        let text = std::fs::read_to_string(self.dir.path().join("out/bulk.jsonl")).unwrap_or_default();
-        let mut seen = HashMap::new();
-        for line in text.lines() {
-            let value: Value = serde_json::from_str(line).unwrap();
-            *seen.entry(value["custom_id"].as_str().unwrap().to_owned()).or_insert(0) += 1;
-        }
-        seen
+        super::db::delivered(&self.dir.path().join("out/bulk.jsonl"))
     }
 
     /// Deadline minus the instant the run closed, in seconds.

@@ -1,4 +1,8 @@
-//! Running the real binary from the repository root.
+//! What the integration tests share: the real binary run from the
+//! repository root, projects written into temporary directories
+//! ([`project`]), `serve` as a child process ([`process`]), the state
+//! database read back ([`db`]), and an engine on a manual clock with the
+//! simulator following it ([`harness`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -51,4 +55,34 @@ pub fn bench_ingest(results: u64) -> serde_json::Value {
     let output = run(&["bench", "ingest", "--results", &results.to_string(), "--repeat", "1", "--format", "json"]);
     assert_eq!(code(&output), 0, "bench ingest --results {results} failed:\n{}", stderr(&output));
     serde_json::from_str(&stdout(&output)).expect("bench ingest prints one JSON object")
+}
+
+pub mod db;
+pub mod harness;
+pub mod process;
+pub mod project;
+
+/// Waits (real time) until `done` holds, looking every 50 ms; fails the test
+/// after `within`, naming `what` it waited for.
+pub async fn wait_until(what: &str, within: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < within, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The simulator on a free loopback port, with `config`'s knobs.
+pub async fn simulator(config: orchestrator::sim::SimConfig) -> orchestrator::sim::SimHandle {
+    let config = orchestrator::sim::SimConfig { listen: "127.0.0.1:0".parse().unwrap(), ..config };
+    orchestrator::sim::start(config).await.expect("the simulator starts")
+}
+
+/// Reports a test that cannot run on this machine: prints `SKIPPED: <why>`
+/// and lets it pass, unless `ORCHESTRATOR_REQUIRE_ALL_TESTS=1` (set by
+/// `.ci/run`), where it fails instead, so CI never passes a test that did not run.
+pub fn skip(why: &str) {
+    let required = std::env::var("ORCHESTRATOR_REQUIRE_ALL_TESTS").is_ok_and(|v| v == "1");
+    assert!(!required, "this test cannot run here, and ORCHESTRATOR_REQUIRE_ALL_TESTS=1 requires every test: {why}");
+    eprintln!("SKIPPED: {why}");
 }
