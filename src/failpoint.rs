@@ -4,8 +4,16 @@
 
 use std::sync::OnceLock;
 
-/// Points where a crash is most likely to lose or duplicate work.
+/// Points where a crash is most likely to lose or duplicate work, on the way
+/// of a run whose batch ends.
 pub const POINTS: &[&str] = &["mid_prepare", "after_intent", "after_create", "mid_ingest", "after_sink_write"];
+
+/// Points on the way of a run that falls back to the sync lane: the
+/// fallback committed, its batch's cancel recorded, the first sync result stored.
+pub const FALLBACK_POINTS: &[&str] = &["after_fallback_started", "after_cancel_requested", "mid_sync_fallback"];
+
+/// The point after a follow-up batch (of retryable requests) was submitted.
+pub const FOLLOW_UP_POINT: &str = "after_followup_submit";
 
 /// Kills the process with SIGKILL if `ORCHESTRATOR_FAILPOINT` names `point`.
 pub fn hit(point: &str) {

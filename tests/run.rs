@@ -43,18 +43,15 @@ async fn simulator(config: SimConfig) -> SimHandle {
 
 /// Runs `orchestrator run bulk` in `dir` against `sim`, off the async workers.
 async fn run_job(dir: &Path, sim: &SimHandle, failpoint: Option<&str>) -> Output {
+    run_with(dir, sim, failpoint, &["--scheduled-for", scheduled_for()]).await
+}
+
+/// `orchestrator run bulk ARGS` in `dir` against `sim`.
+async fn run_with(dir: &Path, sim: &SimHandle, failpoint: Option<&str>, args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
     command
-        .args([
-            "run",
-            "bulk",
-            "--state",
-            "state/orchestrator.db",
-            "--scheduled-for",
-            scheduled_for(),
-            "--poll-interval",
-            "1s",
-        ])
+        .args(["run", "bulk", "--state", "state/orchestrator.db", "--poll-interval", "1s"])
+        .args(args)
         .current_dir(dir)
         .env("ANTHROPIC_BASE_URL", sim.base_url())
         .env("ANTHROPIC_API_KEY", "sk-test-not-a-real-key")
@@ -371,5 +368,72 @@ async fn a_rate_limit_storm_on_a_two_minute_window_delivers_everything_in_time()
     let margin = count(dir.path(), "SELECT (deadline_at - finished_at) / 1000 FROM runs");
     eprintln!("storm as a process: 200 delivered, {limited} 429s, {margin}s before the deadline");
     assert_eq!(delivered(dir.path()).len(), 200);
+    sim.shutdown().await;
+}
+
+/// A run whose batch never ends and whose fallback starts about 5 s in: a
+/// 50 s deadline (a 5 s margin), and a sync lane of one call at a time
+/// planned at 1 s per call (40 s for 40 requests) that is in fact instant.
+fn falling_back() -> tempfile::TempDir {
+    let dir = project(40, "");
+    crate::support::project::write_config(
+        dir.path(),
+        "fallback: { assumed_sync_latency: 1s, assumed_batch_turnaround: 2s }\nbatch: { poll_initial: 1s }\n\
+         sync: { concurrency: 1 }\n",
+    );
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_every_point_of_the_fallback_loses_and_duplicates_nothing() {
+    for point in orchestrator::failpoint::FALLBACK_POINTS {
+        // Scheduled for now, so the whole minute lies ahead.
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let args = ["--scheduled-for", &now, "--deadline", "50s", "--config", "orchestrator.yaml"];
+        let sim = crate::support::simulator(SimConfig { never_end: true, ..SimConfig::default() }).await;
+        let dir = falling_back();
+        let crashed = run_with(dir.path(), &sim, Some(point), &args).await;
+        assert_eq!(crashed.status.code(), None, "{point}: killed by a signal\n{}", stderr(&crashed));
+        assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM runs WHERE fallback_started_at IS NOT NULL"), 1, "{point}");
+        let resumed = run_with(dir.path(), &sim, None, &args).await;
+        assert_eq!(code(&resumed), 0, "{point}: {}\n{}", stdout(&resumed), stderr(&resumed));
+        let delivered = delivered(dir.path());
+        assert_eq!(delivered.len(), 40, "{point}: nothing lost");
+        assert!(delivered.values().all(|n| *n == 1), "{point}: nothing delivered twice");
+        let stats = sim.stats();
+        assert_eq!(stats.batches_created, 1, "{point}: the batch was never submitted again");
+        assert_eq!(stats.custom_ids_submitted_more_than_once, 0, "{point}");
+        let stored = count(dir.path(), "SELECT COUNT(*) FROM results WHERE lane = 'sync' AND status = 'succeeded'");
+        assert_eq!(stored, 40, "{point}: one sync result per request, none twice");
+        // One call at a time: a kill as a result is stored leaves no paid call unrecorded.
+        assert_eq!(stats.messages_calls, 40, "{point}: each request paid for once on the sync lane");
+        assert_eq!(
+            count(dir.path(), "SELECT COUNT(*) FROM batches WHERE cancel_requested_at IS NOT NULL"),
+            1,
+            "{point}"
+        );
+        sim.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_a_follow_up_batch_resumes_it_instead_of_submitting_it_again() {
+    // A fifth of the first batch expires: the expired ones go out again in a follow-up batch.
+    let sim = simulator(SimConfig { expired_share: 0.2, seed: 5, ..SimConfig::default() }).await;
+    let dir = project(50, "");
+    let crashed = run_job(dir.path(), &sim, Some(orchestrator::failpoint::FOLLOW_UP_POINT)).await;
+    assert_eq!(crashed.status.code(), None, "killed by a signal\n{}", stderr(&crashed));
+    let sizes = batch_sizes(dir.path());
+    assert_eq!(sizes.len(), 2, "the batch and its follow-up: {sizes:?}");
+    let resumed = run_job(dir.path(), &sim, None).await;
+    assert_eq!(code(&resumed), 0, "{}\n{}", stdout(&resumed), stderr(&resumed));
+    let after = batch_sizes(dir.path());
+    assert_eq!(after[..2], sizes, "the follow-up was resumed, not submitted again");
+    let stats = sim.stats();
+    assert_eq!(stats.batches_created as usize, after.len(), "later batches hold what expired again: {after:?}");
+    assert_eq!(stats.custom_ids_submitted_more_than_once as i64, sizes[1], "only the expired ones went out twice");
+    let delivered = delivered(dir.path());
+    assert_eq!(delivered.len(), 50);
+    assert!(delivered.values().all(|n| *n == 1));
     sim.shutdown().await;
 }

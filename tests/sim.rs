@@ -2,26 +2,38 @@
 //! fault injection and determinism.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use orchestrator::sim::{SimConfig, SimHandle, start};
+use orchestrator::clock::{Clock, ManualClock};
+use orchestrator::sim::{SimConfig, SimHandle, start_with_clock};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
 
-/// A fast simulator: one simulated hour per real second, so a 3 s batch takes about 1 ms.
+/// A fast simulator: one simulated hour per second of its clock, so a 3 s batch ends within a millisecond of it.
 fn fast() -> SimConfig {
     SimConfig { listen: "127.0.0.1:0".parse().unwrap(), time_scale: 3600.0, ..SimConfig::default() }
 }
 
+/// A simulator whose time stands still until the test moves its clock, so
+/// what a test sees never depends on how fast the machine is.
 struct Api {
     sim: SimHandle,
     http: reqwest::Client,
+    clock: ManualClock,
 }
 
 impl Api {
     async fn start(config: SimConfig) -> Api {
-        let sim = start(config).await.expect("the simulator starts");
-        Api { sim, http: reqwest::Client::new() }
+        let clock = ManualClock::new(chrono::DateTime::parse_from_rfc3339("2026-11-22T06:00:00Z").unwrap().into());
+        let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+        let sim = start_with_clock(config, shared).await.expect("the simulator starts");
+        Api { sim, http: reqwest::Client::new(), clock }
+    }
+
+    /// Moves the simulator's clock by `duration`.
+    fn advance(&self, duration: Duration) {
+        self.clock.advance(duration);
     }
 
     /// A request with an API key and `anthropic-version`.
@@ -52,18 +64,18 @@ impl Api {
         batch
     }
 
-    /// Polls until the batch has ended (at most 3 s).
+    /// Polls, moving the clock a second at a time, until the batch has
+    /// ended; fails if it has not within a minute of the clock.
     async fn wait_ended(&self, id: &str) -> Value {
-        let started = Instant::now();
-        loop {
+        for _ in 0..60 {
             let (status, batch) = self.json(Method::GET, &format!("/v1/messages/batches/{id}"), None).await;
             assert_eq!(status, StatusCode::OK, "{batch}");
             if batch["processing_status"] == "ended" {
                 return batch;
             }
-            assert!(started.elapsed() < Duration::from_secs(3), "batch did not end: {batch}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.advance(Duration::from_secs(1));
         }
+        panic!("batch {id} did not end within a minute of its clock");
     }
 
     /// The raw results text and content type of an ended batch.
@@ -182,8 +194,8 @@ async fn a_batch_ends_and_streams_jsonl_results() {
 
 #[tokio::test]
 async fn counts_stay_processing_until_the_whole_batch_ends() {
-    // About 0.3 s of real time per batch.
-    let config = SimConfig { time_scale: 1000.0, batch_median_secs: 300.0, batch_p95_secs: 320.0, ..fast() };
+    // Three seconds of the simulator's clock per batch: nothing ends until the test moves it.
+    let config = SimConfig { time_scale: 100.0, batch_median_secs: 300.0, batch_p95_secs: 320.0, ..fast() };
     let api = Api::start(config).await;
     let batch = api.create(requests("slow", 20)).await;
     let id = batch["id"].as_str().unwrap();
@@ -529,21 +541,30 @@ async fn a_100k_request_batch_streams() {
     assert_eq!(api.sim.stats().requests_received, 100_000);
 }
 
-/// The real binary: `orchestrator sim --listen 127.0.0.1:PORT` serves until killed.
+/// The real binary: `orchestrator sim --listen 127.0.0.1:0` says where it listens and serves until killed.
 #[tokio::test]
-async fn the_binary_serves_on_the_given_port() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+async fn the_binary_serves_on_the_port_it_reports() {
+    use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
-        .args(["sim", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["sim", "--listen", "127.0.0.1:0"])
+        .env("NO_COLOR", "1")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(10), "the simulator did not start listening");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Its log line `simulator listening addr=127.0.0.1:PORT` is the evidence it is up.
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let port = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(at) = line.find("addr=127.0.0.1:") {
+                let digits: String = line[at + 15..].chars().take_while(char::is_ascii_digit).collect();
+                return digits.parse::<u16>().unwrap();
+            }
+        }
+        panic!("the simulator exited without saying where it listens");
+    })
+    .await
+    .expect("the simulator says where it listens");
     let response = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{port}/v1/messages/batches"))
         .header("x-api-key", "k")

@@ -233,9 +233,13 @@ impl Engine {
         if let Some(cap) = job.manifest.max_batch_requests {
             limits.max_requests = limits.max_requests.min(cap as usize);
         }
+        let follow_up = waiting.iter().any(|w| w.retry);
         for custom_ids in split(waiting, limits) {
             let batch_id = self.batch.submit(run.id, custom_ids, &job.manifest.betas, give_up_at).await?;
             self.schedule_poll(batch_id, self.settings.poll_initial);
+        }
+        if follow_up {
+            crate::failpoint::hit("after_followup_submit");
         }
         Ok(())
     }
@@ -249,6 +253,7 @@ impl Engine {
             return Ok(());
         }
         tracing::warn!(run = %run.run_key, reason, "fallback: what is left goes to the sync lane");
+        crate::failpoint::hit("after_fallback_started");
         Ok(())
     }
 

@@ -108,6 +108,7 @@ impl BatchLane {
         let detail = serde_json::json!({ "batch": batch.id, "provider_batch_id": provider_id });
         let batch_id = batch.id;
         self.store.call(move |s| s.mark_cancel_requested(batch_id, &detail, now)).await?;
+        crate::failpoint::hit("after_cancel_requested");
         tracing::info!(batch = batch.id, provider_batch_id = %provider_id, "batch cancel requested");
         Ok(())
     }
@@ -464,7 +465,7 @@ mod tests {
     use super::*;
 
     fn waiting(n: usize, len: usize) -> Vec<Waiting> {
-        (0..n).map(|i| Waiting { custom_id: format!("job-2026-11-22-{i:03}"), params_len: len }).collect()
+        (0..n).map(|i| Waiting { custom_id: format!("job-2026-11-22-{i:03}"), params_len: len, retry: false }).collect()
     }
 
     #[test]

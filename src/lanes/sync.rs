@@ -320,6 +320,7 @@ impl SyncLane {
         let (custom_id, now) = (request.custom_id.clone(), self.inner.clock.now());
         let write = move |s: &mut crate::store::Store| s.record_sync_result(&custom_id, attempt_id, &outcome, now);
         let Some(settled) = self.persist("result", &request.custom_id, write).await else { return Ok(()) };
+        crate::failpoint::hit("mid_sync_fallback");
         if settled == SyncSettle::Duplicate {
             tracing::info!(custom_id = %request.custom_id, "sync result arrived after another final result: duplicate spend");
         }

@@ -175,6 +175,8 @@ pub struct Waiting {
     pub custom_id: String,
     /// Length of its params JSON in bytes.
     pub params_len: usize,
+    /// Whether it is a retry (it failed before in a way a retry can fix).
+    pub retry: bool,
 }
 
 impl Store {
@@ -184,14 +186,15 @@ impl Store {
         let mut statement = self
             .conn
             .prepare_cached(
-                "SELECT q.custom_id, length(b.params) FROM requests q JOIN request_bodies b ON b.custom_id = q.custom_id
+                "SELECT q.custom_id, length(b.params), q.state = 'retryable_failed'
+                 FROM requests q JOIN request_bodies b ON b.custom_id = q.custom_id
                  WHERE q.run_id = ?1 AND (q.state = 'pending' OR (q.state = 'retryable_failed' AND q.attempts < ?2))
                  ORDER BY q.seq",
             )
             .map_err(|e| self.err(e))?;
         let rows = statement
             .query_map(params![run_id, max_attempts], |row| {
-                Ok(Waiting { custom_id: row.get(0)?, params_len: row.get(1)? })
+                Ok(Waiting { custom_id: row.get(0)?, params_len: row.get(1)?, retry: row.get(2)? })
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))

@@ -72,6 +72,18 @@ pub async fn wait_until(what: &str, within: std::time::Duration, mut done: impl 
     }
 }
 
+/// The simulator on a free loopback port whose time stands still until the
+/// test moves `clock` (`ManualClock::advance`): a batch cannot end before
+/// the test says so, however slow the machine.
+pub async fn simulator_on(
+    config: orchestrator::sim::SimConfig,
+    clock: &orchestrator::clock::ManualClock,
+) -> orchestrator::sim::SimHandle {
+    let config = orchestrator::sim::SimConfig { listen: "127.0.0.1:0".parse().unwrap(), ..config };
+    let shared: std::sync::Arc<dyn orchestrator::clock::Clock> = std::sync::Arc::new(clock.clone());
+    orchestrator::sim::start_with_clock(config, shared).await.expect("the simulator starts")
+}
+
 /// The simulator on a free loopback port, with `config`'s knobs.
 pub async fn simulator(config: orchestrator::sim::SimConfig) -> orchestrator::sim::SimHandle {
     let config = orchestrator::sim::SimConfig { listen: "127.0.0.1:0".parse().unwrap(), ..config };
