@@ -89,6 +89,19 @@ fn serve(dir: &Path, sim: &SimHandle, fire: bool, log: &str) -> Child {
     crate::support::process::serve(dir, sim, if fire { &["--run-now"][..] } else { &[] }, Stdio::from(log))
 }
 
+/// The notifier's scans that summed the day and month, in order: (alerts
+/// found, deliveries started), from its debug log lines.
+fn totals_scans(log: &str) -> Vec<(usize, usize)> {
+    let field = |line: &str, name: &str| -> usize {
+        let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
+        line[start..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    log.lines()
+        .filter(|line| line.contains("alert scan") && line.contains("totals=true"))
+        .map(|line| (field(line, "found"), field(line, "started")))
+        .collect()
+}
+
 const SENT: &str = "SELECT COUNT(*) FROM events WHERE kind = 'alert_sent'";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,8 +134,18 @@ async fn each_alert_arrives_once_a_500_is_retried_and_a_restart_sends_nothing_ag
             && count(dir.path(), "SELECT COUNT(*) FROM runs WHERE state = 'open'") == 0
     })
     .await;
-    // A few more scans find the same conditions again; nothing may be sent twice.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Two more scans that sum the day and month find the same conditions
+    // again; nothing may be sent twice.
+    let first_log = || std::fs::read_to_string(dir.path().join("first.log")).unwrap_or_default();
+    let seen = totals_scans(&first_log()).len();
+    wait_until("two more full scans", Duration::from_secs(60), || totals_scans(&first_log()).len() >= seen + 2).await;
+    let rescans = totals_scans(&first_log())[seen..].to_vec();
+    // The day's errors and the budget's share are found again (the event behind
+    // budget_exceeded is read once).
+    assert!(
+        rescans.iter().all(|(found, started)| *found >= 2 && *started == 0),
+        "found again, started none: {rescans:?}"
+    );
     let delivered = receiver.delivered();
     assert!(delivered.values().all(|&n| n == 1), "an alert arrived twice: {delivered:?}");
     let first = receiver.received()[0].clone();
@@ -153,10 +176,13 @@ async fn each_alert_arrives_once_a_500_is_retried_and_a_restart_sends_nothing_ag
     // Without --run-now: no new run, so every condition found now was found before.
     let again = serve(dir.path(), &sim, false, "second.log");
     let log = || std::fs::read_to_string(dir.path().join("second.log")).unwrap_or_default();
-    wait_until("the restarted notifier", Duration::from_secs(20), || log().contains("alerts on")).await;
-    // Its first scan runs at once and sums the day and month too; give it three more.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Its first scan runs at once and sums the day and month too; wait for two.
+    wait_until("two full scans after the restart", Duration::from_secs(60), || totals_scans(&log()).len() >= 2).await;
     kill(again);
+    // A new notifier reads the last day's events again (budget_exceeded too)
+    // in its first scan; none of it is sent again.
+    let scans = totals_scans(&log());
+    assert!(scans[0].0 >= 3 && scans.iter().all(|(found, started)| *found >= 2 && *started == 0), "{scans:?}");
     assert_eq!(receiver.received().len(), before, "a restart sends nothing already sent");
     sim.shutdown().await;
 }
@@ -194,5 +220,76 @@ async fn a_receiver_that_never_answers_does_not_hold_up_a_run() {
         "no delivery has finished, yet the run completed"
     );
     kill(daemon);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undeliverable_alert_fails_once_after_its_last_retry_and_a_command_sees_no_secrets() {
+    // The receiver refuses everything; the batch lane is down, so the fallback fires and alerts.
+    let (receiver, url) = Receiver::start(Mode::Answer, usize::MAX).await;
+    let sim = orchestrator::sim::start(SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        batch_create_error_chance: 1.0,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = project(&format!(
+        "batch: {{ poll_initial: 1s }}\nnotify:\n  webhooks: [{{ url: '{url}' }}]\n\
+         \x20 command: [sh, -c, 'env > \"alerts/$ORCHESTRATOR_ALERT_KEY.env\"']\n\
+         \x20 events: {{ fallback: true }}\n  retries: 2\n  retry_backoff: 1s\n  check_every: 1s\n"
+    ));
+    std::fs::create_dir(dir.path().join("alerts")).unwrap();
+    job(dir.path(), "bulk", "tier: soft\ndeadline: 1h\n", 5);
+    let daemon = serve(dir.path(), &sim, true, "serve.log");
+    let failed = "SELECT COUNT(*) FROM events WHERE kind = 'alert_failed'";
+    let log = || std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+    wait_until("the run and a failed alert", Duration::from_secs(90), || {
+        count(dir.path(), "SELECT COUNT(*) FROM runs WHERE state = 'completed'") == 1 && count(dir.path(), failed) >= 1
+    })
+    .await;
+    // Every alert found so far has had its deliveries started; wait until each ended.
+    let keys = || {
+        receiver
+            .received()
+            .iter()
+            .map(|(_, body)| body["alert"]["key"].as_str().unwrap().to_owned())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    wait_until("every delivery to end", Duration::from_secs(60), || count(dir.path(), failed) as usize == keys().len())
+        .await;
+    let seen = totals_scans(&log()).len();
+    wait_until("two more full scans", Duration::from_secs(60), || totals_scans(&log()).len() >= seen + 2).await;
+    kill(daemon);
+
+    let keys = keys();
+    assert!(keys.iter().any(|key| key.starts_with("fallback_fired:")), "the fallback alerted: {keys:?}");
+    for key in &keys {
+        let tries = receiver.received().iter().filter(|(_, body)| body["alert"]["key"] == key.as_str()).count();
+        assert_eq!(tries, 3, "{key}: the first try and two retries, then no more");
+    }
+    assert!(receiver.received().iter().all(|(status, _)| *status == 500));
+    let webhook_failed = count(
+        dir.path(),
+        &format!(
+            "{failed} AND json_extract(detail, '$.target') LIKE 'webhook%' AND json_extract(detail, '$.tries') = 3"
+        ),
+    );
+    assert_eq!(webhook_failed as usize, keys.len(), "one alert_failed per alert, after its third try");
+    assert_eq!(count(dir.path(), &format!("{SENT} AND json_extract(detail, '$.target') LIKE 'webhook%'")), 0);
+
+    // The command ran once per alert, with the alert but without the daemon's secrets.
+    let envs: Vec<String> = std::fs::read_dir(dir.path().join("alerts"))
+        .unwrap()
+        .map(|entry| std::fs::read_to_string(entry.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(envs.len(), keys.len(), "one command run per alert");
+    for env in &envs {
+        assert!(env.contains("ORCHESTRATOR_ALERT_KEY="), "{env}");
+        assert!(env.lines().any(|line| line.starts_with("PATH=")), "{env}");
+        assert!(!env.contains("ANTHROPIC"), "no provider key or URL reaches the command: {env}");
+        assert!(!env.contains("ORCHESTRATOR_LOG"), "nothing else of the daemon's environment either: {env}");
+        assert!(!env.contains("sk-test"), "{env}");
+    }
     sim.shutdown().await;
 }

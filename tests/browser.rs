@@ -105,7 +105,7 @@ async fn the_dashboard_renders_in_chromium_with_the_stored_figures() {
     let Some(browser) = Browser::find() else { return };
     let served = Served::examples(&[]).await;
     let runs = served.count("SELECT COUNT(*) FROM runs");
-    let today = today_and_month_millis().0;
+    let today = today_and_month_millis(served.clock_start).0;
     let completed =
         served.count(&format!("SELECT COUNT(*) FROM runs WHERE state = 'completed' AND finished_at >= {today}"));
 
@@ -145,4 +145,43 @@ async fn the_dashboard_renders_in_chromium_with_the_stored_figures() {
     if std::env::var("ORCHESTRATOR_UPDATE_SCREENSHOT").is_ok_and(|v| v == "1") {
         std::fs::copy(&png, root().join("docs/dashboard.png")).unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_run_shows_its_eta_and_planned_fallback_in_chromium() {
+    let Some(browser) = Browser::find() else { return };
+    let held = crate::web::HeldOpen::start().await;
+    let (submitted, turnaround, fallback_at, _) = held.stored();
+    let minute = |at: chrono::DateTime<chrono::Utc>| at.format("%Y-%m-%d %H:%M UTC").to_string();
+
+    // Chromium runs on its own thread: the page is served while it waits.
+    let url = format!("{}/batches", held.base);
+    let dom = tokio::task::spawn_blocking(move || (browser.dom(&url), browser)).await.unwrap();
+    let (dom, browser) = dom;
+    assert_eq!(text_of(&dom, "kpi-open-runs"), "Open runs 1");
+    let row = &dom[dom.find(&format!("data-run-id=\"{}\"", held.run_id)).expect("the held run's row")..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(
+        row.contains(&format!(
+            "≈ <time datetime=\"{}\">{}</time>",
+            (submitted + turnaround).to_rfc3339(),
+            minute(submitted + turnaround)
+        )),
+        "{row}"
+    );
+    assert!(row.contains("(turnaround p50)"), "{row}");
+    assert!(row.contains(&minute(fallback_at)), "the planned fallback: {row}");
+
+    let url = format!("{}/runs/{}", held.base, held.run_id);
+    let run = tokio::task::spawn_blocking(move || browser.dom(&url)).await.unwrap();
+    assert_eq!(text_of(&run, "run-state"), "open");
+    assert!(
+        run.contains(&format!(
+            "planned <time datetime=\"{}\">{}</time>",
+            fallback_at.to_rfc3339(),
+            minute(fallback_at)
+        )),
+        "{run}"
+    );
+    held.h.sim.shutdown().await;
 }

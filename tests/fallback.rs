@@ -151,8 +151,11 @@ async fn a_run_the_sync_lane_could_not_finish_by_its_deadline_goes_to_the_batch(
 async fn a_batch_that_never_ends_is_taken_over_at_the_deadline_when_the_sync_lane_cannot_finish_before() {
     let h = harness("soft", "60s", 400, SimConfig { never_end: true, ..SimConfig::default() }).await;
     let (_, outcome) = h.run().await;
+    assert_eq!(outcome.state, RunState::Late, "late, but finished: {outcome:?}");
+    assert_eq!((outcome.succeeded, outcome.delivered, outcome.gave_up), (400, 400, 0), "{outcome:?}");
     h.assert_delivered_once(400);
     assert_eq!(h.count(Harness::SYNC_CALLS), 400, "the sync lane finished what the batch did not");
+    assert_eq!(h.count("SELECT COUNT(*) FROM events WHERE kind = 'deadline_missed'"), 1, "and says it was late");
     let started: i64 =
         h.db().query_row("SELECT fallback_started_at - deadline_at FROM runs", [], |r| r.get(0)).unwrap();
     assert!((0..5000).contains(&started), "taken over at the deadline: {started} ms after it, {outcome:?}");

@@ -4,6 +4,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+use orchestrator::clock::Clock;
 use rusqlite::Connection;
 use serde_json::Value;
 
@@ -13,6 +15,9 @@ use crate::cost::example_project;
 pub struct Served {
     pub dir: tempfile::TempDir,
     pub base: String,
+    /// Where the daemon's rehearsal clock started: noon UTC yesterday, so
+    /// "today" and "this month" cannot change while a test reads them.
+    pub clock_start: chrono::DateTime<chrono::Utc>,
     child: Child,
 }
 
@@ -30,8 +35,11 @@ impl Served {
         let dir = example_project(true);
         std::fs::write(dir.path().join("orchestrator.yaml"), "batch: { poll_initial: 1s }\n").unwrap();
         let log = dir.path().join("serve.log");
+        let yesterday = (chrono::Utc::now() - chrono::Duration::days(1)).date_naive();
+        let clock_start = yesterday.and_hms_opt(12, 0, 0).unwrap().and_utc();
         let child = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
             .args(["serve", "--simulate", "--run-now", "--config", "orchestrator.yaml", "--listen", "127.0.0.1:0"])
+            .args(["--clock-start", &clock_start.to_rfc3339()])
             .current_dir(dir.path())
             .env_remove("NOTIFY_SOCKET")
             .env_remove("ORCHESTRATOR_API_TOKEN")
@@ -40,7 +48,7 @@ impl Served {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let mut served = Served { dir, base: String::new(), child };
+        let mut served = Served { dir, base: String::new(), clock_start, child };
         served.base = format!("http://{}", served.bound_address(&log).await);
         served.wait_settled().await;
         served
@@ -118,9 +126,9 @@ fn sql_f64(db: &Connection, sql: &str, arg: impl rusqlite::ToSql) -> f64 {
     db.query_row(sql, [arg], |row| row.get::<_, Option<f64>>(0)).unwrap().unwrap_or(0.0)
 }
 
-/// Milliseconds since the epoch of midnight UTC today and of the 1st of this month, as the store keeps instants.
-pub fn today_and_month_millis() -> (i64, i64) {
-    let now = chrono::Utc::now();
+/// Milliseconds since the epoch of midnight UTC of `now`'s day and of the
+/// 1st of its month, as the store keeps instants.
+pub fn today_and_month_millis(now: chrono::DateTime<chrono::Utc>) -> (i64, i64) {
     let day = now.date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
     let month = chrono::NaiveDate::from_ymd_opt(chrono::Datelike::year(&now), chrono::Datelike::month(&now), 1)
         .unwrap()
@@ -237,7 +245,7 @@ async fn jobs_match(served: &Served, db: &Connection) {
         let name = job["name"].as_str().unwrap();
         let by_job = "FROM results r JOIN requests q ON q.custom_id = r.custom_id JOIN runs u ON u.id = q.run_id
                       WHERE u.job = ?1";
-        let month = today_and_month_millis().1;
+        let month = today_and_month_millis(served.clock_start).1;
         let cost = sql_f64(db, &format!("SELECT SUM(r.cost_micros) / 1e6 {by_job} AND r.received_at >= {month}"), name);
         assert!(close(f(&job["month_cost_usd"]), cost), "{job}");
         let successes = "AND r.status = 'succeeded' AND r.duplicate = 0";
@@ -273,7 +281,7 @@ async fn pages_show_the_same(served: &Served, db: &Connection) {
     for key in &keys {
         assert!(html.contains(key), "the lifecycle table lists {key}");
     }
-    let today = today_and_month_millis().0;
+    let today = today_and_month_millis(served.clock_start).0;
     let completed =
         served.count(&format!("SELECT COUNT(*) FROM runs WHERE state = 'completed' AND finished_at >= {today}"));
     assert!(html.contains(&format!(
@@ -360,4 +368,136 @@ fn a_non_loopback_address_needs_a_token() {
     assert_eq!(output.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not a loopback address") && stderr.contains("ORCHESTRATOR_API_TOKEN"), "{stderr}");
+}
+
+/// A run held open on the manual clock: its batch is out (batches take ten
+/// virtual minutes), an earlier run of the same job gave the median
+/// turnaround, and the dashboard serves from the same engine.
+pub struct HeldOpen {
+    pub h: crate::support::harness::Harness,
+    pub base: String,
+    pub run_id: i64,
+}
+
+impl HeldOpen {
+    pub async fn start() -> HeldOpen {
+        use orchestrator::sim::SimConfig;
+        let sim = SimConfig { batch_median_secs: 600.0, batch_p95_secs: 660.0, ..SimConfig::default() };
+        let start = crate::support::harness::t0();
+        let h = crate::support::harness::harness_at(
+            "schedule: { cron: '0 * * * *' }\ntier: batch\ndeadline: 6h\n",
+            20,
+            sim,
+            start,
+        )
+        .await;
+        // The history: a first run, driven to its end.
+        let first = h.engine.start_run(&h.job, start, h.job.deadline_at(start)).await.unwrap();
+        let outcome = h.engine.drive(first.id, async |_| Ok(())).await.unwrap();
+        assert_eq!(outcome.state, orchestrator::store::RunState::Completed, "{outcome:?}");
+        // The held run: ticked until its batch is out, then left there.
+        let at = start + chrono::Duration::hours(1);
+        h.clock.advance(orchestrator::engine::until(h.clock.now(), at));
+        let run = h.engine.start_run(&h.job, at, h.job.deadline_at(at)).await.unwrap();
+        let out = format!("SELECT COUNT(*) FROM batches WHERE run_id = {} AND provider_batch_id IS NOT NULL", run.id);
+        for _ in 0..10 {
+            if h.count(&out) == 1 {
+                break;
+            }
+            h.engine.tick(Some(run.id)).await.unwrap();
+        }
+        assert_eq!(h.count(&out), 1, "the held run's batch is out");
+        h.clock.advance(Duration::from_secs(120));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let path = h.dir.path().join("state/orchestrator.db");
+        let store = orchestrator::store::SharedStore::new(orchestrator::store::Store::open_read_only(&path).unwrap());
+        tokio::spawn(orchestrator::web::serve(listener, h.engine.clone(), store, None));
+        HeldOpen { h, base, run_id: run.id }
+    }
+
+    pub async fn json(&self, path: &str) -> Value {
+        let response = reqwest::get(format!("{}{path}", self.base)).await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        response.json().await.unwrap()
+    }
+
+    pub async fn text(&self, path: &str) -> String {
+        reqwest::get(format!("{}{path}", self.base)).await.unwrap().text().await.unwrap()
+    }
+
+    /// The held run's (submitted_at, first run's turnaround, fallback_at, deadline_at), from the store.
+    pub fn stored(&self) -> (DateTime<Utc>, chrono::Duration, DateTime<Utc>, DateTime<Utc>) {
+        let instant = |ms: i64| DateTime::from_timestamp_millis(ms).unwrap();
+        let (submitted, fallback, deadline): (i64, i64, i64) = self
+            .h
+            .db()
+            .query_row(
+                "SELECT b.submitted_at, r.fallback_at, r.deadline_at FROM runs r JOIN batches b ON b.run_id = r.id
+                 WHERE r.id = ?1",
+                [self.run_id],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .unwrap();
+        let turnaround: i64 = self
+            .h
+            .db()
+            .query_row(
+                "SELECT ended_at - submitted_at FROM batches WHERE run_id != ?1 AND ended_at IS NOT NULL",
+                [self.run_id],
+                |row| row.get(0),
+            )
+            .unwrap();
+        (instant(submitted), chrono::Duration::milliseconds(turnaround), instant(fallback), instant(deadline))
+    }
+}
+
+fn instant(value: &Value) -> DateTime<Utc> {
+    let text = value.as_str().unwrap_or_else(|| panic!("not an instant: {value}"));
+    DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_runs_eta_fallback_and_batch_age_match_the_store() {
+    let held = HeldOpen::start().await;
+    let now = held.h.clock.now();
+    let (submitted, turnaround, fallback_at, deadline_at) = held.stored();
+    assert!(submitted + turnaround < fallback_at, "the scenario: the batch is expected before the fallback");
+
+    let runs = held.json("/api/v1/runs").await;
+    let run = runs["runs"].as_array().unwrap().iter().find(|r| r["id"] == held.run_id).unwrap().clone();
+    assert_eq!(run["state"], "open");
+    assert_eq!(run["eta_basis"], "turnaround_p50", "{run}");
+    assert_eq!(instant(&run["eta"]), submitted + turnaround, "ETA = submitted + the one turnaround known");
+    assert_eq!(instant(&run["fallback_at"]), fallback_at);
+    assert!(run["fallback_started_at"].is_null());
+    assert_eq!(instant(&run["submitted_at"]), submitted);
+
+    let status = held.json("/api/v1/status").await;
+    let open = status["runs"].as_array().unwrap();
+    assert_eq!(open.len(), 1, "only the held run is open: {status}");
+    assert_eq!(open[0]["eta"], run["eta"]);
+    assert_eq!(open[0]["fallback_at"], run["fallback_at"]);
+    assert_eq!(open[0]["seconds_to_deadline"], (deadline_at - now).num_seconds(), "{status}");
+
+    let samples = parse_metrics(&held.text("/metrics").await);
+    let value = |name: &str| samples.iter().filter(|(n, _, _)| n == name).map(|(_, _, v)| v).sum::<f64>();
+    assert_eq!(value("orchestrator_open_runs"), 1.0);
+    let age = (now - submitted).num_milliseconds() as f64 / 1000.0;
+    assert!(age >= 120.0, "the clock moved two minutes after the submit");
+    assert_eq!(value("orchestrator_oldest_open_batch_age_seconds"), age);
+
+    let page = held.text("/batches").await;
+    let row = &page[page.find(&format!("data-run-id=\"{}\"", held.run_id)).unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    let times: Vec<DateTime<Utc>> = row
+        .split("<time datetime=\"")
+        .skip(1)
+        .map(|rest| instant(&Value::from(&rest[..rest.find('"').unwrap()])))
+        .collect();
+    assert!(row.contains("(turnaround p50)"), "{row}");
+    for expected in [submitted + turnaround, fallback_at, deadline_at] {
+        assert!(times.contains(&expected), "the lifecycle row shows {expected}: {row}");
+    }
+    held.h.sim.shutdown().await;
 }

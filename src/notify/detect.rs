@@ -58,6 +58,11 @@ impl Detector {
         })
     }
 
+    /// Whether a scan at `now` also sums the day and the month.
+    pub(super) fn totals_due_by(&self, now: DateTime<Utc>) -> bool {
+        now >= self.totals_due
+    }
+
     /// Everything that deserves an alert now (possibly already sent).
     pub(super) fn scan(
         &mut self,

@@ -113,6 +113,7 @@ impl Notifier {
     /// One scan: detects, then starts a delivery for each new (alert, target).
     async fn round(self: &Arc<Self>, detector: Detector) -> Detector {
         let now = self.engine.clock().now();
+        let totals = detector.totals_due_by(now);
         let jobs = self.engine.jobs();
         let rules = self.settings.rules.clone();
         let (digest, global_budget) = (self.settings.digest, self.engine.settings().global_budget);
@@ -127,9 +128,10 @@ impl Notifier {
             .await;
         match scanned {
             Ok((detector, alerts)) => {
-                for alert in alerts {
-                    self.dispatch(alert);
-                }
+                let found = alerts.len();
+                let started: usize = alerts.into_iter().map(|alert| self.dispatch(alert)).sum();
+                // Evidence for operators (and tests) that a scan ran and what it decided.
+                tracing::debug!(found, started, totals, "alert scan");
                 detector
             }
             Err(error) => {
@@ -139,8 +141,10 @@ impl Notifier {
         }
     }
 
-    fn dispatch(self: &Arc<Self>, alert: Alert) {
+    /// Starts a delivery to each target that has not had `alert`; how many started.
+    fn dispatch(self: &Arc<Self>, alert: Alert) -> usize {
         let alert = Arc::new(alert);
+        let mut started = 0;
         for target in 0..self.settings.targets.len() {
             let slot = (alert.key.clone(), self.settings.targets[target].label().to_owned());
             if !self.taken.lock().unwrap_or_else(|p| p.into_inner()).insert(slot) {
@@ -148,7 +152,9 @@ impl Notifier {
             }
             let (notifier, alert) = (Arc::clone(self), Arc::clone(&alert));
             tokio::spawn(async move { notifier.deliver(target, alert).await });
+            started += 1;
         }
+        started
     }
 
     async fn deliver(&self, index: usize, alert: Arc<Alert>) {

@@ -344,7 +344,8 @@ mod tests {
         assert!(cron_parser().parse("0 0 6 * * *").is_err());
         let never = cron_parser().parse("0 0 31 2 *").unwrap();
         assert_eq!(next_after(&never, Tz::UTC, utc("2026-01-01T00:00:00Z")), None);
-        assert!(cron_parser().parse("@daily").is_ok());
+        let daily = cron_parser().parse("@daily").unwrap();
+        assert_eq!(next_after(&daily, Tz::UTC, utc("2026-01-01T06:00:00Z")), Some(utc("2026-01-02T00:00:00Z")));
     }
 
     #[test]

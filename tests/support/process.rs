@@ -17,6 +17,8 @@ pub fn serve(dir: &Path, sim: &SimHandle, args: &[&str], stderr: Stdio) -> Child
         .current_dir(dir)
         .env("ANTHROPIC_BASE_URL", sim.base_url())
         .env("ANTHROPIC_API_KEY", "sk-test-not-a-real-key")
+        // The notifier logs each scan at debug: tests wait for that evidence.
+        .env("ORCHESTRATOR_LOG", "info,orchestrator::notify=debug")
         .env_remove("NOTIFY_SOCKET")
         .stdout(Stdio::null())
         .stderr(stderr)
