@@ -51,7 +51,7 @@ const EXPECTED: &[(&str, &str, usize)] = &[
     ("invalid-cron.yaml", "E010", 3),
     ("max-tokens-over-limit.yaml", "E033", 5),
     ("max-tokens-zero.yaml", "E033", 4),
-    ("missing-field.yaml", "E005", 4),
+    ("missing-field.yaml", "E005", 2),
     ("no-batch-support.yaml", "E032", 4),
     ("shared-sink-a.yaml", "W063", 6),
     ("shared-sink-b.yaml", "W063", 6),
@@ -64,7 +64,7 @@ const EXPECTED: &[(&str, &str, usize)] = &[
     ("unknown-tier.yaml", "E006", 3),
     ("unknown-timezone.yaml", "E012", 4),
     ("wrong-type.yaml", "E006", 4),
-    ("yaml-syntax.yaml", "E002", 3),
+    ("yaml-syntax.yaml", "E002", 2),
 ];
 
 #[test]

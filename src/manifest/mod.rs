@@ -3,6 +3,7 @@
 
 mod duration;
 mod parse;
+mod quotes;
 mod spans;
 mod types;
 

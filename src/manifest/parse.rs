@@ -46,6 +46,18 @@ fn syntax_error(file: &str, source: &str, err: &serde_saphyr::Error) -> Diagnost
         return located(Code::DuplicateKey, file, source, err, format!("duplicate key `{key}`"))
             .help(format!("keep one `{key}` entry in this mapping and remove the other"));
     }
+    let open_quote = err.location().and_then(|location| {
+        super::quotes::open_quote_before(source, location.line() as usize, location.column() as usize)
+    });
+    if let Some((line, column)) = open_quote {
+        return Diagnostic::new(
+            Code::YamlSyntax,
+            file,
+            format!("invalid YAML: the quote opened here is never closed ({message})"),
+        )
+        .at(source, line, column, 1)
+        .help("close the quote on the same line, or write multi-line text as a block scalar (`key: |`)");
+    }
     located(Code::YamlSyntax, file, source, err, format!("invalid YAML: {message}"))
         .help("check indentation (spaces, not tabs), quotes and colons around this point")
 }
@@ -58,8 +70,7 @@ fn structure_error(file: &str, source: &str, spans: &SpanIndex, err: &serde_saph
         return located(Code::UnknownField, file, source, err, format!("unknown field `{field}`")).help(help);
     }
     if let Some(field) = between(&message, "missing field `", "`") {
-        return located(Code::MissingField, file, source, err, format!("missing field `{field}`"))
-            .help(missing_field_help(&field));
+        return missing_field(file, source, spans, err, &field);
     }
     let path = err.location().and_then(|location| spans.path_at(location.line() as usize, location.column() as usize));
     let subject = path.as_deref().map(|p| format!(" for `{p}`")).unwrap_or_default();
@@ -73,8 +84,66 @@ fn structure_error(file: &str, source: &str, spans: &SpanIndex, err: &serde_saph
         return located(Code::InvalidValue, file, source, err, format!("invalid template reference{subject}"))
             .help("write a template path under prompts/ (`feed/prompt.md.j2`) or `{ inline: \"...\" }`");
     }
-    located(Code::InvalidValue, file, source, err, format!("invalid value{subject}: {message}"))
+    let written = err.location().and_then(|location| token_at(source, super::Pos::from_location(&location)));
+    let value = written.map(|text| format!(" `{text}`")).unwrap_or_default();
+    let expected = expected_in_words(&message).unwrap_or(&message);
+    located(Code::InvalidValue, file, source, err, format!("invalid value{value}{subject}: {expected}"))
         .maybe_help(path.as_deref().and_then(type_help))
+}
+
+/// serde's name of the type it wanted, as a user would say it.
+fn expected_in_words(message: &str) -> Option<&'static str> {
+    let kind = message.strip_prefix("invalid ")?;
+    Some(match kind {
+        "i8" | "i16" | "i32" | "i64" | "i128" | "u8" | "u16" | "u32" | "u64" | "u128" | "isize" | "usize" => {
+            "expected a whole number"
+        }
+        "floating point" | "f32" | "f64" => "expected a number",
+        "bool" | "boolean" => "expected `true` or `false`",
+        _ => return None,
+    })
+}
+
+/// The text of the token at `pos`, when it is on one line and short enough to echo.
+fn token_at(source: &str, pos: super::Pos) -> Option<&str> {
+    let line = source.lines().nth(pos.line.checked_sub(1)?)?;
+    let start = line.char_indices().nth(pos.column.checked_sub(1)?)?.0;
+    let end = line[start..].char_indices().nth(pos.len).map_or(line.len(), |(at, _)| start + at);
+    let token = line[start..end].trim();
+    (!token.is_empty() && pos.len > 0 && token.chars().count() <= 40).then_some(token)
+}
+
+/// serde reports a missing field where the mapping ended (its last key);
+/// the diagnostic points at the mapping that lacks it instead: the key that
+/// holds it, or the document's first key for a top-level field.
+fn missing_field(file: &str, source: &str, spans: &SpanIndex, err: &serde_saphyr::Error, field: &str) -> Diagnostic {
+    let at = err.location().map(|location| (location.line() as usize, location.column() as usize));
+    let found = at.and_then(|(line, column)| Some((spans.path_at(line, column)?, line, column)));
+    // At a key: the mapping that holds it. At a value (`schedule: {}`): that value.
+    let holder = found.as_ref().map(|(path, line, column)| {
+        let value = spans.get(path).map(|entry| entry.value);
+        if value.is_some_and(|pos| (pos.line, pos.column) == (*line, *column)) {
+            path.as_str()
+        } else {
+            path.rsplit_once('.').map_or("", |(parent, _)| parent)
+        }
+    });
+    let diagnostic =
+        match holder {
+            Some("") => {
+                let first = spans.first_top_level_key();
+                // One caret where the mapping starts: no key there is at fault.
+                Diagnostic::new(Code::MissingField, file, format!("the manifest's top-level mapping has no `{field}`"))
+                    .at(source, first.line, first.column, 1)
+            }
+            Some(parent) => {
+                let key = spans.key_or_parent(parent);
+                Diagnostic::new(Code::MissingField, file, format!("`{parent}` has no `{field}`"))
+                    .at(source, key.line, key.column, key.len)
+            }
+            None => located(Code::MissingField, file, source, err, format!("missing field `{field}`")),
+        };
+    diagnostic.help(missing_field_help(field))
 }
 
 /// `unknown field `x`, expected one of a, b` → (x, [a, b]).

@@ -68,6 +68,16 @@ impl SpanIndex {
         self.nearest(path, |entry| entry.key)
     }
 
+    /// The position of the document's first top-level key (1:1 when there is none).
+    pub fn first_top_level_key(&self) -> Pos {
+        self.entries
+            .iter()
+            .filter(|(path, _)| !path.contains('.'))
+            .map(|(_, entry)| entry.key)
+            .min_by_key(|pos| (pos.line, pos.column))
+            .unwrap_or(Pos { line: 1, column: 1, len: 1 })
+    }
+
     /// The path whose key or value starts at `line:column`, if any.
     pub fn path_at(&self, line: usize, column: usize) -> Option<String> {
         let starts_at = |pos: Pos| pos.line == line && pos.column == column;

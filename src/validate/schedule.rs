@@ -83,39 +83,48 @@ fn check_deadline(job: &Parsed, catalog: &Catalog, cadence: Option<Duration>, ou
             return;
         }
     };
+    let deadline = Deadline { length: deadline, written: text.trim() };
     check_deadline_for_tier(job, catalog, deadline, out);
     check_deadline_against_expiry(job, catalog, deadline, out);
     check_deadline_against_cadence(job, deadline, cadence, out);
 }
 
+/// A parsed deadline and how the manifest wrote it: messages echo the
+/// user's `36h`, not a normalised `1d12h`.
+#[derive(Debug, Clone, Copy)]
+struct Deadline<'a> {
+    length: Duration,
+    written: &'a str,
+}
+
 /// W021 and N080: what the tier's lane can do with the deadline.
-fn check_deadline_for_tier(job: &Parsed, catalog: &Catalog, deadline: Duration, out: &mut Vec<Diagnostic>) {
+fn check_deadline_for_tier(job: &Parsed, catalog: &Catalog, deadline: Deadline<'_>, out: &mut Vec<Diagnostic>) {
     let tier = job.manifest.tier;
-    if crate::plan::batch_eligible(tier, deadline) {
+    if crate::plan::batch_eligible(tier, deadline.length) {
         out.push(
             job.at_value(
                 Code::BatchEligible,
                 "tier",
                 format!(
                     "a realtime job with a {} deadline could run on the batch lane at half price",
-                    format_duration(deadline)
+                    deadline.written
                 ),
             )
             .help("set `tier: soft` (the sync fallback still holds the deadline); `orchestrator estimate` shows the saving"),
         );
     }
-    if tier == Tier::Realtime && deadline < MIN_REALTIME_DEADLINE {
+    if tier == Tier::Realtime && deadline.length < MIN_REALTIME_DEADLINE {
         out.push(
             job.at_value(
                 Code::DeadlineTierMismatch,
                 "deadline",
-                format!("a deadline of {} may be shorter than one synchronous call", format_duration(deadline)),
+                format!("a deadline of {} may be shorter than one synchronous call", deadline.written),
             )
             .help("give realtime jobs at least `10s`"),
         );
     }
     if tier.lane() == Lane::Batch
-        && let Some(turnaround) = goes_straight_to_sync(job, catalog, deadline)
+        && let Some(turnaround) = goes_straight_to_sync(job, catalog, deadline.length)
     {
         out.push(
             job.at_value(
@@ -124,7 +133,7 @@ fn check_deadline_for_tier(job: &Parsed, catalog: &Catalog, deadline: Duration, 
                 format!(
                     "a deadline of {} leaves no time for a batch to end (a batch of `{}` is expected to take {}): \
                      runs will go straight to the sync lane at full price",
-                    format_duration(deadline),
+                    deadline.written,
                     job.manifest.provider,
                     format_duration(turnaround)
                 ),
@@ -138,18 +147,18 @@ fn check_deadline_for_tier(job: &Parsed, catalog: &Catalog, deadline: Duration, 
 }
 
 /// W022: a batch-lane deadline longer than the provider keeps a batch.
-fn check_deadline_against_expiry(job: &Parsed, catalog: &Catalog, deadline: Duration, out: &mut Vec<Diagnostic>) {
+fn check_deadline_against_expiry(job: &Parsed, catalog: &Catalog, deadline: Deadline<'_>, out: &mut Vec<Diagnostic>) {
     let tier = job.manifest.tier;
     let expiry =
         catalog.providers.get(&job.manifest.provider).and_then(|provider| parse_duration(&provider.batch_expiry).ok());
-    if let Some(expiry) = expiry.filter(|expiry| tier.lane() == Lane::Batch && deadline > *expiry) {
+    if let Some(expiry) = expiry.filter(|expiry| tier.lane() == Lane::Batch && deadline.length > *expiry) {
         out.push(
             job.at_value(
                 Code::DeadlineOverBatchExpiry,
                 "deadline",
                 format!(
                     "the deadline {} is longer than the provider keeps a batch ({})",
-                    format_duration(deadline),
+                    deadline.written,
                     format_duration(expiry)
                 ),
             )
@@ -164,18 +173,18 @@ fn check_deadline_against_expiry(job: &Parsed, catalog: &Catalog, deadline: Dura
 /// W023: a deadline longer than the time between firings.
 fn check_deadline_against_cadence(
     job: &Parsed,
-    deadline: Duration,
+    deadline: Deadline<'_>,
     cadence: Option<Duration>,
     out: &mut Vec<Diagnostic>,
 ) {
-    if let Some(cadence) = cadence.filter(|cadence| deadline > *cadence) {
+    if let Some(cadence) = cadence.filter(|cadence| deadline.length > *cadence) {
         out.push(
             job.at_value(
                 Code::DeadlineOverCadence,
                 "deadline",
                 format!(
                     "the deadline {} is longer than the {} between firings, so runs will overlap",
-                    format_duration(deadline),
+                    deadline.written,
                     format_duration(cadence)
                 ),
             )
