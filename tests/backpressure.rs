@@ -123,3 +123,37 @@ async fn a_long_storm_on_the_batch_lane_waits_for_the_endpoint_instead_of_failin
     eprintln!("30-minute storm, batch lane: 100 delivered from one batch, {margin}s before a 1 h deadline");
     h.sim.shutdown().await;
 }
+
+/// A request handed to the sync lane while another is in flight gets a
+/// worker of its own at once: found by the shutdown tests, where a run's
+/// second request waited for the first (ten minutes) because the lane
+/// counted the busy worker as one ready for the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_queued_behind_one_in_flight_is_sent_without_waiting_for_it() {
+    // Sync calls take a minute of real time: the test ends long before any answers.
+    let h = harness("realtime", "1h", 2, SimConfig { message_latency_ms: 60_000, ..SimConfig::default() }).await;
+    let run = h.engine.start_run(&h.job, t0(), h.job.deadline_at(t0())).await.unwrap();
+    let work = h.engine.store().call(move |s| s.sync_candidates(run.id, 3, 10)).await.unwrap();
+    assert_eq!(work.len(), 2);
+    let requests: Vec<orchestrator::lanes::SyncRequest> = work
+        .into_iter()
+        .map(|w| orchestrator::lanes::SyncRequest {
+            run_id: run.id,
+            custom_id: w.custom_id,
+            params: w.params,
+            model: h.job.model_id.clone(),
+            betas: Vec::new(),
+            attempts: w.attempts,
+            max_attempts: 3,
+        })
+        .collect();
+    let calls = || h.sim.stats().endpoint_calls.get("POST /v1/messages").copied().unwrap_or(0);
+    let lane = h.engine.sync_lane();
+    assert_eq!(lane.send(vec![requests[0].clone()]), 1);
+    crate::support::wait_until("the first call in flight", std::time::Duration::from_secs(20), || calls() == 1).await;
+    assert_eq!(lane.send(vec![requests[1].clone()]), 1);
+    crate::support::wait_until("the second call in flight", std::time::Duration::from_secs(20), || calls() == 2).await;
+    assert_eq!(h.sim.stats().messages_calls, 0, "while the first is still unanswered");
+    // Not `sim.shutdown()`: it would wait a minute for the calls to be answered.
+    lane.stop();
+}

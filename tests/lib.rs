@@ -22,6 +22,7 @@ mod run;
 mod schema;
 mod sdk;
 mod serve;
+mod shutdown;
 mod sim;
 mod support;
 mod validate;

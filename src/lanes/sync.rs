@@ -84,6 +84,8 @@ struct Work {
     /// custom_ids queued or in flight (with their run), so a request is never sent twice at once.
     taken: HashMap<String, i64>,
     workers: usize,
+    /// Workers holding a request (the others are about to take one or leave).
+    busy: usize,
 }
 
 struct Buckets {
@@ -231,7 +233,9 @@ impl SyncLane {
         let allowed = lock(&model.window).workers();
         loop {
             let mut work = lock(&model.work);
-            if self.stopped() || work.workers >= allowed || work.workers >= work.queue.len() {
+            // Idle workers will take queued requests; a busy one will not soon.
+            let idle = work.workers - work.busy;
+            if self.stopped() || work.workers >= allowed || idle >= work.queue.len() {
                 return;
             }
             work.workers += 1;
@@ -256,8 +260,9 @@ impl SyncLane {
                     true => None,
                     false => work.queue.pop_front(),
                 };
-                if next.is_none() {
-                    work.workers -= 1;
+                match next {
+                    Some(_) => work.busy += 1,
+                    None => work.workers -= 1,
                 }
                 next
             };
@@ -269,7 +274,10 @@ impl SyncLane {
             if let Err(error) = self.process(&model, request).await {
                 tracing::error!(custom_id = %custom_id, error = %error, "sync request could not be recorded");
             }
-            lock(&model.work).taken.remove(&custom_id);
+            let mut work = lock(&model.work);
+            work.taken.remove(&custom_id);
+            work.busy -= 1;
+            drop(work);
             // The window may have grown with this success.
             self.top_up(&model);
         }

@@ -11,14 +11,22 @@ use orchestrator::sim::SimHandle;
 /// in `dir`, against `sim` (its URL and a test key), outside systemd, with
 /// its standard error going to `stderr`.
 pub fn serve(dir: &Path, sim: &SimHandle, args: &[&str], stderr: Stdio) -> Child {
+    serve_against(dir, &sim.base_url(), args, stderr)
+}
+
+/// `serve` in `dir` against the provider at `base_url` (which need not answer).
+pub fn serve_against(dir: &Path, base_url: &str, args: &[&str], stderr: Stdio) -> Child {
     Command::new(env!("CARGO_BIN_EXE_orchestrator"))
         .args(["serve", "--listen", "127.0.0.1:0", "--config", "orchestrator.yaml"])
         .args(args)
         .current_dir(dir)
-        .env("ANTHROPIC_BASE_URL", sim.base_url())
+        .env("ANTHROPIC_BASE_URL", base_url)
         .env("ANTHROPIC_API_KEY", "sk-test-not-a-real-key")
         // The notifier logs each scan at debug: tests wait for that evidence.
-        .env("ORCHESTRATOR_LOG", "info,orchestrator::notify=debug")
+        .env(
+            "ORCHESTRATOR_LOG",
+            std::env::var("TEST_SERVE_LOG").unwrap_or_else(|_| "info,orchestrator::notify=debug".into()),
+        )
         .env_remove("NOTIFY_SOCKET")
         .stdout(Stdio::null())
         .stderr(stderr)
