@@ -118,3 +118,42 @@ async fn a_budget_crossed_while_the_batch_runs_blocks_the_sync_fallback() {
     assert_eq!((events[0]["stage"].as_str(), events[0]["action"].as_str()), (Some("fallback"), Some("sync_blocked")));
     h.sim.shutdown().await;
 }
+
+/// The daemon-wide `budget.monthly_usd` of orchestrator.yaml, on the real
+/// `serve`: neither job has a budget of its own, yet both answer to it,
+/// each by its own policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_wide_budget_holds_every_job_to_its_policy_end_to_end() {
+    let sim = crate::support::simulator(SimConfig::default()).await;
+    let dir = crate::support::project::empty();
+    let head = |policy: &str| {
+        format!("schedule: {{ cron: '0 6 * * *' }}\ntier: batch\ndeadline: 2h\nbudget: {{ on_budget: {policy} }}\n")
+    };
+    crate::support::project::write_job(dir.path(), "skipper", &head("skip"), 4, "");
+    crate::support::project::write_job(dir.path(), "keeper", &head("alert"), 6, "");
+    // A millionth of a dollar for all jobs together: any run crosses it.
+    crate::support::project::write_config(
+        dir.path(),
+        "batch: { poll_initial: 1s }\nbudget: { monthly_usd: 0.000001 }\n",
+    );
+    let daemon = crate::support::process::serve(dir.path(), &sim, &["--run-now"], std::process::Stdio::null());
+    let closed = "SELECT COUNT(*) FROM runs WHERE state != 'open'";
+    crate::support::wait_until("both runs to close", std::time::Duration::from_secs(60), || {
+        crate::support::db::count(dir.path(), closed) == 2
+    })
+    .await;
+    crate::support::process::kill(daemon);
+    let db = |sql: &str| crate::support::db::ids(dir.path(), sql);
+    assert_eq!(db("SELECT job || ' ' || state FROM runs ORDER BY job"), ["keeper completed", "skipper skipped"]);
+    let reason = db("SELECT reason FROM runs WHERE job = 'skipper'");
+    assert!(reason[0].starts_with("the global monthly budget of $0.00 would be crossed"), "{reason:?}");
+    let skipped_requests = "SELECT COUNT(*) FROM requests r JOIN runs u ON u.id = r.run_id WHERE u.job = 'skipper'";
+    assert_eq!(crate::support::db::count(dir.path(), skipped_requests), 0);
+    assert_eq!(sim.stats().requests_received, 6, "only the keeper's requests reached the provider");
+    // A run's events name it by run_id; the job is the run's.
+    let decisions = db("SELECT r.job || ' ' || json_extract(e.detail, '$.scope') || ' '
+                || json_extract(e.detail, '$.policy') || ' ' || json_extract(e.detail, '$.stage')
+         FROM events e JOIN runs r ON r.id = e.run_id WHERE e.kind = 'budget_exceeded' ORDER BY r.job, e.id");
+    assert_eq!(decisions, ["keeper global alert submit", "skipper global skip submit"]);
+    sim.shutdown().await;
+}

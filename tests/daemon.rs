@@ -220,3 +220,26 @@ async fn overlap_queue_starts_the_next_run_when_the_open_one_closes() {
     assert_eq!(h.count("SELECT COUNT(*) FROM events WHERE kind = 'run_skipped'"), 0);
     h.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlap_allow_starts_every_instant_while_earlier_runs_are_open() {
+    let h = overlapping("allow").await;
+    // Every quarter hour from 06:00 to 07:00 fires, whatever is still open.
+    let expected: Vec<_> = (0..5).map(|n| at("2026-11-22T06:00:00Z") + chrono::Duration::minutes(15 * n)).collect();
+    assert_eq!(fired(&h), expected);
+    // Each run started while the one before it was still open (batches never
+    // end; the fallback of 06:00 comes near 06:55).
+    let db = h.db();
+    let mut statement = db.prepare("SELECT created_at, finished_at FROM runs ORDER BY scheduled_for").unwrap();
+    let lives: Vec<(i64, Option<i64>)> =
+        statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).unwrap().map(Result::unwrap).collect();
+    for pair in lives.windows(2) {
+        let (started, (_, earlier_finished)) = (pair[1].0, pair[0]);
+        assert!(earlier_finished.is_none_or(|finished| started < finished), "side by side: {lives:?}");
+    }
+    assert_eq!(h.count("SELECT COUNT(*) FROM events WHERE kind IN ('run_skipped', 'run_queued')"), 0);
+    // Each run has its own requests and its own batch.
+    assert_eq!(h.count("SELECT COUNT(DISTINCT run_id) FROM batches"), 5);
+    assert_eq!(h.count("SELECT COUNT(*) FROM requests"), 10);
+    h.sim.shutdown().await;
+}

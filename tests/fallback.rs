@@ -78,7 +78,40 @@ async fn a_batch_ending_after_the_fallback_started_is_duplicate_spend_never_a_se
         h.count("SELECT COUNT(*) FROM requests q JOIN results r ON r.id = q.result_id WHERE r.lane = 'sync'");
     assert_eq!(sync_won, ITEMS as i64, "the first final result of each request won");
     eprintln!("late batch: {late} duplicate results recorded, {}s margin", h.margin_secs(run_id));
+    assert_duplicate_spend_in_cost(&h, late);
     h.sim.shutdown().await;
+}
+
+/// `orchestrator cost` shows the duplicate spend the store holds: its count
+/// and dollars in JSON, and the dollars in the table's total line.
+fn assert_duplicate_spend_in_cost(h: &Harness, duplicates: i64) {
+    let db = h.dir.path().join("state/orchestrator.db");
+    let cost = |format: &str| {
+        let output = crate::support::run(&[
+            "cost",
+            "--state",
+            db.to_str().unwrap(),
+            "--since",
+            "2000-01-01",
+            "--format",
+            format,
+        ]);
+        assert!(output.status.success(), "{}", crate::support::stderr(&output));
+        crate::support::stdout(&output)
+    };
+    let report: serde_json::Value = serde_json::from_str(&cost("json")).unwrap();
+    let stored: f64 = h
+        .db()
+        .query_row("SELECT SUM(cost_micros) / 1e6 FROM results WHERE duplicate = 1", [], |row| row.get(0))
+        .unwrap();
+    assert!(stored > 0.0);
+    assert_eq!(report["total"]["duplicates"], duplicates, "{report}");
+    let shown = report["total"]["duplicate_usd"].as_f64().unwrap();
+    assert!((shown - stored).abs() < 1e-9, "duplicate_usd {shown} = the store's {stored}");
+    let table = cost("table");
+    let total = table.lines().find(|line| line.starts_with("total")).expect("a total line");
+    let last = total.split_whitespace().last().unwrap();
+    assert_eq!(last, format!("${stored:.4}"), "the table's duplicate column: {total}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,7 @@ mod serve;
 mod shutdown;
 mod sim;
 mod support;
+mod systemd;
 mod validate;
 mod validate_props;
 mod web;

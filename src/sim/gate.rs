@@ -27,7 +27,7 @@ pub(crate) async fn gate(State(sim): State<Arc<Sim>>, mut req: Request, next: Ne
     } else {
         let endpoint = endpoint(req.method().as_str(), req.uri().path());
         sim.lock().stats.call(endpoint);
-        if let Err(err) = check_headers(req.headers()) {
+        if let Err(err) = check_headers(req.headers(), sim.config.api_key.as_deref()) {
             err.into_response()
         } else if let Some((label, err)) = faults::roll_fault(&sim.config, n, sim.clock.now()) {
             tracing::debug!(fault = label, path = req.uri().path(), "injecting a fault");
@@ -58,15 +58,19 @@ fn endpoint(method: &str, path: &str) -> String {
     format!("{method} {}", path.join("/"))
 }
 
-/// A credential (`x-api-key`, or `Authorization: Bearer`) and `anthropic-version` must be present.
-fn check_headers(headers: &HeaderMap) -> Result<(), ApiError> {
+/// A credential (`x-api-key`, or `Authorization: Bearer`; `accepted` when
+/// set) and `anthropic-version` must be present.
+fn check_headers(headers: &HeaderMap, accepted: Option<&str>) -> Result<(), ApiError> {
     let non_empty =
         |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
     let bearer = non_empty("authorization")
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .filter(|token| !token.trim().is_empty());
-    if non_empty("x-api-key").is_none() && bearer.is_none() {
+    let Some(key) = non_empty("x-api-key").or(bearer) else {
         return Err(ApiError::authentication("x-api-key header is required (or Authorization: Bearer <token>)"));
+    };
+    if accepted.is_some_and(|accepted| accepted != key) {
+        return Err(ApiError::authentication("invalid x-api-key"));
     }
     if non_empty("anthropic-version").is_none() {
         return Err(ApiError::invalid("anthropic-version: header is required"));

@@ -103,6 +103,10 @@ pub struct SimConfig {
     /// (default: from the prompt's hash, mostly 50–600 bytes, one in sixteen 800–3,200).
     #[arg(long)]
     pub reply_bytes: Option<u32>,
+    /// The only API key accepted (a 401 `authentication_error` for any
+    /// other, as the real API answers); unset: any non-empty key.
+    #[arg(long, env = "ORCHESTRATOR_SIM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -129,6 +133,7 @@ impl Default for SimConfig {
             create_answer_lost_chance: 0.0,
             cancel_secs: None,
             reply_bytes: None,
+            api_key: None,
         }
     }
 }
