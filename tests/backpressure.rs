@@ -56,7 +56,7 @@ async fn a_realtime_job_under_an_overload_storm_delivers_everything() {
     let overloaded = h.count("SELECT COUNT(*) FROM attempts WHERE http_status = 529");
     assert!(overloaded >= 20, "the storm hit: {overloaded} answers were 529");
     assert_eq!(h.count(FAILED_OR_CHARGED), 0, "a 529 uses up no attempt");
-    let window = h.engine.sync_lane().window("claude-haiku-4-5").expect("the lane served the model");
+    let window = h.engine.sync_lane().window("anthropic", "claude-haiku-4-5").expect("the lane served the model");
     assert!(window < 8.0, "the lane sent fewer calls at once while overloaded: window {window}");
     let margin = h.margin_secs(run_id);
     assert!(margin >= 0, "in time: {margin}s");
@@ -141,6 +141,7 @@ async fn a_request_queued_behind_one_in_flight_is_sent_without_waiting_for_it() 
             run_id: run.id,
             custom_id: w.custom_id,
             params: w.params,
+            provider: h.job.manifest.provider.clone(),
             model: h.job.model_id.clone(),
             betas: Vec::new(),
             attempts: w.attempts,

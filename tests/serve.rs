@@ -47,6 +47,8 @@ fn assert_complete_once(dir: &Path, sim: &SimHandle) {
     assert_eq!(delivered.len(), ITEMS, "every item reached the sink");
     assert!(delivered.values().all(|&n| n == 1), "nothing was delivered twice");
     assert_eq!(sim.stats().custom_ids_submitted_more_than_once, 0, "no request was in two batches");
+    assert!(sim.stats().batches_created >= 1);
+    assert_eq!(sim.stats().chunked_bodies, 0, "every create body went out with a Content-Length");
 }
 
 const COMPLETED: &str = "SELECT COUNT(*) FROM runs WHERE state = 'completed'";

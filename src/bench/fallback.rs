@@ -13,7 +13,7 @@ use anyhow::ensure;
 
 use super::Scratch;
 use super::figures::{Metric, Sampled, Target};
-use super::ingest::{client, seed};
+use super::ingest::seed;
 use super::simulator::SimProcess;
 use crate::clock::SystemClock;
 use crate::lanes::limiter::BURST_SECS;
@@ -75,7 +75,7 @@ fn ideal_secs(requests: u64, per_minute: u64) -> f64 {
 async fn pass(base_url: &str, db: &std::path::Path, requests: u64, limits: SyncLimits) -> anyhow::Result<f64> {
     let store = SharedStore::new(Store::open(db)?);
     let run_id = store.call(move |s| seed(s, requests)).await?;
-    let lane = SyncLane::new(client(base_url)?, store.clone(), Arc::new(SystemClock), limits);
+    let lane = SyncLane::new(super::ingest::providers(base_url)?, store.clone(), Arc::new(SystemClock), limits);
     let started = Instant::now();
     // What the engine's fallback does: every unfinished request, straight from the store.
     let work = store.call(move |s| s.sync_candidates(run_id, 3, usize::MAX)).await?;
@@ -85,6 +85,7 @@ async fn pass(base_url: &str, db: &std::path::Path, requests: u64, limits: SyncL
             run_id,
             custom_id: w.custom_id,
             params: w.params,
+            provider: "anthropic".to_owned(),
             model: "claude-haiku-4-5".to_owned(),
             betas: Vec::new(),
             attempts: w.attempts,

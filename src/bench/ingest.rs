@@ -21,7 +21,8 @@ use super::simulator::SimProcess;
 use super::{Figure, Report, Scratch, Target, build_profile, median, rss};
 use crate::clock::SystemClock;
 use crate::lanes::batch::BatchLane;
-use crate::providers::anthropic::{AnthropicClient, ApiKey};
+use crate::providers::anthropic::AnthropicClient;
+use crate::providers::{ApiKey, Client, Providers};
 use crate::store::{BatchRow, NewRequest, NewRun, SharedStore, Store, StoreError};
 
 /// Most results one batch can hold.
@@ -178,11 +179,12 @@ async fn prepare(base_url: &str, dir: &Path, results: u64) -> anyhow::Result<Set
     let db = dir.join("state.db");
     let store = SharedStore::new(Store::open(&db)?);
     let client = client(base_url)?;
-    let lane = BatchLane::new(client.clone(), store.clone(), Arc::new(SystemClock));
+    let lane =
+        BatchLane::new(Providers::new([Client::Anthropic(client.clone())]), store.clone(), Arc::new(SystemClock));
     let run_id = store.call(move |s| seed(s, results)).await?;
     tracing::info!(requests = results, "requests stored; submitting the batch");
     let ids = (1..=results).map(custom_id).collect();
-    let batch_id = lane.submit(run_id, ids, &[], None).await?;
+    let batch_id = lane.submit(run_id, "anthropic", ids, &[], None).await?;
     let batch = wait_until_ended(&lane, &store, batch_id).await?;
     let url = batch.results_url.context("the ended batch has no results_url")?;
     let bytes_per_result = stream_bytes(&client, &url, results).await?;
@@ -232,6 +234,11 @@ pub(super) fn client(base_url: &str) -> anyhow::Result<AnthropicClient> {
     Ok(AnthropicClient::new(base_url, ApiKey::new("bench"))?)
 }
 
+/// The benchmarks' provider: Anthropic on the simulator at `base_url`.
+pub(super) fn providers(base_url: &str) -> anyhow::Result<Providers> {
+    Ok(Providers::new([Client::Anthropic(client(base_url)?)]))
+}
+
 /// Polls through the lane until the batch ended; returns its row then.
 async fn wait_until_ended(lane: &BatchLane, store: &SharedStore, batch_id: i64) -> anyhow::Result<BatchRow> {
     let started = Instant::now();
@@ -250,13 +257,13 @@ async fn wait_until_ended(lane: &BatchLane, store: &SharedStore, batch_id: i64) 
 /// with the reader the lane uses; checks there is one line per request.
 async fn stream_bytes(client: &AnthropicClient, url: &str, expected: u64) -> anyhow::Result<f64> {
     let mut reader = client.results(url).await?;
-    let (mut lines, mut bytes) = (0_u64, 0_u64);
-    while let Some(line) = reader.next_line().await? {
+    let mut lines = 0_u64;
+    while let Some(line) = reader.next().await? {
+        line.map_err(|why| anyhow::anyhow!("an unreadable result line: {why}"))?;
         lines += 1;
-        bytes += line.len() as u64 + 1;
     }
     ensure!(lines == expected, "the results stream has {lines} lines, expected {expected}");
-    Ok(bytes as f64 / lines as f64)
+    Ok(reader.bytes_read() as f64 / lines as f64)
 }
 
 /// One repeat: a fresh copy of the database, ingested by a fresh worker process.
@@ -310,7 +317,7 @@ pub(super) fn remove_database(db: &Path) {
 /// through the lane, checks every result was stored, and reports.
 pub async fn worker(state: &Path, batch_id: i64, base_url: &str) -> anyhow::Result<Measured> {
     let store = SharedStore::new(Store::open(state)?);
-    let lane = BatchLane::new(client(base_url)?, store.clone(), Arc::new(SystemClock));
+    let lane = BatchLane::new(providers(base_url)?, store.clone(), Arc::new(SystemClock));
     let batch = store.call(move |s| s.batch(batch_id)).await?.with_context(|| format!("no batch {batch_id}"))?;
     ensure!(!batch.results_ingested, "batch {batch_id} is already ingested: nothing to measure");
     let started = Instant::now();

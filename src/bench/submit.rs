@@ -132,9 +132,9 @@ pub async fn worker(project_dir: &Path, state: &Path, base_url: &str, requests: 
         store.call(move |s| s.insert_requests(run_id, &chunk, Utc::now())).await?;
         store_secs += started.elapsed().as_secs_f64();
     }
-    let lane = BatchLane::new(super::ingest::client(base_url)?, store.clone(), Arc::new(SystemClock));
+    let lane = BatchLane::new(super::ingest::providers(base_url)?, store.clone(), Arc::new(SystemClock));
     let started = Instant::now();
-    let batch_id = lane.submit(run_id, ids, &[], None).await?;
+    let batch_id = lane.submit(run_id, "anthropic", ids, &[], None).await?;
     let submit_secs = started.elapsed().as_secs_f64();
     let batch = store.call(move |s| s.batch(batch_id)).await?.context("the batch row is gone")?;
     ensure!(batch.provider_batch_id.is_some() && batch.request_count == requests, "the batch was not submitted whole");

@@ -11,7 +11,8 @@ use crate::clock::Clock;
 use crate::engine::{Engine, EngineSettings};
 use crate::job::Job;
 use crate::lanes::{BatchLane, SyncLane};
-use crate::providers::anthropic::{AnthropicClient, ApiKey};
+use crate::providers::anthropic::AnthropicClient;
+use crate::providers::{ApiKey, Client, Providers};
 use crate::sim::{SimConfig, SimHandle};
 use crate::store::{SharedStore, Store};
 
@@ -113,8 +114,9 @@ pub(super) async fn backend(
             }
         },
     };
-    let batch = BatchLane::new(client.clone(), store.clone(), Arc::clone(&clock));
-    let sync = SyncLane::new(client, store.clone(), Arc::clone(&clock), settings.sync);
+    let providers = Providers::new([Client::Anthropic(client)]);
+    let batch = BatchLane::new(providers.clone(), store.clone(), Arc::clone(&clock));
+    let sync = SyncLane::new(providers, store.clone(), Arc::clone(&clock), settings.sync);
     let engine = Arc::new(Engine::new(store, batch, sync, clock, settings, jobs));
     Ok(Ok(Backend { engine, simulator, _lock: lock }))
 }

@@ -17,6 +17,7 @@ use crate::lanes::SyncRequest;
 use crate::lanes::batch::split;
 use crate::manifest::Lane;
 use crate::plan::{SyncLoad, batch_worthwhile, safety_margin, sync_estimate, takeover_at};
+use crate::providers::ProviderError;
 use crate::store::{BatchRow, BatchState, RunRow, TokenAverages, Waiting};
 
 /// What the planner knows of how long each lane takes, and where it got it
@@ -229,13 +230,14 @@ impl Engine {
             return Ok(());
         }
         let give_up_at = Some(takeover_at).filter(|at| *at > now && run.sync_blocked.is_none());
-        let mut limits = self.settings.limits;
+        let provider = job.manifest.provider.as_str();
+        let mut limits = self.batch.limits(provider).ok_or_else(|| ProviderError::NoClient(provider.to_owned()))?;
         if let Some(cap) = job.manifest.max_batch_requests {
             limits.max_requests = limits.max_requests.min(cap as usize);
         }
         let follow_up = waiting.iter().any(|w| w.retry);
         for custom_ids in split(waiting, limits) {
-            let batch_id = self.batch.submit(run.id, custom_ids, &job.manifest.betas, give_up_at).await?;
+            let batch_id = self.batch.submit(run.id, provider, custom_ids, &job.manifest.betas, give_up_at).await?;
             self.schedule_poll(batch_id, self.settings.poll_initial);
         }
         if follow_up {
@@ -303,6 +305,7 @@ impl Engine {
                 run_id: run.id,
                 custom_id: work.custom_id,
                 params: sync_params(job, work.params),
+                provider: job.manifest.provider.clone(),
                 model: job.model_id.clone(),
                 betas: job.manifest.betas.clone(),
                 attempts: work.attempts,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::catalog::Catalog;
-use crate::lanes::{BatchLimits, SyncLimits};
+use crate::lanes::SyncLimits;
 
 /// Latency assumed for a sync call when neither a measurement, nor the
 /// configuration, nor the catalog says.
@@ -16,8 +16,6 @@ pub use crate::plan::DEFAULT_BATCH_TURNAROUND;
 pub struct EngineSettings {
     /// Models and prices.
     pub catalog: Catalog,
-    /// Provider limits per batch (a job's `max_batch_requests` lowers them).
-    pub limits: BatchLimits,
     /// First wait between polls of a batch; it doubles while nothing changes.
     pub poll_initial: Duration,
     /// Longest wait between polls.
@@ -48,7 +46,6 @@ impl EngineSettings {
     pub fn new(catalog: Catalog) -> EngineSettings {
         EngineSettings {
             catalog,
-            limits: BatchLimits::default(),
             poll_initial: Duration::from_secs(10),
             poll_max: Duration::from_secs(300),
             max_safety_margin: Self::DEFAULT_MAX_SAFETY_MARGIN,

@@ -1,40 +1,27 @@
-//! The batch lane: split, submit (intent first), reconcile, poll, ingest.
+//! The batch lane: split, submit (intent first), reconcile, poll, ingest,
+//! for every provider through its [`Client`]; what a batch holds and how
+//! it is framed on the wire is the provider's business.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 
 use super::limiter::TokenBucket;
 use super::retry::{RetryPolicy, with_retries};
 use crate::clock::Clock;
 use crate::outcome::Outcome;
-use crate::providers::anthropic::{AnthropicClient, MessageBatch};
-use crate::providers::{ProviderError, parse_result_line};
+use crate::providers::{BatchInput, BatchPhase, BatchStatus, Client, ProviderError, Providers, RequestRows};
 use crate::store::{BatchRow, BatchState, NewAttempt, ResultCounts, SharedStore, Store, StoreError, Waiting};
+
+pub use crate::providers::BatchLimits;
 
 /// Most result lines committed per transaction.
 const INGEST_CHUNK: usize = 4000;
 /// Parsed result lines waiting for the writer (about 1.5 KB each).
 const INGEST_QUEUE: usize = 256;
-/// Bytes of request body sent per chunk of the streamed create call.
-const BODY_CHUNK: usize = 64 * 1024;
-
-/// The provider's limits on one batch.
-#[derive(Debug, Clone, Copy)]
-pub struct BatchLimits {
-    /// Requests per batch.
-    pub max_requests: usize,
-    /// Bytes of request body per batch.
-    pub max_bytes: usize,
-}
-
-impl Default for BatchLimits {
-    fn default() -> Self {
-        // Anthropic: 100,000 requests or 256 MB, whichever comes first.
-        BatchLimits { max_requests: 100_000, max_bytes: 256 * 1024 * 1024 }
-    }
-}
+/// Bytes of request rows read from the store per chunk of a create call.
+const ROWS_CHUNK: usize = 64 * 1024;
 
 /// Why the lane could not proceed.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +32,17 @@ pub enum LaneError {
     /// The state database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<LaneError> for ProviderError {
+    /// Inside a retried provider call a store failure is retried like a
+    /// transport error; it is logged with what it is.
+    fn from(error: LaneError) -> ProviderError {
+        match error {
+            LaneError::Provider(error) => error,
+            LaneError::Store(error) => ProviderError::Transport(format!("state database: {error}")),
+        }
+    }
 }
 
 impl LaneError {
@@ -72,25 +70,43 @@ pub fn split(waiting: &[Waiting], limits: BatchLimits) -> Vec<Vec<String>> {
     batches
 }
 
-/// Anthropic: 50 requests per minute across the batch endpoints, shared by every run.
-pub const BATCH_REQUESTS_PER_MINUTE: u64 = 50;
+/// One provider's client and the pacing of its batch endpoints.
+struct ProviderLane {
+    client: Client,
+    /// Every batch-endpoint call of every run draws from this one bucket.
+    pacer: Mutex<TokenBucket>,
+}
 
-/// The batch lane of one provider account.
+/// The batch lanes of the process's provider accounts.
 #[derive(Clone)]
 pub struct BatchLane {
-    client: AnthropicClient,
+    providers: Arc<HashMap<&'static str, ProviderLane>>,
     store: SharedStore,
     clock: Arc<dyn Clock>,
     policy: RetryPolicy,
-    /// Every batch-endpoint call of every run draws from this one bucket.
-    pacer: Arc<Mutex<TokenBucket>>,
 }
 
 impl BatchLane {
-    /// A lane over `client`, recording in `store`, timed by `clock`.
-    pub fn new(client: AnthropicClient, store: SharedStore, clock: Arc<dyn Clock>) -> BatchLane {
-        let pacer = Arc::new(Mutex::new(TokenBucket::per_minute(BATCH_REQUESTS_PER_MINUTE, clock.now())));
-        BatchLane { client, store, clock, policy: RetryPolicy::default(), pacer }
+    /// A lane over `providers`' clients, recording in `store`, timed by `clock`.
+    pub fn new(providers: Providers, store: SharedStore, clock: Arc<dyn Clock>) -> BatchLane {
+        let now = clock.now();
+        let lanes = providers
+            .iter()
+            .map(|client| {
+                let pacer = Mutex::new(TokenBucket::per_minute(client.batch_calls_per_minute(), now));
+                (client.provider(), ProviderLane { client: client.clone(), pacer })
+            })
+            .collect();
+        BatchLane { providers: Arc::new(lanes), store, clock, policy: RetryPolicy::default() }
+    }
+
+    /// The most one batch of `provider` may hold; `None` without a client for it.
+    pub fn limits(&self, provider: &str) -> Option<BatchLimits> {
+        self.providers.get(provider).map(|lane| lane.client.batch_limits())
+    }
+
+    fn lane(&self, provider: &str) -> Result<&ProviderLane, ProviderError> {
+        self.providers.get(provider).ok_or_else(|| ProviderError::NoClient(provider.to_owned()))
     }
 
     /// Asks the provider to cancel a batch; what it finished stays billed and
@@ -99,8 +115,15 @@ impl BatchLane {
         let Some(provider_id) = batch.provider_batch_id.clone() else {
             return Ok(());
         };
+        let lane = self.lane(&batch.provider)?;
         let seen = with_retries(self.clock.as_ref(), self.policy, None, "cancel_batch", || {
-            self.recorded("cancel_batch", Some(batch.run_id), Some(batch.id), self.client.cancel_batch(&provider_id))
+            self.recorded(
+                lane,
+                "cancel_batch",
+                Some(batch.run_id),
+                Some(batch.id),
+                lane.client.cancel_batch(&provider_id),
+            )
         })
         .await?;
         self.record_seen(batch, &seen).await?;
@@ -113,9 +136,9 @@ impl BatchLane {
         Ok(())
     }
 
-    /// Waits for room in the batch endpoints' rate limit.
-    async fn pace(&self) {
-        let wait = self.pacer.lock().unwrap_or_else(|p| p.into_inner()).reserve(1.0, self.clock.now());
+    /// Waits for room in the rate limit of `lane`'s batch endpoints.
+    async fn pace(&self, lane: &ProviderLane) {
+        let wait = lane.pacer.lock().unwrap_or_else(|p| p.into_inner()).reserve(1.0, self.clock.now());
         if !wait.is_zero() {
             self.clock.sleep(wait).await;
         }
@@ -127,25 +150,30 @@ impl BatchLane {
     pub async fn submit(
         &self,
         run_id: i64,
+        provider: &str,
         custom_ids: Vec<String>,
         betas: &[String],
         give_up_at: Option<DateTime<Utc>>,
     ) -> Result<i64, LaneError> {
+        let lane = self.lane(provider)?;
         let now = self.clock.now();
-        let batch = self.store.call(move |s| s.record_batch_intent(run_id, "anthropic", &custom_ids, now)).await?;
+        let name = lane.client.provider();
+        let batch = self.store.call(move |s| s.record_batch_intent(run_id, name, &custom_ids, now)).await?;
         crate::failpoint::hit("after_intent");
-        self.create(run_id, batch.id, betas, give_up_at).await?;
+        self.create(&batch, betas, give_up_at).await?;
         Ok(batch.id)
     }
 
     /// Sends the create call for a batch whose intent is committed, and commits the id.
     async fn create(
         &self,
-        run_id: i64,
-        batch_id: i64,
+        batch: &BatchRow,
         betas: &[String],
         give_up_at: Option<DateTime<Utc>>,
     ) -> Result<(), LaneError> {
+        let lane = self.lane(&batch.provider)?;
+        let (batch_id, run_id) = (batch.id, batch.run_id);
+        let input = self.input(batch).await?;
         // A failed create may still have created the batch (its answer was
         // lost): before sending again, look for it, so it is never created
         // twice. Once a try may have taken effect, every later try looks
@@ -158,8 +186,7 @@ impl BatchLane {
                 tracing::info!(batch = batch_id, provider_batch_id = %found.id, "adopted the batch a failed create made");
                 return Ok(found);
             }
-            let body = request_body(self.store.path().to_owned(), batch_id);
-            let sent = self.recorded("create_batch", Some(run_id), Some(batch_id), self.client.create_batch(body, betas));
+            let sent = self.recorded(lane, "create_batch", Some(run_id), Some(batch_id), lane.client.create_batch(&input, betas));
             let result = sent.await;
             if result.as_ref().err().is_some_and(ProviderError::may_have_taken_effect) {
                 maybe_created.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -184,6 +211,21 @@ impl BatchLane {
         self.store.call(move |s| s.mark_batch_submitted(batch_id, &id, now)).await?;
         tracing::info!(batch = batch_id, provider_batch_id = %created.id, "batch submitted");
         Ok(())
+    }
+
+    /// The create call's input for `batch`: its requests read from the
+    /// store for each try, their sizes summed ahead.
+    async fn input(&self, batch: &BatchRow) -> Result<BatchInput, LaneError> {
+        let batch_id = batch.id;
+        let size = self.store.call(move |s| s.batch_payload_size(batch_id)).await?;
+        let db = self.store.path().to_owned();
+        Ok(BatchInput {
+            tag: batch_tag(batch),
+            count: size.requests,
+            custom_id_bytes: size.custom_id_bytes,
+            params_bytes: size.params_bytes,
+            rows: Box::new(move || request_rows(db.clone(), batch_id)),
+        })
     }
 
     /// Settles a batch left `submitting` by a crash or a failed create:
@@ -218,57 +260,59 @@ impl BatchLane {
             return Ok(());
         }
         tracing::info!(batch = batch.id, "no provider batch matches the intent: submitting it again");
-        self.create(batch.run_id, batch.id, betas, give_up_at).await
+        self.create(batch, betas, give_up_at).await
     }
 
     /// [`Self::find_created`] for the batch with database id `batch_id`, as a provider call.
-    async fn created_for(&self, batch_id: i64) -> Result<Option<MessageBatch>, ProviderError> {
-        let in_store = |e: StoreError| ProviderError::Transport(format!("state database: {e}"));
-        let batch = self.store.call(move |s| s.batch(batch_id)).await.map_err(in_store)?;
+    async fn created_for(&self, batch_id: i64) -> Result<Option<BatchStatus>, ProviderError> {
+        let batch = self.store.call(move |s| s.batch(batch_id)).await.map_err(LaneError::from)?;
         let Some(batch) = batch else { return Ok(None) };
-        self.find_created(&batch).await.map_err(|error| match error {
-            LaneError::Provider(e) => e,
-            LaneError::Store(e) => in_store(e),
-        })
+        Ok(self.find_created(&batch).await?)
     }
 
-    /// The provider batch created for `batch`: the oldest one with the same
-    /// request count, created no earlier than shortly before the intent, that
-    /// is not already ours. There is no upper time bound: the provider's clock
-    /// (or a time-scaled simulator's) may run ahead of ours.
-    async fn find_created(&self, batch: &BatchRow) -> Result<Option<MessageBatch>, LaneError> {
-        let earliest = batch.intent_at - chrono::Duration::minutes(2);
-        let created_at =
-            |b: &MessageBatch| DateTime::parse_from_rfc3339(&b.created_at).ok().map(|t| t.with_timezone(&Utc));
-        let mut after: Option<String> = None;
-        let mut oldest_match: Option<MessageBatch> = None;
+    /// The provider batch created for `batch`. A provider that keeps the
+    /// create call's tag names it exactly. Otherwise: the oldest one with
+    /// the same request count, created no earlier than shortly before the
+    /// intent, that is not already ours. There is no upper time bound: the
+    /// provider's clock (or a time-scaled simulator's) may run ahead of ours.
+    async fn find_created(&self, batch: &BatchRow) -> Result<Option<BatchStatus>, LaneError> {
+        let lane = self.lane(&batch.provider)?;
+        let by_tag = lane.client.keeps_tags();
+        let (tag, earliest) = (batch_tag(batch), batch.intent_at - chrono::Duration::minutes(2));
+        let mut cursor: Option<String> = None;
+        let mut oldest_match: Option<BatchStatus> = None;
         loop {
-            let cursor = after.clone();
+            let after = cursor.clone();
             let page = with_retries(self.clock.as_ref(), self.policy, None, "list_batches", || {
                 self.recorded(
+                    lane,
                     "list_batches",
                     Some(batch.run_id),
                     Some(batch.id),
-                    self.client.list_batches(cursor.as_deref(), 100),
+                    lane.client.list_batches(after.as_deref()),
                 )
             })
             .await?;
-            for candidate in &page.data {
-                let recent = created_at(candidate).is_some_and(|t| t >= earliest);
+            for candidate in &page.batches {
+                if by_tag && candidate.tag.as_deref() == Some(tag.as_str()) {
+                    return Ok(Some(candidate.clone()));
+                }
+                let recent = candidate.created_at.is_some_and(|t| t >= earliest);
                 let id = candidate.id.clone();
-                if recent
-                    && candidate.total() == batch.request_count
+                if !by_tag
+                    && recent
+                    && candidate.request_count == Some(batch.request_count)
                     && !self.store.call(move |s| s.knows_provider_batch(&id)).await?
                 {
                     // Pages are newest first: the last match seen is the oldest.
                     oldest_match = Some(candidate.clone());
                 }
             }
-            let reached_older = page.data.last().and_then(created_at).is_none_or(|t| t < earliest);
-            if !page.has_more || reached_older {
-                return Ok(oldest_match);
+            let reached_older = page.batches.last().and_then(|b| b.created_at).is_none_or(|t| t < earliest);
+            match page.next {
+                Some(next) if !reached_older => cursor = Some(next),
+                _ => return Ok(oldest_match),
             }
-            after = page.last_id.or_else(|| page.data.last().map(|b| b.id.clone()));
         }
     }
 
@@ -277,29 +321,29 @@ impl BatchLane {
         let Some(provider_id) = batch.provider_batch_id.clone() else {
             return Ok(false);
         };
+        let lane = self.lane(&batch.provider)?;
         let seen = with_retries(self.clock.as_ref(), self.policy, None, "retrieve_batch", || {
             self.recorded(
+                lane,
                 "retrieve_batch",
                 Some(batch.run_id),
                 Some(batch.id),
-                self.client.retrieve_batch(&provider_id),
+                lane.client.retrieve_batch(&provider_id),
             )
         })
         .await?;
         let state = self.record_seen(batch, &seen).await?;
-        Ok(state == BatchState::Ended && seen.results_url.is_some())
+        Ok(state == BatchState::Ended && seen.results.is_some())
     }
 
     /// Stores what the provider said about a batch (retrieve or cancel answer).
-    async fn record_seen(&self, batch: &BatchRow, seen: &MessageBatch) -> Result<BatchState, LaneError> {
-        let state = match seen.processing_status.as_str() {
-            "ended" => BatchState::Ended,
-            "canceling" => BatchState::Canceling,
-            _ => BatchState::InProgress,
+    async fn record_seen(&self, batch: &BatchRow, seen: &BatchStatus) -> Result<BatchState, LaneError> {
+        let state = match seen.phase {
+            BatchPhase::Ended => BatchState::Ended,
+            BatchPhase::Canceling => BatchState::Canceling,
+            BatchPhase::InProgress => BatchState::InProgress,
         };
-        let ended_at =
-            seen.ended_at.as_deref().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc));
-        let (now, batch_id, url) = (self.clock.now(), batch.id, seen.results_url.clone());
+        let (now, batch_id, url, ended_at) = (self.clock.now(), batch.id, seen.results.clone(), seen.ended_at);
         self.store.call(move |s| s.update_batch_status(batch_id, state, ended_at, url.as_deref(), now)).await?;
         Ok(state)
     }
@@ -312,8 +356,9 @@ impl BatchLane {
             Some(url) => url,
             None => return Ok(ResultCounts::default()),
         };
+        let lane = self.lane(&batch.provider)?;
         let streamed = with_retries(self.clock.as_ref(), self.policy, None, "ingest_results", || {
-            self.recorded("results", Some(batch.run_id), Some(batch.id), self.ingest_once(batch.id, &url))
+            self.recorded(lane, "results", Some(batch.run_id), Some(batch.id), self.ingest_once(lane, batch.id, &url))
         })
         .await;
         let mut counts = match streamed {
@@ -339,8 +384,8 @@ impl BatchLane {
     /// while a blocking thread with its own connection writes them, a few
     /// thousand per transaction. Only the queue between the two is held in
     /// memory, so the footprint is the same for a hundred lines or 100,000.
-    async fn ingest_once(&self, batch_id: i64, url: &str) -> Result<ResultCounts, ProviderError> {
-        let mut reader = self.client.results(url).await?;
+    async fn ingest_once(&self, lane: &ProviderLane, batch_id: i64, url: &str) -> Result<ResultCounts, ProviderError> {
+        let mut reader = lane.client.results(url).await?;
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<(String, Outcome)>(INGEST_QUEUE);
         let (db, now) = (self.store.path().to_owned(), self.clock.now());
         let writer = tokio::task::spawn_blocking(move || {
@@ -357,8 +402,8 @@ impl BatchLane {
                 .map_err(|e| ProviderError::Transport(format!("state database: {e}")))
         });
         let streamed = async {
-            while let Some(line) = reader.next_line().await? {
-                match parse_result_line(&line) {
+            while let Some(line) = reader.next().await? {
+                match line {
                     // A closed queue means the writer failed: its error is returned below.
                     Ok(parsed) => {
                         if sender.send((parsed.custom_id, parsed.outcome)).await.is_err() {
@@ -396,6 +441,7 @@ impl BatchLane {
     /// Awaits one provider call and appends it to the attempts log.
     async fn recorded<T, Fut>(
         &self,
+        lane: &ProviderLane,
         operation: &'static str,
         run_id: Option<i64>,
         batch_id: Option<i64>,
@@ -404,7 +450,7 @@ impl BatchLane {
     where
         Fut: std::future::Future<Output = Result<T, ProviderError>>,
     {
-        self.pace().await;
+        self.pace(lane).await;
         let started_at = self.clock.now();
         let result = call.await;
         let started = NewAttempt::started("batch", operation, started_at);
@@ -418,46 +464,36 @@ impl BatchLane {
     }
 }
 
-/// The create body, streamed from a separate read connection (WAL lets it
-/// read while the writer works) so a 256 MB batch is never held in memory.
-fn request_body(db: std::path::PathBuf, batch_id: i64) -> reqwest::Body {
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+/// The tag a create call carries: the batch row's id, unique in this state database.
+fn batch_tag(batch: &BatchRow) -> String {
+    format!("orchestrator-batch-{}", batch.id)
+}
+
+/// The batch's request rows, read on a blocking thread from a separate
+/// connection (WAL lets it read while the writer works) in chunks, so a
+/// 256 MB batch is never held in memory.
+fn request_rows(db: std::path::PathBuf, batch_id: i64) -> RequestRows {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<(String, String)>, std::io::Error>>(4);
     tokio::task::spawn_blocking(move || {
         let failed = |e: StoreError| std::io::Error::other(e.to_string());
-        let mut buffer = BytesMut::with_capacity(BODY_CHUNK * 2);
-        buffer.put_slice(b"{\"requests\":[");
-        let mut first = true;
+        let (mut chunk, mut bytes) = (Vec::new(), 0);
         let result = Store::open(&db).map_err(failed).and_then(|store| {
             store
                 .for_each_batch_request(batch_id, |custom_id, params| {
-                    if !std::mem::take(&mut first) {
-                        buffer.put_u8(b',');
-                    }
-                    buffer.put_slice(b"{\"custom_id\":");
-                    buffer.put_slice(serde_json::to_string(custom_id).expect("strings serialize").as_bytes());
-                    buffer.put_slice(b",\"params\":");
-                    buffer.put_slice(params.as_bytes());
-                    buffer.put_u8(b'}');
-                    if buffer.len() >= BODY_CHUNK {
-                        let _ = sender.blocking_send(Ok(buffer.split().freeze()));
+                    bytes += custom_id.len() + params.len();
+                    chunk.push((custom_id.to_owned(), params.to_owned()));
+                    if bytes >= ROWS_CHUNK {
+                        bytes = 0;
+                        let _ = sender.blocking_send(Ok(std::mem::take(&mut chunk)));
                     }
                 })
                 .map_err(failed)
         });
-        match result {
-            Ok(()) => {
-                buffer.put_slice(b"]}");
-                let _ = sender.blocking_send(Ok(buffer.freeze()));
-            }
-            Err(error) => {
-                let _ = sender.blocking_send(Err(error));
-            }
-        }
+        let _ = sender.blocking_send(result.map(|()| chunk));
     });
-    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+    Box::pin(futures_util::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|item| (item, receiver))
-    });
-    reqwest::Body::wrap_stream(stream)
+    }))
 }
 
 #[cfg(test)]

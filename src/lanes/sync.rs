@@ -27,8 +27,7 @@ use super::retry::RetryPolicy;
 use super::window::Window;
 use crate::clock::{Clock, Presence};
 use crate::outcome::Outcome;
-use crate::providers::ProviderError;
-use crate::providers::anthropic::{AnthropicClient, MessageReply, RateLimits};
+use crate::providers::{MessageReply, ProviderError, Providers, RateLimits};
 use crate::store::{NewAttempt, SharedStore, StoreError, SyncSettle};
 
 pub use crate::plan::SyncLimits;
@@ -42,6 +41,8 @@ pub struct SyncRequest {
     pub custom_id: String,
     /// The Messages API body, as JSON text.
     pub params: String,
+    /// The provider that answers it (its name in manifests).
+    pub provider: String,
     /// The model (rate limits and latency are per model).
     pub model: String,
     /// `anthropic-beta` values.
@@ -59,7 +60,7 @@ pub struct SyncLane {
 }
 
 struct Inner {
-    client: AnthropicClient,
+    providers: Providers,
     store: SharedStore,
     clock: Arc<dyn Clock>,
     limits: SyncLimits,
@@ -109,10 +110,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SyncLane {
-    /// A lane over `client`, recording in `store`, timed by `clock`.
-    pub fn new(client: AnthropicClient, store: SharedStore, clock: Arc<dyn Clock>, limits: SyncLimits) -> SyncLane {
+    /// A lane over `providers`' clients, recording in `store`, timed by `clock`.
+    pub fn new(providers: Providers, store: SharedStore, clock: Arc<dyn Clock>, limits: SyncLimits) -> SyncLane {
         let inner = Inner {
-            client,
+            providers,
             store,
             clock,
             limits,
@@ -137,7 +138,7 @@ impl SyncLane {
         let mut queued = 0;
         let mut touched: Vec<Arc<ModelQueue>> = Vec::new();
         for request in requests {
-            let model = self.model_queue(&request.model);
+            let model = self.model_queue(&request.provider, &request.model);
             let mut work = lock(&model.work);
             if !work.taken.contains_key(&request.custom_id) {
                 work.taken.insert(request.custom_id.clone(), request.run_id);
@@ -181,9 +182,9 @@ impl SyncLane {
         }
     }
 
-    /// The concurrency window of `model` now (for progress and tests).
-    pub fn window(&self, model: &str) -> Option<f64> {
-        lock(&self.inner.models).get(model).map(|m| lock(&m.window).allowed())
+    /// The concurrency window of `provider`'s `model` now (for progress and tests).
+    pub fn window(&self, provider: &str, model: &str) -> Option<f64> {
+        lock(&self.inner.models).get(&queue_key(provider, model)).map(|m| lock(&m.window).allowed())
     }
 
     /// Whether the lane is stopped.
@@ -211,11 +212,11 @@ impl SyncLane {
         }
     }
 
-    fn model_queue(&self, model: &str) -> Arc<ModelQueue> {
+    fn model_queue(&self, provider: &str, model: &str) -> Arc<ModelQueue> {
         let mut models = lock(&self.inner.models);
         let now = self.inner.clock.now();
         let limits = self.inner.limits;
-        Arc::clone(models.entry(model.to_owned()).or_insert_with(|| {
+        Arc::clone(models.entry(queue_key(provider, model)).or_insert_with(|| {
             Arc::new(ModelQueue {
                 work: Mutex::new(Work::default()),
                 buckets: Mutex::new(Buckets {
@@ -391,7 +392,10 @@ impl SyncLane {
     async fn call(&self, request: &SyncRequest) -> Option<(Result<MessageReply, ProviderError>, i64)> {
         let clock = self.inner.clock.as_ref();
         let started_at = clock.now();
-        let result = self.inner.client.create_message(&request.params, &request.betas).await;
+        let result = match self.inner.providers.client(&request.provider) {
+            Ok(client) => client.send_message(&request.params, &request.betas).await,
+            Err(error) => Err(error),
+        };
         let started = NewAttempt {
             run_id: Some(request.run_id),
             custom_id: Some(request.custom_id.clone()),
@@ -438,6 +442,11 @@ impl SyncLane {
             Err(error) => Step::Final(failure_outcome(error)),
         }
     }
+}
+
+/// Queues, windows and buckets are per model of a provider: two providers' models never share one.
+fn queue_key(provider: &str, model: &str) -> String {
+    format!("{provider}/{model}")
 }
 
 fn follow(buckets: &mut Buckets, limits: &RateLimits, now: DateTime<Utc>) {

@@ -33,6 +33,9 @@ pub enum ProviderError {
         /// Credential file name.
         credential: &'static str,
     },
+    /// The process has no client for this provider (no key was configured when it started).
+    #[error("no client for provider `{0}`: configure its API key and restart")]
+    NoClient(String),
 }
 
 impl ProviderError {
@@ -40,9 +43,12 @@ impl ProviderError {
     /// transport errors and malformed answers. 400, 401, 403, 404, 413 are permanent.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ProviderError::Api { status, .. } => matches!(status, 408 | 409 | 429 | 500..=599),
+            ProviderError::Api { status, error_type, .. } => {
+                // A 429 that says the account is out of credit is no backpressure.
+                matches!(status, 408 | 409 | 429 | 500..=599) && error_type != "billing_error"
+            }
             ProviderError::Transport(_) | ProviderError::Malformed(_) => true,
-            ProviderError::MissingKey { .. } => false,
+            ProviderError::MissingKey { .. } | ProviderError::NoClient(_) => false,
         }
     }
 
@@ -53,7 +59,7 @@ impl ProviderError {
     pub fn is_backpressure(&self) -> bool {
         match self {
             ProviderError::Api { status, error_type, retry_after, .. } => {
-                matches!(status, 429 | 529)
+                (matches!(status, 429 | 529) && error_type != "billing_error")
                     || crate::outcome::is_backpressure_error_type(error_type)
                     || (retry_after.is_some() && self.is_retryable())
             }
@@ -65,7 +71,12 @@ impl ProviderError {
     /// failed: everything but a 429 or 529, which refuse a call before it
     /// runs. A lost answer to a create call may hide a created batch.
     pub fn may_have_taken_effect(&self) -> bool {
-        !matches!(self, ProviderError::Api { status: 429 | 529, .. } | ProviderError::MissingKey { .. })
+        !matches!(
+            self,
+            ProviderError::Api { status: 429 | 529, .. }
+                | ProviderError::MissingKey { .. }
+                | ProviderError::NoClient(_)
+        )
     }
 
     /// The wait the provider asked for, if any.
@@ -83,6 +94,7 @@ impl ProviderError {
             ProviderError::Transport(_) => "transport_error".to_owned(),
             ProviderError::Malformed(_) => "malformed_response".to_owned(),
             ProviderError::MissingKey { .. } => "missing_key".to_owned(),
+            ProviderError::NoClient(_) => "no_client".to_owned(),
         }
     }
 }

@@ -1,9 +1,20 @@
-//! Provider clients. Providers know nothing of jobs or runs: they send
-//! requests and return typed answers and typed errors.
+//! Provider clients behind one seam. The lanes call a [`Client`] and see
+//! normalised batches ([`BatchStatus`]), results ([`ResultLine`]) and typed
+//! errors ([`ProviderError`]); each provider module keeps its wire format,
+//! its limits and its request framing to itself. Providers know nothing of
+//! jobs, runs or the store.
 
 pub mod anthropic;
+mod batch;
+mod client;
 mod error;
-mod results;
+mod lines;
+mod reply;
 
+pub use batch::{
+    BatchInput, BatchLimits, BatchPage, BatchPhase, BatchStatus, LineParser, RequestRows, ResultLine, ResultsReader,
+};
+pub use client::{ApiKey, Client, Providers};
 pub use error::ProviderError;
-pub use results::{ResultLine, parse_result_line};
+pub use lines::LineStream;
+pub use reply::{MessageReply, Quota, RateLimits};

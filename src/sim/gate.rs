@@ -26,7 +26,12 @@ pub(crate) async fn gate(State(sim): State<Arc<Sim>>, mut req: Request, next: Ne
         next.run(req).await
     } else {
         let endpoint = endpoint(req.method().as_str(), req.uri().path());
-        sim.lock().stats.call(endpoint);
+        let chunked = req.headers().contains_key(axum::http::header::TRANSFER_ENCODING);
+        {
+            let mut state = sim.lock();
+            state.stats.call(endpoint);
+            state.stats.chunked_bodies += u64::from(chunked);
+        }
         if let Err(err) = check_headers(req.headers(), sim.config.api_key.as_deref()) {
             err.into_response()
         } else if let Some((label, err)) = faults::roll_fault(&sim.config, n, sim.clock.now()) {

@@ -24,6 +24,9 @@ pub struct SimStats {
     pub custom_ids_submitted_more_than_once: u64,
     /// Injected faults by kind: `"429"`, `"529"`, `"500"`, `"truncated_results"`.
     pub faults_injected: BTreeMap<String, u64>,
+    /// API calls whose body came chunked, without a `Content-Length` (the
+    /// SDKs always send one, and some proxies refuse chunked uploads).
+    pub chunked_bodies: u64,
 }
 
 impl SimStats {

@@ -71,6 +71,17 @@ pub struct BatchRow {
     pub results_ingested: bool,
 }
 
+/// The size of a batch's requests ([`Store::batch_payload_size`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayloadSize {
+    /// Requests.
+    pub requests: u64,
+    /// Bytes of their custom_ids.
+    pub custom_id_bytes: u64,
+    /// Bytes of their params.
+    pub params_bytes: u64,
+}
+
 pub(super) const COLUMNS: &str = "id, run_id, provider, provider_batch_id, state, request_count, intent_at, submitted_at, ended_at, results_url, results_ingested";
 
 pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<BatchRow> {
@@ -319,6 +330,22 @@ impl Store {
             .map_err(|e| self.err(e))?;
         let rows = statement.query_map([run_id], from_row).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// How many requests `batch_id` holds and their bytes, custom_ids and
+    /// params apart: what a create call's `Content-Length` is computed from.
+    pub fn batch_payload_size(&self, batch_id: i64) -> Result<PayloadSize, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(length(CAST(r.custom_id AS BLOB))), 0),
+                        COALESCE(SUM(length(CAST(r.params AS BLOB))), 0)
+                 FROM batch_requests b JOIN request_bodies r ON r.custom_id = b.custom_id WHERE b.batch_id = ?1",
+                [batch_id],
+                |row| {
+                    Ok(PayloadSize { requests: row.get(0)?, custom_id_bytes: row.get(1)?, params_bytes: row.get(2)? })
+                },
+            )
+            .map_err(|e| self.err(e))
     }
 
     /// Calls `each(custom_id, params_json)` for every request of a batch, in

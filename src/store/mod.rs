@@ -24,7 +24,7 @@ mod sync;
 
 pub use alerts::FailedCreate;
 pub use attempts::NewAttempt;
-pub use batches::{BatchRow, BatchState};
+pub use batches::{BatchRow, BatchState, PayloadSize};
 pub use costs::{AverageUsage, ResultCost, UnpricedResult};
 pub use dashboard::{BatchListing, ErrorGroup, Labelled, MetricFigures, RunFilter, RunSummary, TokenEfficiency};
 pub use events::EventRow;

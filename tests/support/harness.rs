@@ -12,7 +12,8 @@ use orchestrator::daemon::{Control, Daemon, Options, Services};
 use orchestrator::engine::{Engine, EngineSettings, RunOutcome};
 use orchestrator::job::Job;
 use orchestrator::lanes::{BatchLane, SyncLane, SyncLimits};
-use orchestrator::providers::anthropic::{AnthropicClient, ApiKey};
+use orchestrator::providers::anthropic::AnthropicClient;
+use orchestrator::providers::{ApiKey, Client, Providers};
 use orchestrator::sim::{SimConfig, SimHandle};
 use orchestrator::store::{SharedStore, Store};
 use orchestrator::validate::{Inputs, validate_dir};
@@ -113,8 +114,9 @@ async fn harness_engine(
     settings.sync = SyncLimits { concurrency: 8, ..SyncLimits::default() };
     settings.idle_tick = Duration::from_secs(3600);
     tune(&mut settings);
-    let batch = BatchLane::new(client.clone(), store.clone(), Arc::clone(&shared));
-    let sync = SyncLane::new(client, store.clone(), Arc::clone(&shared), settings.sync);
+    let providers = Providers::new([Client::Anthropic(client)]);
+    let batch = BatchLane::new(providers.clone(), store.clone(), Arc::clone(&shared));
+    let sync = SyncLane::new(providers, store.clone(), Arc::clone(&shared), settings.sync);
     let engine = Arc::new(Engine::new(store, batch, sync, shared, settings, report.jobs.clone()));
     Harness { dir, clock, sim, engine, job, diagnostics: report.diagnostics.clone() }
 }

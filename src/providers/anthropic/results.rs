@@ -1,18 +1,10 @@
-//! One line of a Message Batches results file.
+//! One line of a Message Batches results file (`PROVIDERS.md` §2.4).
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::outcome::{Outcome, Usage};
-
-/// A parsed results line.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ResultLine {
-    /// The request it answers.
-    pub custom_id: String,
-    /// What happened.
-    pub outcome: Outcome,
-}
+use crate::providers::ResultLine;
 
 #[derive(Deserialize)]
 struct RawLine {

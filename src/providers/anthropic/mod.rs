@@ -1,51 +1,44 @@
-//! The Anthropic Messages and Message Batches API over HTTPS (or loopback HTTP to the simulator).
+//! The Anthropic Messages and Message Batches API over HTTPS (or loopback
+//! HTTP to the simulator), `PROVIDERS.md` §1 and §2.
+
+mod results;
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
+use bytes::{BufMut, BytesMut};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, RequestBuilder, Response};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::ProviderError;
-use super::results::succeeded;
-use crate::outcome::Outcome;
+pub use self::results::parse_result_line;
+use self::results::succeeded;
+use super::{
+    ApiKey, BatchInput, BatchLimits, BatchPage, BatchPhase, BatchStatus, LineStream, MessageReply, ProviderError,
+    Quota, RateLimits, ResultsReader,
+};
 
+/// The provider's name in manifests.
+pub const NAME: &str = "anthropic";
 /// The API version header every call carries.
 pub const API_VERSION: &str = "2023-06-01";
 /// Default base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
+/// Environment variable holding the base URL.
+pub const BASE_URL_ENV: &str = "ANTHROPIC_BASE_URL";
 /// Environment variable holding the key.
 pub const KEY_ENV: &str = "ANTHROPIC_API_KEY";
 /// File name of the key in `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`).
 pub const KEY_CREDENTIAL: &str = "anthropic-api-key";
-
-/// An API key that never shows up in `Debug` output or logs.
-#[derive(Clone)]
-pub struct ApiKey(String);
-
-impl ApiKey {
-    /// Wraps a key.
-    pub fn new(key: impl Into<String>) -> ApiKey {
-        ApiKey(key.into())
-    }
-
-    /// The key from `ANTHROPIC_API_KEY`, else `$CREDENTIALS_DIRECTORY/anthropic-api-key`.
-    pub fn from_environment() -> Result<ApiKey, ProviderError> {
-        crate::secrets::read(KEY_ENV, KEY_CREDENTIAL)
-            .map(ApiKey)
-            .ok_or(ProviderError::MissingKey { env: KEY_ENV, credential: KEY_CREDENTIAL })
-    }
-}
-
-impl std::fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ApiKey(<redacted>)")
-    }
-}
+/// 100,000 requests or 256 MB per batch, whichever comes first.
+pub const BATCH_LIMITS: BatchLimits = BatchLimits { max_requests: 100_000, max_bytes: 256 * 1024 * 1024 };
+/// 50 requests per minute across the batch endpoints.
+pub const BATCH_CALLS_PER_MINUTE: u64 = 50;
+/// Bytes of request body sent per chunk of the streamed create call.
+const BODY_CHUNK: usize = 64 * 1024;
 
 /// `MessageBatch` as the API returns it; unknown fields are ignored.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -73,6 +66,25 @@ impl MessageBatch {
         let c = &self.request_counts;
         c.processing + c.succeeded + c.errored + c.canceled + c.expired
     }
+
+    /// The batch as the lanes see it.
+    pub fn status(&self) -> BatchStatus {
+        let phase = match self.processing_status.as_str() {
+            "ended" => BatchPhase::Ended,
+            "canceling" => BatchPhase::Canceling,
+            _ => BatchPhase::InProgress,
+        };
+        let instant = |text: &str| DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc));
+        BatchStatus {
+            id: self.id.clone(),
+            phase,
+            created_at: instant(&self.created_at),
+            ended_at: self.ended_at.as_deref().and_then(instant),
+            request_count: Some(self.total()),
+            results: self.results_url.clone(),
+            tag: None,
+        }
+    }
 }
 
 /// `request_counts` of a batch.
@@ -93,70 +105,33 @@ pub struct RequestCounts {
 
 /// One page of `GET /v1/messages/batches`.
 #[derive(Debug, Clone, Deserialize)]
-pub struct BatchPage {
+struct RawPage {
     /// Batches, newest first.
-    pub data: Vec<MessageBatch>,
+    data: Vec<MessageBatch>,
     /// Whether older batches follow.
     #[serde(default)]
-    pub has_more: bool,
+    has_more: bool,
     /// Id to pass as `after_id` for the next page.
     #[serde(default)]
-    pub last_id: Option<String>,
+    last_id: Option<String>,
 }
 
-/// What a synchronous call returned.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MessageReply {
-    /// The message (always `Succeeded`; errors come back as `ProviderError`).
-    pub outcome: Outcome,
-    /// The provider's `request-id`.
-    pub request_id: Option<String>,
-    /// What the `anthropic-ratelimit-*` headers said.
-    pub rate_limits: RateLimits,
-}
-
-/// One quota from the `anthropic-ratelimit-<kind>-{limit,remaining,reset}` headers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Quota {
-    /// Units per minute.
-    pub limit: Option<u64>,
-    /// Units left now.
-    pub remaining: Option<u64>,
-    /// When the quota is full again.
-    pub reset: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-/// The rate-limit headers of a response.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RateLimits {
-    /// `requests`.
-    pub requests: Quota,
-    /// `input-tokens`.
-    pub input_tokens: Quota,
-    /// `output-tokens`.
-    pub output_tokens: Quota,
-}
-
-impl RateLimits {
-    /// Reads the headers; absent or unreadable ones stay `None`.
-    pub fn from_headers(headers: &HeaderMap) -> RateLimits {
-        let quota = |kind: &str| {
-            let text = |part: &str| {
-                headers.get(format!("anthropic-ratelimit-{kind}-{part}")).and_then(|v| v.to_str().ok()).map(str::trim)
-            };
-            Quota {
-                limit: text("limit").and_then(|v| v.parse().ok()),
-                remaining: text("remaining").and_then(|v| v.parse().ok()),
-                reset: text("reset")
-                    .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok())
-                    .map(|t| t.with_timezone(&chrono::Utc)),
-            }
+/// The `anthropic-ratelimit-<kind>-{limit,remaining,reset}` headers; absent or unreadable ones stay `None`.
+pub fn rate_limits(headers: &HeaderMap) -> RateLimits {
+    let quota = |kind: &str| {
+        let text = |part: &str| {
+            headers.get(format!("anthropic-ratelimit-{kind}-{part}")).and_then(|v| v.to_str().ok()).map(str::trim)
         };
-        RateLimits {
-            requests: quota("requests"),
-            input_tokens: quota("input-tokens"),
-            output_tokens: quota("output-tokens"),
+        Quota {
+            limit: text("limit").and_then(|v| v.parse().ok()),
+            remaining: text("remaining").and_then(|v| v.parse().ok()),
+            reset: text("reset").and_then(|v| DateTime::parse_from_rfc3339(v).ok()).map(|t| t.with_timezone(&Utc)),
         }
+    };
+    RateLimits {
+        requests: quota("requests"),
+        input_tokens: quota("input-tokens"),
+        output_tokens: quota("output-tokens"),
     }
 }
 
@@ -181,14 +156,14 @@ impl AnthropicClient {
 
     /// A client from `ANTHROPIC_BASE_URL` and the key in the environment.
     pub fn from_environment() -> Result<AnthropicClient, ProviderError> {
-        let base = std::env::var("ANTHROPIC_BASE_URL").unwrap_or_else(|_| DEFAULT_BASE_URL.to_owned());
-        AnthropicClient::new(&base, ApiKey::from_environment()?)
+        let base = std::env::var(BASE_URL_ENV).unwrap_or_else(|_| DEFAULT_BASE_URL.to_owned());
+        AnthropicClient::new(&base, ApiKey::from_environment(KEY_ENV, KEY_CREDENTIAL)?)
     }
 
     fn request(&self, method: Method, url: &str, betas: &[String]) -> RequestBuilder {
         let mut headers = HeaderMap::new();
         headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
-        if let Ok(mut key) = HeaderValue::from_str(&self.key.0) {
+        if let Ok(mut key) = HeaderValue::from_str(self.key.expose()) {
             key.set_sensitive(true);
             headers.insert("x-api-key", key);
         }
@@ -210,27 +185,28 @@ impl AnthropicClient {
             .body(params.to_owned())
             .send()
             .await?;
-        let rate_limits = RateLimits::from_headers(response.headers());
+        let rate_limits = rate_limits(response.headers());
         let (text, request_id) = checked_text(response, "create_message").await?;
         let outcome = succeeded(&text).map_err(ProviderError::Malformed)?;
         Ok(MessageReply { outcome, request_id, rate_limits })
     }
 
-    /// `POST /v1/messages/batches` with a body that is streamed, never built whole.
-    pub async fn create_batch(&self, body: reqwest::Body, betas: &[String]) -> Result<MessageBatch, ProviderError> {
+    /// `POST /v1/messages/batches` with a body streamed from `input`, never
+    /// built whole, its `Content-Length` computed ahead.
+    pub async fn create_batch(&self, input: &BatchInput, betas: &[String]) -> Result<BatchStatus, ProviderError> {
         let builder = self
             .request(Method::POST, &self.url("/v1/messages/batches"), betas)
-            .header("content-type", "application/json");
-        decode(builder.body(body).send().await?, "create_batch").await
+            .header("content-type", "application/json")
+            .header("content-length", body_length(input));
+        let batch: MessageBatch = decode(builder.body(request_body(input)).send().await?, "create_batch").await?;
+        Ok(batch.status())
     }
 
     /// `GET /v1/messages/batches/{id}`.
-    pub async fn retrieve_batch(&self, id: &str) -> Result<MessageBatch, ProviderError> {
-        decode(
-            self.request(Method::GET, &self.url(&format!("/v1/messages/batches/{id}")), &[]).send().await?,
-            "retrieve_batch",
-        )
-        .await
+    pub async fn retrieve_batch(&self, id: &str) -> Result<BatchStatus, ProviderError> {
+        let url = self.url(&format!("/v1/messages/batches/{id}"));
+        let batch: MessageBatch = decode(self.request(Method::GET, &url, &[]).send().await?, "retrieve_batch").await?;
+        Ok(batch.status())
     }
 
     /// `GET /v1/messages/batches?limit=&after_id=`: one page, newest first.
@@ -239,13 +215,16 @@ impl AnthropicClient {
         if let Some(after) = after_id {
             url.push_str(&format!("&after_id={after}"));
         }
-        decode(self.request(Method::GET, &url, &[]).send().await?, "list_batches").await
+        let page: RawPage = decode(self.request(Method::GET, &url, &[]).send().await?, "list_batches").await?;
+        let next = page.has_more.then(|| page.last_id.or_else(|| page.data.last().map(|b| b.id.clone()))).flatten();
+        Ok(BatchPage { batches: page.data.iter().map(MessageBatch::status).collect(), next })
     }
 
     /// `POST /v1/messages/batches/{id}/cancel`.
-    pub async fn cancel_batch(&self, id: &str) -> Result<MessageBatch, ProviderError> {
+    pub async fn cancel_batch(&self, id: &str) -> Result<BatchStatus, ProviderError> {
         let url = self.url(&format!("/v1/messages/batches/{id}/cancel"));
-        decode(self.request(Method::POST, &url, &[]).send().await?, "cancel_batch").await
+        let batch: MessageBatch = decode(self.request(Method::POST, &url, &[]).send().await?, "cancel_batch").await?;
+        Ok(batch.status())
     }
 
     /// `DELETE /v1/messages/batches/{id}` (only after the batch ended).
@@ -254,55 +233,52 @@ impl AnthropicClient {
         checked_text(self.request(Method::DELETE, &url, &[]).send().await?, "delete_batch").await.map(drop)
     }
 
-    /// Opens a batch's results (`results_url`) as a stream of lines.
+    /// Opens a batch's results (`results_url`) as a stream of results.
     pub async fn results(&self, results_url: &str) -> Result<ResultsReader, ProviderError> {
         let response =
             self.request(Method::GET, results_url, &[]).header("accept", "application/binary").send().await?;
         let response = check_status(response, "results").await?;
-        Ok(ResultsReader { stream: Box::pin(response.bytes_stream()), buffer: BytesMut::new(), done: false })
+        Ok(ResultsReader::new().lines(LineStream::new(response), parse_result_line))
     }
 }
 
-/// Lines of a results file, read as the bytes arrive; memory is bounded by the longest line.
-pub struct ResultsReader {
-    stream: std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
-    buffer: BytesMut,
-    done: bool,
+/// The create body's length: `{"requests":[` rows joined by commas `]}`,
+/// each row `{"custom_id":"<id>","params":<params>}`.
+fn body_length(input: &BatchInput) -> u64 {
+    const OPEN: u64 = br#"{"requests":["#.len() as u64;
+    const CLOSE: u64 = b"]}".len() as u64;
+    const ROW: u64 = br#"{"custom_id":"","params":}"#.len() as u64;
+    OPEN + CLOSE + input.count * ROW + input.count.saturating_sub(1) + input.custom_id_bytes + input.params_bytes
 }
 
-impl ResultsReader {
-    /// The next non-empty line, `None` at the end. A last line cut short
-    /// (no newline and not valid JSON) is an error: the stream was truncated.
-    pub async fn next_line(&mut self) -> Result<Option<String>, ProviderError> {
-        loop {
-            if let Some(at) = self.buffer.iter().position(|b| *b == b'\n') {
-                let line = self.buffer.split_to(at + 1);
-                let text = String::from_utf8_lossy(&line[..at]).trim().to_owned();
-                if text.is_empty() {
-                    continue;
-                }
-                return Ok(Some(text));
+/// The create body, encoded row by row as the rows arrive.
+fn request_body(input: &BatchInput) -> reqwest::Body {
+    reqwest::Body::wrap_stream(encoded(input))
+}
+
+/// The bytes of the create body ([`body_length`] of them).
+fn encoded(input: &BatchInput) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + use<> {
+    let open = futures_util::stream::once(async { Ok(bytes::Bytes::from_static(br#"{"requests":["#)) });
+    let mut first = true;
+    let rows = (input.rows)().map(move |chunk| {
+        let chunk = chunk?;
+        let mut buffer = BytesMut::with_capacity(BODY_CHUNK);
+        for (custom_id, params) in &chunk {
+            // custom_ids match ^[a-zA-Z0-9_-]{1,64}$: JSON needs no escapes, so the length adds up.
+            debug_assert!(custom_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            if !std::mem::take(&mut first) {
+                buffer.put_u8(b',');
             }
-            if self.done {
-                let rest = self.buffer.split();
-                let text = String::from_utf8_lossy(&rest).trim().to_owned();
-                if text.is_empty() {
-                    return Ok(None);
-                }
-                if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_err() {
-                    return Err(ProviderError::Malformed(format!(
-                        "results stream truncated in a line of {} bytes",
-                        text.len()
-                    )));
-                }
-                return Ok(Some(text));
-            }
-            match self.stream.next().await {
-                Some(chunk) => self.buffer.extend_from_slice(&chunk?),
-                None => self.done = true,
-            }
+            buffer.put_slice(br#"{"custom_id":""#);
+            buffer.put_slice(custom_id.as_bytes());
+            buffer.put_slice(br#"","params":"#);
+            buffer.put_slice(params.as_bytes());
+            buffer.put_u8(b'}');
         }
-    }
+        Ok(buffer.freeze())
+    });
+    let close = futures_util::stream::once(async { Ok(bytes::Bytes::from_static(b"]}")) });
+    open.chain(rows).chain(close)
 }
 
 async fn decode<T: DeserializeOwned>(response: Response, operation: &str) -> Result<T, ProviderError> {
@@ -377,12 +353,37 @@ mod tests {
         headers.insert("anthropic-ratelimit-requests-remaining", HeaderValue::from_static("0"));
         headers.insert("anthropic-ratelimit-requests-reset", HeaderValue::from_static("2026-11-22T06:00:30Z"));
         headers.insert("anthropic-ratelimit-output-tokens-limit", HeaderValue::from_static("8000"));
-        let limits = RateLimits::from_headers(&headers);
+        let limits = rate_limits(&headers);
         assert_eq!(limits.requests.limit, Some(50));
         assert_eq!(limits.requests.remaining, Some(0));
         assert_eq!(limits.requests.reset.map(|t| t.to_rfc3339()), Some("2026-11-22T06:00:30+00:00".into()));
         assert_eq!(limits.output_tokens.limit, Some(8000));
         assert_eq!(limits.input_tokens, Quota::default());
+    }
+
+    #[tokio::test]
+    async fn the_create_body_is_as_long_as_its_content_length_says() {
+        let rows = vec![
+            ("job-2026-11-22-001".to_owned(), r#"{"model":"m","max_tokens":5}"#.to_owned()),
+            ("job-2026-11-22-002".to_owned(), r#"{"model":"m","messages":[{"role":"user","content":"é"}]}"#.to_owned()),
+        ];
+        let input = |rows: Vec<(String, String)>| BatchInput {
+            tag: "t".into(),
+            count: rows.len() as u64,
+            custom_id_bytes: rows.iter().map(|(id, _)| id.len() as u64).sum(),
+            params_bytes: rows.iter().map(|(_, p)| p.len() as u64).sum(),
+            rows: Box::new(move || {
+                let (first, rest) = rows.split_at(1);
+                let chunks = vec![Ok(first.to_vec()), Ok(rest.to_vec())];
+                Box::pin(futures_util::stream::iter(chunks))
+            }),
+        };
+        let input = input(rows);
+        let body: Vec<u8> = encoded(&input).map(|chunk| chunk.unwrap().to_vec()).concat().await;
+        assert_eq!(body.len() as u64, body_length(&input));
+        let parsed: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(parsed["requests"][1]["custom_id"], "job-2026-11-22-002");
+        assert_eq!(parsed["requests"][0]["params"]["max_tokens"], 5);
     }
 
     #[test]
