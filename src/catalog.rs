@@ -88,6 +88,9 @@ pub struct Model {
     pub max_output_tokens: u32,
     /// Synchronous list prices.
     pub prices: Prices,
+    /// Whether the prices come from secondary sources only (shown with the figures that use them).
+    #[serde(default)]
+    pub prices_unverified: bool,
     /// What one synchronous call is assumed to take before any was measured.
     #[serde(default)]
     pub latency: Option<Latency>,
@@ -220,6 +223,12 @@ mod tests {
         assert_eq!(model.prices.input, 3.0);
         assert!(catalog.model("anthropic", "gpt-4o").is_none());
         assert!(catalog.model("openai", "sonnet").is_none());
+        let (id, mini) = catalog.model("openai", "gpt-4o-mini").unwrap();
+        assert_eq!((id, mini.prices.input, mini.prices.cache_read), ("gpt-4o-mini", 0.15, 0.075));
+        assert!(mini.prices_unverified, "PROVIDERS.md 5.2 calls OpenAI's prices unverified");
+        for model in ["gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-5"] {
+            assert!(catalog.model("openai", model).is_some_and(|(_, m)| m.batch && m.latency.is_some()), "{model}");
+        }
     }
 
     #[test]

@@ -72,12 +72,13 @@ codes! {
     MaxTokensOverSyncLimit = "W034", Warning, "max_tokens is above the sync limit, so the fallback cannot carry these requests";
     BetaNotAllowed = "E035", Error, "the beta is not allowed in the lane the tier routes to";
     UnknownBeta = "W036", Warning, "the beta is not in the catalog";
-    TemperatureOutOfRange = "E037", Error, "temperature is outside 0 to 1";
-    UnknownParam = "E038", Error, "params has a name the Messages API does not know";
+    TemperatureOutOfRange = "E037", Error, "temperature is outside what the provider accepts (0 to 1, or 0 to 2 on OpenAI)";
+    UnknownParam = "E038", Error, "params has a name the provider's API does not know";
     ParamNotAllowed = "E039", Error, "params sets something the manifest or the batch lane owns";
     InvalidCacheTtl = "E040", Error, "a cache TTL other than 5m or 1h";
     ShortCacheOnBatch = "W041", Warning, "a 5m cache TTL on a batch-lane job";
     CacheWithoutTarget = "E042", Error, "a cache breakpoint on a block the job does not have";
+    NotForProvider = "E043", Error, "a field that means nothing for the job's provider";
     TemplateMissing = "E050", Error, "the template file does not exist";
     TemplateSyntax = "E051", Error, "the template has a syntax error";
     TemplateUndefinedVariable = "E052", Error, "the template uses a variable that is not defined";
@@ -90,7 +91,7 @@ codes! {
     EmptySinkValue = "E065", Error, "a sink path or command is empty";
     InvalidRetry = "E070", Error, "retry.max_attempts is below 1";
     InvalidBudget = "E071", Error, "budget.monthly_usd is not a positive amount";
-    InvalidBatchSize = "E072", Error, "max_batch_requests is outside 1 to 100000";
+    InvalidBatchSize = "E072", Error, "max_batch_requests is outside 1 to the provider's limit per batch";
     BatchEligible = "N080", Note, "a realtime job whose deadline allows the batch lane at half price";
 }
 

@@ -66,16 +66,22 @@ impl Outcome {
     }
 }
 
-/// The text blocks of a provider message, concatenated.
+/// The text of a provider's answer: an Anthropic message's text blocks
+/// concatenated, or an OpenAI chat completion's first choice.
 pub fn message_text(message: &serde_json::Value) -> String {
+    use serde_json::Value;
+    if let Some(choices) = message.get("choices").and_then(Value::as_array) {
+        let content = choices.first().and_then(|c| c.get("message")).and_then(|m| m.get("content"));
+        return content.and_then(Value::as_str).unwrap_or_default().to_owned();
+    }
     message
         .get("content")
-        .and_then(serde_json::Value::as_array)
+        .and_then(Value::as_array)
         .map(|blocks| {
             blocks
                 .iter()
-                .filter(|block| block.get("type").and_then(serde_json::Value::as_str) == Some("text"))
-                .filter_map(|block| block.get("text").and_then(serde_json::Value::as_str))
+                .filter(|block| block.get("type").and_then(Value::as_str) == Some("text"))
+                .filter_map(|block| block.get("text").and_then(Value::as_str))
                 .collect::<Vec<_>>()
                 .join("")
         })
@@ -127,6 +133,15 @@ mod tests {
         assert!(errored("some_future_error").is_retryable(), "unknown types are treated as transient");
         assert!(Outcome::Expired.is_retryable());
         assert!(Outcome::Canceled.is_retryable());
+    }
+
+    #[test]
+    fn the_text_of_either_providers_answer() {
+        let anthropic = serde_json::json!({"content": [{"type": "text", "text": "a"}, {"type": "tool_use"}, {"type": "text", "text": "b"}]});
+        assert_eq!(message_text(&anthropic), "ab");
+        let openai = serde_json::json!({"choices": [{"message": {"role": "assistant", "content": "hello"}}]});
+        assert_eq!(message_text(&openai), "hello");
+        assert_eq!(message_text(&serde_json::json!({"choices": []})), "");
     }
 
     #[test]

@@ -137,23 +137,52 @@ impl<'job> Renderer<'job> {
             "job": { "name": self.job.name, "tags": manifest.tags },
             "run": run,
         });
+        let system = if self.has_system { Some(self.render(SYSTEM, &context)?) } else { None };
+        let prompt = self.render(PROMPT, &context)?;
+        let mut params = match manifest.provider.as_str() {
+            crate::providers::openai::NAME => self.chat_completion(system, prompt),
+            _ => self.message(system, prompt),
+        };
+        for (name, value) in &manifest.params {
+            params.insert(name.clone(), value.clone());
+        }
+        self.mark_cached_tools(&mut params);
+        Ok(BatchRequest { custom_id: run.custom_id(seq), params: Value::Object(params) })
+    }
+
+    /// An Anthropic Messages body: `system` apart, with its cache breakpoint.
+    fn message(&self, system: Option<String>, prompt: String) -> Map<String, Value> {
+        let manifest = &self.job.manifest;
         let mut params = Map::new();
         params.insert("model".into(), json!(self.model_id));
         params.insert("max_tokens".into(), json!(manifest.max_tokens));
         if let Some(temperature) = manifest.temperature {
             params.insert("temperature".into(), json!(temperature));
         }
-        if self.has_system {
-            let text = self.render(SYSTEM, &context)?;
+        if let Some(text) = system {
             params.insert("system".into(), self.system_value(text));
         }
-        let prompt = self.render(PROMPT, &context)?;
         params.insert("messages".into(), json!([{ "role": "user", "content": prompt }]));
-        for (name, value) in &manifest.params {
-            params.insert(name.clone(), value.clone());
+        params
+    }
+
+    /// An OpenAI Chat Completions body: the system prompt is the first
+    /// message, `max_tokens` is `max_completion_tokens`.
+    fn chat_completion(&self, system: Option<String>, prompt: String) -> Map<String, Value> {
+        let manifest = &self.job.manifest;
+        let mut params = Map::new();
+        params.insert("model".into(), json!(self.model_id));
+        params.insert("max_completion_tokens".into(), json!(manifest.max_tokens));
+        if let Some(temperature) = manifest.temperature {
+            params.insert("temperature".into(), json!(temperature));
         }
-        self.mark_cached_tools(&mut params);
-        Ok(BatchRequest { custom_id: run.custom_id(seq), params: Value::Object(params) })
+        let mut messages = Vec::new();
+        if let Some(text) = system {
+            messages.push(json!({ "role": "system", "content": text }));
+        }
+        messages.push(json!({ "role": "user", "content": prompt }));
+        params.insert("messages".into(), Value::Array(messages));
+        params
     }
 
     fn render(&self, key: &str, context: &Value) -> Result<String, RenderError> {

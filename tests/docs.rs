@@ -134,6 +134,30 @@ fn every_module_is_on_the_architecture_map() {
     assert!(stale.is_empty(), "docs/architecture.md lists modules that do not exist: {stale:?}");
 }
 
+#[test]
+fn every_diagnostic_code_has_a_row_in_the_cli_manual_with_its_severity() {
+    let text = std::fs::read_to_string(root().join("docs/cli.md")).unwrap();
+    let rows: BTreeMap<&str, &str> = text
+        .lines()
+        .filter_map(|line| {
+            let mut cells = line.split('|').map(str::trim).skip(1);
+            Some((cells.next()?, cells.next()?))
+        })
+        .collect();
+    let wrong: Vec<String> = orchestrator::diagnostics::Code::ALL
+        .iter()
+        .filter_map(|code| {
+            let severity = format!("{:?}", code.severity()).to_lowercase();
+            match rows.get(code.as_str()) {
+                Some(&documented) if documented == severity => None,
+                Some(documented) => Some(format!("{} is {severity}, the manual says {documented}", code.as_str())),
+                None => Some(format!("{} ({}) has no row", code.as_str(), code.summary())),
+            }
+        })
+        .collect();
+    assert!(wrong.is_empty(), "docs/cli.md's table of diagnostic codes: {wrong:#?}");
+}
+
 /// Every `.rs` file under `dir`.
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -53,6 +53,10 @@ const EXPECTED: &[(&str, &str, usize)] = &[
     ("max-tokens-zero.yaml", "E033", 4),
     ("missing-field.yaml", "E005", 2),
     ("no-batch-support.yaml", "E032", 4),
+    ("openai-anthropic-param.yaml", "E038", 8),
+    ("openai-batch-too-big.yaml", "E072", 7),
+    ("openai-cache.yaml", "E043", 8),
+    ("openai-owned-param.yaml", "E039", 8),
     ("shared-sink-a.yaml", "W063", 6),
     ("shared-sink-b.yaml", "W063", 6),
     ("temperature-out-of-range.yaml", "E037", 5),
@@ -163,4 +167,28 @@ fn a_realtime_job_with_an_hour_to_spare_gets_a_note_that_never_fails_validation(
     assert!(text.contains("jobs/only.yaml:2:7: note[N080]"), "{text}");
     assert!(text.contains("set `tier: soft`"), "{text}");
     assert!(text.contains("0 errors, 0 warnings"), "{text}");
+}
+
+/// Moving a job to another provider is a change of `provider:` and `model:`;
+/// what the new provider spells differently is named, with its spelling.
+#[test]
+fn a_job_moved_to_openai_is_told_what_its_api_calls_things() {
+    let moved = "schedule: { cron: '0 6 * * *' }\nprovider: openai\nmodel: gpt-4.1-mini\nmax_tokens: 100\n\
+                 temperature: 1.5\nprompt: { inline: hi }\n";
+    let output = run_in(project_with(moved).path(), &["validate", "--deny-warnings"]);
+    assert_eq!(code(&output), 0, "temperature 1.5 is within OpenAI's 0 to 2: {}", stdout(&output));
+
+    let dir = project_with(&format!("{moved}params: {{ stop_sequences: ['\\n'] }}\n"));
+    let output = run_in(dir.path(), &["validate", "--format", "json"]);
+    assert_eq!(code(&output), 78);
+    let diagnostics: Vec<serde_json::Value> = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+    assert_eq!(diagnostics[0]["code"], "E038");
+    assert_eq!(diagnostics[0]["help"], "the Chat Completions API calls it `stop`: write `params.stop`");
+
+    let anthropic = moved.replace("provider: openai\nmodel: gpt-4.1-mini", "model: claude-haiku-4-5");
+    let output = run_in(project_with(&anthropic).path(), &["validate", "--format", "json"]);
+    let diagnostics: Vec<serde_json::Value> = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+    assert_eq!(diagnostics[0]["code"], "E037", "Anthropic's range is 0 to 1");
 }

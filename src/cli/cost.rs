@@ -27,7 +27,7 @@ pub struct Args {
     /// Only this job.
     #[arg(long)]
     pub job: Option<String>,
-    /// One row per job, tag, model, lane or day.
+    /// One row per job, tag, model, provider, lane or day.
     #[arg(long, value_enum)]
     pub by: Option<By>,
     /// Output format.
@@ -50,6 +50,8 @@ pub enum By {
     Tag,
     /// Per model.
     Model,
+    /// Per provider.
+    Provider,
     /// Per lane.
     Lane,
     /// Per UTC day.
@@ -62,6 +64,7 @@ impl By {
             By::Job => GroupBy::Job,
             By::Tag => GroupBy::Tag,
             By::Model => GroupBy::Model,
+            By::Provider => GroupBy::Provider,
             By::Lane => GroupBy::Lane,
             By::Day => GroupBy::Day,
         }

@@ -104,7 +104,19 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         };
         tracing::info!(%listen, jobs = backend.engine.jobs().len(), simulate = args.simulate, "serving");
         let daemon = Daemon::new(Arc::clone(&backend.engine), Notifier::from_env());
-        let reload_jobs = || load_jobs(&args.project, &catalog);
+        // A reload may not bring in a provider the process has no client for.
+        let reload_jobs = || {
+            let jobs = load_jobs(&args.project, &catalog)?;
+            let missing = super::setup::missing_providers(&jobs, &backend.providers);
+            if !missing.is_empty() {
+                tracing::error!(
+                    providers = missing.join(", "),
+                    "the new manifests use a provider without an API key; restart with its key set"
+                );
+                return None;
+            }
+            Some(jobs)
+        };
         daemon.run_until(options, control, &reload_jobs, services).await?;
         backend.shutdown().await;
         Ok(0)

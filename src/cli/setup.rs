@@ -12,7 +12,8 @@ use crate::engine::{Engine, EngineSettings};
 use crate::job::Job;
 use crate::lanes::{BatchLane, SyncLane};
 use crate::providers::anthropic::AnthropicClient;
-use crate::providers::{ApiKey, Client, Providers};
+use crate::providers::openai::OpenAiClient;
+use crate::providers::{ApiKey, Client, ProviderError, Providers};
 use crate::sim::{SimConfig, SimHandle};
 use crate::store::{SharedStore, Store};
 
@@ -57,6 +58,8 @@ fn positive_scale(text: &str) -> Result<f64, String> {
 pub(super) struct Backend {
     pub engine: Arc<Engine>,
     pub simulator: Option<SimHandle>,
+    /// The providers the process has clients for.
+    pub providers: Vec<&'static str>,
     /// Held while the process drives the state database (released on exit, even by `kill -9`).
     _lock: std::fs::File,
 }
@@ -70,9 +73,23 @@ impl Backend {
     }
 }
 
-/// Opens the store and connects the provider: the simulator with
-/// `simulate`, else the real API with the key from the environment. A
-/// missing key is an operator error: it is printed and becomes `Err(EXIT_CONFIG)`.
+/// The providers a process knows how to reach.
+const PROVIDERS: [&str; 2] = [crate::providers::anthropic::NAME, crate::providers::openai::NAME];
+
+/// The names of providers some job uses that `known` lacks, each once.
+pub(super) fn missing_providers(jobs: &[Job], known: &[&str]) -> Vec<String> {
+    let mut missing: Vec<String> =
+        jobs.iter().map(|job| job.manifest.provider.clone()).filter(|p| !known.contains(&p.as_str())).collect();
+    missing.sort();
+    missing.dedup();
+    missing
+}
+
+/// Opens the store and connects the providers: every one to the simulator
+/// with `simulate`, else each provider some job uses with its key from the
+/// environment (and any other whose key is there, for jobs a reload adds).
+/// A used provider without a key is an operator error: it is printed and
+/// becomes `Err(EXIT_CONFIG)`.
 pub(super) async fn backend(
     state: &Path,
     clock: Arc<dyn Clock>,
@@ -98,27 +115,54 @@ pub(super) async fn backend(
         ),
         false => None,
     };
-    let client = match &simulator {
+    let clients = match &simulator {
         Some(sim) => {
             // The simulator answers in milliseconds and ends a small batch in
             // seconds (its p95 is 8 s): plan with that, not with a real provider's figures.
             settings.assumed_sync_latency.get_or_insert(std::time::Duration::from_secs(1));
             settings.assumed_batch_turnaround.get_or_insert(std::time::Duration::from_secs(10));
-            AnthropicClient::new(&sim.base_url(), ApiKey::new("simulated"))?
+            simulated_clients(&sim.base_url())?
         }
-        None => match AnthropicClient::from_environment() {
-            Ok(client) => client,
+        None => match real_clients(&jobs) {
+            Ok(clients) => clients,
             Err(err) => {
                 eprintln!("error: {err} (or pass --simulate to use the built-in simulator)");
                 return Ok(Err(EXIT_CONFIG));
             }
         },
     };
-    let providers = Providers::new([Client::Anthropic(client)]);
+    let providers = Providers::new(clients);
+    let names = providers.iter().map(Client::provider).collect();
     let batch = BatchLane::new(providers.clone(), store.clone(), Arc::clone(&clock));
     let sync = SyncLane::new(providers, store.clone(), Arc::clone(&clock), settings.sync);
     let engine = Arc::new(Engine::new(store, batch, sync, clock, settings, jobs));
-    Ok(Ok(Backend { engine, simulator, _lock: lock }))
+    Ok(Ok(Backend { engine, simulator, providers: names, _lock: lock }))
+}
+
+/// Every provider, pointed at the simulator (which serves them all on one listener).
+fn simulated_clients(base_url: &str) -> Result<Vec<Client>, ProviderError> {
+    Ok(vec![
+        Client::Anthropic(AnthropicClient::new(base_url, ApiKey::new("simulated"))?),
+        Client::OpenAi(OpenAiClient::new(&format!("{base_url}/v1"), ApiKey::new("simulated"))?),
+    ])
+}
+
+/// A client for each provider whose key is configured; an error for the
+/// first provider some job uses whose key is not.
+fn real_clients(jobs: &[Job]) -> Result<Vec<Client>, String> {
+    let mut clients = Vec::new();
+    for name in PROVIDERS {
+        let client = match name {
+            crate::providers::openai::NAME => OpenAiClient::from_environment().map(Client::OpenAi),
+            _ => AnthropicClient::from_environment().map(Client::Anthropic),
+        };
+        match (client, jobs.iter().find(|job| job.manifest.provider == name)) {
+            (Ok(client), _) => clients.push(client),
+            (Err(error), Some(job)) => return Err(format!("{error}; job `{}` uses provider `{name}`", job.name)),
+            (Err(_), None) => {}
+        }
+    }
+    Ok(clients)
 }
 
 /// Takes the exclusive lock on `<state>.lock`; `None` if another process holds it.

@@ -36,16 +36,34 @@ impl Pricer {
 
     /// The prices and lane factor of `model` (an id or alias, any provider).
     pub fn model(&self, model: &str) -> Option<(TokenPrices, LaneFactor)> {
-        self.catalog.providers.iter().find_map(|(name, provider)| {
-            let (_, entry) = self.catalog.model(name, model)?;
-            Some((TokenPrices::from_catalog(&entry.prices), LaneFactor::new(provider.batch_discount)))
-        })
+        self.priced(model).map(|(prices, factor, _)| (prices, factor))
+    }
+
+    /// The prices, lane factor and provider of `model` (an id or alias, or
+    /// a dated snapshot of one).
+    fn priced(&self, model: &str) -> Option<(TokenPrices, LaneFactor, &str)> {
+        let find = |model: &str| {
+            self.catalog.providers.iter().find_map(|(name, provider)| {
+                let (_, entry) = self.catalog.model(name, model)?;
+                Some((
+                    TokenPrices::from_catalog(&entry.prices),
+                    LaneFactor::new(provider.batch_discount),
+                    name.as_str(),
+                ))
+            })
+        };
+        find(model).or_else(|| find(&undated(model)))
     }
 
     /// The cost of `usage` of `model` in `lane`; `None` for a model the catalog does not price.
     pub fn cost(&self, model: &str, lane: Lane, usage: &Usage) -> Option<Cost> {
-        let (prices, factor) = self.model(model).or_else(|| self.model(&undated(model)))?;
+        let (prices, factor, _) = self.priced(model)?;
         Some(cost_of(usage, lane, &prices, factor))
+    }
+
+    /// The provider of `model` in the catalog.
+    pub fn provider_of(&self, model: &str) -> Option<&str> {
+        self.priced(model).map(|(_, _, provider)| provider)
     }
 
     /// The stored cost of one result. Unbilled outcomes cost nothing; a
@@ -64,17 +82,26 @@ impl Pricer {
         ResultCost {
             id: result.id,
             model: result.model.clone(),
+            provider: result.model.as_deref().and_then(|model| self.provider_of(model)).map(str::to_owned),
             cost_micros: cost.actual,
             sync_cost_micros: sync_equivalent,
         }
     }
 }
 
-/// `claude-haiku-4-5-20251001` → `claude-haiku-4-5`: the API reports dated
-/// snapshots the catalog may only list by family.
+/// A model name without its snapshot date: `claude-haiku-4-5-20251001` →
+/// `claude-haiku-4-5`, `gpt-4o-mini-2024-07-18` → `gpt-4o-mini`. Answers
+/// name the snapshot that served them; the catalog may list only the family.
 fn undated(model: &str) -> String {
-    match model.rsplit_once('-') {
-        Some((family, date)) if date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit()) => family.to_owned(),
+    let digits = |text: &str, n: usize| text.len() == n && text.bytes().all(|b| b.is_ascii_digit());
+    if let Some((family, date)) = model.rsplit_once('-')
+        && digits(date, 8)
+    {
+        return family.to_owned();
+    }
+    let parts: Vec<&str> = model.rsplitn(4, '-').collect();
+    match parts.as_slice() {
+        [day, month, year, family] if digits(day, 2) && digits(month, 2) && digits(year, 4) => (*family).to_owned(),
         _ => model.to_owned(),
     }
 }
@@ -109,7 +136,11 @@ mod tests {
         let dated = pricer.cost("claude-sonnet-4-6-20260101", Lane::Sync, &usage).unwrap();
         assert_eq!(dated, pricer.cost("claude-sonnet-4-6", Lane::Sync, &usage).unwrap());
         assert_eq!(dated.actual, 3_000_000);
-        assert!(pricer.cost("gpt-4o", Lane::Sync, &usage).is_none());
+        // OpenAI answers name snapshots as `-YYYY-MM-DD`; cached input is read at its own price.
+        let openai = Usage { input_tokens: 1_000_000, cache_read_tokens: 1_000_000, ..Usage::default() };
+        let mini = pricer.cost("gpt-4o-mini-2024-07-18", Lane::Batch, &openai).unwrap();
+        assert_eq!((mini.actual, mini.sync_equivalent), (112_500, 225_000), "($0.15 + $0.075) per M, halved");
+        assert!(pricer.cost("gpt-9", Lane::Sync, &usage).is_none());
     }
 
     #[test]

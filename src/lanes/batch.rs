@@ -54,7 +54,7 @@ impl LaneError {
 
 /// Splits waiting requests into batches within `limits`, in order.
 pub fn split(waiting: &[Waiting], limits: BatchLimits) -> Vec<Vec<String>> {
-    let envelope = |w: &Waiting| w.params_len + w.custom_id.len() + 32;
+    let envelope = |w: &Waiting| w.params_len + w.custom_id.len() + limits.envelope_bytes;
     let mut batches: Vec<Vec<String>> = Vec::new();
     let mut bytes = usize::MAX;
     for request in waiting {
@@ -401,11 +401,30 @@ impl BatchLane {
                 })
                 .map_err(|e| ProviderError::Transport(format!("state database: {e}")))
         });
+        // Requests named by their input line (a failed validation) are looked
+        // up in the batch's order, read only when a result needs it.
+        let mut by_line: Option<Vec<String>> = None;
         let streamed = async {
             while let Some(line) = reader.next().await? {
                 match line {
                     // A closed queue means the writer failed: its error is returned below.
-                    Ok(parsed) => {
+                    Ok(mut parsed) => {
+                        if let Some(line) = parsed.input_line {
+                            if by_line.is_none() {
+                                let ids = self.store.call(move |s| s.batch_custom_ids(batch_id)).await;
+                                by_line = Some(ids.map_err(LaneError::from)?);
+                            }
+                            let ids = by_line.as_deref().unwrap_or_default();
+                            let Some(id) = line.checked_sub(1).and_then(|i| ids.get(i as usize)) else {
+                                tracing::warn!(
+                                    batch = batch_id,
+                                    line,
+                                    "a result names an input line the batch does not have"
+                                );
+                                continue;
+                            };
+                            parsed.custom_id = id.clone();
+                        }
                         if sender.send((parsed.custom_id, parsed.outcome)).await.is_err() {
                             break;
                         }
@@ -506,10 +525,10 @@ mod tests {
 
     #[test]
     fn splits_by_request_count_and_by_bytes() {
-        let limits = BatchLimits { max_requests: 3, max_bytes: 1_000_000 };
+        let limits = BatchLimits { max_requests: 3, max_bytes: 1_000_000, envelope_bytes: 32 };
         let sizes: Vec<usize> = split(&waiting(7, 100), limits).iter().map(Vec::len).collect();
         assert_eq!(sizes, [3, 3, 1]);
-        let by_bytes = BatchLimits { max_requests: 100, max_bytes: 500 };
+        let by_bytes = BatchLimits { max_requests: 100, max_bytes: 500, envelope_bytes: 32 };
         let sizes: Vec<usize> = split(&waiting(5, 150), by_bytes).iter().map(Vec::len).collect();
         assert_eq!(sizes, [2, 2, 1]);
         assert!(split(&[], limits).is_empty());

@@ -459,7 +459,7 @@ fn follow(buckets: &mut Buckets, limits: &RateLimits, now: DateTime<Utc>) {
         if let Some(limit) = quota.limit.filter(|&l| (l as f64) < bucket.rate_per_minute()) {
             bucket.set_rate(limit, now);
         }
-        if let (Some(0), Some(reset)) = (quota.remaining, quota.reset) {
+        if let (Some(0), Some(reset)) = (quota.remaining, quota.reset_at(now)) {
             bucket.exhaust_until(reset, now);
         }
     }

@@ -39,7 +39,7 @@ pub struct Manifest {
     /// Maximum output tokens per request (at least 1, at most the model's
     /// limit for the lane the tier routes to).
     pub max_tokens: i64,
-    /// Sampling temperature, 0 to 1.
+    /// Sampling temperature: 0 to 1 (Anthropic), 0 to 2 (OpenAI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
     /// System prompt: a template path under `prompts/`, or `{ inline: "..." }`.

@@ -60,6 +60,8 @@ pub struct BatchLimits {
     pub max_requests: usize,
     /// Bytes of request bodies per batch.
     pub max_bytes: usize,
+    /// Bytes the provider's framing adds to each request's custom_id and params.
+    pub envelope_bytes: usize,
 }
 
 /// Rows of `(custom_id, params)` in chunks, in the batch's order.
@@ -90,8 +92,11 @@ impl std::fmt::Debug for BatchInput {
 /// One result of a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResultLine {
-    /// The request it answers.
+    /// The request it answers (empty when only its `input_line` is known).
     pub custom_id: String,
+    /// The request's line in the batch's input (1-based, requests in
+    /// custom_id order), for a provider that names refused requests so.
+    pub input_line: Option<u64>,
     /// What happened.
     pub outcome: Outcome,
 }
@@ -100,8 +105,8 @@ pub struct ResultLine {
 pub type LineParser = fn(&str) -> Result<ResultLine, String>;
 
 /// A batch's results, read as they arrive: one or more line streams (a
-/// provider may keep successes and errors in separate files). Memory is
-/// bounded by the longest line.
+/// provider may keep successes and errors in separate files) and results
+/// known without a download. Memory is bounded by the longest line.
 pub struct ResultsReader {
     sources: VecDeque<Source>,
     bytes: u64,
@@ -109,6 +114,7 @@ pub struct ResultsReader {
 
 enum Source {
     Lines(LineStream, LineParser),
+    Known(VecDeque<ResultLine>),
 }
 
 impl ResultsReader {
@@ -120,6 +126,12 @@ impl ResultsReader {
     /// Adds a streamed file whose lines `parse` reads.
     pub(crate) fn lines(mut self, lines: LineStream, parse: LineParser) -> ResultsReader {
         self.sources.push_back(Source::Lines(lines, parse));
+        self
+    }
+
+    /// Adds results known without a download.
+    pub(crate) fn known(mut self, results: Vec<ResultLine>) -> ResultsReader {
+        self.sources.push_back(Source::Known(results.into()));
         self
     }
 
@@ -135,6 +147,10 @@ impl ResultsReader {
                         self.bytes += line.len() as u64 + 1;
                         return Ok(Some(parse(&line)));
                     }
+                    None => drop(self.sources.pop_front()),
+                },
+                Source::Known(results) => match results.pop_front() {
+                    Some(result) => return Ok(Some(Ok(result))),
                     None => drop(self.sources.pop_front()),
                 },
             }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::anthropic::AnthropicClient;
+use super::openai::OpenAiClient;
 use super::{BatchInput, BatchLimits, BatchPage, BatchStatus, MessageReply, ProviderError, ResultsReader};
 
 /// An API key that never shows up in `Debug` output or logs.
@@ -40,6 +41,8 @@ impl std::fmt::Debug for ApiKey {
 pub enum Client {
     /// Anthropic Messages and Message Batches.
     Anthropic(AnthropicClient),
+    /// OpenAI Chat Completions, Files and Batch.
+    OpenAi(OpenAiClient),
 }
 
 impl Client {
@@ -47,6 +50,7 @@ impl Client {
     pub fn provider(&self) -> &'static str {
         match self {
             Client::Anthropic(_) => super::anthropic::NAME,
+            Client::OpenAi(_) => super::openai::NAME,
         }
     }
 
@@ -54,6 +58,7 @@ impl Client {
     pub fn batch_limits(&self) -> BatchLimits {
         match self {
             Client::Anthropic(_) => super::anthropic::BATCH_LIMITS,
+            Client::OpenAi(_) => super::openai::BATCH_LIMITS,
         }
     }
 
@@ -61,6 +66,7 @@ impl Client {
     pub fn batch_calls_per_minute(&self) -> u64 {
         match self {
             Client::Anthropic(_) => super::anthropic::BATCH_CALLS_PER_MINUTE,
+            Client::OpenAi(_) => super::openai::BATCH_CALLS_PER_MINUTE,
         }
     }
 
@@ -70,6 +76,7 @@ impl Client {
     pub fn keeps_tags(&self) -> bool {
         match self {
             Client::Anthropic(_) => false,
+            Client::OpenAi(_) => true,
         }
     }
 
@@ -77,6 +84,7 @@ impl Client {
     pub async fn send_message(&self, params: &str, betas: &[String]) -> Result<MessageReply, ProviderError> {
         match self {
             Client::Anthropic(client) => client.create_message(params, betas).await,
+            Client::OpenAi(client) => client.create_chat_completion(params).await,
         }
     }
 
@@ -84,6 +92,7 @@ impl Client {
     pub async fn create_batch(&self, input: &BatchInput, betas: &[String]) -> Result<BatchStatus, ProviderError> {
         match self {
             Client::Anthropic(client) => client.create_batch(input, betas).await,
+            Client::OpenAi(client) => client.create_batch(input).await,
         }
     }
 
@@ -91,6 +100,7 @@ impl Client {
     pub async fn retrieve_batch(&self, id: &str) -> Result<BatchStatus, ProviderError> {
         match self {
             Client::Anthropic(client) => client.retrieve_batch(id).await,
+            Client::OpenAi(client) => client.retrieve_batch(id).await,
         }
     }
 
@@ -98,6 +108,7 @@ impl Client {
     pub async fn list_batches(&self, cursor: Option<&str>) -> Result<BatchPage, ProviderError> {
         match self {
             Client::Anthropic(client) => client.list_batches(cursor, 100).await,
+            Client::OpenAi(client) => client.list_batches(cursor, 100).await,
         }
     }
 
@@ -105,6 +116,7 @@ impl Client {
     pub async fn cancel_batch(&self, id: &str) -> Result<BatchStatus, ProviderError> {
         match self {
             Client::Anthropic(client) => client.cancel_batch(id).await,
+            Client::OpenAi(client) => client.cancel_batch(id).await,
         }
     }
 
@@ -112,6 +124,7 @@ impl Client {
     pub async fn results(&self, results: &str) -> Result<ResultsReader, ProviderError> {
         match self {
             Client::Anthropic(client) => client.results(results).await,
+            Client::OpenAi(client) => client.results(results).await,
         }
     }
 }

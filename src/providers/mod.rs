@@ -8,7 +8,9 @@ pub mod anthropic;
 mod batch;
 mod client;
 mod error;
+mod http;
 mod lines;
+pub mod openai;
 mod reply;
 
 pub use batch::{
@@ -18,3 +20,12 @@ pub use client::{ApiKey, Client, Providers};
 pub use error::ProviderError;
 pub use lines::LineStream;
 pub use reply::{MessageReply, Quota, RateLimits};
+
+/// The batch limits of the provider called `name`, if it is one we speak.
+pub fn batch_limits(name: &str) -> Option<BatchLimits> {
+    match name {
+        anthropic::NAME => Some(anthropic::BATCH_LIMITS),
+        openai::NAME => Some(openai::BATCH_LIMITS),
+        _ => None,
+    }
+}

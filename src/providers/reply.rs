@@ -20,8 +20,17 @@ pub struct Quota {
     pub limit: Option<u64>,
     /// Units left now.
     pub remaining: Option<u64>,
-    /// When the quota is full again.
+    /// When the quota is full again (a provider that says when).
     pub reset: Option<chrono::DateTime<chrono::Utc>>,
+    /// How long until the quota is full again (a provider that says how long).
+    pub reset_in: Option<std::time::Duration>,
+}
+
+impl Quota {
+    /// When the quota is full again, `now` being when the answer came.
+    pub fn reset_at(&self, now: chrono::DateTime<chrono::Utc>) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.reset.or_else(|| Some(now + chrono::Duration::from_std(self.reset_in?).ok()?))
+    }
 }
 
 /// The rate-limit headers of a response, by what they limit.

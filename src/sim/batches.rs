@@ -222,6 +222,9 @@ impl State {
         }
         self.stats.batches_created += 1;
         self.stats.requests_received += records.len() as u64;
+        let anthropic = self.stats.of("anthropic");
+        anthropic.batches_created += 1;
+        anthropic.requests_received += records.len() as u64;
         let duration = if config.never_end { f64::INFINITY } else { faults::batch_duration(config, seq) };
         let core = Core { id: batch_id(nonce, seq), records: records.into_boxed_slice(), created: now, duration };
         self.batches.insert(seq, Batch { core: Arc::new(core), cancel_at: None, cancel_end: 0.0, ended: None });

@@ -1,9 +1,11 @@
-//! API errors in the provider's shape (`PROVIDERS.md` §1.5):
-//! `{"type":"error","error":{"type":..,"message":..},"request_id":..}`.
+//! API errors in the shape of the API that was called: Anthropic's
+//! `{"type":"error","error":{"type":..,"message":..},"request_id":..}`
+//! (`PROVIDERS.md` §1.5) or OpenAI's `{"error":{"message","type","param","code"}}`
+//! (§3.1).
 //!
 //! Handlers return [`ApiError`]; its response carries the error as an
 //! extension, and the gate middleware renders the body with the request id
-//! it also puts in the `request-id` header.
+//! it also puts in the `request-id` (or `x-request-id`) header.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -78,14 +80,61 @@ impl ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "Internal server error (simulated).")
     }
 
-    /// The full response, body included, for the request `request_id`.
-    pub(crate) fn render(&self, request_id: &str) -> Response {
-        let body = error_body(self.kind, &self.message, request_id);
-        let mut response = (self.status, axum::Json(body)).into_response();
+    /// The full response, body included, for the request `request_id`, in the `dialect` of the API called.
+    pub(crate) fn render(&self, dialect: Dialect, request_id: &str) -> Response {
+        let mut response = match dialect {
+            Dialect::Anthropic => {
+                (self.status, axum::Json(error_body(self.kind, &self.message, request_id))).into_response()
+            }
+            Dialect::OpenAi => self.render_openai(),
+        };
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+impl ApiError {
+    /// OpenAI's status and `{"error":{message,type,param,code}}`: an
+    /// overload is a 503, a bad key a 401 `invalid_api_key`.
+    fn render_openai(&self) -> Response {
+        let (status, kind, code) = match self.kind {
+            "rate_limit_error" => (self.status, "requests", Some("rate_limit_exceeded")),
+            "overloaded_error" => (StatusCode::SERVICE_UNAVAILABLE, "server_error", None),
+            "api_error" => (self.status, "server_error", None),
+            "authentication_error" => (self.status, "invalid_request_error", Some("invalid_api_key")),
+            "not_found_error" => (self.status, "invalid_request_error", None),
+            _ => (self.status, "invalid_request_error", None),
+        };
+        let body =
+            serde_json::json!({ "error": { "message": self.message, "type": kind, "param": null, "code": code } });
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+/// Which API's conventions an answer follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// `/v1/messages...`.
+    Anthropic,
+    /// `/v1/chat/completions`, `/v1/files...`, `/v1/batches...`.
+    OpenAi,
+}
+
+impl Dialect {
+    /// The dialect of a request path.
+    pub(crate) fn of(path: &str) -> Dialect {
+        let openai = ["/v1/chat/", "/v1/files", "/v1/batches"].iter().any(|prefix| path.starts_with(prefix));
+        if openai { Dialect::OpenAi } else { Dialect::Anthropic }
+    }
+
+    /// The header that carries the request id.
+    pub(crate) fn request_id_header(self) -> &'static str {
+        match self {
+            Dialect::Anthropic => "request-id",
+            Dialect::OpenAi => "x-request-id",
+        }
     }
 }
 

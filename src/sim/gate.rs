@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::errors::ApiError;
+use super::errors::{ApiError, Dialect};
 use super::faults;
 use super::state::Sim;
 
@@ -22,6 +22,7 @@ pub(crate) async fn gate(State(sim): State<Arc<Sim>>, mut req: Request, next: Ne
     let n = sim.next_request();
     let request_id = sim.request_id(n);
     let internal = req.uri().path().starts_with("/_sim/");
+    let dialect = Dialect::of(req.uri().path());
     let mut response = if internal {
         next.run(req).await
     } else {
@@ -32,7 +33,7 @@ pub(crate) async fn gate(State(sim): State<Arc<Sim>>, mut req: Request, next: Ne
             state.stats.call(endpoint);
             state.stats.chunked_bodies += u64::from(chunked);
         }
-        if let Err(err) = check_headers(req.headers(), sim.config.api_key.as_deref()) {
+        if let Err(err) = check_headers(req.headers(), dialect, sim.config.api_key.as_deref()) {
             err.into_response()
         } else if let Some((label, err)) = faults::roll_fault(&sim.config, n, sim.clock.now()) {
             tracing::debug!(fault = label, path = req.uri().path(), "injecting a fault");
@@ -44,40 +45,48 @@ pub(crate) async fn gate(State(sim): State<Arc<Sim>>, mut req: Request, next: Ne
         }
     };
     if let Some(err) = response.extensions_mut().remove::<ApiError>() {
-        response = err.render(&request_id);
+        response = err.render(dialect, &request_id);
     }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("request-id", value);
+        response.headers_mut().insert(dialect.request_id_header(), value);
     }
     response
 }
 
-/// `"METHOD /path"` with batch ids replaced by `{id}`, e.g. `GET /v1/messages/batches/{id}`;
-/// `"other"` outside the API.
+/// `"METHOD /path"` with batch and file ids replaced by `{id}`, e.g.
+/// `GET /v1/messages/batches/{id}`; `"other"` outside the APIs.
 fn endpoint(method: &str, path: &str) -> String {
-    if !path.starts_with("/v1/messages") {
+    let known = ["/v1/messages", "/v1/chat/", "/v1/files", "/v1/batches"];
+    if !known.iter().any(|prefix| path.starts_with(prefix)) {
         return "other".to_owned();
     }
-    let path: Vec<&str> =
-        path.split('/').map(|segment| if segment.starts_with("msgbatch_") { "{id}" } else { segment }).collect();
+    let is_id = |segment: &str| ["msgbatch_", "batch_", "file-"].iter().any(|p| segment.starts_with(p));
+    let path: Vec<&str> = path.split('/').map(|segment| if is_id(segment) { "{id}" } else { segment }).collect();
     format!("{method} {}", path.join("/"))
 }
 
 /// A credential (`x-api-key`, or `Authorization: Bearer`; `accepted` when
-/// set) and `anthropic-version` must be present.
-fn check_headers(headers: &HeaderMap, accepted: Option<&str>) -> Result<(), ApiError> {
+/// set) must be present, and for Anthropic's API `anthropic-version` too.
+fn check_headers(headers: &HeaderMap, dialect: Dialect, accepted: Option<&str>) -> Result<(), ApiError> {
     let non_empty =
         |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
     let bearer = non_empty("authorization")
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .filter(|token| !token.trim().is_empty());
+    let (missing, wrong) = match dialect {
+        Dialect::Anthropic => ("x-api-key header is required (or Authorization: Bearer <token>)", "invalid x-api-key"),
+        Dialect::OpenAi => (
+            "You didn't provide an API key. Provide it in an Authorization header (Authorization: Bearer YOUR_KEY).",
+            "Incorrect API key provided.",
+        ),
+    };
     let Some(key) = non_empty("x-api-key").or(bearer) else {
-        return Err(ApiError::authentication("x-api-key header is required (or Authorization: Bearer <token>)"));
+        return Err(ApiError::authentication(missing));
     };
     if accepted.is_some_and(|accepted| accepted != key) {
-        return Err(ApiError::authentication("invalid x-api-key"));
+        return Err(ApiError::authentication(wrong));
     }
-    if non_empty("anthropic-version").is_none() {
+    if dialect == Dialect::Anthropic && non_empty("anthropic-version").is_none() {
         return Err(ApiError::invalid("anthropic-version: header is required"));
     }
     Ok(())

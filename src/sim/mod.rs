@@ -17,6 +17,7 @@ mod faults;
 mod gate;
 mod hash;
 mod messages;
+mod openai;
 mod params;
 mod results;
 mod routes;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use stats::SimStats;
+pub use stats::{ProviderStats, SimStats};
 
 /// Knobs of the simulator; also the arguments of `orchestrator sim`.
 #[derive(Debug, Clone, clap::Args)]

@@ -55,7 +55,7 @@ impl CachePlan {
 pub(crate) struct Models(HashMap<String, Arc<str>>);
 
 impl Models {
-    fn intern(&mut self, name: &str) -> Arc<str> {
+    pub(crate) fn intern(&mut self, name: &str) -> Arc<str> {
         if let Some(found) = self.0.get(name) {
             return found.clone();
         }
@@ -263,7 +263,7 @@ fn walk_message(i: usize, message: &Value, walk: &mut Walk) -> Result<(), String
 }
 
 /// The first words of the last user turn, at most [`LEAD_CHARS`] characters.
-fn lead(messages: &[Value]) -> String {
+pub(crate) fn lead(messages: &[Value]) -> String {
     let text = messages
         .iter()
         .rev()

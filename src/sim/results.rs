@@ -96,7 +96,7 @@ enum LineResult<'a> {
 }
 
 /// Request indices in the order their lines are sent: by a hash of seed and `custom_id`.
-fn shuffled(config: &SimConfig, core: &Core) -> Vec<u32> {
+pub(crate) fn shuffled(config: &SimConfig, core: &Core) -> Vec<u32> {
     let mut keyed: Vec<(u64, u32)> = core
         .records
         .iter()

@@ -38,6 +38,7 @@ pub(crate) fn router(sim: Arc<Sim>) -> Router {
         .route("/v1/messages/batches/{id}/cancel", post(cancel_batch))
         .route("/v1/messages/batches/{id}/results", get(batch_results))
         .route("/_sim/stats", get(stats))
+        .merge(super::openai::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(sim.clone(), gate))
         .layer(DefaultBodyLimit::disable())
@@ -47,7 +48,7 @@ pub(crate) fn router(sim: Arc<Sim>) -> Router {
 type ApiResult = Result<Response, ApiError>;
 
 /// Reads a body of at most `limit` bytes, checking the size while it streams.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     if declared.is_some_and(|len: usize| len > limit) {
         return Err(ApiError::too_large(limit));
@@ -85,6 +86,7 @@ async fn create_message(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: B
         let hit = prompt.cache.as_ref().is_some_and(|plan| state.cache.hit(plan, sim.clock.now()));
         state.messages += 1;
         state.stats.messages_calls += 1;
+        state.stats.of("anthropic").messages_calls += 1;
         (hit, state.messages)
     };
     let id = hash::id("msg_", Key::new(sim.config.seed, "sync").num(n).finish(), prompt.hash);
@@ -179,6 +181,7 @@ async fn cancel_batch(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(id):
     let body = batch.to_json(&sim.clock, &base_url(&sim, &headers));
     if canceled {
         state.stats.batches_canceled += 1;
+        state.stats.of("anthropic").batches_canceled += 1;
         tracing::info!(batch = %id, "batch canceling");
     }
     Ok(Json(body).into_response())
@@ -235,5 +238,7 @@ async fn stats(State(sim): State<Arc<Sim>>) -> Response {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::not_found("Not found: the simulator serves /v1/messages and /v1/messages/batches.")
+    ApiError::not_found(
+        "Not found: the simulator serves /v1/messages, /v1/messages/batches, /v1/chat/completions, /v1/files and /v1/batches.",
+    )
 }

@@ -40,6 +40,8 @@ pub(crate) struct State {
     pub submitted: HashMap<Box<str>, u32>,
     /// `POST /v1/messages` calls answered so far (for message ids).
     pub messages: u64,
+    /// The OpenAI side: files and batches.
+    pub openai: super::openai::State,
 }
 
 impl Sim {
@@ -103,6 +105,11 @@ impl Clock {
     /// Real seconds that `sim_secs` simulated seconds take.
     pub(crate) fn real_secs(&self, sim_secs: f64) -> f64 {
         sim_secs / self.scale
+    }
+
+    /// Unix seconds of simulated instant `sim_secs` (OpenAI's timestamps).
+    pub(crate) fn unix(&self, sim_secs: f64) -> i64 {
+        self.epoch.timestamp() + sim_secs.floor().clamp(0.0, 1e15) as i64
     }
 
     /// The RFC 3339 timestamp (microseconds, `Z`) of simulated instant `sim_secs`.

@@ -27,9 +27,33 @@ pub struct SimStats {
     /// API calls whose body came chunked, without a `Content-Length` (the
     /// SDKs always send one, and some proxies refuse chunked uploads).
     pub chunked_bodies: u64,
+    /// The same counters per provider (`anthropic`, `openai`); the fields
+    /// above add them up.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderStats>,
+}
+
+/// What one provider's endpoints have seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderStats {
+    /// Batches created.
+    pub batches_created: u64,
+    /// Requests in all created batches.
+    pub requests_received: u64,
+    /// Synchronous calls answered.
+    pub messages_calls: u64,
+    /// Batches that received a cancel while still running.
+    pub batches_canceled: u64,
+    /// Files uploaded (OpenAI).
+    pub files_uploaded: u64,
 }
 
 impl SimStats {
+    /// The counters of `provider`.
+    pub(crate) fn of(&mut self, provider: &str) -> &mut ProviderStats {
+        self.providers.entry(provider.to_owned()).or_default()
+    }
+
     /// Counts one call of `endpoint`.
     pub(crate) fn call(&mut self, endpoint: String) {
         *self.endpoint_calls.entry(endpoint).or_default() += 1;

@@ -348,6 +348,17 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// The custom_ids of a batch in its order (custom_id order): the order
+    /// of its input, whose lines a provider may name.
+    pub fn batch_custom_ids(&self, batch_id: i64) -> Result<Vec<String>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT custom_id FROM batch_requests WHERE batch_id = ?1 ORDER BY custom_id")
+            .map_err(|e| self.err(e))?;
+        let rows = statement.query_map([batch_id], |row| row.get(0)).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
     /// Calls `each(custom_id, params_json)` for every request of a batch, in
     /// custom_id order, without loading them all at once.
     pub fn for_each_batch_request(&self, batch_id: i64, mut each: impl FnMut(&str, &str)) -> Result<(), StoreError> {

@@ -31,6 +31,8 @@ pub struct ResultCost {
     pub id: i64,
     /// The model it was priced as.
     pub model: Option<String>,
+    /// The provider of that model.
+    pub provider: Option<String>,
     /// What was charged, in micro-dollars.
     pub cost_micros: i64,
     /// What the sync API would have charged, in micro-dollars.
@@ -70,11 +72,13 @@ impl Store {
         let tx = self.conn.transaction().map_err(|e| super::sqlite(&self.path, e))?;
         {
             let mut update = tx
-                .prepare_cached("UPDATE results SET model = ?2, cost_micros = ?3, sync_cost_micros = ?4 WHERE id = ?1")
+                .prepare_cached(
+                    "UPDATE results SET model = ?2, cost_micros = ?3, sync_cost_micros = ?4, provider = ?5 WHERE id = ?1",
+                )
                 .map_err(|e| super::sqlite(&self.path, e))?;
             for cost in costs {
                 update
-                    .execute(params![cost.id, cost.model, cost.cost_micros, cost.sync_cost_micros])
+                    .execute(params![cost.id, cost.model, cost.cost_micros, cost.sync_cost_micros, cost.provider])
                     .map_err(|e| super::sqlite(&self.path, e))?;
             }
         }

@@ -15,6 +15,8 @@ pub enum GroupBy {
     Tag,
     /// Per model that answered.
     Model,
+    /// Per provider that answered.
+    Provider,
     /// `batch` or `sync`.
     Lane,
     /// Per UTC day the result arrived.
@@ -28,6 +30,7 @@ impl GroupBy {
             GroupBy::Job => "job",
             GroupBy::Tag => "tag",
             GroupBy::Model => "model",
+            GroupBy::Provider => "provider",
             GroupBy::Lane => "lane",
             GroupBy::Day => "day",
         }
@@ -38,6 +41,7 @@ impl GroupBy {
             GroupBy::Job => "u.job",
             GroupBy::Tag => "COALESCE(t.value, '(untagged)')",
             GroupBy::Model => "COALESCE(r.model, '(unknown)')",
+            GroupBy::Provider => "COALESCE(r.provider, '(unknown)')",
             GroupBy::Lane => "r.lane",
             GroupBy::Day => "date(r.received_at / 1000, 'unixepoch')",
         }

@@ -4,7 +4,7 @@
 //! never edited once released; changes are new entries.
 
 /// Migrations in order; entry `i` moves the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// Times are integer milliseconds since the Unix epoch (UTC).
 const V1: &str = r#"
@@ -292,4 +292,12 @@ CREATE TABLE sink_files (
     length      INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
 ) WITHOUT ROWID;
+"#;
+
+/// The provider that answered each result (set when it is priced, from the
+/// catalog), for `cost --by provider`. Results priced before there was a
+/// second provider were Anthropic's.
+const V7: &str = r#"
+ALTER TABLE results ADD COLUMN provider TEXT;
+UPDATE results SET provider = 'anthropic' WHERE cost_micros IS NOT NULL;
 "#;

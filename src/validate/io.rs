@@ -6,9 +6,6 @@ use std::collections::BTreeMap;
 use crate::diagnostics::{Code, Diagnostic};
 use crate::manifest::{Parsed, Sink};
 
-/// The provider's limit on requests per batch.
-pub const MAX_BATCH_REQUESTS: u32 = 100_000;
-
 pub(super) fn check(job: &Parsed, out: &mut Vec<Diagnostic>) {
     check_items(job, out);
     check_sink(job, out);
@@ -33,14 +30,19 @@ pub(super) fn check(job: &Parsed, out: &mut Vec<Diagnostic>) {
             .help("write an amount in dollars such as `25`, or remove `budget`"),
         );
     }
-    if let Some(size) = manifest.max_batch_requests.filter(|n| *n == 0 || *n > MAX_BATCH_REQUESTS) {
+    // The provider's own limit (an unknown provider is reported elsewhere).
+    let most = crate::providers::batch_limits(&manifest.provider).map_or(u32::MAX, |l| l.max_requests as u32);
+    if let Some(size) = manifest.max_batch_requests.filter(|n| *n == 0 || *n > most) {
         out.push(
             job.at_value(
                 Code::InvalidBatchSize,
                 "max_batch_requests",
-                format!("max_batch_requests {size} is outside 1..={MAX_BATCH_REQUESTS}"),
+                format!(
+                    "max_batch_requests {size} is outside 1..={most}, what `{}` allows per batch",
+                    manifest.provider
+                ),
             )
-            .help(format!("write a number from 1 to {MAX_BATCH_REQUESTS}")),
+            .help(format!("write a number from 1 to {most}")),
         );
     }
 }

@@ -10,8 +10,7 @@ mod model;
 mod schedule;
 mod templates;
 
-pub use io::MAX_BATCH_REQUESTS;
-pub use model::PASS_THROUGH_PARAMS;
+pub use model::{ANTHROPIC, OPENAI, ProviderRules, rules};
 
 use std::collections::BTreeMap;
 use std::path::Path;

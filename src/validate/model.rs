@@ -5,36 +5,112 @@ use crate::diagnostics::{Code, Diagnostic};
 use crate::manifest::{Lane, Parsed};
 use crate::suggest;
 
-/// Messages API parameters `params` may pass through.
-pub const PASS_THROUGH_PARAMS: &[&str] = &[
-    "thinking",
-    "stop_sequences",
-    "top_p",
-    "top_k",
-    "tools",
-    "tool_choice",
-    "metadata",
-    "service_tier",
-    "container",
-    "inference_geo",
-    "output_config",
-];
+/// What a provider's API lets `params` carry, and which manifest fields mean something for it.
+#[derive(Debug, Clone, Copy)]
+pub struct ProviderRules {
+    /// The API the requests go to, for messages.
+    pub api: &'static str,
+    /// Parameters `params` may pass through.
+    pub params: &'static [&'static str],
+    /// Parameters the manifest or the orchestrator sets, with what to do instead.
+    pub owned: &'static [(&'static str, &'static str)],
+    /// Whether `cache:` breakpoints mean something.
+    pub cache: bool,
+    /// Whether `betas:` mean something.
+    pub betas: bool,
+    /// The highest `temperature` the API accepts (the lowest is 0).
+    pub max_temperature: f64,
+    /// Other providers' names for parameters this API spells differently,
+    /// with this API's name: a job moved between providers gets told.
+    pub renamed: &'static [(&'static str, &'static str)],
+}
 
-/// Parameters the manifest or the orchestrator sets, with what to do instead.
-const OWNED_PARAMS: &[(&str, &str)] = &[
-    ("model", "set `model:` at the top level of the manifest"),
-    ("max_tokens", "set `max_tokens:` at the top level of the manifest"),
-    ("temperature", "set `temperature:` at the top level of the manifest"),
-    ("system", "set `system:` at the top level of the manifest"),
-    ("messages", "write the message in the `prompt:` template"),
-    ("cache_control", "use the manifest's `cache:` section"),
-    ("stream", "remove it: the batch lane does not allow streaming and results are collected whole"),
-];
+/// Anthropic Messages API.
+pub const ANTHROPIC: ProviderRules = ProviderRules {
+    api: "Messages API",
+    params: &[
+        "thinking",
+        "stop_sequences",
+        "top_p",
+        "top_k",
+        "tools",
+        "tool_choice",
+        "metadata",
+        "service_tier",
+        "container",
+        "inference_geo",
+        "output_config",
+    ],
+    owned: &[
+        ("model", "set `model:` at the top level of the manifest"),
+        ("max_tokens", "set `max_tokens:` at the top level of the manifest"),
+        ("temperature", "set `temperature:` at the top level of the manifest"),
+        ("system", "set `system:` at the top level of the manifest"),
+        ("messages", "write the message in the `prompt:` template"),
+        ("cache_control", "use the manifest's `cache:` section"),
+        ("stream", "remove it: the batch lane does not allow streaming and results are collected whole"),
+    ],
+    cache: true,
+    betas: true,
+    max_temperature: 1.0,
+    renamed: &[("stop", "stop_sequences"), ("reasoning_effort", "thinking"), ("response_format", "output_config")],
+};
+
+/// OpenAI Chat Completions API.
+pub const OPENAI: ProviderRules = ProviderRules {
+    api: "Chat Completions API",
+    params: &[
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "seed",
+        "top_p",
+        "stop",
+        "reasoning_effort",
+        "verbosity",
+        "metadata",
+        "frequency_penalty",
+        "presence_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "user",
+        "service_tier",
+    ],
+    owned: &[
+        ("model", "set `model:` at the top level of the manifest"),
+        ("max_completion_tokens", "set `max_tokens:` at the top level (it is sent as `max_completion_tokens`)"),
+        ("max_tokens", "set `max_tokens:` at the top level (it is sent as `max_completion_tokens`)"),
+        ("temperature", "set `temperature:` at the top level of the manifest"),
+        ("messages", "write the message in the `prompt:` template and the system message in `system:`"),
+        ("n", "remove it: each request gets one answer"),
+        ("stream", "remove it: the batch lane does not allow streaming and results are collected whole"),
+    ],
+    cache: false,
+    betas: false,
+    max_temperature: 2.0,
+    renamed: &[("stop_sequences", "stop"), ("thinking", "reasoning_effort"), ("output_config", "response_format")],
+};
+
+/// The rules of provider `name`, if it is one we speak.
+pub fn rules(name: &str) -> Option<ProviderRules> {
+    match name {
+        crate::providers::anthropic::NAME => Some(ANTHROPIC),
+        crate::providers::openai::NAME => Some(OPENAI),
+        _ => None,
+    }
+}
 
 pub(super) fn check(job: &Parsed, catalog: &Catalog, out: &mut Vec<Diagnostic>) {
-    check_temperature(job, out);
-    check_params(job, out);
-    check_cache(job, out);
+    if let Some(rules) = rules(&job.manifest.provider) {
+        check_temperature(job, rules, out);
+        check_params(job, rules, out);
+        check_fields_for_provider(job, rules, out);
+        if rules.cache {
+            check_cache(job, out);
+        }
+    }
     let manifest = &job.manifest;
     let Some(provider) = catalog.providers.get(&manifest.provider) else {
         let help = suggest::did_you_mean(&manifest.provider, catalog.providers.keys().map(String::as_str))
@@ -136,6 +212,9 @@ fn check_max_tokens(job: &Parsed, provider: &Provider, model_id: &str, model: &M
 }
 
 fn check_betas(job: &Parsed, provider: &Provider, out: &mut Vec<Diagnostic>) {
+    if rules(&job.manifest.provider).is_some_and(|rules| !rules.betas) {
+        return;
+    }
     let lane = job.manifest.tier.lane();
     for (i, name) in job.manifest.betas.iter().enumerate() {
         let path = format!("betas.{i}");
@@ -167,33 +246,55 @@ fn check_betas(job: &Parsed, provider: &Provider, out: &mut Vec<Diagnostic>) {
     }
 }
 
-fn check_temperature(job: &Parsed, out: &mut Vec<Diagnostic>) {
-    if let Some(temperature) = job.manifest.temperature.filter(|t| !(0.0..=1.0).contains(t)) {
+fn check_temperature(job: &Parsed, rules: ProviderRules, out: &mut Vec<Diagnostic>) {
+    let max = rules.max_temperature;
+    if let Some(temperature) = job.manifest.temperature.filter(|t| !(0.0..=max).contains(t)) {
         out.push(
             job.at_value(
                 Code::TemperatureOutOfRange,
                 "temperature",
-                format!("temperature {temperature} is outside 0 to 1"),
+                format!("temperature {temperature} is outside 0 to {max} (the {})", rules.api),
             )
-            .help("write a number from 0 to 1, e.g. `0.2`"),
+            .help(format!("write a number from 0 to {max}, e.g. `0.2`")),
         );
     }
 }
 
-fn check_params(job: &Parsed, out: &mut Vec<Diagnostic>) {
+fn check_params(job: &Parsed, rules: ProviderRules, out: &mut Vec<Diagnostic>) {
     for name in job.manifest.params.keys() {
         let path = format!("params.{name}");
-        if let Some((_, help)) = OWNED_PARAMS.iter().find(|(owned, _)| owned == name) {
+        if let Some((_, help)) = rules.owned.iter().find(|(owned, _)| owned == name) {
             out.push(
                 job.at_key(Code::ParamNotAllowed, &path, format!("`params.{name}` is not allowed here")).help(*help),
             );
-        } else if !PASS_THROUGH_PARAMS.contains(&name.as_str()) {
-            let help = suggest::did_you_mean(name, PASS_THROUGH_PARAMS.iter().copied())
-                .unwrap_or_else(|| format!("known parameters: {}", PASS_THROUGH_PARAMS.join(", ")));
+        } else if !rules.params.contains(&name.as_str()) {
+            let renamed = rules.renamed.iter().find(|(other, _)| other == name);
+            let help = renamed
+                .map(|(_, ours)| format!("the {} calls it `{ours}`: write `params.{ours}`", rules.api))
+                .or_else(|| suggest::did_you_mean(name, rules.params.iter().copied()))
+                .unwrap_or_else(|| format!("known parameters: {}", rules.params.join(", ")));
             out.push(
-                job.at_key(Code::UnknownParam, &path, format!("unknown Messages API parameter `{name}`")).help(help),
+                job.at_key(Code::UnknownParam, &path, format!("unknown {} parameter `{name}`", rules.api)).help(help),
             );
         }
+    }
+}
+
+/// `cache:` and `betas:` are Anthropic's: for a provider without them they
+/// would be silently dropped, so they are errors that say what to do.
+fn check_fields_for_provider(job: &Parsed, rules: ProviderRules, out: &mut Vec<Diagnostic>) {
+    let provider = &job.manifest.provider;
+    if !rules.cache && job.manifest.cache.is_some() {
+        out.push(
+            job.at_key(Code::NotForProvider, "cache", format!("`cache:` means nothing for provider `{provider}`"))
+                .help(format!("remove `cache:`: `{provider}` caches repeated prompt prefixes on its own, and bills cached input at its lower rate")),
+        );
+    }
+    if !rules.betas && !job.manifest.betas.is_empty() {
+        out.push(
+            job.at_key(Code::NotForProvider, "betas", format!("`betas:` means nothing for provider `{provider}`"))
+                .help("remove `betas:` (they are Anthropic beta headers)"),
+        );
     }
 }
 

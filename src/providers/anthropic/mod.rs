@@ -3,8 +3,6 @@
 
 mod results;
 
-use std::time::Duration;
-
 use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
@@ -34,7 +32,9 @@ pub const KEY_ENV: &str = "ANTHROPIC_API_KEY";
 /// File name of the key in `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`).
 pub const KEY_CREDENTIAL: &str = "anthropic-api-key";
 /// 100,000 requests or 256 MB per batch, whichever comes first.
-pub const BATCH_LIMITS: BatchLimits = BatchLimits { max_requests: 100_000, max_bytes: 256 * 1024 * 1024 };
+/// Each request is framed as `{"custom_id":"..","params":..}` and a comma.
+pub const BATCH_LIMITS: BatchLimits =
+    BatchLimits { max_requests: 100_000, max_bytes: 256 * 1024 * 1024, envelope_bytes: 28 };
 /// 50 requests per minute across the batch endpoints.
 pub const BATCH_CALLS_PER_MINUTE: u64 = 50;
 /// Bytes of request body sent per chunk of the streamed create call.
@@ -126,6 +126,7 @@ pub fn rate_limits(headers: &HeaderMap) -> RateLimits {
             limit: text("limit").and_then(|v| v.parse().ok()),
             remaining: text("remaining").and_then(|v| v.parse().ok()),
             reset: text("reset").and_then(|v| DateTime::parse_from_rfc3339(v).ok()).map(|t| t.with_timezone(&Utc)),
+            reset_in: None,
         }
     };
     RateLimits {
@@ -146,11 +147,7 @@ pub struct AnthropicClient {
 impl AnthropicClient {
     /// A client for `base_url` (no trailing slash needed).
     pub fn new(base_url: &str, key: ApiKey) -> Result<AnthropicClient, ProviderError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(600))
-            .user_agent(concat!("orchestrator/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = super::http::client()?;
         Ok(AnthropicClient { http, base_url: base_url.trim_end_matches('/').to_owned(), key })
     }
 
@@ -299,7 +296,7 @@ async fn check_status(response: Response, operation: &str) -> Result<Response, P
     if response.status().is_success() {
         return Ok(response);
     }
-    let retry_after = retry_after(response.headers());
+    let retry_after = super::http::retry_after(response.headers());
     let body = response.text().await.unwrap_or_default();
     let parsed: Option<Value> = serde_json::from_str(&body).ok();
     let field = |name: &str| {
@@ -323,15 +320,6 @@ async fn check_status(response: Response, operation: &str) -> Result<Response, P
 
 fn request_id(headers: &HeaderMap) -> Option<String> {
     headers.get("request-id").and_then(|v| v.to_str().ok()).map(str::to_owned)
-}
-
-/// `retry-after-ms`, else `retry-after` in seconds.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let number =
-        |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok());
-    number("retry-after-ms")
-        .map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0))
-        .or_else(|| number("retry-after").map(|s| Duration::from_secs_f64(s.max(0.0))))
 }
 
 #[cfg(test)]
@@ -384,14 +372,5 @@ mod tests {
         let parsed: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(parsed["requests"][1]["custom_id"], "job-2026-11-22-002");
         assert_eq!(parsed["requests"][0]["params"]["max_tokens"], 5);
-    }
-
-    #[test]
-    fn retry_after_reads_both_headers() {
-        let mut headers = HeaderMap::new();
-        headers.insert("retry-after", HeaderValue::from_static("3"));
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)));
-        headers.insert("retry-after-ms", HeaderValue::from_static("250"));
-        assert_eq!(retry_after(&headers), Some(Duration::from_millis(250)));
     }
 }

@@ -39,7 +39,7 @@ pub fn parse_result_line(line: &str) -> Result<ResultLine, String> {
             message: line.chars().take(200).collect(),
         },
     };
-    Ok(ResultLine { custom_id: raw.custom_id, outcome })
+    Ok(ResultLine { custom_id: raw.custom_id, input_line: None, outcome })
 }
 
 /// The outcome of a successful message, keeping the message as received.
