@@ -38,3 +38,17 @@ async fn the_official_anthropic_sdk_works_against_the_simulator() {
         .unwrap();
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_sdk_works_against_the_simulator() {
+    if !python_has("openai") {
+        return skip("the official `openai` SDK is not installed (`pip install openai`)");
+    }
+    let key = "sk-conformance-only".to_owned();
+    let config =
+        SimConfig { batch_median_secs: 0.5, batch_p95_secs: 1.0, api_key: Some(key.clone()), ..SimConfig::default() };
+    let sim = simulator(config).await;
+    let env = [("OPENAI_BASE_URL", format!("{}/v1", sim.base_url())), ("OPENAI_API_KEY", key)];
+    tokio::task::spawn_blocking(move || run_script("openai_conformance.py", &env)).await.unwrap();
+    sim.shutdown().await;
+}
