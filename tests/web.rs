@@ -157,7 +157,7 @@ async fn the_dashboard_and_api_show_what_the_store_holds() {
         status["runs"].as_array().unwrap().len() as i64,
         served.count("SELECT COUNT(*) FROM runs WHERE state = 'open'")
     );
-    assert_eq!(status["schedules"].as_array().unwrap().len(), 7);
+    assert_eq!(status["schedules"].as_array().unwrap().len(), 8);
     assert_eq!(served.get("/healthz").await, (200, "ok\n".to_owned()));
     assert_eq!(served.get("/runs/999999").await.0, 404);
 }
@@ -240,7 +240,12 @@ async fn batches_match(served: &Served, db: &Connection) {
 async fn jobs_match(served: &Served, db: &Connection) {
     let api = served.json("/api/v1/jobs").await;
     let jobs = api["jobs"].as_array().unwrap();
-    assert_eq!(jobs.len(), 7);
+    assert_eq!(jobs.len(), 8);
+    let marker = "`GET /api/v1/jobs` | `{\"jobs\": [{";
+    let mut documented = documented_fields(marker);
+    // The nested last_run's fields are listed in the same braces.
+    documented.retain(|f| !["id", "run_key", "state", "scheduled_for"].contains(&f.as_str()));
+    assert_eq!(fields(&jobs[0]), documented, "docs/operating.md lists a job's fields");
     for job in jobs {
         let name = job["name"].as_str().unwrap();
         let by_job = "FROM results r JOIN requests q ON q.custom_id = r.custom_id JOIN runs u ON u.id = q.run_id
@@ -252,6 +257,8 @@ async fn jobs_match(served: &Served, db: &Connection) {
         let output = sql_f64(db, &format!("SELECT AVG(r.output_tokens) {by_job} {successes}"), name);
         assert!(close(f(&job["avg_output_tokens"]), output), "{job}");
         assert!(job["next_at"].is_string(), "{job}");
+        let provider = if name == "feed-summaries" { "openai" } else { "anthropic" };
+        assert_eq!(job["provider"], provider, "{job}");
         assert_eq!(job["last_run"]["state"], "completed");
         assert!(!job["schedule"].as_str().unwrap().is_empty());
     }
@@ -297,9 +304,11 @@ async fn pages_show_the_same(served: &Served, db: &Connection) {
     assert!(zoned.contains("show UTC"), "times can be shown in each job's zone");
     let (status, jobs) = served.get("/jobs").await;
     assert_eq!(status, 200);
-    for name in ["nightly-report", "heartbeat", "weekly-benchmark"] {
+    for name in ["nightly-report", "heartbeat", "weekly-benchmark", "feed-summaries"] {
         assert!(jobs.contains(&format!(r#"data-job="{name}""#)), "{name} is listed");
     }
+    let summaries = jobs.split(r#"data-job="feed-summaries""#).nth(1).unwrap().split("</tr>").next().unwrap();
+    assert!(summaries.contains("openai</span><br>gpt-4.1-mini"), "the job's provider is shown: {summaries}");
     assert_eq!(served.get("/style.css").await.0, 200);
 }
 
@@ -332,6 +341,16 @@ async fn metrics_parse_and_match(served: &Served, db: &Connection) {
     assert_eq!(sum("orchestrator_requests") as i64, served.count("SELECT COUNT(*) FROM requests"));
     let spend = sql_f64(db, "SELECT SUM(cost_micros) / 1e6 FROM results WHERE ?1", 1);
     assert!((sum("orchestrator_spend_usd_total") - spend).abs() < 1e-6, "{text}");
+    for provider in ["anthropic", "openai"] {
+        let label = format!(r#"provider="{provider}""#);
+        let shown: f64 = samples
+            .iter()
+            .filter(|(n, l, _)| n == "orchestrator_spend_usd_total" && l.contains(&label))
+            .map(|s| s.2)
+            .sum();
+        let stored = sql_f64(db, "SELECT SUM(cost_micros) / 1e6 FROM results WHERE provider = ?1", provider);
+        assert!(stored > 0.0 && (shown - stored).abs() < 1e-6, "{provider}: {shown} shown, {stored} stored: {text}");
+    }
     let ended = served.count("SELECT COUNT(*) FROM batches WHERE ended_at IS NOT NULL");
     assert_eq!(sum("orchestrator_batch_turnaround_seconds_count") as i64, ended);
     assert_eq!(sum("orchestrator_open_runs"), 0.0);

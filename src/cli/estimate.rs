@@ -97,8 +97,19 @@ fn money(usd: f64) -> String {
 /// The table: one line per job, totals, totals at the volume, then advice.
 pub(super) fn table(estimate: &Estimate) -> String {
     let mut out = format!(
-        "{:<18} {:<8} {:<18} {:>6} {:>9} {:>9} {:>8} {:<10} {:>11} {:>10} {:>10}\n",
-        "job", "tier", "model", "runs", "items/run", "in/req", "out/req", "tokens", "sync-only", "routed", "saved"
+        "{:<18} {:<8} {:<10} {:<18} {:>6} {:>9} {:>9} {:>8} {:<10} {:>11} {:>10} {:>10}\n",
+        "job",
+        "tier",
+        "provider",
+        "model",
+        "runs",
+        "items/run",
+        "in/req",
+        "out/req",
+        "tokens",
+        "sync-only",
+        "routed",
+        "saved"
     );
     for row in &estimate.rows {
         out.push_str(&line(row));
@@ -127,9 +138,10 @@ pub(super) fn table(estimate: &Estimate) -> String {
 
 fn line(row: &JobEstimate) -> String {
     format!(
-        "{:<18} {:<8} {:<18} {:>6} {:>9.1} {:>9.0} {:>8.0} {:<10} {:>11} {:>10} {:>10}\n",
+        "{:<18} {:<8} {:<10} {:<18} {:>6} {:>9.1} {:>9.0} {:>8.0} {:<10} {:>11} {:>10} {:>10}\n",
         row.job,
         row.tier,
+        row.provider,
         row.model,
         row.runs_per_month,
         row.items_per_run,
@@ -144,7 +156,7 @@ fn line(row: &JobEstimate) -> String {
 
 fn total_line(label: &str, totals: &Totals) -> String {
     format!(
-        "{:<96} {:>11} {:>10} {:>10}\n",
+        "{:<107} {:>11} {:>10} {:>10}\n",
         label,
         money(totals.sync_only_usd),
         money(totals.routed_usd),

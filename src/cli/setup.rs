@@ -13,7 +13,7 @@ use crate::job::Job;
 use crate::lanes::{BatchLane, SyncLane};
 use crate::providers::anthropic::AnthropicClient;
 use crate::providers::openai::OpenAiClient;
-use crate::providers::{ApiKey, Client, ProviderError, Providers};
+use crate::providers::{Client, Providers};
 use crate::sim::{SimConfig, SimHandle};
 use crate::store::{SharedStore, Store};
 
@@ -115,36 +115,27 @@ pub(super) async fn backend(
         ),
         false => None,
     };
-    let clients = match &simulator {
+    let providers = match &simulator {
         Some(sim) => {
             // The simulator answers in milliseconds and ends a small batch in
             // seconds (its p95 is 8 s): plan with that, not with a real provider's figures.
             settings.assumed_sync_latency.get_or_insert(std::time::Duration::from_secs(1));
             settings.assumed_batch_turnaround.get_or_insert(std::time::Duration::from_secs(10));
-            simulated_clients(&sim.base_url())?
+            Providers::simulated(&sim.base_url(), "simulated")?
         }
         None => match real_clients(&jobs) {
-            Ok(clients) => clients,
+            Ok(clients) => Providers::new(clients),
             Err(err) => {
                 eprintln!("error: {err} (or pass --simulate to use the built-in simulator)");
                 return Ok(Err(EXIT_CONFIG));
             }
         },
     };
-    let providers = Providers::new(clients);
     let names = providers.iter().map(Client::provider).collect();
     let batch = BatchLane::new(providers.clone(), store.clone(), Arc::clone(&clock));
     let sync = SyncLane::new(providers, store.clone(), Arc::clone(&clock), settings.sync);
     let engine = Arc::new(Engine::new(store, batch, sync, clock, settings, jobs));
     Ok(Ok(Backend { engine, simulator, providers: names, _lock: lock }))
-}
-
-/// Every provider, pointed at the simulator (which serves them all on one listener).
-fn simulated_clients(base_url: &str) -> Result<Vec<Client>, ProviderError> {
-    Ok(vec![
-        Client::Anthropic(AnthropicClient::new(base_url, ApiKey::new("simulated"))?),
-        Client::OpenAi(OpenAiClient::new(&format!("{base_url}/v1"), ApiKey::new("simulated"))?),
-    ])
 }
 
 /// A client for each provider whose key is configured; an error for the

@@ -39,6 +39,8 @@ pub struct JobEstimate {
     pub job: String,
     /// Its tier.
     pub tier: &'static str,
+    /// The provider its requests go to.
+    pub provider: String,
     /// The model of its routed lane (`batch_model` on the batch lane).
     pub model: String,
     /// Firings in the next 30 days.
@@ -135,6 +137,7 @@ pub fn project(pricer: &Pricer, job: &Job, inputs: &Inputs, runs: u64) -> JobEst
     JobEstimate {
         job: job.name.clone(),
         tier: job.manifest.tier.as_str(),
+        provider: job.manifest.provider.clone(),
         model: job.model_for(lane).to_owned(),
         runs_per_month: runs,
         items_per_run: inputs.items.0,

@@ -141,6 +141,16 @@ impl Providers {
         Providers { clients: clients.into_iter().map(|client| (client.provider(), client)).collect() }
     }
 
+    /// Every provider, pointed at `orchestrator sim` at `base_url` (it
+    /// serves them all on one listener; OpenAI's base includes `/v1`, as
+    /// the SDK has it).
+    pub fn simulated(base_url: &str, key: &str) -> Result<Providers, ProviderError> {
+        Ok(Providers::new([
+            Client::Anthropic(super::anthropic::AnthropicClient::new(base_url, ApiKey::new(key))?),
+            Client::OpenAi(super::openai::OpenAiClient::new(&format!("{base_url}/v1"), ApiKey::new(key))?),
+        ]))
+    }
+
     /// The client of `provider`.
     pub fn get(&self, provider: &str) -> Option<&Client> {
         self.clients.get(provider)

@@ -90,10 +90,10 @@ pub struct MetricFigures {
     pub deadline_misses: Vec<Labelled<1>>,
     /// Provider errors by lane and error type (failed calls and errored results).
     pub provider_errors: Vec<Labelled<2>>,
-    /// Charged, US dollars, by job and lane.
-    pub spend_usd: Vec<Labelled<2>>,
-    /// Saved against the sync baseline, US dollars, by job and lane.
-    pub savings_usd: Vec<Labelled<2>>,
+    /// Charged, US dollars, by job, provider and lane.
+    pub spend_usd: Vec<Labelled<3>>,
+    /// Saved against the sync baseline, US dollars, by job, provider and lane.
+    pub savings_usd: Vec<Labelled<3>>,
     /// Open runs.
     pub open_runs: u64,
     /// When the oldest batch still at the provider was created.
@@ -250,14 +250,14 @@ impl Store {
             deadline_misses: self.labelled("SELECT job, COUNT(*) FROM runs WHERE state = 'late' GROUP BY 1")?,
             provider_errors: self.provider_errors()?,
             spend_usd: self.labelled(
-                "SELECT u.job, r.lane, SUM(r.cost_micros) / 1e6
+                "SELECT u.job, COALESCE(r.provider, 'unknown'), r.lane, SUM(r.cost_micros) / 1e6
                  FROM results r JOIN requests q ON q.custom_id = r.custom_id JOIN runs u ON u.id = q.run_id
-                 GROUP BY 1, 2",
+                 GROUP BY 1, 2, 3",
             )?,
             savings_usd: self.labelled(
-                "SELECT u.job, r.lane, SUM(r.sync_cost_micros - r.cost_micros) / 1e6
+                "SELECT u.job, COALESCE(r.provider, 'unknown'), r.lane, SUM(r.sync_cost_micros - r.cost_micros) / 1e6
                  FROM results r JOIN requests q ON q.custom_id = r.custom_id JOIN runs u ON u.id = q.run_id
-                 GROUP BY 1, 2",
+                 GROUP BY 1, 2, 3",
             )?,
             open_runs: self
                 .conn

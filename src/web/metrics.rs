@@ -42,6 +42,7 @@ struct ErrorLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MoneyLabels {
     job: String,
+    provider: String,
     lane: String,
 }
 
@@ -103,24 +104,24 @@ fn provider_errors(registry: &mut Registry, figures: &MetricFigures) {
     registry.register("provider_errors", "Failed provider calls and errored results, by lane and type", family);
 }
 
-fn spend(registry: &mut Registry, rows: &[crate::store::Labelled<2>]) {
+fn spend(registry: &mut Registry, rows: &[crate::store::Labelled<3>]) {
     let family = Family::<MoneyLabels, FloatCounter>::default();
     for row in rows {
-        let [job, lane] = row.labels.clone();
-        family.get_or_create(&MoneyLabels { job, lane }).inc_by(row.value.max(0.0));
+        let [job, provider, lane] = row.labels.clone();
+        family.get_or_create(&MoneyLabels { job, provider, lane }).inc_by(row.value.max(0.0));
     }
-    registry.register_with_unit("spend", "Charged, by job and lane", Unit::Other("usd".into()), family);
+    registry.register_with_unit("spend", "Charged, by job, provider and lane", Unit::Other("usd".into()), family);
 }
 
 /// A gauge, not a counter: a duplicate result (charged, saving nothing)
 /// lowers the savings, and a counter that drops reads as a reset.
-fn savings(registry: &mut Registry, rows: &[crate::store::Labelled<2>]) {
+fn savings(registry: &mut Registry, rows: &[crate::store::Labelled<3>]) {
     let family = Family::<MoneyLabels, FloatGauge>::default();
     for row in rows {
-        let [job, lane] = row.labels.clone();
-        family.get_or_create(&MoneyLabels { job, lane }).set(row.value);
+        let [job, provider, lane] = row.labels.clone();
+        family.get_or_create(&MoneyLabels { job, provider, lane }).set(row.value);
     }
-    let help = "Saved against the synchronous price, by job and lane (lowered by duplicates)";
+    let help = "Saved against the synchronous price, by job, provider and lane (lowered by duplicates)";
     registry.register_with_unit("savings", help, Unit::Other("usd".into()), family);
 }
 
@@ -149,7 +150,7 @@ mod tests {
         let figures = MetricFigures {
             requests: vec![Labelled { labels: ["nightly".into(), "batch".into(), "succeeded".into()], value: 3.0 }],
             turnarounds_secs: vec![120.0, 4000.0],
-            spend_usd: vec![Labelled { labels: ["nightly".into(), "batch".into()], value: 0.25 }],
+            spend_usd: vec![Labelled { labels: ["nightly".into(), "openai".into(), "batch".into()], value: 0.25 }],
             open_runs: 2,
             oldest_open_batch_at: Some(Utc::now() - chrono::Duration::seconds(90)),
             ..MetricFigures::default()
@@ -159,7 +160,10 @@ mod tests {
         assert!(text.contains(r#"orchestrator_requests{job="nightly",lane="batch",state="succeeded"} 3"#), "{text}");
         assert!(text.contains("orchestrator_batch_turnaround_seconds_count 2"), "{text}");
         assert!(text.contains(r#"orchestrator_batch_turnaround_seconds_bucket{le="300.0"} 1"#), "{text}");
-        assert!(text.contains(r#"orchestrator_spend_usd_total{job="nightly",lane="batch"} 0.25"#), "{text}");
+        assert!(
+            text.contains(r#"orchestrator_spend_usd_total{job="nightly",provider="openai",lane="batch"} 0.25"#),
+            "{text}"
+        );
         assert!(text.contains("orchestrator_open_runs 2"), "{text}");
         assert!(text.contains("orchestrator_oldest_open_batch_age_seconds 90"), "{text}");
         assert!(text.ends_with("# EOF\n"));

@@ -151,6 +151,8 @@ pub struct JobItem {
     pub next_at: Option<DateTime<Utc>>,
     /// `realtime`, `soft` or `batch`.
     pub tier: &'static str,
+    /// The provider its requests go to.
+    pub provider: String,
     /// The model.
     pub model: String,
     /// The batch lane's model, when different.
@@ -260,6 +262,7 @@ pub fn jobs(store: &Store, jobs: &BTreeMap<String, Job>, now: DateTime<Utc>) -> 
             timezone: manifest.schedule.timezone.clone(),
             next_at: schedules.get(&job.name).copied().flatten(),
             tier: manifest.tier.as_str(),
+            provider: manifest.provider.clone(),
             model: manifest.model.clone(),
             batch_model: manifest.batch_model.clone(),
             tags: manifest.tags.clone(),

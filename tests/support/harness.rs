@@ -12,8 +12,7 @@ use orchestrator::daemon::{Control, Daemon, Options, Services};
 use orchestrator::engine::{Engine, EngineSettings, RunOutcome};
 use orchestrator::job::Job;
 use orchestrator::lanes::{BatchLane, SyncLane, SyncLimits};
-use orchestrator::providers::anthropic::AnthropicClient;
-use orchestrator::providers::{ApiKey, Client, Providers};
+use orchestrator::providers::Providers;
 use orchestrator::sim::{SimConfig, SimHandle};
 use orchestrator::store::{SharedStore, Store};
 use orchestrator::validate::{Inputs, validate_dir};
@@ -106,7 +105,6 @@ async fn harness_engine(
     let sim_config = SimConfig { listen: "127.0.0.1:0".parse().unwrap(), ..sim };
     let sim = orchestrator::sim::start_with_clock(sim_config, Arc::clone(&shared)).await.unwrap();
     let store = SharedStore::new(Store::open(&root.join("state/orchestrator.db")).unwrap());
-    let client = AnthropicClient::new(&sim.base_url(), ApiKey::new("sk-test")).unwrap();
     let mut settings = EngineSettings::new(catalog);
     settings.assumed_sync_latency = Some(Duration::from_secs(2));
     // The simulator's batches end in 3 s (median) to 8 s (p95).
@@ -114,7 +112,7 @@ async fn harness_engine(
     settings.sync = SyncLimits { concurrency: 8, ..SyncLimits::default() };
     settings.idle_tick = Duration::from_secs(3600);
     tune(&mut settings);
-    let providers = Providers::new([Client::Anthropic(client)]);
+    let providers = Providers::simulated(&sim.base_url(), "sk-test").unwrap();
     let batch = BatchLane::new(providers.clone(), store.clone(), Arc::clone(&shared));
     let sync = SyncLane::new(providers, store.clone(), Arc::clone(&shared), settings.sync);
     let engine = Arc::new(Engine::new(store, batch, sync, shared, settings, report.jobs.clone()));
