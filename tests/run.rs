@@ -22,11 +22,48 @@ fn scheduled_for() -> &'static str {
     })
 }
 
+/// The provider a test's job uses: the promises are the same for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Anthropic,
+    OpenAi,
+}
+
+impl Api {
+    /// The status an overloaded provider answers (the simulator's injected "529").
+    fn overloaded_status(self) -> i64 {
+        match self {
+            Api::Anthropic => 529,
+            Api::OpenAi => 503,
+        }
+    }
+
+    /// The simulator's counters for this provider's endpoints.
+    fn stats(self, sim: &SimHandle) -> orchestrator::sim::ProviderStats {
+        let name = match self {
+            Api::Anthropic => "anthropic",
+            Api::OpenAi => "openai",
+        };
+        sim.stats().providers.get(name).cloned().unwrap_or_default()
+    }
+}
+
 /// A project with one job `bulk` over `items` items writing `out/bulk.jsonl`.
 fn project(items: usize, extra: &str) -> tempfile::TempDir {
+    project_on(Api::Anthropic, items, extra)
+}
+
+/// [`project`] with the job on `api` (OpenAI: `gpt-4o-mini`).
+fn project_on(api: Api, items: usize, extra: &str) -> tempfile::TempDir {
     let dir = crate::support::project::empty();
     let head = "schedule: { cron: '0 6 * * *' }\ntier: batch\ndeadline: 12h\n";
     crate::support::project::write_job(dir.path(), "bulk", head, items, extra);
+    if api == Api::OpenAi {
+        let manifest = dir.path().join("jobs/bulk.yaml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        std::fs::write(&manifest, text.replace("model: claude-haiku-4-5", "provider: openai\nmodel: gpt-4o-mini"))
+            .unwrap();
+    }
     dir
 }
 
@@ -55,6 +92,8 @@ async fn run_with(dir: &Path, sim: &SimHandle, failpoint: Option<&str>, args: &[
         .current_dir(dir)
         .env("ANTHROPIC_BASE_URL", sim.base_url())
         .env("ANTHROPIC_API_KEY", "sk-test-not-a-real-key")
+        .env("OPENAI_BASE_URL", format!("{}/v1", sim.base_url()))
+        .env("OPENAI_API_KEY", "sk-test-not-a-real-key")
         .env_remove("ORCHESTRATOR_FAILPOINT");
     if let Some(point) = failpoint {
         command.env("ORCHESTRATOR_FAILPOINT", point);
@@ -76,6 +115,17 @@ fn batch_sizes(dir: &Path) -> Vec<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_items_with_faults_end_final_and_delivered_once() {
+    faults_end_final_and_delivered_once(Api::Anthropic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_openai_items_with_faults_end_final_and_delivered_once() {
+    faults_end_final_and_delivered_once(Api::OpenAi).await;
+}
+
+/// Errored, expired, invalid results, 429s, overloads and truncated
+/// downloads over 10,000 requests on `api`.
+async fn faults_end_final_and_delivered_once(api: Api) {
     let sim = simulator(SimConfig {
         errored_share: 0.05,
         expired_share: 0.02,
@@ -88,7 +138,7 @@ async fn ten_thousand_items_with_faults_end_final_and_delivered_once() {
         ..SimConfig::default()
     })
     .await;
-    let dir = project(10_000, "retry: { max_attempts: 2 }\n");
+    let dir = project_on(api, 10_000, "retry: { max_attempts: 2 }\n");
     let output = run_job(dir.path(), &sim, None).await;
     let stats = sim.stats();
     assert_eq!(code(&output), 4, "some requests fail for good: {}\n{}", stdout(&output), stderr(&output));
@@ -153,7 +203,8 @@ async fn ten_thousand_items_with_faults_end_final_and_delivered_once() {
         injected("429"),
         "{breakdown:?} vs {faults:?}"
     );
-    assert_eq!(count("SELECT COUNT(*) FROM attempts WHERE http_status = 529"), injected("529"));
+    let overloaded = format!("SELECT COUNT(*) FROM attempts WHERE http_status = {}", api.overloaded_status());
+    assert_eq!(count(&overloaded), injected("529"), "{breakdown:?} vs {faults:?}");
     assert_eq!(
         count("SELECT COUNT(*) FROM attempts WHERE error_type = 'malformed_response'"),
         injected("truncated_results")
@@ -162,6 +213,7 @@ async fn ten_thousand_items_with_faults_end_final_and_delivered_once() {
         count("SELECT COUNT(*) FROM attempts WHERE operation = 'create_batch' AND error_type IS NULL"),
         sizes.len() as i64
     );
+    assert_eq!(api.stats(&sim).batches_created, sizes.len() as u64, "every batch went to {api:?}");
     sim.shutdown().await;
 }
 
@@ -199,10 +251,19 @@ async fn a_templated_sink_path_is_rendered_for_the_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_every_crash_point_loses_and_duplicates_nothing() {
+    sigkill_at_every_crash_point(Api::Anthropic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_every_crash_point_of_an_openai_run_loses_and_duplicates_nothing() {
+    sigkill_at_every_crash_point(Api::OpenAi).await;
+}
+
+async fn sigkill_at_every_crash_point(api: Api) {
     for point in orchestrator::failpoint::POINTS {
         let sim = simulator(SimConfig { seed: 3, ..SimConfig::default() }).await;
         // More items than one ingest chunk, so `mid_ingest` is reached.
-        let dir = project(4500, "");
+        let dir = project_on(api, 4500, "");
         let crashed = run_job(dir.path(), &sim, Some(point)).await;
         assert_eq!(crashed.status.code(), None, "{point}: the process was killed by a signal\n{}", stderr(&crashed));
         let resumed = run_job(dir.path(), &sim, None).await;
@@ -213,6 +274,7 @@ async fn sigkill_at_every_crash_point_loses_and_duplicates_nothing() {
         let stats = sim.stats();
         assert_eq!(stats.custom_ids_submitted_more_than_once, 0, "{point}: nothing submitted twice");
         assert_eq!(stats.batches_created, 1, "{point}");
+        assert_eq!(api.stats(&sim).batches_created, 1, "{point}: at {api:?}");
         sim.shutdown().await;
     }
 }
@@ -234,13 +296,23 @@ async fn a_run_its_budget_skips_exits_6_and_sends_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_whose_answer_is_lost_adopts_the_batch_instead_of_creating_it_twice() {
-    let dir = project(50, "");
+    lost_create_is_adopted(Api::Anthropic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openai_create_whose_answer_is_lost_adopts_the_batch_by_its_metadata() {
+    lost_create_is_adopted(Api::OpenAi).await;
+}
+
+async fn lost_create_is_adopted(api: Api) {
+    let dir = project_on(api, 50, "");
     let sim = simulator(SimConfig { create_answer_lost_chance: 1.0, ..SimConfig::default() }).await;
     let output = run_job(dir.path(), &sim, None).await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stats = sim.stats();
     assert_eq!(stats.faults_injected.get("create_answer_lost"), Some(&1), "{stats:?}");
     assert_eq!(stats.batches_created, 1, "the retry found the batch the lost answer created");
+    assert_eq!(api.stats(&sim).batches_created, 1, "at {api:?}");
     assert_eq!(stats.custom_ids_submitted_more_than_once, 0);
     assert_eq!(delivered(dir.path()).len(), 50);
     sim.shutdown().await;
@@ -374,8 +446,8 @@ async fn a_rate_limit_storm_on_a_two_minute_window_delivers_everything_in_time()
 /// A run whose batch never ends and whose fallback starts about 5 s in: a
 /// 50 s deadline (a 5 s margin), and a sync lane of one call at a time
 /// planned at 1 s per call (40 s for 40 requests) that is in fact instant.
-fn falling_back() -> tempfile::TempDir {
-    let dir = project(40, "");
+fn falling_back(api: Api) -> tempfile::TempDir {
+    let dir = project_on(api, 40, "");
     crate::support::project::write_config(
         dir.path(),
         "fallback: { assumed_sync_latency: 1s, assumed_batch_turnaround: 2s }\nbatch: { poll_initial: 1s }\n\
@@ -386,12 +458,21 @@ fn falling_back() -> tempfile::TempDir {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_every_point_of_the_fallback_loses_and_duplicates_nothing() {
+    sigkill_at_every_point_of_the_fallback(Api::Anthropic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_every_point_of_an_openai_fallback_loses_and_duplicates_nothing() {
+    sigkill_at_every_point_of_the_fallback(Api::OpenAi).await;
+}
+
+async fn sigkill_at_every_point_of_the_fallback(api: Api) {
     for point in orchestrator::failpoint::FALLBACK_POINTS {
         // Scheduled for now, so the whole minute lies ahead.
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let args = ["--scheduled-for", &now, "--deadline", "50s", "--config", "orchestrator.yaml"];
         let sim = crate::support::simulator(SimConfig { never_end: true, ..SimConfig::default() }).await;
-        let dir = falling_back();
+        let dir = falling_back(api);
         let crashed = run_with(dir.path(), &sim, Some(point), &args).await;
         assert_eq!(crashed.status.code(), None, "{point}: killed by a signal\n{}", stderr(&crashed));
         assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM runs WHERE fallback_started_at IS NOT NULL"), 1, "{point}");
@@ -407,6 +488,7 @@ async fn sigkill_at_every_point_of_the_fallback_loses_and_duplicates_nothing() {
         assert_eq!(stored, 40, "{point}: one sync result per request, none twice");
         // One call at a time: a kill as a result is stored leaves no paid call unrecorded.
         assert_eq!(stats.messages_calls, 40, "{point}: each request paid for once on the sync lane");
+        assert_eq!(api.stats(&sim).messages_calls, 40, "{point}: at {api:?}");
         assert_eq!(
             count(dir.path(), "SELECT COUNT(*) FROM batches WHERE cancel_requested_at IS NOT NULL"),
             1,
@@ -418,9 +500,18 @@ async fn sigkill_at_every_point_of_the_fallback_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_after_a_follow_up_batch_resumes_it_instead_of_submitting_it_again() {
+    sigkill_after_a_follow_up_batch(Api::Anthropic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_an_openai_follow_up_batch_resumes_it_instead_of_submitting_it_again() {
+    sigkill_after_a_follow_up_batch(Api::OpenAi).await;
+}
+
+async fn sigkill_after_a_follow_up_batch(api: Api) {
     // A fifth of the first batch expires: the expired ones go out again in a follow-up batch.
     let sim = simulator(SimConfig { expired_share: 0.2, seed: 5, ..SimConfig::default() }).await;
-    let dir = project(50, "");
+    let dir = project_on(api, 50, "");
     let crashed = run_job(dir.path(), &sim, Some(orchestrator::failpoint::FOLLOW_UP_POINT)).await;
     assert_eq!(crashed.status.code(), None, "killed by a signal\n{}", stderr(&crashed));
     let sizes = batch_sizes(dir.path());
