@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 
 use orchestrator::sim::{SimConfig, SimHandle};
 
+use crate::support::api::Api;
 use crate::support::db::count;
 use crate::support::{code, stderr, stdout};
 
@@ -22,32 +23,6 @@ fn scheduled_for() -> &'static str {
     })
 }
 
-/// The provider a test's job uses: the promises are the same for each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Api {
-    Anthropic,
-    OpenAi,
-}
-
-impl Api {
-    /// The status an overloaded provider answers (the simulator's injected "529").
-    fn overloaded_status(self) -> i64 {
-        match self {
-            Api::Anthropic => 529,
-            Api::OpenAi => 503,
-        }
-    }
-
-    /// The simulator's counters for this provider's endpoints.
-    fn stats(self, sim: &SimHandle) -> orchestrator::sim::ProviderStats {
-        let name = match self {
-            Api::Anthropic => "anthropic",
-            Api::OpenAi => "openai",
-        };
-        sim.stats().providers.get(name).cloned().unwrap_or_default()
-    }
-}
-
 /// A project with one job `bulk` over `items` items writing `out/bulk.jsonl`.
 fn project(items: usize, extra: &str) -> tempfile::TempDir {
     project_on(Api::Anthropic, items, extra)
@@ -58,12 +33,8 @@ fn project_on(api: Api, items: usize, extra: &str) -> tempfile::TempDir {
     let dir = crate::support::project::empty();
     let head = "schedule: { cron: '0 6 * * *' }\ntier: batch\ndeadline: 12h\n";
     crate::support::project::write_job(dir.path(), "bulk", head, items, extra);
-    if api == Api::OpenAi {
-        let manifest = dir.path().join("jobs/bulk.yaml");
-        let text = std::fs::read_to_string(&manifest).unwrap();
-        std::fs::write(&manifest, text.replace("model: claude-haiku-4-5", "provider: openai\nmodel: gpt-4o-mini"))
-            .unwrap();
-    }
+    let manifest = dir.path().join("jobs/bulk.yaml");
+    std::fs::write(&manifest, api.rewrite(&std::fs::read_to_string(&manifest).unwrap())).unwrap();
     dir
 }
 

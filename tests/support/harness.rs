@@ -18,6 +18,8 @@ use orchestrator::store::{SharedStore, Store};
 use orchestrator::validate::{Inputs, validate_dir};
 use rusqlite::Connection;
 
+use super::api::Api;
+
 pub fn t0() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-11-22T06:00:00Z").unwrap().with_timezone(&Utc)
 }
@@ -39,6 +41,12 @@ pub async fn harness(tier: &str, deadline: &str, items: usize, sim: SimConfig) -
     harness_at(&head, items, sim, t0()).await
 }
 
+/// Like [`harness`], with the job on `api`'s cheap model.
+pub async fn harness_on(api: Api, tier: &str, deadline: &str, items: usize, sim: SimConfig) -> Harness {
+    let head = format!("schedule: {{ cron: '0 6 * * *' }}\ntier: {tier}\ndeadline: {deadline}\n");
+    harness_project(api, &head, items, sim, t0(), |_| {}).await
+}
+
 /// Like [`harness`], with the manifest's first lines (schedule, tier,
 /// deadline, policies) given, and the clock starting at `start`.
 pub async fn harness_at(head: &str, items: usize, sim: SimConfig, start: DateTime<Utc>) -> Harness {
@@ -48,6 +56,17 @@ pub async fn harness_at(head: &str, items: usize, sim: SimConfig, start: DateTim
 /// Like [`harness_at`], with the engine's settings changed by `tune` after
 /// the harness set them (for a test that plans with the catalog's figures).
 pub async fn harness_tuned(
+    head: &str,
+    items: usize,
+    sim: SimConfig,
+    start: DateTime<Utc>,
+    tune: impl FnOnce(&mut EngineSettings),
+) -> Harness {
+    harness_project(Api::Anthropic, head, items, sim, start, tune).await
+}
+
+async fn harness_project(
+    api: Api,
     head: &str,
     items: usize,
     sim: SimConfig,
@@ -66,9 +85,10 @@ pub async fn harness_tuned(
     let lines: String = (0..items).map(|i| format!("{{\"id\":{i},\"text\":\"item number {i}\"}}\n")).collect();
     std::fs::write(root.join("items.jsonl"), lines).unwrap();
     let manifest = format!(
-        "{head}model: claude-haiku-4-5\nmax_tokens: 64\n\
+        "{head}{model}max_tokens: 64\n\
          prompt: {{ inline: 'Label {{{{ item.text }}}}' }}\nitems: {{ jsonl: {items_path} }}\n\
          sink: {{ jsonl: {sink} }}\nretry: {{ max_attempts: 3 }}\n",
+        model = api.model_lines(),
         items_path = root.join("items.jsonl").display(),
         sink = root.join("out/bulk.jsonl").display(),
     );

@@ -57,6 +57,7 @@ pub fn bench_ingest(results: u64) -> serde_json::Value {
     serde_json::from_str(&stdout(&output)).expect("bench ingest prints one JSON object")
 }
 
+pub mod api;
 pub mod db;
 pub mod harness;
 pub mod process;
