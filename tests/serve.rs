@@ -211,6 +211,43 @@ async fn serve_refuses_bad_manifests_and_a_missing_key() {
     assert!(stderr.contains("broken.yaml:1:"), "{stderr}");
 }
 
+/// A job's provider needs its key: without it `serve` refuses to start
+/// naming the job and the variable; the key may come from a systemd
+/// credential instead of the environment, as the official SDK's does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openai_job_needs_the_openai_key_from_the_environment_or_a_credential() {
+    let dir = project("schedule: { cron: '0 6 * * *' }\ntier: batch\ndeadline: 2h\n");
+    let manifest = dir.path().join("jobs/bulk.yaml");
+    let text = crate::support::api::Api::OpenAi.rewrite(&std::fs::read_to_string(&manifest).unwrap());
+    std::fs::write(&manifest, text).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    command.args(["serve", "--listen", "127.0.0.1:0"]).current_dir(dir.path());
+    command.env("ANTHROPIC_API_KEY", "sk-ant-test").env_remove("OPENAI_API_KEY").env_remove("CREDENTIALS_DIRECTORY");
+    let refused = command.output().unwrap();
+    assert_eq!(refused.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("OPENAI_API_KEY") && stderr.contains("job `bulk` uses provider `openai`"), "{stderr}");
+    assert!(!stderr.contains("ANTHROPIC_API_KEY"), "a provider no job uses needs no key: {stderr}");
+
+    // The key from $CREDENTIALS_DIRECTORY/openai-api-key; the simulator accepts only it.
+    let key = "sk-openai-from-a-credential";
+    let sim = simulator(SimConfig { api_key: Some(key.into()), ..SimConfig::default() }).await;
+    let credentials = tempfile::tempdir().unwrap();
+    std::fs::write(credentials.path().join("openai-api-key"), format!("{key}\n")).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    command.args(["run", "bulk", "--poll-interval", "1s", "--scheduled-for", &now, "--deadline", "12h"]);
+    command.current_dir(dir.path()).env_remove("OPENAI_API_KEY").env_remove("ANTHROPIC_API_KEY");
+    command.env("OPENAI_BASE_URL", format!("{}/v1", sim.base_url())).env("CREDENTIALS_DIRECTORY", credentials.path());
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(delivered(dir.path()).len(), ITEMS);
+    let openai = sim.stats().providers.get("openai").cloned().unwrap_or_default();
+    assert_eq!((openai.batches_created, openai.files_uploaded), (1, 1), "one input file, one batch");
+    assert_eq!(sim.stats().chunked_bodies, 0, "the upload went out with a Content-Length");
+    sim.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_valid_manifests_and_keeps_the_old_set_on_errors() {
     let sim = simulator(SimConfig::default()).await;

@@ -32,15 +32,30 @@ pub enum LaneError {
     /// The state database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The process is stopping: work in a blocking task was cut short.
+    #[error("stopped: {0}")]
+    Stopped(String),
 }
 
-impl From<LaneError> for ProviderError {
-    /// Inside a retried provider call a store failure is retried like a
-    /// transport error; it is logged with what it is.
-    fn from(error: LaneError) -> ProviderError {
-        match error {
-            LaneError::Provider(error) => error,
-            LaneError::Store(error) => ProviderError::Transport(format!("state database: {error}")),
+/// Inside a retried call, a store failure (a busy or full disk) is tried
+/// again like a transport error, and reported as what it is.
+impl super::retry::Retryable for LaneError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            LaneError::Provider(error) => error.is_retryable(),
+            LaneError::Store(_) => true,
+            LaneError::Stopped(_) => false,
+        }
+    }
+
+    fn is_backpressure(&self) -> bool {
+        LaneError::is_backpressure(self)
+    }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            LaneError::Provider(error) => error.retry_after(),
+            LaneError::Store(_) | LaneError::Stopped(_) => None,
         }
     }
 }
@@ -49,6 +64,16 @@ impl LaneError {
     /// Whether the provider only asked us to slow down ([`ProviderError::is_backpressure`]).
     pub fn is_backpressure(&self) -> bool {
         matches!(self, LaneError::Provider(error) if error.is_backpressure())
+    }
+
+    /// Whether the provider may have acted on a call that failed ([`ProviderError::may_have_taken_effect`]).
+    pub fn may_have_taken_effect(&self) -> bool {
+        matches!(self, LaneError::Provider(error) if error.may_have_taken_effect())
+    }
+
+    /// Whether the same work may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        super::retry::Retryable::is_retryable(self)
     }
 }
 
@@ -188,7 +213,7 @@ impl BatchLane {
             }
             let sent = self.recorded(lane, "create_batch", Some(run_id), Some(batch_id), lane.client.create_batch(&input, betas));
             let result = sent.await;
-            if result.as_ref().err().is_some_and(ProviderError::may_have_taken_effect) {
+            if result.as_ref().err().is_some_and(LaneError::may_have_taken_effect) {
                 maybe_created.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             result
@@ -202,7 +227,7 @@ impl BatchLane {
                     let now = self.clock.now();
                     self.store.call(move |s| s.abandon_batch(batch_id, &reason, now)).await?;
                 }
-                return Err(error.into());
+                return Err(error);
             }
         };
         crate::failpoint::hit("after_create");
@@ -264,10 +289,9 @@ impl BatchLane {
     }
 
     /// [`Self::find_created`] for the batch with database id `batch_id`, as a provider call.
-    async fn created_for(&self, batch_id: i64) -> Result<Option<BatchStatus>, ProviderError> {
-        let batch = self.store.call(move |s| s.batch(batch_id)).await.map_err(LaneError::from)?;
-        let Some(batch) = batch else { return Ok(None) };
-        Ok(self.find_created(&batch).await?)
+    async fn created_for(&self, batch_id: i64) -> Result<Option<BatchStatus>, LaneError> {
+        let Some(batch) = self.store.call(move |s| s.batch(batch_id)).await? else { return Ok(None) };
+        self.find_created(&batch).await
     }
 
     /// The provider batch created for `batch`. A provider that keeps the
@@ -370,7 +394,7 @@ impl BatchLane {
                 tracing::error!(batch = batch.id, %error, "the batch's results cannot be read; its requests without a result are retried");
                 ResultCounts::default()
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => return Err(error),
         };
         let (now, batch_id) = (self.clock.now(), batch.id);
         tracing::debug!(batch = batch.id, stored = counts.stored, "batch results stored; settling their requests");
@@ -384,7 +408,7 @@ impl BatchLane {
     /// while a blocking thread with its own connection writes them, a few
     /// thousand per transaction. Only the queue between the two is held in
     /// memory, so the footprint is the same for a hundred lines or 100,000.
-    async fn ingest_once(&self, lane: &ProviderLane, batch_id: i64, url: &str) -> Result<ResultCounts, ProviderError> {
+    async fn ingest_once(&self, lane: &ProviderLane, batch_id: i64, url: &str) -> Result<ResultCounts, LaneError> {
         let mut reader = lane.client.results(url).await?;
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<(String, Outcome)>(INGEST_QUEUE);
         let (db, now) = (self.store.path().to_owned(), self.clock.now());
@@ -399,7 +423,7 @@ impl BatchLane {
                 .and_then(|mut store| {
                     store.store_batch_stream(batch_id, &mut receiver, INGEST_CHUNK, now, &mut committed)
                 })
-                .map_err(|e| ProviderError::Transport(format!("state database: {e}")))
+                .map_err(LaneError::Store)
         });
         // Requests named by their input line (a failed validation) are looked
         // up in the batch's order, read only when a result needs it.
@@ -412,7 +436,7 @@ impl BatchLane {
                         if let Some(line) = parsed.input_line {
                             if by_line.is_none() {
                                 let ids = self.store.call(move |s| s.batch_custom_ids(batch_id)).await;
-                                by_line = Some(ids.map_err(LaneError::from)?);
+                                by_line = Some(ids?);
                             }
                             let ids = by_line.as_deref().unwrap_or_default();
                             let Some(id) = line.checked_sub(1).and_then(|i| ids.get(i as usize)) else {
@@ -434,7 +458,7 @@ impl BatchLane {
                     }
                 }
             }
-            Ok::<(), ProviderError>(())
+            Ok::<(), LaneError>(())
         }
         .await;
         // The writer commits what it has and stops once the queue is closed.
@@ -446,35 +470,48 @@ impl BatchLane {
 }
 
 /// The outcome of a spawned commit; a panic in it is passed on.
-fn joined(
-    result: Result<Result<ResultCounts, ProviderError>, tokio::task::JoinError>,
-) -> Result<ResultCounts, ProviderError> {
+fn joined(result: Result<Result<ResultCounts, LaneError>, tokio::task::JoinError>) -> Result<ResultCounts, LaneError> {
     match result {
         Ok(counts) => counts,
         Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-        Err(error) => Err(ProviderError::Transport(format!("a commit of results did not finish: {error}"))),
+        // Only a runtime shutting down cancels a blocking task.
+        Err(error) => Err(LaneError::Stopped(format!("a commit of results did not finish: {error}"))),
     }
 }
 
 impl BatchLane {
     /// Awaits one provider call and appends it to the attempts log.
-    async fn recorded<T, Fut>(
+    async fn recorded<T, E, Fut>(
         &self,
         lane: &ProviderLane,
         operation: &'static str,
         run_id: Option<i64>,
         batch_id: Option<i64>,
         call: Fut,
-    ) -> Result<T, ProviderError>
+    ) -> Result<T, LaneError>
     where
-        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+        E: Into<LaneError>,
+        Fut: std::future::Future<Output = Result<T, E>>,
     {
         self.pace(lane).await;
         let started_at = self.clock.now();
-        let result = call.await;
+        let result = call.await.map_err(Into::into);
         let started = NewAttempt::started("batch", operation, started_at);
         let started = NewAttempt { run_id, batch_id, ..started };
-        let attempt = super::ended_attempt(started, self.clock.now(), &result, None);
+        let attempt = match &result {
+            Ok(_) => super::ended_attempt(started, self.clock.now(), None, None),
+            Err(LaneError::Provider(error)) => super::ended_attempt(started, self.clock.now(), Some(error), None),
+            // Our own disk failed during the call, or the process is stopping:
+            // logged as what it is, not as a provider error.
+            Err(error) => NewAttempt {
+                finished_at: self.clock.now(),
+                error_type: Some(
+                    if matches!(error, LaneError::Store(_)) { "state_database" } else { "stopped" }.to_owned(),
+                ),
+                error_message: Some(error.to_string()),
+                ..started
+            },
+        };
         if let Err(error) = self.store.call(move |s| s.record_attempt(&attempt)).await {
             // The call itself happened; losing its log line must not stop the run.
             tracing::warn!(operation, error = %error, "could not record a provider call");

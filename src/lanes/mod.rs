@@ -17,18 +17,18 @@ use crate::store::NewAttempt;
 /// The attempts-log row of a provider call that ended with `result`;
 /// `ok_request_id` is the `request-id` of a successful answer, when the
 /// caller has it (errors carry their own).
-pub(crate) fn ended_attempt<T>(
+pub(crate) fn ended_attempt(
     started: NewAttempt,
     finished_at: DateTime<Utc>,
-    result: &Result<T, ProviderError>,
+    failure: Option<&ProviderError>,
     ok_request_id: Option<String>,
 ) -> NewAttempt {
-    let (http_status, error_type, error_message, request_id) = match result {
-        Ok(_) => (None, None, None, ok_request_id),
-        Err(ProviderError::Api { status, error_type, message, request_id, .. }) => {
+    let (http_status, error_type, error_message, request_id) = match failure {
+        None => (None, None, None, ok_request_id),
+        Some(ProviderError::Api { status, error_type, message, request_id, .. }) => {
             (Some(*status), Some(error_type.clone()), Some(message.clone()), request_id.clone())
         }
-        Err(other) => (None, Some(other.kind()), Some(other.to_string()), None),
+        Some(other) => (None, Some(other.kind()), Some(other.to_string()), None),
     };
     NewAttempt { finished_at, http_status, error_type, error_message, request_id, ..started }
 }

@@ -12,6 +12,30 @@ use rand::Rng;
 use crate::clock::{Clock, span};
 use crate::providers::ProviderError;
 
+/// What [`with_retries`] needs to know of a failure.
+pub trait Retryable: std::fmt::Display {
+    /// Whether the same call may succeed later.
+    fn is_retryable(&self) -> bool;
+    /// Whether the provider only asked us to slow down (uses up no call).
+    fn is_backpressure(&self) -> bool;
+    /// The wait the provider asked for.
+    fn retry_after(&self) -> Option<Duration>;
+}
+
+impl Retryable for ProviderError {
+    fn is_retryable(&self) -> bool {
+        ProviderError::is_retryable(self)
+    }
+
+    fn is_backpressure(&self) -> bool {
+        ProviderError::is_backpressure(self)
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        ProviderError::retry_after(self)
+    }
+}
+
 /// How hard to try.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -58,7 +82,7 @@ impl RetryPolicy {
     /// The wait before call `n + 1` (n ≥ 1) after `error`: what the provider
     /// asked for, else [`RetryPolicy::pushed_back`] for backpressure and
     /// [`RetryPolicy::backoff`] for the call's own failures.
-    pub fn wait(&self, n: u32, error: &ProviderError) -> Duration {
+    pub fn wait(&self, n: u32, error: &impl Retryable) -> Duration {
         match error.retry_after() {
             Some(asked) => asked.min(self.cap * 5),
             None if error.is_backpressure() => self.pushed_back(n),
@@ -70,16 +94,17 @@ impl RetryPolicy {
 /// Calls `call` until it succeeds, fails permanently, fails on its own
 /// `max_calls` times, or the next wait would end after `give_up_at` (or
 /// would take the backpressure waits past `max_backpressure`).
-pub async fn with_retries<T, F, Fut>(
+pub async fn with_retries<T, E, F, Fut>(
     clock: &dyn Clock,
     policy: RetryPolicy,
     give_up_at: Option<DateTime<Utc>>,
     operation: &str,
     mut call: F,
-) -> Result<T, ProviderError>
+) -> Result<T, E>
 where
+    E: Retryable,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, ProviderError>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let (mut failed, mut pushed_back, mut waited_out) = (0, 0, Duration::ZERO);
     loop {

@@ -403,7 +403,7 @@ impl SyncLane {
             ..NewAttempt::started("sync", "create_message", started_at)
         };
         let ok_request_id = result.as_ref().ok().and_then(|reply| reply.request_id.clone());
-        let attempt = super::ended_attempt(started, clock.now(), &result, ok_request_id);
+        let attempt = super::ended_attempt(started, clock.now(), result.as_ref().err(), ok_request_id);
         let id = self.persist("attempt", &request.custom_id, move |s| s.record_attempt(&attempt)).await?;
         Some((result, id))
     }

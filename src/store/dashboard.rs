@@ -273,7 +273,8 @@ impl Store {
     fn provider_errors(&self) -> Result<Vec<Labelled<2>>, StoreError> {
         self.labelled(
             "SELECT lane, error_type, SUM(n) FROM (
-                 SELECT lane, error_type, COUNT(*) AS n FROM attempts WHERE error_type IS NOT NULL GROUP BY 1, 2
+                 SELECT lane, error_type, COUNT(*) AS n FROM attempts
+                 WHERE error_type IS NOT NULL AND error_type NOT IN ('state_database', 'stopped') GROUP BY 1, 2
                  UNION ALL
                  SELECT lane, COALESCE(error_type, status), COUNT(*) FROM results
                  WHERE lane = 'batch' AND status IN ('errored', 'expired') GROUP BY 1, 2)
