@@ -229,6 +229,11 @@ mod tests {
         for model in ["gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-5"] {
             assert!(catalog.model("openai", model).is_some_and(|(_, m)| m.batch && m.latency.is_some()), "{model}");
         }
+        for model in ["gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"] {
+            let (_, found) = catalog.model("gemini", model).unwrap_or_else(|| panic!("{model}"));
+            assert!(found.batch && found.latency.is_some() && found.prices_unverified, "{model}");
+        }
+        assert_eq!(catalog.providers["gemini"].batch_expiry, "48h");
     }
 
     #[test]

@@ -67,9 +67,15 @@ impl Outcome {
 }
 
 /// The text of a provider's answer: an Anthropic message's text blocks
-/// concatenated, or an OpenAI chat completion's first choice.
+/// concatenated, an OpenAI chat completion's first choice, or the text
+/// parts of a Gemini response's first candidate.
 pub fn message_text(message: &serde_json::Value) -> String {
     use serde_json::Value;
+    if let Some(candidates) = message.get("candidates").and_then(Value::as_array) {
+        let parts = candidates.first().and_then(|c| c.pointer("/content/parts")).and_then(Value::as_array);
+        let texts = parts.into_iter().flatten().filter(|p| p.get("thought").and_then(Value::as_bool) != Some(true));
+        return texts.filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("");
+    }
     if let Some(choices) = message.get("choices").and_then(Value::as_array) {
         let content = choices.first().and_then(|c| c.get("message")).and_then(|m| m.get("content"));
         return content.and_then(Value::as_str).unwrap_or_default().to_owned();
@@ -142,6 +148,8 @@ mod tests {
         let openai = serde_json::json!({"choices": [{"message": {"role": "assistant", "content": "hello"}}]});
         assert_eq!(message_text(&openai), "hello");
         assert_eq!(message_text(&serde_json::json!({"choices": []})), "");
+        let gemini = serde_json::json!({"candidates": [{"content": {"parts": [{"text": "x", "thought": true}, {"text": "he"}, {"text": "y"}]}}]});
+        assert_eq!(message_text(&gemini), "hey", "thoughts are not the answer");
     }
 
     #[test]

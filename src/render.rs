@@ -141,10 +141,16 @@ impl<'job> Renderer<'job> {
         let prompt = self.render(PROMPT, &context)?;
         let mut params = match manifest.provider.as_str() {
             crate::providers::openai::NAME => self.chat_completion(system, prompt),
+            crate::providers::gemini::NAME => self.generate_content(system, prompt),
             _ => self.message(system, prompt),
         };
         for (name, value) in &manifest.params {
-            params.insert(name.clone(), value.clone());
+            let inside = manifest.provider == crate::providers::gemini::NAME
+                && crate::validate::GEMINI_GENERATION_CONFIG.contains(&name.as_str());
+            match params.get_mut("generationConfig").and_then(Value::as_object_mut) {
+                Some(config) if inside => config.insert(name.clone(), value.clone()),
+                _ => params.insert(name.clone(), value.clone()),
+            };
         }
         self.mark_cached_tools(&mut params);
         Ok(BatchRequest { custom_id: run.custom_id(seq), params: Value::Object(params) })
@@ -182,6 +188,26 @@ impl<'job> Renderer<'job> {
         }
         messages.push(json!({ "role": "user", "content": prompt }));
         params.insert("messages".into(), Value::Array(messages));
+        params
+    }
+
+    /// A Gemini `GenerateContentRequest`, with the model first (it goes in
+    /// the URL: the client takes it off); `max_tokens` and `temperature` are
+    /// `generationConfig` fields, the system prompt is `systemInstruction`.
+    fn generate_content(&self, system: Option<String>, prompt: String) -> Map<String, Value> {
+        let manifest = &self.job.manifest;
+        let mut params = Map::new();
+        params.insert("model".into(), json!(self.model_id));
+        params.insert("contents".into(), json!([{ "role": "user", "parts": [{ "text": prompt }] }]));
+        if let Some(text) = system {
+            params.insert("systemInstruction".into(), json!({ "parts": [{ "text": text }] }));
+        }
+        let mut config = Map::new();
+        config.insert("maxOutputTokens".into(), json!(manifest.max_tokens));
+        if let Some(temperature) = manifest.temperature {
+            config.insert("temperature".into(), json!(temperature));
+        }
+        params.insert("generationConfig".into(), Value::Object(config));
         params
     }
 

@@ -12,6 +12,7 @@ use crate::engine::{Engine, EngineSettings};
 use crate::job::Job;
 use crate::lanes::{BatchLane, SyncLane};
 use crate::providers::anthropic::AnthropicClient;
+use crate::providers::gemini::GeminiClient;
 use crate::providers::openai::OpenAiClient;
 use crate::providers::{Client, Providers};
 use crate::sim::{SimConfig, SimHandle};
@@ -74,7 +75,8 @@ impl Backend {
 }
 
 /// The providers a process knows how to reach.
-const PROVIDERS: [&str; 2] = [crate::providers::anthropic::NAME, crate::providers::openai::NAME];
+const PROVIDERS: [&str; 3] =
+    [crate::providers::anthropic::NAME, crate::providers::openai::NAME, crate::providers::gemini::NAME];
 
 /// The names of providers some job uses that `known` lacks, each once.
 pub(super) fn missing_providers(jobs: &[Job], known: &[&str]) -> Vec<String> {
@@ -145,6 +147,7 @@ fn real_clients(jobs: &[Job]) -> Result<Vec<Client>, String> {
     for name in PROVIDERS {
         let client = match name {
             crate::providers::openai::NAME => OpenAiClient::from_environment().map(Client::OpenAi),
+            crate::providers::gemini::NAME => GeminiClient::from_environment().map(Client::Gemini),
             _ => AnthropicClient::from_environment().map(Client::Anthropic),
         };
         match (client, jobs.iter().find(|job| job.manifest.provider == name)) {

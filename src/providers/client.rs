@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::anthropic::AnthropicClient;
+use super::gemini::GeminiClient;
 use super::openai::OpenAiClient;
 use super::{BatchInput, BatchLimits, BatchPage, BatchStatus, MessageReply, ProviderError, ResultsReader};
 
@@ -43,6 +44,8 @@ pub enum Client {
     Anthropic(AnthropicClient),
     /// OpenAI Chat Completions, Files and Batch.
     OpenAi(OpenAiClient),
+    /// Gemini generateContent, Files and Batch.
+    Gemini(GeminiClient),
 }
 
 impl Client {
@@ -51,6 +54,7 @@ impl Client {
         match self {
             Client::Anthropic(_) => super::anthropic::NAME,
             Client::OpenAi(_) => super::openai::NAME,
+            Client::Gemini(_) => super::gemini::NAME,
         }
     }
 
@@ -59,6 +63,7 @@ impl Client {
         match self {
             Client::Anthropic(_) => super::anthropic::BATCH_LIMITS,
             Client::OpenAi(_) => super::openai::BATCH_LIMITS,
+            Client::Gemini(_) => super::gemini::BATCH_LIMITS,
         }
     }
 
@@ -67,6 +72,7 @@ impl Client {
         match self {
             Client::Anthropic(_) => super::anthropic::BATCH_CALLS_PER_MINUTE,
             Client::OpenAi(_) => super::openai::BATCH_CALLS_PER_MINUTE,
+            Client::Gemini(_) => super::gemini::BATCH_CALLS_PER_MINUTE,
         }
     }
 
@@ -76,7 +82,7 @@ impl Client {
     pub fn keeps_tags(&self) -> bool {
         match self {
             Client::Anthropic(_) => false,
-            Client::OpenAi(_) => true,
+            Client::OpenAi(_) | Client::Gemini(_) => true,
         }
     }
 
@@ -85,6 +91,7 @@ impl Client {
         match self {
             Client::Anthropic(client) => client.create_message(params, betas).await,
             Client::OpenAi(client) => client.create_chat_completion(params).await,
+            Client::Gemini(client) => client.generate_content(params).await,
         }
     }
 
@@ -93,6 +100,7 @@ impl Client {
         match self {
             Client::Anthropic(client) => client.create_batch(input, betas).await,
             Client::OpenAi(client) => client.create_batch(input).await,
+            Client::Gemini(client) => client.create_batch(input).await,
         }
     }
 
@@ -101,6 +109,7 @@ impl Client {
         match self {
             Client::Anthropic(client) => client.retrieve_batch(id).await,
             Client::OpenAi(client) => client.retrieve_batch(id).await,
+            Client::Gemini(client) => client.retrieve_batch(id).await,
         }
     }
 
@@ -109,6 +118,7 @@ impl Client {
         match self {
             Client::Anthropic(client) => client.list_batches(cursor, 100).await,
             Client::OpenAi(client) => client.list_batches(cursor, 100).await,
+            Client::Gemini(client) => client.list_batches(cursor, 100).await,
         }
     }
 
@@ -117,6 +127,7 @@ impl Client {
         match self {
             Client::Anthropic(client) => client.cancel_batch(id).await,
             Client::OpenAi(client) => client.cancel_batch(id).await,
+            Client::Gemini(client) => client.cancel_batch(id).await,
         }
     }
 
@@ -125,6 +136,7 @@ impl Client {
         match self {
             Client::Anthropic(client) => client.results(results).await,
             Client::OpenAi(client) => client.results(results).await,
+            Client::Gemini(client) => client.results(results).await,
         }
     }
 }
@@ -148,6 +160,7 @@ impl Providers {
         Ok(Providers::new([
             Client::Anthropic(super::anthropic::AnthropicClient::new(base_url, ApiKey::new(key))?),
             Client::OpenAi(super::openai::OpenAiClient::new(&format!("{base_url}/v1"), ApiKey::new(key))?),
+            Client::Gemini(super::gemini::GeminiClient::new(base_url, ApiKey::new(key))?),
         ]))
     }
 

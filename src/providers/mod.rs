@@ -8,6 +8,7 @@ pub mod anthropic;
 mod batch;
 mod client;
 mod error;
+pub mod gemini;
 mod http;
 mod lines;
 pub mod openai;
@@ -26,6 +27,7 @@ pub fn batch_limits(name: &str) -> Option<BatchLimits> {
     match name {
         anthropic::NAME => Some(anthropic::BATCH_LIMITS),
         openai::NAME => Some(openai::BATCH_LIMITS),
+        gemini::NAME => Some(gemini::BATCH_LIMITS),
         _ => None,
     }
 }

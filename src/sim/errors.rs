@@ -87,6 +87,7 @@ impl ApiError {
                 (self.status, axum::Json(error_body(self.kind, &self.message, request_id))).into_response()
             }
             Dialect::OpenAi => self.render_openai(),
+            Dialect::Gemini => self.render_google(),
         };
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -113,6 +114,29 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// Google's `{"error":{code,message,status}}`: an overload is a 503
+    /// `UNAVAILABLE`, a rate limit a 429 `RESOURCE_EXHAUSTED`.
+    fn render_google(&self) -> Response {
+        let (status, word) = match self.kind {
+            "rate_limit_error" => (StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED"),
+            "overloaded_error" => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            "api_error" => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+            "authentication_error" => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+            "permission_error" => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
+            "not_found_error" => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            _ => (self.status, "INVALID_ARGUMENT"),
+        };
+        let body = serde_json::json!({ "error": { "code": status.as_u16(), "message": self.message, "status": word } });
+        (status, axum::Json(body)).into_response()
+    }
+
+    /// 403 `permission_error`: Google's answer to a call without a key.
+    pub(crate) fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "permission_error", message)
+    }
+}
+
 /// Which API's conventions an answer follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dialect {
@@ -120,20 +144,27 @@ pub(crate) enum Dialect {
     Anthropic,
     /// `/v1/chat/completions`, `/v1/files...`, `/v1/batches...`.
     OpenAi,
+    /// `/v1beta/...`, `/upload/v1beta/...`, `/download/v1beta/...`.
+    Gemini,
 }
 
 impl Dialect {
     /// The dialect of a request path.
     pub(crate) fn of(path: &str) -> Dialect {
         let openai = ["/v1/chat/", "/v1/files", "/v1/batches"].iter().any(|prefix| path.starts_with(prefix));
-        if openai { Dialect::OpenAi } else { Dialect::Anthropic }
+        let gemini = ["/v1beta/", "/upload/v1beta/", "/download/v1beta/"].iter().any(|prefix| path.starts_with(prefix));
+        match (openai, gemini) {
+            (true, _) => Dialect::OpenAi,
+            (_, true) => Dialect::Gemini,
+            _ => Dialect::Anthropic,
+        }
     }
 
     /// The header that carries the request id.
     pub(crate) fn request_id_header(self) -> &'static str {
         match self {
             Dialect::Anthropic => "request-id",
-            Dialect::OpenAi => "x-request-id",
+            Dialect::OpenAi | Dialect::Gemini => "x-request-id",
         }
     }
 }

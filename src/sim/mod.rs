@@ -15,6 +15,7 @@ mod create;
 mod errors;
 mod faults;
 mod gate;
+mod gemini;
 mod hash;
 mod messages;
 mod openai;

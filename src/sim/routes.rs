@@ -39,6 +39,7 @@ pub(crate) fn router(sim: Arc<Sim>) -> Router {
         .route("/v1/messages/batches/{id}/results", get(batch_results))
         .route("/_sim/stats", get(stats))
         .merge(super::openai::routes())
+        .merge(super::gemini::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(sim.clone(), gate))
         .layer(DefaultBodyLimit::disable())
@@ -66,7 +67,7 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> 
 }
 
 /// The base URL clients reached us at (for `results_url`).
-fn base_url(sim: &Sim, headers: &HeaderMap) -> String {
+pub(crate) fn base_url(sim: &Sim, headers: &HeaderMap) -> String {
     match headers.get(header::HOST).and_then(|v| v.to_str().ok()) {
         Some(host) => format!("http://{host}"),
         None => format!("http://{}", sim.addr),

@@ -42,6 +42,8 @@ pub(crate) struct State {
     pub messages: u64,
     /// The OpenAI side: files and batches.
     pub openai: super::openai::State,
+    /// The Gemini side: files, uploads and batches.
+    pub gemini: super::gemini::State,
 }
 
 impl Sim {

@@ -10,7 +10,7 @@ mod model;
 mod schedule;
 mod templates;
 
-pub use model::{ANTHROPIC, OPENAI, ProviderRules, rules};
+pub use model::{ANTHROPIC, GEMINI, GEMINI_GENERATION_CONFIG, OPENAI, ProviderRules, rules};
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -93,11 +93,74 @@ pub const OPENAI: ProviderRules = ProviderRules {
     renamed: &[("stop_sequences", "stop"), ("thinking", "reasoning_effort"), ("output_config", "response_format")],
 };
 
+/// Gemini `generateContent`: `generationConfig` fields in `params` go into
+/// `generationConfig`, the others (`safetySettings`, `tools`, `toolConfig`)
+/// beside it.
+pub const GEMINI: ProviderRules = ProviderRules {
+    api: "Gemini API",
+    params: &[
+        "responseMimeType",
+        "responseSchema",
+        "responseJsonSchema",
+        "topP",
+        "topK",
+        "stopSequences",
+        "thinkingConfig",
+        "candidateCount",
+        "presencePenalty",
+        "frequencyPenalty",
+        "seed",
+        "safetySettings",
+        "tools",
+        "toolConfig",
+        "labels",
+    ],
+    owned: &[
+        ("model", "set `model:` at the top level of the manifest"),
+        ("maxOutputTokens", "set `max_tokens:` at the top level (it is sent as `generationConfig.maxOutputTokens`)"),
+        ("max_tokens", "set `max_tokens:` at the top level (it is sent as `generationConfig.maxOutputTokens`)"),
+        ("temperature", "set `temperature:` at the top level of the manifest"),
+        ("contents", "write the message in the `prompt:` template"),
+        ("systemInstruction", "write the system prompt in `system:`"),
+        ("generationConfig", "write its fields (`topP`, `responseMimeType`, ...) directly under `params:`"),
+        ("cachedContent", "remove it: cached contents are not managed by orchestrator"),
+    ],
+    cache: false,
+    betas: false,
+    max_temperature: 2.0,
+    renamed: &[
+        ("stop_sequences", "stopSequences"),
+        ("stop", "stopSequences"),
+        ("top_p", "topP"),
+        ("top_k", "topK"),
+        ("thinking", "thinkingConfig"),
+        ("reasoning_effort", "thinkingConfig"),
+        ("response_format", "responseMimeType"),
+        ("tool_choice", "toolConfig"),
+    ],
+};
+
+/// The `params` names Gemini takes inside `generationConfig`.
+pub const GEMINI_GENERATION_CONFIG: &[&str] = &[
+    "responseMimeType",
+    "responseSchema",
+    "responseJsonSchema",
+    "topP",
+    "topK",
+    "stopSequences",
+    "thinkingConfig",
+    "candidateCount",
+    "presencePenalty",
+    "frequencyPenalty",
+    "seed",
+];
+
 /// The rules of provider `name`, if it is one we speak.
 pub fn rules(name: &str) -> Option<ProviderRules> {
     match name {
         crate::providers::anthropic::NAME => Some(ANTHROPIC),
         crate::providers::openai::NAME => Some(OPENAI),
+        crate::providers::gemini::NAME => Some(GEMINI),
         _ => None,
     }
 }
