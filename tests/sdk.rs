@@ -52,3 +52,17 @@ async fn the_official_openai_sdk_works_against_the_simulator() {
     tokio::task::spawn_blocking(move || run_script("openai_conformance.py", &env)).await.unwrap();
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_google_genai_sdk_works_against_the_simulator() {
+    if !python_has("google.genai") {
+        return skip("the official `google-genai` SDK is not installed (`pip install google-genai`)");
+    }
+    let key = "gemini-conformance-only".to_owned();
+    let config =
+        SimConfig { batch_median_secs: 0.5, batch_p95_secs: 1.0, api_key: Some(key.clone()), ..SimConfig::default() };
+    let sim = simulator(config).await;
+    let env = [("GOOGLE_GEMINI_BASE_URL", sim.base_url()), ("GEMINI_API_KEY", key)];
+    tokio::task::spawn_blocking(move || run_script("gemini_conformance.py", &env)).await.unwrap();
+    sim.shutdown().await;
+}

@@ -75,11 +75,30 @@ impl RawError {
     /// 400 / `INVALID_ARGUMENT` is final; 429, 500, 503 and 504 are retried.
     pub(super) fn outcome(&self) -> Outcome {
         let status = self.status.as_deref().unwrap_or_default();
-        let code = self.code.unwrap_or_else(|| super::code_of(status));
+        let code = match self.code {
+            // A gRPC code (the API has used both): its HTTP equivalent.
+            Some(code) if code < 100 => grpc_to_http(code),
+            Some(code) => code,
+            None => super::code_of(status),
+        };
         Outcome::Errored {
             error_type: super::normalised_error_type(code, status).to_owned(),
             message: format!("{code} {status}: {}", self.message.as_deref().unwrap_or("(no message)")),
         }
+    }
+}
+
+/// The HTTP status a gRPC status code stands for.
+fn grpc_to_http(code: u16) -> u16 {
+    match code {
+        3 | 9 | 11 => 400,
+        16 => 401,
+        7 => 403,
+        5 => 404,
+        8 => 429,
+        14 => 503,
+        4 => 504,
+        _ => 500,
     }
 }
 
@@ -153,6 +172,8 @@ mod tests {
         let failed = parse_result_line(failed).unwrap().outcome;
         assert!(failed.is_retryable() && failed.counts_as_attempt(), "{failed:?}");
         assert!(parse_result_line(r#"{"response":{}}"#).is_err(), "a result without a key");
+        let grpc = parse_result_line(r#"{"metadata":{"key":"g"},"error":{"code":3,"message":"bad"}}"#).unwrap();
+        assert!(!grpc.outcome.is_retryable(), "gRPC code 3 is INVALID_ARGUMENT: {grpc:?}");
         let operation: Value = serde_json::from_str(
             r#"{"name":"batches/x","metadata":{"output":{"inlinedResponses":{"inlinedResponses":[{"metadata":{"key":"e"},"response":{}}]}}}}"#,
         )

@@ -30,8 +30,8 @@ use crate::sim::state::Clock;
 pub(crate) const EXPIRY: f64 = 2.0 * DAY;
 /// Share of a batch's duration spent pending.
 const PENDING_SHARE: f64 = 0.02;
-/// Simulated seconds a cancel takes unless configured.
-const CANCEL_SECS: f64 = 1.0;
+/// Real seconds a cancel takes unless configured.
+const CANCEL_REAL_SECS: f64 = 0.1;
 /// Lines per streamed chunk of a responses file.
 const CHUNK_LINES: usize = 256;
 
@@ -154,13 +154,14 @@ impl GmBatch {
         false
     }
 
-    /// Asks for a cancel; false when it was asked for already.
-    pub(crate) fn cancel(&mut self, now: f64, cancel_secs: Option<f64>) -> bool {
+    /// Asks for a cancel (it lands after `cancel_secs` simulated seconds, or
+    /// a tenth of a real second); false when it was asked for already.
+    pub(crate) fn cancel(&mut self, now: f64, cancel_secs: Option<f64>, time_scale: f64) -> bool {
         if self.cancel_at.is_some() || self.ended.is_some() {
             return false;
         }
         self.cancel_at = Some(now);
-        self.cancel_end = now + cancel_secs.unwrap_or(CANCEL_SECS);
+        self.cancel_end = now + cancel_secs.unwrap_or(CANCEL_REAL_SECS * time_scale);
         true
     }
 
@@ -170,7 +171,8 @@ impl GmBatch {
             (Some((_, End::Succeeded)), _) => "BATCH_STATE_SUCCEEDED",
             (Some((_, End::Cancelled)), _) => "BATCH_STATE_CANCELLED",
             (Some((_, End::Expired)), _) => "BATCH_STATE_EXPIRED",
-            (None, Some(_)) => "BATCH_STATE_CANCELLING",
+            // The API has no cancelling state: a job runs until the cancel lands.
+            (None, Some(_)) => "BATCH_STATE_RUNNING",
             (None, None) if now < self.running_at() => "BATCH_STATE_PENDING",
             (None, None) => "BATCH_STATE_RUNNING",
         }

@@ -266,7 +266,7 @@ async fn batch_action(Shared(sim): Shared<Arc<Sim>>, Path(action): Path<String>)
             batch.state(now)
         )));
     }
-    if batch.cancel(now, sim.config.cancel_secs) {
+    if batch.cancel(now, sim.config.cancel_secs, sim.config.time_scale) {
         state.stats.batches_canceled += 1;
         state.stats.of(PROVIDER).batches_canceled += 1;
         tracing::info!(batch = %name, "Gemini batch cancelling");
