@@ -179,6 +179,23 @@ impl Catalog {
             .map(|(id, model)| (id.as_str(), model))
     }
 
+    /// The provider and canonical id of `name` (an id or alias) on any
+    /// provider but `except`; `Err` lists the providers when it is on more
+    /// than one.
+    pub fn model_elsewhere(&self, name: &str, except: &str) -> Result<Option<(&str, &str)>, Vec<&str>> {
+        let found: Vec<(&str, &str)> = self
+            .providers
+            .keys()
+            .filter(|provider| *provider != except)
+            .filter_map(|provider| self.model(provider, name).map(|(id, _)| (provider.as_str(), id)))
+            .collect();
+        match found.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(*one)),
+            many => Err(many.iter().map(|(provider, _)| *provider).collect()),
+        }
+    }
+
     /// Every model id and alias of a provider, for suggestions.
     pub fn model_names(&self, provider: &str) -> Vec<&str> {
         let Some(entry) = self.providers.get(provider) else {

@@ -72,13 +72,16 @@ codes! {
     MaxTokensOverSyncLimit = "W034", Warning, "max_tokens is above the sync limit, so the fallback cannot carry these requests";
     BetaNotAllowed = "E035", Error, "the beta is not allowed in the lane the tier routes to";
     UnknownBeta = "W036", Warning, "the beta is not in the catalog";
-    TemperatureOutOfRange = "E037", Error, "temperature is outside what the provider accepts (0 to 1, or 0 to 2 on OpenAI)";
+    TemperatureOutOfRange = "E037", Error, "temperature is outside what the provider accepts (0 to 1, or 0 to 2 on OpenAI and Gemini)";
     UnknownParam = "E038", Error, "params has a name the provider's API does not know";
     ParamNotAllowed = "E039", Error, "params sets something the manifest or the batch lane owns";
     InvalidCacheTtl = "E040", Error, "a cache TTL other than 5m or 1h";
     ShortCacheOnBatch = "W041", Warning, "a 5m cache TTL on a batch-lane job";
     CacheWithoutTarget = "E042", Error, "a cache breakpoint on a block the job does not have";
     NotForProvider = "E043", Error, "a field that means nothing for the job's provider";
+    UnknownFailover = "E044", Error, "a failover model that is not on another provider in the catalog";
+    ParamLostInFailover = "W045", Warning, "a params entry the failover model's API has no equivalent for";
+    FailoverKeyMissing = "W046", Warning, "a failover model's provider has no key where validate runs";
     TemplateMissing = "E050", Error, "the template file does not exist";
     TemplateSyntax = "E051", Error, "the template has a syntax error";
     TemplateUndefinedVariable = "E052", Error, "the template uses a variable that is not defined";

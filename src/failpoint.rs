@@ -12,6 +12,9 @@ pub const POINTS: &[&str] = &["mid_prepare", "after_intent", "after_create", "mi
 /// fallback committed, its batch's cancel recorded, the first sync result stored.
 pub const FALLBACK_POINTS: &[&str] = &["after_fallback_started", "after_cancel_requested", "mid_sync_fallback"];
 
+/// The point after a run's failover to another provider was committed.
+pub const FAILOVER_POINT: &str = "after_failover_started";
+
 /// The point after a follow-up batch (of retryable requests) was submitted.
 pub const FOLLOW_UP_POINT: &str = "after_followup_submit";
 

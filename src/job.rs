@@ -30,6 +30,8 @@ pub struct Job {
     pub model_id: String,
     /// The canonical id of `batch_model`, when the job has one.
     pub batch_model_id: Option<String>,
+    /// `failover`, resolved: `(provider, model id)` in the manifest's order.
+    pub failover: Vec<(String, String)>,
     /// The system and prompt templates, as loaded when the job was compiled.
     pub templates: Templates,
 }

@@ -107,6 +107,31 @@ pub struct Renderer<'job> {
     env: Environment<'static>,
     has_system: bool,
     model_id: String,
+    /// The provider whose API the requests are for (another one on failover).
+    provider: String,
+}
+
+/// Request parameters that mean the same on every provider, by provider:
+/// `(anthropic, openai, gemini)`. Only these survive a failover; the values
+/// have the same shape under each name.
+const EQUIVALENT_PARAMS: &[(Option<&str>, Option<&str>, Option<&str>)] = &[
+    (Some("stop_sequences"), Some("stop"), Some("stopSequences")),
+    (Some("top_p"), Some("top_p"), Some("topP")),
+    (Some("top_k"), None, Some("topK")),
+    (None, Some("seed"), Some("seed")),
+    (None, Some("presence_penalty"), Some("presencePenalty")),
+    (None, Some("frequency_penalty"), Some("frequencyPenalty")),
+];
+
+/// The name `params.{name}` of a `from` job has on provider `to`, if any.
+pub fn translated_param(from: &str, to: &str, name: &str) -> Option<&'static str> {
+    let pick = |provider: &str, row: &(Option<&'static str>, Option<&'static str>, Option<&'static str>)| match provider
+    {
+        crate::providers::openai::NAME => row.1,
+        crate::providers::gemini::NAME => row.2,
+        _ => row.0,
+    };
+    EQUIVALENT_PARAMS.iter().find(|row| pick(from, row) == Some(name)).and_then(|row| pick(to, row))
 }
 
 const SYSTEM: &str = "system";
@@ -125,7 +150,17 @@ impl<'job> Renderer<'job> {
             add(SYSTEM, system)?;
         }
         add(PROMPT, &job.templates.prompt)?;
-        Ok(Renderer { job, env, has_system: job.templates.system.is_some(), model_id: model_id.to_owned() })
+        let provider = job.manifest.provider.clone();
+        Ok(Renderer { job, env, has_system: job.templates.system.is_some(), model_id: model_id.to_owned(), provider })
+    }
+
+    /// Like [`Renderer::new`], for `model` on another `provider` (a
+    /// failover): the same templates in that API's shape, with the params
+    /// that have an equivalent there.
+    pub fn for_provider(job: &'job Job, provider: &str, model_id: &str) -> Result<Renderer<'job>, RenderError> {
+        let mut renderer = Renderer::new(job, model_id)?;
+        renderer.provider = provider.to_owned();
+        Ok(renderer)
     }
 
     /// Renders the request for the `seq`-th item (1-based) of `run`.
@@ -139,20 +174,30 @@ impl<'job> Renderer<'job> {
         });
         let system = if self.has_system { Some(self.render(SYSTEM, &context)?) } else { None };
         let prompt = self.render(PROMPT, &context)?;
-        let mut params = match manifest.provider.as_str() {
+        let mut params = match self.provider.as_str() {
             crate::providers::openai::NAME => self.chat_completion(system, prompt),
             crate::providers::gemini::NAME => self.generate_content(system, prompt),
             _ => self.message(system, prompt),
         };
         for (name, value) in &manifest.params {
-            let inside = manifest.provider == crate::providers::gemini::NAME
+            let name = match self.provider == manifest.provider {
+                true => name.as_str(),
+                false => match translated_param(&manifest.provider, &self.provider, name) {
+                    Some(translated) => translated,
+                    None => continue,
+                },
+            };
+            let name = &name.to_owned();
+            let inside = self.provider == crate::providers::gemini::NAME
                 && crate::validate::GEMINI_GENERATION_CONFIG.contains(&name.as_str());
             match params.get_mut("generationConfig").and_then(Value::as_object_mut) {
                 Some(config) if inside => config.insert(name.clone(), value.clone()),
                 _ => params.insert(name.clone(), value.clone()),
             };
         }
-        self.mark_cached_tools(&mut params);
+        if self.provider == crate::providers::anthropic::NAME {
+            self.mark_cached_tools(&mut params);
+        }
         Ok(BatchRequest { custom_id: run.custom_id(seq), params: Value::Object(params) })
     }
 

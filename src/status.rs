@@ -140,6 +140,10 @@ pub struct RunItem {
     pub fallback_started_at: Option<DateTime<Utc>>,
     /// `deadline` or `batch_create_failed`.
     pub fallback_reason: Option<String>,
+    /// `provider/model` its sync lane failed over to, if it did.
+    pub failover: Option<String>,
+    /// When the failover started.
+    pub failover_started_at: Option<DateTime<Utc>>,
     /// The deadline.
     pub deadline_at: DateTime<Utc>,
     /// Charged so far.
@@ -259,6 +263,8 @@ fn run_item(summary: &RunSummary, zones: &Zones, median: Option<f64>) -> RunItem
         fallback_at: run.fallback_at,
         fallback_started_at: run.fallback_started_at,
         fallback_reason: run.fallback_reason.clone(),
+        failover: run.failover.as_ref().map(|(provider, model)| format!("{provider}/{model}")),
+        failover_started_at: run.failover_started_at,
         deadline_at: run.deadline_at,
         cost_usd: usd(summary.cost_micros),
         sync_equivalent_usd: usd(summary.sync_cost_micros),
@@ -389,6 +395,9 @@ pub fn render_text(report: &StatusReport) -> String {
             (None, Some(at)) => out.push_str(&format!("  fallback:  planned at {}\n", time(*at))),
             (None, None) => {}
         }
+        if let (Some(to), Some(at)) = (&run.failover, run.failover_started_at) {
+            out.push_str(&format!("  failover:  to {to} since {} (the job's provider kept failing)\n", time(at)));
+        }
         for batch in &status.batches {
             let id = batch.provider_batch_id.as_deref().unwrap_or("(not created)");
             out.push_str(&format!("  batch {}: {id} {} ({} requests)\n", batch.id, batch.state, batch.requests));
@@ -456,6 +465,8 @@ mod tests {
             deadline_missed_at: None,
             delivery_failing_since: None,
             delivery_error: None,
+            failover: None,
+            failover_started_at: None,
         };
         RunSummary {
             run,

@@ -81,6 +81,7 @@ fn list_prices(model: &str) -> [f64; 5] {
         "claude-opus-4-6" => [5.0, 25.0, 6.25, 10.0, 0.5],
         // OpenAI writes no cache: its cached input tokens are reads.
         "gpt-4.1-mini" => [0.4, 1.6, f64::NAN, f64::NAN, 0.1],
+        "gemini-2.5-flash-lite" => [0.1, 0.4, f64::NAN, f64::NAN, 0.025],
         other => panic!("the test has no hand-written prices for {other}"),
     }
 }
@@ -174,17 +175,17 @@ async fn a_month_of_the_example_jobs_costs_what_the_store_says_and_saves_the_dif
     let security = by_tag["rows"].as_array().unwrap().iter().find(|r| r["key"] == "security").unwrap();
     assert_eq!(security["cost_usd"], audit["cost_usd"], "code-audit is the only job tagged security");
 
-    // By provider: OpenAI is feed-summaries alone, and at half price like Anthropic's batches.
+    // By provider: OpenAI is feed-summaries alone, Gemini feed-topics, each at half price in its batch lane.
     let by_provider = cost_json(&h, &["--since", "2026-11-01", "--until", "2026-12-02", "--by", "provider"]);
     let providers = by_provider["rows"].as_array().unwrap();
     let keys: Vec<&str> = providers.iter().map(|r| r["key"].as_str().unwrap()).collect();
-    assert_eq!(keys, ["anthropic", "openai"]);
-    let openai = &providers[1];
-    let summaries = row("feed-summaries");
-    assert_eq!(openai["cost_usd"], summaries["cost_usd"], "feed-summaries is the only OpenAI job");
-    assert!(openai["cost_usd"].as_f64().unwrap() > 0.0 && openai["requests"].as_i64().unwrap() > 0, "{openai}");
-    let pct = openai["savings_pct"].as_f64().unwrap();
-    assert!((49.0..=50.5).contains(&pct), "OpenAI's batch lane saved {pct}%");
+    assert_eq!(keys, ["anthropic", "gemini", "openai"]);
+    for (provider, job) in [(&providers[2], "feed-summaries"), (&providers[1], "feed-topics")] {
+        assert_eq!(provider["cost_usd"], row(job)["cost_usd"], "{job} is its provider's only job");
+        assert!(provider["cost_usd"].as_f64().unwrap() > 0.0 && provider["requests"].as_i64().unwrap() > 0);
+        let pct = provider["savings_pct"].as_f64().unwrap();
+        assert!((49.0..=50.5).contains(&pct), "{job}'s batch lane saved {pct}%");
+    }
     let sum: f64 = providers.iter().map(|r| r["cost_usd"].as_f64().unwrap()).sum();
     assert!(close(sum, total["cost_usd"].as_f64().unwrap(), 1e-6), "providers add up to the total");
 

@@ -21,6 +21,11 @@ async fn an_openai_batch_that_never_ends_is_finished_by_the_sync_lane_before_the
     a_batch_that_never_ends(Api::OpenAi).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gemini_batch_that_never_ends_is_finished_by_the_sync_lane_before_the_deadline() {
+    a_batch_that_never_ends(Api::Gemini).await;
+}
+
 async fn a_batch_that_never_ends(api: Api) {
     let h = harness_on(api, "batch", "4h", ITEMS, SimConfig { never_end: true, ..SimConfig::default() }).await;
     let (run_id, outcome) = h.run().await;
@@ -34,7 +39,7 @@ async fn a_batch_that_never_ends(api: Api) {
     eprintln!("never-ending batch on {api:?}: finished {margin}s before a 4h deadline");
     h.settle_batches().await;
     assert_eq!(h.count("SELECT COUNT(*) FROM batches WHERE state = 'ended' AND cancel_requested_at IS NOT NULL"), 1);
-    // Anthropic lists each canceled request; OpenAI's files leave them out (missing is retryable).
+    // Anthropic lists each canceled request; OpenAI's files and Gemini's output leave them out (missing is retryable).
     let canceled = if api == Api::Anthropic { ITEMS as i64 } else { 0 };
     assert_eq!(h.count("SELECT COUNT(*) FROM results WHERE lane = 'batch' AND status = 'canceled'"), canceled);
     assert_eq!(h.count("SELECT COUNT(*) FROM results WHERE lane = 'batch' AND status = 'succeeded'"), 0);
@@ -53,6 +58,11 @@ async fn an_openai_batch_cancelled_half_way_sends_only_the_other_half_to_the_syn
     a_batch_canceled_half_way(Api::OpenAi).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gemini_batch_cancelled_half_way_sends_all_of_it_to_the_sync_lane_as_its_cancel_keeps_nothing() {
+    a_batch_canceled_half_way(Api::Gemini).await;
+}
+
 async fn a_batch_canceled_half_way(api: Api) {
     // The batch would take 7.6 h; the fallback fires about 3.8 h in.
     let sim = SimConfig { batch_median_secs: 27_360.0, batch_p95_secs: 27_360.0, ..SimConfig::default() };
@@ -63,7 +73,12 @@ async fn a_batch_canceled_half_way(api: Api) {
     let from_batch = h.ids("SELECT custom_id FROM results WHERE lane = 'batch' AND status = 'succeeded'");
     // What the batch did not finish: canceled lines (Anthropic), or in neither file (OpenAI).
     let canceled = ITEMS as i64 - from_batch.len() as i64;
-    assert!((50..150).contains(&from_batch.len()), "about half finished in the batch: {}", from_batch.len());
+    if api == Api::Gemini {
+        // A cancelled Gemini job returns nothing (PROVIDERS.md 4.1): its finished half is sent again.
+        assert!(from_batch.is_empty(), "a cancelled Gemini job has no results: {}", from_batch.len());
+    } else {
+        assert!((50..150).contains(&from_batch.len()), "about half finished in the batch: {}", from_batch.len());
+    }
     if api == Api::Anthropic {
         let listed = h.count("SELECT COUNT(*) FROM results WHERE lane = 'batch' AND status = 'canceled'");
         assert_eq!(listed, canceled, "each unfinished request is listed as canceled");
@@ -90,12 +105,19 @@ async fn an_openai_batch_ending_after_the_fallback_started_is_duplicate_spend_ne
     a_batch_ending_after_the_fallback_started(Api::OpenAi).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gemini_batch_ending_after_the_fallback_started_is_duplicate_spend_never_a_second_delivery() {
+    a_batch_ending_after_the_fallback_started(Api::Gemini).await;
+}
+
 async fn a_batch_ending_after_the_fallback_started(api: Api) {
     // The cancel takes an hour to land: the sync lane stops waiting after its grace.
+    // A Gemini job's cancel keeps nothing, so there the batch ends first (the cancel takes two hours).
+    let cancel_secs = if api == Api::Gemini { 7200.0 } else { 3600.0 };
     let sim = SimConfig {
         batch_median_secs: 18_000.0,
         batch_p95_secs: 18_000.0,
-        cancel_secs: Some(3600.0),
+        cancel_secs: Some(cancel_secs),
         ..SimConfig::default()
     };
     let h = harness_on(api, "batch", "4h", ITEMS, sim).await;
@@ -161,6 +183,11 @@ async fn an_openai_batch_that_cannot_be_created_falls_back_at_once() {
     a_batch_that_cannot_be_created(Api::OpenAi).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gemini_batch_that_cannot_be_created_falls_back_at_once() {
+    a_batch_that_cannot_be_created(Api::Gemini).await;
+}
+
 async fn a_batch_that_cannot_be_created(api: Api) {
     let sim = SimConfig { batch_create_error_chance: 1.0, ..SimConfig::default() };
     let h = harness_on(api, "batch", "12h", ITEMS, sim).await;
@@ -192,6 +219,11 @@ async fn a_429_storm_with_retry_after_still_meets_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_openai_429_storm_with_retry_after_still_meets_the_deadline() {
     a_429_storm_with_retry_after(Api::OpenAi).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gemini_429_storm_with_retry_after_still_meets_the_deadline() {
+    a_429_storm_with_retry_after(Api::Gemini).await;
 }
 
 async fn a_429_storm_with_retry_after(api: Api) {
@@ -281,5 +313,57 @@ async fn batch_model_is_sent_to_the_batch_lane_and_the_fallback_uses_model() {
     // The simulator answers with the model it was asked for: the sync fallback asked for `model`.
     let answered = h.ids("SELECT DISTINCT model FROM results WHERE lane = 'sync'");
     assert_eq!(answered, ["claude-haiku-4-5"]);
+    h.sim.shutdown().await;
+}
+
+/// Issue 17's outage: Anthropic answers 529 to everything (its batch create
+/// included), and the job names `failover: [gpt-4o-mini]`. The fallback
+/// hands the run to the sync lane, which meets only 529s; once that has
+/// lasted long enough, the missing requests go to OpenAI and land before
+/// the deadline, each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_the_jobs_provider_is_carried_by_its_failover_model_before_the_deadline() {
+    let head = "schedule: { cron: '0 6 * * *' }\ntier: soft\ndeadline: 1h\nfailover: [gpt-4o-mini]\n";
+    let sim = SimConfig { outage: Some("anthropic".into()), ..SimConfig::default() };
+    let h = crate::support::harness::harness_at(head, ITEMS, sim, t0()).await;
+    let (run_id, outcome) = h.run().await;
+    assert_eq!(outcome.state, RunState::Completed, "{outcome:?}");
+    assert_eq!((outcome.succeeded, outcome.delivered), (ITEMS as u64, ITEMS as u64), "{outcome:?}");
+    h.assert_each_delivered_once();
+    let won = "SELECT COUNT(*) FROM requests q JOIN results r ON r.id = q.result_id";
+    assert_eq!(h.count(&format!("{won} WHERE r.provider = 'openai' AND r.model = 'gpt-4o-mini'")), ITEMS as i64);
+    assert_eq!(h.count("SELECT COUNT(*) FROM results WHERE provider = 'anthropic' AND status = 'succeeded'"), 0);
+    assert_eq!(h.count("SELECT COUNT(*) FROM events WHERE kind = 'failover_started'"), 1);
+    assert_eq!(
+        h.count("SELECT COUNT(*) FROM runs WHERE failover_provider = 'openai' AND failover_model = 'gpt-4o-mini'"),
+        1
+    );
+    assert_eq!(Api::OpenAi.stats(&h.sim).messages_calls, ITEMS as u64, "one OpenAI call per request, none twice");
+    assert_eq!(Api::Anthropic.stats(&h.sim).messages_calls, 0, "Anthropic answered nothing");
+    let outage = h.sim.stats().faults_injected.get("outage").copied().unwrap_or(0);
+    assert!(outage >= 3, "the outage was met: {outage} calls refused");
+    assert!(h.count("SELECT COUNT(*) FROM attempts WHERE lane = 'sync' AND http_status = 529") >= 3);
+    let margin = h.margin_secs(run_id);
+    assert!(margin > 0, "finished {margin}s before the deadline");
+    // OpenAI's price: the cost is gpt-4o-mini's at the sync price.
+    let (cost, sync): (i64, i64) = h
+        .db()
+        .query_row("SELECT SUM(cost_micros), SUM(sync_cost_micros) FROM results WHERE provider = 'openai'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert!(cost > 0 && cost == sync, "failover answers are priced at the model's sync price: {cost} vs {sync}");
+    let db = h.dir.path().join("state/orchestrator.db");
+    let report_as = |format: &str| {
+        let args = ["cost", "--state", db.to_str().unwrap(), "--since", "2000-01-01", "--format", format];
+        crate::support::stdout(&crate::support::run(&args))
+    };
+    let report: serde_json::Value = serde_json::from_str(&report_as("json")).unwrap();
+    let total = &report["total"];
+    assert!((total["failover_usd"].as_f64().unwrap() - cost as f64 / 1e6).abs() < 1e-9, "{total}");
+    assert_eq!(total["fallback_usd"].as_f64().unwrap(), 0.0, "failover spend is apart from fallback spend: {total}");
+    let table = report_as("table");
+    assert!(table.contains("failover to other providers $"), "{table}");
+    eprintln!("outage: {outage} refused calls, failover to gpt-4o-mini, {margin}s before a 1h deadline");
     h.sim.shutdown().await;
 }

@@ -17,6 +17,7 @@ mod fallback;
 mod full_disk;
 mod memory;
 mod prepare;
+mod providers;
 mod render;
 mod run;
 mod schema;

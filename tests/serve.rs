@@ -248,6 +248,40 @@ async fn an_openai_job_needs_the_openai_key_from_the_environment_or_a_credential
     sim.shutdown().await;
 }
 
+/// As the official SDK reads them: `GOOGLE_API_KEY` before `GEMINI_API_KEY`,
+/// and neither set is a refusal that names both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gemini_job_takes_google_api_key_before_gemini_api_key() {
+    let dir = project("schedule: { cron: '0 6 * * *' }\ntier: batch\ndeadline: 2h\n");
+    let manifest = dir.path().join("jobs/bulk.yaml");
+    let text = crate::support::api::Api::Gemini.rewrite(&std::fs::read_to_string(&manifest).unwrap());
+    std::fs::write(&manifest, text).unwrap();
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let run = |envs: &[(&str, &str)], base: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+        command.args(["run", "bulk", "--poll-interval", "1s", "--scheduled-for", &now, "--deadline", "12h"]);
+        command.current_dir(dir.path()).env("GOOGLE_GEMINI_BASE_URL", base);
+        for name in ["GOOGLE_API_KEY", "GEMINI_API_KEY", "CREDENTIALS_DIRECTORY", "ANTHROPIC_API_KEY"] {
+            command.env_remove(name);
+        }
+        command.envs(envs.iter().copied());
+        command
+    };
+    let refused = run(&[], "http://127.0.0.1:9").output().unwrap();
+    assert_eq!(refused.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("GOOGLE_API_KEY (or GEMINI_API_KEY)") && stderr.contains("gemini-api-key"), "{stderr}");
+
+    let sim = simulator(SimConfig { api_key: Some("the-google-key".into()), ..SimConfig::default() }).await;
+    let mut command = run(&[("GOOGLE_API_KEY", "the-google-key"), ("GEMINI_API_KEY", "a-stale-key")], &sim.base_url());
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(delivered(dir.path()).len(), ITEMS);
+    let gemini = sim.stats().providers.get("gemini").cloned().unwrap_or_default();
+    assert_eq!(gemini.batches_created, 1, "the run's batch went to Gemini with the Google key");
+    sim.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_valid_manifests_and_keeps_the_old_set_on_errors() {
     let sim = simulator(SimConfig::default()).await;

@@ -49,6 +49,8 @@ const EXPECTED: &[(&str, &str, usize)] = &[
     ("duplicate-key.yaml", "E003", 5),
     ("empty-items-command.yaml", "E061", 7),
     ("invalid-cron.yaml", "E010", 3),
+    ("gemini-betas.yaml", "E043", 7),
+    ("gemini-generation-config.yaml", "E039", 8),
     ("max-tokens-over-limit.yaml", "E033", 5),
     ("max-tokens-zero.yaml", "E033", 4),
     ("missing-field.yaml", "E005", 2),
@@ -191,4 +193,64 @@ fn a_job_moved_to_openai_is_told_what_its_api_calls_things() {
     let diagnostics: Vec<serde_json::Value> = serde_json::from_str(&stdout(&output)).unwrap();
     assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
     assert_eq!(diagnostics[0]["code"], "E037", "Anthropic's range is 0 to 1");
+}
+
+#[test]
+fn a_job_moved_to_gemini_is_told_what_its_api_calls_things() {
+    let moved = "schedule: { cron: '0 6 * * *' }\nprovider: gemini\nmodel: gemini-2.5-flash\nmax_tokens: 100\n\
+                 temperature: 1.5\nprompt: { inline: hi }\nparams: { topK: 40 }\n";
+    let output = run_in(project_with(moved).path(), &["validate", "--deny-warnings"]);
+    assert_eq!(code(&output), 0, "{}", stdout(&output));
+    let dir = project_with(&moved.replace("topK: 40", "top_k: 40"));
+    let output = run_in(dir.path(), &["validate", "--format", "json"]);
+    let diagnostics: Vec<serde_json::Value> = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+    assert_eq!(diagnostics[0]["code"], "E038");
+    assert_eq!(diagnostics[0]["help"], "the Gemini API calls it `topK`: write `params.topK`");
+}
+
+/// `failover` names models of other providers; `validate` says which
+/// params do not survive the move, and whether the key is there.
+#[test]
+fn failover_models_are_checked_for_provider_params_and_key() {
+    let job = "schedule: { cron: '0 6 * * *' }\ntier: soft\nmodel: claude-haiku-4-5\nmax_tokens: 100\n\
+               prompt: { inline: hi }\nparams: { stop_sequences: ['\\n'], top_k: 5 }\nfailover: [gpt-4o-mini, gemini-2.5-flash]\n";
+    let dir = project_with(job);
+    let validate = |envs: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+        command.args(["validate", "--format", "json"]).current_dir(dir.path());
+        for name in ["OPENAI_API_KEY", "GOOGLE_API_KEY", "GEMINI_API_KEY", "CREDENTIALS_DIRECTORY"] {
+            command.env_remove(name);
+        }
+        let output = command.envs(envs.iter().copied()).output().unwrap();
+        assert_eq!(code(&output), 0, "warnings only: {}", stdout(&output));
+        let found: Vec<serde_json::Value> = serde_json::from_str(&stdout(&output)).unwrap();
+        found
+            .iter()
+            .map(|d| format!("{} {}", d["code"].as_str().unwrap(), d["message"].as_str().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let without_keys = validate(&[]);
+    let codes: Vec<&str> = without_keys.iter().map(|d| &d[..4]).collect();
+    // top_k has no OpenAI equivalent; stop_sequences and top_k both translate to Gemini.
+    assert_eq!(codes, ["W045", "W046", "W046"], "{without_keys:#?}");
+    assert!(without_keys[0].contains("`params.top_k` has no equivalent on `openai`"), "{without_keys:#?}");
+    let with_keys = validate(&[("OPENAI_API_KEY", "sk-x"), ("GEMINI_API_KEY", "g-x")]);
+    assert_eq!(with_keys.len(), 1, "only the lost param is left: {with_keys:#?}");
+
+    for (failover, message, help) in [
+        ("[gpt-4o-mni]", "unknown failover model `gpt-4o-mni`", "did you mean `gpt-4o-mini`?"),
+        ("[sonnet]", "failover model `sonnet` is on the job's own provider `anthropic`", ""),
+    ] {
+        let dir = project_with(&job.replace("[gpt-4o-mini, gemini-2.5-flash]", failover));
+        let output = run_in(dir.path(), &["validate", "--format", "json"]);
+        assert_eq!(code(&output), 78);
+        let found: Vec<serde_json::Value> = serde_json::from_str(&stdout(&output)).unwrap();
+        let error = found.iter().find(|d| d["code"] == "E044").unwrap_or_else(|| panic!("{found:#?}"));
+        assert_eq!(error["message"], message);
+        assert_eq!(error["line"], 7);
+        if !help.is_empty() {
+            assert_eq!(error["help"], help);
+        }
+    }
 }

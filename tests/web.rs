@@ -157,7 +157,7 @@ async fn the_dashboard_and_api_show_what_the_store_holds() {
         status["runs"].as_array().unwrap().len() as i64,
         served.count("SELECT COUNT(*) FROM runs WHERE state = 'open'")
     );
-    assert_eq!(status["schedules"].as_array().unwrap().len(), 8);
+    assert_eq!(status["schedules"].as_array().unwrap().len(), 9);
     assert_eq!(served.get("/healthz").await, (200, "ok\n".to_owned()));
     assert_eq!(served.get("/runs/999999").await.0, 404);
 }
@@ -240,7 +240,7 @@ async fn batches_match(served: &Served, db: &Connection) {
 async fn jobs_match(served: &Served, db: &Connection) {
     let api = served.json("/api/v1/jobs").await;
     let jobs = api["jobs"].as_array().unwrap();
-    assert_eq!(jobs.len(), 8);
+    assert_eq!(jobs.len(), 9);
     let marker = "`GET /api/v1/jobs` | `{\"jobs\": [{";
     let mut documented = documented_fields(marker);
     // The nested last_run's fields are listed in the same braces.
@@ -257,7 +257,11 @@ async fn jobs_match(served: &Served, db: &Connection) {
         let output = sql_f64(db, &format!("SELECT AVG(r.output_tokens) {by_job} {successes}"), name);
         assert!(close(f(&job["avg_output_tokens"]), output), "{job}");
         assert!(job["next_at"].is_string(), "{job}");
-        let provider = if name == "feed-summaries" { "openai" } else { "anthropic" };
+        let provider = match name {
+            "feed-summaries" => "openai",
+            "feed-topics" => "gemini",
+            _ => "anthropic",
+        };
         assert_eq!(job["provider"], provider, "{job}");
         assert_eq!(job["last_run"]["state"], "completed");
         assert!(!job["schedule"].as_str().unwrap().is_empty());
@@ -341,7 +345,7 @@ async fn metrics_parse_and_match(served: &Served, db: &Connection) {
     assert_eq!(sum("orchestrator_requests") as i64, served.count("SELECT COUNT(*) FROM requests"));
     let spend = sql_f64(db, "SELECT SUM(cost_micros) / 1e6 FROM results WHERE ?1", 1);
     assert!((sum("orchestrator_spend_usd_total") - spend).abs() < 1e-6, "{text}");
-    for provider in ["anthropic", "openai"] {
+    for provider in ["anthropic", "gemini", "openai"] {
         let label = format!(r#"provider="{provider}""#);
         let shown: f64 = samples
             .iter()

@@ -146,6 +146,13 @@ pub(super) fn table(report: &CostReport) -> String {
         out.push_str(&line(&row.key, &row.totals));
     }
     out.push_str(&line("total", &report.total));
+    if report.total.failover_usd > 0.0 {
+        out.push_str(&format!(
+            "of which sync fallback {}, failover to other providers {}\n",
+            money(report.total.fallback_usd),
+            money(report.total.failover_usd)
+        ));
+    }
     out.push('\n');
     out.push_str(&kpi_lines(&report.kpis));
     out
@@ -197,14 +204,14 @@ pub(super) fn csv(report: &CostReport) -> String {
     let mut out = String::from(
         "key,cost_usd,sync_equivalent_usd,savings_usd,savings_pct,requests,requests_batch,requests_sync,\
          failed_results,input_tokens,output_tokens,cache_write_tokens,cache_read_tokens,cache_read_share,\
-         batch_tokens,sync_tokens,fallback_usd,duplicate_usd,duplicates\n",
+         batch_tokens,sync_tokens,fallback_usd,duplicate_usd,duplicates,failover_usd\n",
     );
     let opt = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
     for (key, t) in report.rows.iter().map(|r| (r.key.as_str(), &r.totals)).chain([("total", &report.total)]) {
         let quoted =
             if key.contains([',', '"']) { format!("\"{}\"", key.replace('"', "\"\"")) } else { key.to_owned() };
         out.push_str(&format!(
-            "{quoted},{:.6},{:.6},{:.6},{},{},{},{},{},{},{},{},{},{},{},{},{:.6},{:.6},{}\n",
+            "{quoted},{:.6},{:.6},{:.6},{},{},{},{},{},{},{},{},{},{},{},{},{:.6},{:.6},{},{:.6}\n",
             t.cost_usd,
             t.sync_equivalent_usd,
             t.savings_usd,
@@ -222,7 +229,8 @@ pub(super) fn csv(report: &CostReport) -> String {
             t.sync_tokens,
             t.fallback_usd,
             t.duplicate_usd,
-            t.duplicates
+            t.duplicates,
+            t.failover_usd
         ));
     }
     out

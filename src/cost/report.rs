@@ -66,8 +66,10 @@ pub struct Totals {
     pub batch_tokens: i64,
     /// All tokens through the sync lane.
     pub sync_tokens: i64,
-    /// Charged for the sync fallback of batch-tier runs (included in cost_usd).
+    /// Charged for the sync fallback of batch-tier runs, on the job's own provider (included in cost_usd).
     pub fallback_usd: f64,
+    /// Charged to failover models on other providers (included in cost_usd, apart from fallback_usd).
+    pub failover_usd: f64,
     /// Charged for duplicate successes, e.g. a batch result that arrived after its sync fallback (waste).
     pub duplicate_usd: f64,
     /// Duplicate successes.
@@ -155,6 +157,7 @@ impl Totals {
             batch_tokens: row.batch_tokens,
             sync_tokens: row.sync_tokens,
             fallback_usd: usd(row.fallback_micros),
+            failover_usd: usd(row.failover_micros),
             duplicate_usd: usd(row.duplicate_micros),
             duplicates: row.duplicates,
         }

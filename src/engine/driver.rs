@@ -192,6 +192,7 @@ impl Engine {
         }
         let mut wake = self.clock.now() + span(self.settings.idle_tick);
         let run = if run.is_sync() { run } else { self.plan_batch_run(&job, run, &mut wake).await? };
+        let run = self.fail_over_if_down(&job, run).await?;
         if run.is_sync() {
             if self.settle_batches(&run).await? {
                 let grace_end = run.fallback_started_at.map(|t| t + span(self.cancel_grace(&run)));

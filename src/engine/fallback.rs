@@ -180,7 +180,7 @@ impl Engine {
     }
 
     /// The run's token averages, read once per run.
-    async fn token_averages(&self, run: &RunRow) -> Result<TokenAverages, EngineError> {
+    pub(super) async fn token_averages(&self, run: &RunRow) -> Result<TokenAverages, EngineError> {
         if let Some(known) = self.averages.lock().unwrap_or_else(PoisonError::into_inner).get(&run.id) {
             return Ok(*known);
         }
@@ -299,15 +299,27 @@ impl Engine {
         }
         let (run_id, attempts) = (run.id, max_attempts(job));
         let candidates = self.store.call(move |s| s.sync_candidates(run_id, attempts, SYNC_WINDOW)).await?;
+        // After a failover the items are rendered again for the other provider.
+        let (provider, model, betas, failover) = match &run.failover {
+            Some((provider, model)) => {
+                let params = self.failover_params(job, run, (provider, model), &candidates)?;
+                (provider.clone(), model.clone(), Vec::new(), Some(params))
+            }
+            None => (job.manifest.provider.clone(), job.model_id.clone(), job.manifest.betas.clone(), None),
+        };
+        let mut failover = failover.map(Vec::into_iter);
         let requests = candidates
             .into_iter()
             .map(|work| SyncRequest {
                 run_id: run.id,
+                params: match failover.as_mut().and_then(Iterator::next) {
+                    Some(params) => params,
+                    None => sync_params(job, work.params),
+                },
                 custom_id: work.custom_id,
-                params: sync_params(job, work.params),
-                provider: job.manifest.provider.clone(),
-                model: job.model_id.clone(),
-                betas: job.manifest.betas.clone(),
+                provider: provider.clone(),
+                model: model.clone(),
+                betas: betas.clone(),
                 attempts: work.attempts,
                 max_attempts: attempts,
             })

@@ -4,6 +4,7 @@
 mod deliver;
 mod driver;
 mod error;
+mod failover;
 mod fallback;
 mod finish;
 mod poll;

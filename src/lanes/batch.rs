@@ -20,6 +20,8 @@ pub use crate::providers::BatchLimits;
 const INGEST_CHUNK: usize = 4000;
 /// Parsed result lines waiting for the writer (about 1.5 KB each).
 const INGEST_QUEUE: usize = 256;
+/// Longest backpressure waited out in one call that tends a batch.
+const TENDING_BACKPRESSURE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Bytes of request rows read from the store per chunk of a create call.
 const ROWS_CHUNK: usize = 64 * 1024;
 
@@ -141,7 +143,7 @@ impl BatchLane {
             return Ok(());
         };
         let lane = self.lane(&batch.provider)?;
-        let seen = with_retries(self.clock.as_ref(), self.policy, None, "cancel_batch", || {
+        let seen = with_retries(self.clock.as_ref(), self.tending(), None, "cancel_batch", || {
             self.recorded(
                 lane,
                 "cancel_batch",
@@ -159,6 +161,15 @@ impl BatchLane {
         crate::failpoint::hit("after_cancel_requested");
         tracing::info!(batch = batch.id, provider_batch_id = %provider_id, "batch cancel requested");
         Ok(())
+    }
+
+    /// The retries of calls that tend a batch (poll, list, cancel, results):
+    /// backpressure is waited out only briefly, since the engine tends the
+    /// batch again on its next tick. A long wait here would hold up the
+    /// run's other work, its fallback and failover included, while the
+    /// provider is down.
+    fn tending(&self) -> RetryPolicy {
+        RetryPolicy { max_backpressure: TENDING_BACKPRESSURE.min(self.policy.max_backpressure), ..self.policy }
     }
 
     /// Waits for room in the rate limit of `lane`'s batch endpoints.
@@ -307,7 +318,7 @@ impl BatchLane {
         let mut oldest_match: Option<BatchStatus> = None;
         loop {
             let after = cursor.clone();
-            let page = with_retries(self.clock.as_ref(), self.policy, None, "list_batches", || {
+            let page = with_retries(self.clock.as_ref(), self.tending(), None, "list_batches", || {
                 self.recorded(
                     lane,
                     "list_batches",
@@ -346,7 +357,7 @@ impl BatchLane {
             return Ok(false);
         };
         let lane = self.lane(&batch.provider)?;
-        let seen = with_retries(self.clock.as_ref(), self.policy, None, "retrieve_batch", || {
+        let seen = with_retries(self.clock.as_ref(), self.tending(), None, "retrieve_batch", || {
             self.recorded(
                 lane,
                 "retrieve_batch",
@@ -381,7 +392,7 @@ impl BatchLane {
             None => return Ok(ResultCounts::default()),
         };
         let lane = self.lane(&batch.provider)?;
-        let streamed = with_retries(self.clock.as_ref(), self.policy, None, "ingest_results", || {
+        let streamed = with_retries(self.clock.as_ref(), self.tending(), None, "ingest_results", || {
             self.recorded(lane, "results", Some(batch.run_id), Some(batch.id), self.ingest_once(lane, batch.id, &url))
         })
         .await;

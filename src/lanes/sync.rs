@@ -71,6 +71,8 @@ struct Inner {
     stop: Mutex<CancellationToken>,
     /// Woken whenever a worker leaves, for [`SyncLane::drained`].
     left: tokio::sync::Notify,
+    /// `(run, provider)` pairs whose requests are no longer sent (a failover moved them).
+    withdrawn: Mutex<Vec<(i64, String)>>,
 }
 
 struct ModelQueue {
@@ -121,6 +123,7 @@ impl SyncLane {
             models: Mutex::new(HashMap::new()),
             stop: Mutex::new(CancellationToken::new()),
             left: tokio::sync::Notify::new(),
+            withdrawn: Mutex::new(Vec::new()),
         };
         SyncLane { inner: Arc::new(inner) }
     }
@@ -154,6 +157,34 @@ impl SyncLane {
             self.top_up(&model);
         }
         queued
+    }
+
+    /// Stops sending `run_id`'s requests to `provider`: queued ones are
+    /// dropped at once, one in flight or waiting out backpressure leaves
+    /// after its call (its answer is still recorded). A failover sends them
+    /// to another provider once [`SyncLane::outstanding`] is 0.
+    pub fn withdraw(&self, run_id: i64, provider: &str) {
+        lock(&self.inner.withdrawn).push((run_id, provider.to_owned()));
+        for model in lock(&self.inner.models).values() {
+            let mut work = lock(&model.work);
+            let (keep, dropped): (VecDeque<SyncRequest>, VecDeque<SyncRequest>) =
+                work.queue.drain(..).partition(|r| r.run_id != run_id || r.provider != provider);
+            work.queue = keep;
+            for request in dropped {
+                work.taken.remove(&request.custom_id);
+            }
+        }
+    }
+
+    /// Whether the lane has a client for `provider`.
+    pub fn serves(&self, provider: &str) -> bool {
+        self.inner.providers.get(provider).is_some()
+    }
+
+    fn is_withdrawn(&self, request: &SyncRequest) -> bool {
+        lock(&self.inner.withdrawn)
+            .iter()
+            .any(|(run, provider)| *run == request.run_id && *provider == request.provider)
     }
 
     /// Requests of `run_id` queued or in flight.
@@ -294,7 +325,7 @@ impl SyncLane {
             // finished it, or a canceled batch's results may have settled it
             // while it waited out backpressure. Never pay for a request twice.
             let id = request.custom_id.clone();
-            if self.inner.store.call(move |s| s.is_final(&id)).await? {
+            if self.is_withdrawn(&request) || self.inner.store.call(move |s| s.is_final(&id)).await? {
                 return Ok(());
             }
             if !self.pace(model, &request).await {

@@ -186,7 +186,7 @@ fn type_help(path: &str) -> Option<String> {
     let leaf = path.rsplit('.').next().unwrap_or(path);
     let example = match leaf {
         "max_tokens" => "a whole number such as `1024`",
-        "temperature" => "a number such as `0.2` (0 to 1, or 0 to 2 on OpenAI)",
+        "temperature" => "a number such as `0.2` (0 to 1, or 0 to 2 on OpenAI and Gemini)",
         "max_attempts" | "max_batch_requests" => "a whole number such as `3`",
         "monthly_usd" => "an amount in dollars such as `25`",
         "betas" | "tags" => "a list of strings such as `[a, b]`",

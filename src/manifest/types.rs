@@ -39,7 +39,7 @@ pub struct Manifest {
     /// Maximum output tokens per request (at least 1, at most the model's
     /// limit for the lane the tier routes to).
     pub max_tokens: i64,
-    /// Sampling temperature: 0 to 1 (Anthropic), 0 to 2 (OpenAI).
+    /// Sampling temperature: 0 to 1 (Anthropic), 0 to 2 (OpenAI, Gemini).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
     /// System prompt: a template path under `prompts/`, or `{ inline: "..." }`.
@@ -91,6 +91,11 @@ pub struct Manifest {
     /// fallback included, keeps `model`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_model: Option<String>,
+    /// Models on other providers (ids or aliases, e.g. `gpt-4o-mini`) the
+    /// sync lane sends a run's missing requests to, in this order, when the
+    /// job's own provider keeps failing during its fallback.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<String>,
     /// Labels for grouping on the dashboard and in cost reports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,

@@ -14,6 +14,7 @@
 //!     budget: true             # a budget crossed, or about to be (budget_warn_at of it spent)
 //!     budget_warn_at: 0.9
 //!     fallback: false          # opt-in: every sync fallback that fires
+//!     failover: true           # a run's requests moved to another provider
 //!     batch_submit_failing: true
 //!   retries: 5                 # after the first try, with doubling waits from retry_backoff
 //!   retry_backoff: 2s
@@ -96,6 +97,8 @@ pub struct EventRules {
     pub budget_warn_at: f64,
     /// Every sync fallback that fires (opt-in: the fallback is normal operation).
     pub fallback: bool,
+    /// A run failing over to another provider (its own provider is down).
+    pub failover: bool,
     /// Batch create calls failing.
     pub batch_submit_failing: bool,
 }
@@ -110,6 +113,7 @@ impl Default for EventRules {
             budget: true,
             budget_warn_at: 0.9,
             fallback: false,
+            failover: true,
             batch_submit_failing: true,
         }
     }

@@ -101,6 +101,7 @@ impl Detector {
             ("run_start_failed", rules.run_failed),
             ("budget_exceeded", rules.budget),
             ("fallback_started", rules.fallback),
+            ("failover_started", rules.failover),
         ]
         .into_iter()
         .filter_map(|(kind, on)| on.then_some(kind))
@@ -184,10 +185,26 @@ fn event_alert(event: &EventRow, run: Option<&RunRow>) -> Option<Alert> {
             ),
             detail,
         )),
+        ("failover_started", Some(run)) => Some(failover_alert(event, run)),
         ("budget_exceeded", run) => Some(budget_exceeded(event, run, reason)),
         ("run_start_failed", None) => Some(start_failed(event)),
         _ => None,
     }
+}
+
+fn failover_alert(event: &EventRow, run: &RunRow) -> Alert {
+    let name = |side: &str| {
+        let part =
+            |field: &str| event.detail.pointer(&format!("/{side}/{field}")).and_then(|v| v.as_str()).unwrap_or("?");
+        format!("{}/{}", part("provider"), part("model"))
+    };
+    let text = format!(
+        "{}: its provider keeps failing; what is left goes from {} to {}",
+        run.run_key,
+        name("from"),
+        name("to")
+    );
+    run_alert("failover_started", "warning", run, event.at, text, event.detail.clone())
 }
 
 fn late_alert(run: &RunRow, at: DateTime<Utc>, reason: String) -> Alert {
@@ -469,5 +486,29 @@ mod tests {
         assert_eq!(first[0].key, "run_failed:nightly-b");
         assert!(first[0].text.contains("sink unwritable"));
         assert!(detector.scan(&store, &context(&rules, &jobs, None), now).unwrap().is_empty(), "read once");
+    }
+
+    #[test]
+    fn a_failover_alerts_by_default_naming_both_models() {
+        let (_dir, mut store) = store_with_runs();
+        let (rules, jobs) = (EventRules::default(), BTreeMap::new());
+        let mut detector = Detector::start(&store, at("2026-11-22T06:00:00Z"), Duration::zero()).unwrap();
+        let run = store.run_by_key("nightly", at("2026-11-22T02:00:00Z")).unwrap().unwrap();
+        let detail = serde_json::json!({ "from": { "provider": "anthropic", "model": "claude-haiku-4-5" },
+                                         "to": { "provider": "openai", "model": "gpt-4o-mini" }, "failures": 7 });
+        assert!(store.start_failover(run.id, "openai", "gpt-4o-mini", &detail, at("2026-11-22T06:10:00Z")).unwrap());
+        assert!(
+            !store.start_failover(run.id, "gemini", "gemini-2.5-flash", &detail, at("2026-11-22T06:11:00Z")).unwrap()
+        );
+        let alerts = detector.scan(&store, &context(&rules, &jobs, None), at("2026-11-22T06:12:00Z")).unwrap();
+        let failover: Vec<&Alert> = alerts.iter().filter(|a| a.kind == "failover_started").collect();
+        assert_eq!(failover.len(), 1, "once, though asked twice: {alerts:?}");
+        assert!(
+            failover[0].text.contains("from anthropic/claude-haiku-4-5 to openai/gpt-4o-mini"),
+            "{}",
+            failover[0].text
+        );
+        let stored = store.run(run.id).unwrap().unwrap();
+        assert_eq!(stored.failover, Some(("openai".to_owned(), "gpt-4o-mini".to_owned())));
     }
 }

@@ -22,6 +22,23 @@ pub use error::ProviderError;
 pub use lines::LineStream;
 pub use reply::{MessageReply, Quota, RateLimits};
 
+/// Where the key of the provider called `name` is looked for: the
+/// environment variables (the first set wins) and the credential's file name.
+pub fn key_sources(name: &str) -> Option<(&'static [&'static str], &'static str)> {
+    match name {
+        anthropic::NAME => Some((&[anthropic::KEY_ENV], anthropic::KEY_CREDENTIAL)),
+        openai::NAME => Some((&[openai::KEY_ENV], openai::KEY_CREDENTIAL)),
+        gemini::NAME => Some((&gemini::KEY_ENVS, gemini::KEY_CREDENTIAL)),
+        _ => None,
+    }
+}
+
+/// Whether this process's environment holds a key for provider `name`.
+pub fn key_configured(name: &str) -> bool {
+    key_sources(name)
+        .is_some_and(|(envs, credential)| envs.iter().any(|env| crate::secrets::read(env, credential).is_some()))
+}
+
 /// The batch limits of the provider called `name`, if it is one we speak.
 pub fn batch_limits(name: &str) -> Option<BatchLimits> {
     match name {

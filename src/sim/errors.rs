@@ -160,6 +160,15 @@ impl Dialect {
         }
     }
 
+    /// The provider whose API this is, as manifests name it.
+    pub(crate) fn provider(self) -> &'static str {
+        match self {
+            Dialect::Anthropic => "anthropic",
+            Dialect::OpenAi => "openai",
+            Dialect::Gemini => "gemini",
+        }
+    }
+
     /// The header that carries the request id.
     pub(crate) fn request_id_header(self) -> &'static str {
         match self {

@@ -35,6 +35,9 @@ pub(crate) async fn gate(State(sim): State<Arc<Sim>>, mut req: Request, next: Ne
         }
         if let Err(err) = check_headers(req.headers(), req.uri().query(), dialect, sim.config.api_key.as_deref()) {
             err.into_response()
+        } else if sim.config.outage.as_deref() == Some(dialect.provider()) {
+            sim.lock().stats.fault("outage");
+            ApiError::overloaded().into_response()
         } else if let Some((label, err)) = faults::roll_fault(&sim.config, n, sim.clock.now()) {
             tracing::debug!(fault = label, path = req.uri().path(), "injecting a fault");
             sim.lock().stats.fault(label);

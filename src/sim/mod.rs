@@ -109,6 +109,10 @@ pub struct SimConfig {
     /// other, as the real API answers); unset: any non-empty key.
     #[arg(long, env = "ORCHESTRATOR_SIM_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// A provider that is down: every call to its API answers its overload
+    /// error (Anthropic 529, OpenAI and Gemini 503), to rehearse failover.
+    #[arg(long, value_parser = ["anthropic", "openai", "gemini"])]
+    pub outage: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -136,6 +140,7 @@ impl Default for SimConfig {
             cancel_secs: None,
             reply_bytes: None,
             api_key: None,
+            outage: None,
         }
     }
 }

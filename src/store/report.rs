@@ -79,8 +79,11 @@ pub struct SpendRow {
     pub sync_cost_micros: i64,
     /// Charged for duplicate successes (waste), micro-dollars.
     pub duplicate_micros: i64,
-    /// Charged on the sync lane for runs of batch-lane tiers (the fallback), micro-dollars.
+    /// Charged on the sync lane for runs of batch-lane tiers (the fallback,
+    /// failover apart), micro-dollars.
     pub fallback_micros: i64,
+    /// Charged to a failover model on another provider, micro-dollars.
+    pub failover_micros: i64,
     /// Successful responses.
     pub requests: i64,
     /// Successful responses through the batch lane.
@@ -109,6 +112,9 @@ pub struct SpendRow {
     pub eligible_batch_tokens: i64,
 }
 
+/// A result the run's failover model answered.
+const FAILOVER: &str = "(r.lane = 'sync' AND u.failover_provider IS NOT NULL AND r.provider = u.failover_provider)";
+
 const TOKENS: &str = "(r.input_tokens + r.output_tokens + r.cache_write_5m + r.cache_write_1h + r.cache_read)";
 
 fn spend_sql(key: &str, tag_join: &str) -> String {
@@ -116,7 +122,7 @@ fn spend_sql(key: &str, tag_join: &str) -> String {
         "SELECT {key},
            COALESCE(SUM(r.cost_micros), 0), COALESCE(SUM(r.sync_cost_micros), 0),
            COALESCE(SUM(CASE WHEN r.duplicate = 1 THEN r.cost_micros END), 0),
-           COALESCE(SUM(CASE WHEN r.lane = 'sync' AND u.tier != 'realtime' THEN r.cost_micros END), 0),
+           COALESCE(SUM(CASE WHEN r.lane = 'sync' AND u.tier != 'realtime' AND NOT {FAILOVER} THEN r.cost_micros END), 0),
            COUNT(CASE WHEN r.status = 'succeeded' THEN 1 END),
            COUNT(CASE WHEN r.status = 'succeeded' AND r.lane = 'batch' THEN 1 END),
            COUNT(CASE WHEN r.status = 'succeeded' AND r.lane = 'sync' THEN 1 END),
@@ -127,7 +133,8 @@ fn spend_sql(key: &str, tag_join: &str) -> String {
            COALESCE(SUM(CASE WHEN r.lane = 'batch' THEN {TOKENS} END), 0),
            COALESCE(SUM(CASE WHEN r.lane = 'sync' THEN {TOKENS} END), 0),
            COALESCE(SUM(CASE WHEN u.tier != 'realtime' THEN {TOKENS} END), 0),
-           COALESCE(SUM(CASE WHEN u.tier != 'realtime' AND r.lane = 'batch' THEN {TOKENS} END), 0)
+           COALESCE(SUM(CASE WHEN u.tier != 'realtime' AND r.lane = 'batch' THEN {TOKENS} END), 0),
+           COALESCE(SUM(CASE WHEN {FAILOVER} THEN r.cost_micros END), 0)
          FROM results r JOIN requests q ON q.custom_id = r.custom_id JOIN runs u ON u.id = q.run_id {tag_join}
          WHERE r.received_at >= ?1 AND r.received_at < ?2 AND (?3 IS NULL OR u.job = ?3)
            AND (?4 IS NULL OR EXISTS (SELECT 1 FROM json_each(u.tags) f WHERE f.value = ?4))"
@@ -154,6 +161,7 @@ fn spend_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SpendRow> {
         sync_tokens: row.get(15)?,
         eligible_tokens: row.get(16)?,
         eligible_batch_tokens: row.get(17)?,
+        failover_micros: row.get(18)?,
     })
 }
 

@@ -87,6 +87,10 @@ pub struct RunRow {
     pub delivery_failing_since: Option<DateTime<Utc>>,
     /// The last delivery error, while delivery fails.
     pub delivery_error: Option<String>,
+    /// The `(provider, model)` its sync lane failed over to, if it did.
+    pub failover: Option<(String, String)>,
+    /// When the failover started.
+    pub failover_started_at: Option<DateTime<Utc>>,
 }
 
 impl RunRow {
@@ -98,7 +102,8 @@ impl RunRow {
 
 pub(super) const COLUMNS: &str = "id, job, scheduled_for, run_key, tier, deadline_at, state, reason, lane, created_at, \
                        fallback_at, fallback_started_at, fallback_reason, finished_at, tags, sync_blocked, prepared_at, \
-                       deadline_missed_at, delivery_failing_since, delivery_error";
+                       deadline_missed_at, delivery_failing_since, delivery_error, failover_provider, failover_model, \
+                       failover_started_at";
 
 pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<RunRow> {
     Ok(RunRow {
@@ -122,6 +127,11 @@ pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<RunRow> {
         deadline_missed_at: row.get::<_, Option<i64>>(17)?.map(from_millis),
         delivery_failing_since: row.get::<_, Option<i64>>(18)?.map(from_millis),
         delivery_error: row.get(19)?,
+        failover: match (row.get::<_, Option<String>>(20)?, row.get::<_, Option<String>>(21)?) {
+            (Some(provider), Some(model)) => Some((provider, model)),
+            _ => None,
+        },
+        failover_started_at: row.get::<_, Option<i64>>(22)?.map(from_millis),
     })
 }
 
@@ -287,6 +297,52 @@ impl Store {
         }
         tx.commit().map_err(|e| super::sqlite(&self.path, e))?;
         Ok(changed == 1)
+    }
+
+    /// Moves a run's sync lane to `model` of `provider` (once: false when it
+    /// had failed over already), recorded as a `failover_started` event.
+    pub fn start_failover(
+        &mut self,
+        id: i64,
+        provider: &str,
+        model: &str,
+        detail: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction().map_err(|e| super::sqlite(&self.path, e))?;
+        let changed = tx
+            .execute(
+                "UPDATE runs SET failover_provider = ?2, failover_model = ?3, failover_started_at = ?4
+                 WHERE id = ?1 AND failover_provider IS NULL",
+                params![id, provider, model, to_millis(now)],
+            )
+            .map_err(|e| super::sqlite(&self.path, e))?;
+        if changed == 1 {
+            super::events::insert(&tx, Some(id), None, "failover_started", detail, now)
+                .map_err(|e| super::sqlite(&self.path, e))?;
+        }
+        tx.commit().map_err(|e| super::sqlite(&self.path, e))?;
+        Ok(changed == 1)
+    }
+
+    /// The run's sync calls that failed on the provider's side (5xx,
+    /// overloaded, no answer) since its last sync success: how many, and
+    /// since when. A rate limit is no outage and breaks no streak.
+    pub fn sync_failure_streak(&self, id: i64) -> Result<(u64, Option<DateTime<Utc>>), StoreError> {
+        let (count, since): (u64, Option<i64>) = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*), MIN(started_at) FROM attempts
+                 WHERE run_id = ?1 AND lane = 'sync' AND error_type IS NOT NULL
+                   AND (http_status IS NULL OR http_status >= 500)
+                   AND error_type NOT IN ('state_database', 'stopped')
+                   AND started_at > COALESCE((SELECT MAX(started_at) FROM attempts
+                       WHERE run_id = ?1 AND lane = 'sync' AND error_type IS NULL), 0)",
+                [id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(|e| super::sqlite(&self.path, e))?;
+        Ok((count, since.map(from_millis)))
     }
 
     /// Keeps a run off the sync lane for good (a budget decision): it

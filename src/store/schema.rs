@@ -4,7 +4,7 @@
 //! never edited once released; changes are new entries.
 
 /// Migrations in order; entry `i` moves the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
 
 /// Times are integer milliseconds since the Unix epoch (UTC).
 const V1: &str = r#"
@@ -300,4 +300,12 @@ CREATE TABLE sink_files (
 const V7: &str = r#"
 ALTER TABLE results ADD COLUMN provider TEXT;
 UPDATE results SET provider = 'anthropic' WHERE cost_micros IS NOT NULL;
+"#;
+
+/// Failover: the model on another provider a run's sync lane moved to,
+/// and when (its results name their provider and model already).
+const V8: &str = r#"
+ALTER TABLE runs ADD COLUMN failover_provider TEXT;
+ALTER TABLE runs ADD COLUMN failover_model TEXT;
+ALTER TABLE runs ADD COLUMN failover_started_at INTEGER;
 "#;

@@ -38,6 +38,14 @@ fn try_compile(parsed: &Parsed, prompts_dir: &Path, catalog: &Catalog) -> Result
     };
     let model_id = resolve(&manifest.model)?;
     let batch_model_id = manifest.batch_model.as_deref().map(resolve).transpose()?;
+    let failover = manifest
+        .failover
+        .iter()
+        .map(|name| match catalog.model_elsewhere(name, &manifest.provider) {
+            Ok(Some((provider, id))) => Ok((provider.to_owned(), id.to_owned())),
+            _ => Err(format!("failover model `{name}` is not on exactly one other provider")),
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let load = |field: &str, source| {
         templates::load(source, prompts_dir, &format!("{}:{field}", parsed.file)).map_err(|e| e.to_string())
     };
@@ -51,6 +59,7 @@ fn try_compile(parsed: &Parsed, prompts_dir: &Path, catalog: &Catalog) -> Result
         deadline,
         model_id,
         batch_model_id,
+        failover,
         templates: Templates { system, prompt },
     })
 }

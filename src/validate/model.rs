@@ -217,6 +217,73 @@ pub(super) fn check(job: &Parsed, catalog: &Catalog, out: &mut Vec<Diagnostic>) 
     check_max_tokens(job, provider, model_id, model, out);
     check_betas(job, provider, out);
     check_batch_model(job, catalog, out);
+    check_failover(job, catalog, out);
+}
+
+/// Each `failover` model is on another provider, and the job's params
+/// translate to its API (those that do not are dropped on failover).
+fn check_failover(job: &Parsed, catalog: &Catalog, out: &mut Vec<Diagnostic>) {
+    let manifest = &job.manifest;
+    for (i, name) in manifest.failover.iter().enumerate() {
+        let path = format!("failover.{i}");
+        let target = match catalog.model_elsewhere(name, &manifest.provider) {
+            Ok(Some((provider, _))) => provider,
+            Ok(None) => {
+                let message = match catalog.model(&manifest.provider, name) {
+                    Some(_) => format!("failover model `{name}` is on the job's own provider `{}`", manifest.provider),
+                    None => format!("unknown failover model `{name}`"),
+                };
+                let names: Vec<&str> = catalog
+                    .providers
+                    .keys()
+                    .filter(|p| **p != manifest.provider)
+                    .flat_map(|p| catalog.model_names(p))
+                    .collect();
+                let help = suggest::did_you_mean(name, names.iter().copied()).unwrap_or_else(|| {
+                    "name a model of another provider, e.g. `gpt-4o-mini` or `gemini-2.5-flash`".into()
+                });
+                out.push(job.at_value(Code::UnknownFailover, &path, message).help(help));
+                continue;
+            }
+            Err(providers) => {
+                out.push(
+                    job.at_value(
+                        Code::UnknownFailover,
+                        &path,
+                        format!("failover model `{name}` is on several providers"),
+                    )
+                    .help(format!("it is on {}: use a model id only one provider has", providers.join(", "))),
+                );
+                continue;
+            }
+        };
+        if !crate::providers::key_configured(target) {
+            let (envs, credential) = crate::providers::key_sources(target).unwrap_or((&[], ""));
+            out.push(
+                job.at_value(
+                    Code::FailoverKeyMissing,
+                    &path,
+                    format!("no key for `{target}` here: failover to `{name}` cannot happen while it is missing"),
+                )
+                .help(format!(
+                    "set {} or the credential `{credential}` where serve runs (serve --simulate needs none)",
+                    envs.join(" or ")
+                )),
+            );
+        }
+        for param in manifest.params.keys() {
+            if crate::render::translated_param(&manifest.provider, target, param).is_none() {
+                out.push(
+                    job.at_key(
+                        Code::ParamLostInFailover,
+                        &format!("params.{param}"),
+                        format!("`params.{param}` has no equivalent on `{target}`: failover to `{name}` sends the request without it"),
+                    )
+                    .help(format!("remove `{name}` from `failover`, or accept that its answers are made without `{param}`")),
+                );
+            }
+        }
+    }
 }
 
 /// `batch_model` must be a known model the batch API accepts.

@@ -7,6 +7,7 @@ use orchestrator::sim::{ProviderStats, SimHandle};
 pub enum Api {
     Anthropic,
     OpenAi,
+    Gemini,
 }
 
 impl Api {
@@ -15,6 +16,7 @@ impl Api {
         match self {
             Api::Anthropic => "anthropic",
             Api::OpenAi => "openai",
+            Api::Gemini => "gemini",
         }
     }
 
@@ -23,6 +25,7 @@ impl Api {
         match self {
             Api::Anthropic => "model: claude-haiku-4-5\n",
             Api::OpenAi => "provider: openai\nmodel: gpt-4o-mini\n",
+            Api::Gemini => "provider: gemini\nmodel: gemini-2.5-flash-lite\n",
         }
     }
 
@@ -35,7 +38,7 @@ impl Api {
     pub fn overloaded_status(self) -> i64 {
         match self {
             Api::Anthropic => 529,
-            Api::OpenAi => 503,
+            Api::OpenAi | Api::Gemini => 503,
         }
     }
 
