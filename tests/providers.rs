@@ -21,15 +21,7 @@ fn gemini_input(count: usize, bytes: usize) -> BatchInput {
             (format!("big-2026-12-02-{i:05}"), params)
         })
         .collect();
-    BatchInput {
-        tag: "orchestrator-batch-1".into(),
-        count: rows.len() as u64,
-        custom_id_bytes: rows.iter().map(|(id, _)| id.len() as u64).sum(),
-        params_bytes: rows.iter().map(|(_, p)| p.len() as u64).sum(),
-        rows: Box::new(move || {
-            Box::pin(futures_util::stream::iter(rows.chunks(500).map(|c| Ok(c.to_vec())).collect::<Vec<_>>()))
-        }),
-    }
+    BatchInput::in_memory("orchestrator-batch-1", rows, 500)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,6 +83,23 @@ pub struct BatchInput {
     pub rows: Box<dyn Fn() -> RequestRows + Send + Sync>,
 }
 
+impl BatchInput {
+    /// The input of rows held in memory, served `chunk` rows at a time
+    /// (tools and tests; the lanes read theirs from the store).
+    pub fn in_memory(tag: &str, rows: Vec<(String, String)>, chunk: usize) -> BatchInput {
+        BatchInput {
+            tag: tag.to_owned(),
+            count: rows.len() as u64,
+            custom_id_bytes: rows.iter().map(|(id, _)| id.len() as u64).sum(),
+            params_bytes: rows.iter().map(|(_, params)| params.len() as u64).sum(),
+            rows: Box::new(move || {
+                let chunks: Vec<_> = rows.chunks(chunk.max(1)).map(|c| Ok(c.to_vec())).collect();
+                Box::pin(futures_util::stream::iter(chunks))
+            }),
+        }
+    }
+}
+
 impl std::fmt::Debug for BatchInput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BatchInput").field("tag", &self.tag).field("count", &self.count).finish_non_exhaustive()

@@ -29,26 +29,8 @@ impl Download {
     /// The streaming response body.
     pub(crate) fn into_body(self) -> Body {
         let order = shuffled(&self.config, &self.core);
-        let cut = self.truncate_at.map(|at| ((at * order.len() as f64) as usize).min(order.len() - 1));
-        let state = (self, order, cut, 0usize);
-        let chunks = stream::unfold(state, |(download, order, cut, pos)| async move {
-            let end = pos.saturating_add(CHUNK_LINES).min(order.len());
-            if pos >= end {
-                return None;
-            }
-            let mut buf = Vec::with_capacity((end - pos) * 512);
-            for (n, &i) in order[pos..end].iter().enumerate() {
-                let at = pos + n;
-                let line = download.line(i as usize);
-                if cut == Some(at) {
-                    buf.extend_from_slice(&line[..line.len() / 2]);
-                    return Some((Ok::<_, std::io::Error>(Bytes::from(buf)), (download, order, cut, usize::MAX)));
-                }
-                buf.extend_from_slice(&line);
-            }
-            Some((Ok(Bytes::from(buf)), (download, order, cut, end)))
-        });
-        Body::from_stream(chunks)
+        let truncate_at = self.truncate_at;
+        line_stream(self, order, truncate_at, |download, i| download.line(i))
     }
 
     /// The JSONL line (with its newline) of request `i`.
@@ -93,6 +75,37 @@ enum LineResult<'a> {
     Errored { error: ErrorBody<'a> },
     Canceled,
     Expired,
+}
+
+/// A body of `line(source, i)` for each `i` of `order`, `CHUNK_LINES` at a
+/// time, generated as it streams. With `truncate_at`, the stream breaks off
+/// in the middle of the line at that fraction of all lines, as a download
+/// whose connection dropped.
+pub(crate) fn line_stream<T: Send + Sync + 'static>(
+    source: T,
+    order: Vec<u32>,
+    truncate_at: Option<f64>,
+    line: fn(&T, usize) -> Vec<u8>,
+) -> Body {
+    let cut =
+        truncate_at.filter(|_| !order.is_empty()).map(|at| ((at * order.len() as f64) as usize).min(order.len() - 1));
+    let chunks = stream::unfold((source, order, 0usize), move |(source, order, pos)| async move {
+        let end = pos.saturating_add(CHUNK_LINES).min(order.len());
+        if pos >= end {
+            return None;
+        }
+        let mut buf = Vec::with_capacity((end - pos) * 512);
+        for (n, &i) in order[pos..end].iter().enumerate() {
+            let text = line(&source, i as usize);
+            if cut == Some(pos + n) {
+                buf.extend_from_slice(&text[..text.len() / 2]);
+                return Some((Ok::<_, std::io::Error>(Bytes::from(buf)), (source, order, usize::MAX)));
+            }
+            buf.extend_from_slice(&text);
+        }
+        Some((Ok(Bytes::from(buf)), (source, order, end)))
+    });
+    Body::from_stream(chunks)
 }
 
 /// Request indices in the order their lines are sent: by a hash of seed and `custom_id`.

@@ -444,13 +444,7 @@ mod tests {
     use super::*;
 
     fn input(rows: Vec<(String, String)>) -> BatchInput {
-        BatchInput {
-            tag: "orchestrator-batch-7".into(),
-            count: rows.len() as u64,
-            custom_id_bytes: rows.iter().map(|(id, _)| id.len() as u64).sum(),
-            params_bytes: rows.iter().map(|(_, p)| p.len() as u64).sum(),
-            rows: Box::new(move || Box::pin(futures_util::stream::iter(vec![Ok(rows.clone())]))),
-        }
+        BatchInput::in_memory("orchestrator-batch-7", rows, 1000)
     }
 
     fn rows() -> Vec<(String, String)> {

@@ -14,8 +14,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
-use futures_util::stream;
+use axum::body::Body;
 use serde_json::{Map, Value, json};
 
 use super::chat;
@@ -32,8 +31,6 @@ const MAX_REQUESTS: usize = 50_000;
 /// Share of a batch's duration spent validating, and finalizing.
 const VALIDATING_SHARE: f64 = 0.02;
 const FINALIZING_SHARE: f64 = 0.02;
-/// Lines per streamed chunk of an output or error file.
-const CHUNK_LINES: usize = 256;
 
 /// A validation error of the input file: `{code, line, message, param}`.
 #[derive(Debug, Clone)]
@@ -353,28 +350,10 @@ impl Download {
     pub(crate) fn into_body(self) -> Body {
         let order = crate::sim::results::shuffled(&self.config, &self.core);
         let lines: Vec<u32> = order.into_iter().filter(|&i| self.line(i as usize).is_some()).collect();
-        let cut = self
-            .truncate_at
-            .filter(|_| !lines.is_empty())
-            .map(|at| ((at * lines.len() as f64) as usize).min(lines.len() - 1));
-        let state = (self, lines, cut, 0usize);
-        let chunks = stream::unfold(state, |(download, lines, cut, pos)| async move {
-            let end = pos.saturating_add(CHUNK_LINES).min(lines.len());
-            if pos >= end {
-                return None;
-            }
-            let mut buf = Vec::with_capacity((end - pos) * 512);
-            for (n, &i) in lines[pos..end].iter().enumerate() {
-                let line = download.line(i as usize).expect("only lines of this file are listed");
-                if cut == Some(pos + n) {
-                    buf.extend_from_slice(&line[..line.len() / 2]);
-                    return Some((Ok::<_, std::io::Error>(Bytes::from(buf)), (download, lines, cut, usize::MAX)));
-                }
-                buf.extend_from_slice(&line);
-            }
-            Some((Ok(Bytes::from(buf)), (download, lines, cut, end)))
-        });
-        Body::from_stream(chunks)
+        let truncate_at = self.truncate_at;
+        crate::sim::results::line_stream(self, lines, truncate_at, |download, i| {
+            download.line(i).expect("only lines of this file are listed")
+        })
     }
 
     /// The file's size in bytes (its lines generated and counted).
