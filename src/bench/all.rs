@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::figures::figures_table;
-use super::{Figure, Report, Target, build_profile, endtoend, fallback, idle, ingest, schedule, submit, validate};
+use super::{
+    Figure, Report, Target, build_profile, endtoend, fallback, idle, ingest, reference, schedule, submit, validate,
+};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -82,6 +84,9 @@ impl Machine {
 pub async fn run(options: &Options) -> anyhow::Result<AllReport> {
     let repeats = options.repeats;
     let mut all = Collected::default();
+    // First: the ratio against the SDK script is the headline row.
+    eprintln!("bench: reference ({} items, the SDK script and ours)", endtoend::ITEMS);
+    all.add(&reference::run(endtoend::ITEMS, repeats).await?)?;
     eprintln!("bench: ingest ({} results)", ingest::MAX_RESULTS);
     let big = ingest::run(ingest::Options { results: ingest::MAX_RESULTS, repeats }).await?;
     eprintln!("bench: ingest ({SMALL_INGEST} results)");

@@ -19,9 +19,10 @@ use super::{Scratch, project};
 
 /// Items of the run: one full batch.
 pub const ITEMS: u64 = 100_000;
-const METRICS: [Metric; 3] = [
+const METRICS: [Metric; 4] = [
     Metric { name: "items end to end, items/s", target: None },
     Metric { name: "wall time, s", target: None },
+    Metric { name: "CPU (user + sys), s", target: None },
     // Issue 7's bound for submitting a 100,000-request batch, held for the whole run.
     Metric { name: "peak RSS, MiB", target: Some(Target::at_most(128.0)) },
 ];
@@ -34,8 +35,8 @@ pub async fn run(items: u64, repeats: u32) -> anyhow::Result<Sampled> {
     write_project(scratch.path(), items)?;
     let mut repeats_out = Vec::new();
     for _ in 0..repeats {
-        let (secs, peak_kb) = measure(scratch.path(), sim.base_url(), items).await?;
-        repeats_out.push(vec![items as f64 / secs, secs, peak_kb as f64 / 1024.0]);
+        let run = measure(scratch.path(), sim.base_url(), items).await?;
+        repeats_out.push(vec![items as f64 / run.secs, run.secs, run.cpu_secs, run.peak_kb as f64 / 1024.0]);
     }
     let setup = format!(
         "`orchestrator run` on {items} items of about 1 KB: read, rendered, stored, one batch, ingested, \
@@ -44,8 +45,8 @@ pub async fn run(items: u64, repeats: u32) -> anyhow::Result<Sampled> {
     Ok(Sampled::new("run", setup, &METRICS, &repeats_out))
 }
 
-/// The generated job with an items file of `items` lines.
-fn write_project(root: &Path, items: u64) -> anyhow::Result<()> {
+/// The generated job with an items file of `items` lines (`items.jsonl`).
+pub(super) fn write_project(root: &Path, items: u64) -> anyhow::Result<()> {
     project::write(root, 1)?;
     let items_path = root.join("items.jsonl");
     let mut file = std::io::BufWriter::new(std::fs::File::create(&items_path)?);
@@ -68,10 +69,24 @@ pub struct Measured {
     pub exit_code: u8,
     /// Whole-process peak RSS in KiB.
     pub peak_rss_kb: Option<u64>,
+    /// User plus system CPU seconds of the whole process.
+    #[serde(default)]
+    pub cpu_secs: Option<f64>,
 }
 
-/// One run from a clean state; returns its wall seconds and peak RSS in KiB.
-async fn measure(root: &Path, base_url: &str, items: u64) -> anyhow::Result<(f64, u64)> {
+/// One measured run.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RunFigures {
+    /// Wall seconds, process start to exit.
+    pub secs: f64,
+    /// CPU seconds of the worker process.
+    pub cpu_secs: f64,
+    /// Peak RSS, KiB.
+    pub peak_kb: u64,
+}
+
+/// One run from a clean state.
+pub(super) async fn measure(root: &Path, base_url: &str, items: u64) -> anyhow::Result<RunFigures> {
     let _ = std::fs::remove_dir_all(root.join("state"));
     let _ = std::fs::remove_dir_all(root.join("out"));
     let scheduled_for = Utc::now().duration_trunc(chrono::Duration::minutes(1))?;
@@ -94,5 +109,6 @@ async fn measure(root: &Path, base_url: &str, items: u64) -> anyhow::Result<(f64
     let lines = delivered.iter().filter(|&&b| b == b'\n').count() as u64;
     ensure!(lines == items, "{lines} of {items} results reached the sink");
     let Some(peak_kb) = measured.peak_rss_kb else { bail!("this kernel does not report peak RSS") };
-    Ok((secs, peak_kb))
+    let Some(cpu_secs) = measured.cpu_secs else { bail!("this kernel does not report CPU time") };
+    Ok(RunFigures { secs, cpu_secs, peak_kb })
 }

@@ -7,12 +7,14 @@
 //! footprint of the code path under measurement and nothing else.
 
 pub mod all;
+pub mod cpu;
 pub mod endtoend;
 pub mod fallback;
 pub mod figures;
 pub mod idle;
 pub mod ingest;
 pub mod project;
+pub mod reference;
 pub mod rss;
 pub mod schedule;
 pub mod simulator;

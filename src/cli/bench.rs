@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::bench::{Report, Sampled, all, endtoend, fallback, idle, ingest, schedule, submit, validate};
+use crate::bench::{Report, Sampled, all, endtoend, fallback, idle, ingest, reference, schedule, submit, validate};
 
 /// Arguments of `bench`.
 #[derive(Debug, clap::Args)]
@@ -34,6 +34,8 @@ pub enum Scenario {
     Idle(IdleArgs),
     /// Database bytes per stored request with its result, against the result line's bytes.
     Storage(SizedArgs),
+    /// The seeds' SDK script and `orchestrator run` on the same items and simulator: our CPU as a ratio of its CPU.
+    Reference(SizedArgs),
     /// `orchestrator run` end to end on 100,000 items (read, rendered, stored, one batch, ingested, delivered): wall time and peak RSS.
     Run(SizedArgs),
     /// One measured `orchestrator run`, in a process of its own (started by `bench run`).
@@ -227,7 +229,8 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         | Scenario::Fallback(_)
         | Scenario::Validate(_)
         | Scenario::Schedule(_)
-        | Scenario::Run(_) => {
+        | Scenario::Run(_)
+        | Scenario::Reference(_) => {
             sized(&runtime, &args.scenario)?;
         }
         Scenario::IngestWorker(a) => {
@@ -245,7 +248,11 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
 /// The `run` command's own code, in this process, so its peak RSS is the run's.
 fn run_worker(args: &RunWorkerArgs) -> anyhow::Result<u8> {
     let exit_code = super::run::run(&run_worker_args(args))?;
-    let measured = endtoend::Measured { exit_code, peak_rss_kb: crate::bench::rss::peak_rss_kb() };
+    let measured = endtoend::Measured {
+        exit_code,
+        peak_rss_kb: crate::bench::rss::peak_rss_kb(),
+        cpu_secs: crate::bench::cpu::cpu_secs(),
+    };
     println!("{}", serde_json::to_string(&measured)?);
     Ok(0)
 }
@@ -285,6 +292,9 @@ fn sized(runtime: &tokio::runtime::Runtime, scenario: &Scenario) -> anyhow::Resu
         }
         Scenario::Schedule(a) => (schedule::run(a.count.map_or(schedule::JOBS, |n| n as usize), a.repeat)?, &a.output),
         Scenario::Run(a) => (runtime.block_on(endtoend::run(a.count.unwrap_or(endtoend::ITEMS), a.repeat))?, &a.output),
+        Scenario::Reference(a) => {
+            (runtime.block_on(reference::run(a.count.unwrap_or(endtoend::ITEMS), a.repeat))?, &a.output)
+        }
         _ => unreachable!("only sized scenarios are passed here"),
     };
     emit(&report, output)
