@@ -390,4 +390,36 @@ mod tests {
             "daily-2026-11-22-007"
         );
     }
+
+    /// A failover renders the same templates in the other API's shape and
+    /// keeps only the params that have an equivalent there, under its name.
+    #[test]
+    fn a_failover_renders_for_the_other_provider_with_translated_params() {
+        let source = "schedule: { cron: '0 6 * * *' }\nmodel: claude-haiku-4-5\nmax_tokens: 50\ntemperature: 0.5\n\
+                      system: { inline: 'Be brief.' }\nprompt: { inline: 'Label {{ item.text }}' }\n\
+                      params: { stop_sequences: ['END'], top_k: 5, thinking: { type: disabled } }\n\
+                      failover: [gpt-4o-mini, gemini-2.5-flash]\n";
+        let job = crate::validate::test_job("moved", source);
+        let info = RunInfo::new(&job, utc("2026-11-22T06:00:00Z"));
+        let item: Item = serde_json::from_str(r#"{"text": "a cat"}"#).unwrap();
+        let openai = Renderer::for_provider(&job, "openai", "gpt-4o-mini").unwrap().request(&info, 1, &item).unwrap();
+        assert_eq!(
+            openai.params,
+            json!({"model": "gpt-4o-mini", "max_completion_tokens": 50, "temperature": 0.5,
+                   "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Label a cat"}],
+                   "stop": ["END"]}),
+            "top_k and thinking have no OpenAI equivalent"
+        );
+        let gemini =
+            Renderer::for_provider(&job, "gemini", "gemini-2.5-flash").unwrap().request(&info, 1, &item).unwrap();
+        assert_eq!(
+            gemini.params["generationConfig"],
+            json!({"maxOutputTokens": 50, "temperature": 0.5, "stopSequences": ["END"], "topK": 5})
+        );
+        assert_eq!(gemini.params["systemInstruction"], json!({"parts": [{"text": "Be brief."}]}));
+        assert!(gemini.params.get("thinking").is_none());
+        let own = Renderer::new(&job, &job.model_id).unwrap().request(&info, 1, &item).unwrap();
+        assert_eq!(own.params["top_k"], 5, "the job's own provider gets its params untouched");
+        assert_eq!(own.custom_id, openai.custom_id, "the same custom_id on every provider");
+    }
 }

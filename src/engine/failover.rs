@@ -16,7 +16,7 @@ use crate::cost::budget::{self, Decision, Spend, Stage};
 use crate::job::Job;
 use crate::manifest::Lane;
 use crate::render::{Renderer, RunInfo};
-use crate::store::{RunRow, SyncWork};
+use crate::store::RunRow;
 
 /// Failed calls in a row (with no success between) before a failover is considered.
 const MIN_FAILURES: u64 = 3;
@@ -101,20 +101,22 @@ impl Engine {
         Ok(allowed)
     }
 
-    /// The bodies of `work` for the run's failover model: its items rendered
-    /// again with the job's templates, in that provider's API shape.
+    /// The bodies of requests for the run's failover model: their `items`
+    /// (JSON) rendered again with the job's templates, in that provider's
+    /// API shape.
     pub(super) fn failover_params(
         &self,
         job: &Job,
         run: &RunRow,
         (provider, model): (&str, &str),
-        work: &[SyncWork],
+        items: &[String],
     ) -> Result<Vec<String>, EngineError> {
         let renderer = Renderer::for_provider(job, provider, model)?;
         let info = RunInfo::new(job, run.scheduled_for);
-        work.iter()
-            .map(|w| {
-                let item: crate::sources::Item = serde_json::from_str(&w.item).unwrap_or_default();
+        items
+            .iter()
+            .map(|item| {
+                let item: crate::sources::Item = serde_json::from_str(item).unwrap_or_default();
                 Ok(renderer.request(&info, 1, &item)?.params.to_string())
             })
             .collect()

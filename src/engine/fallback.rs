@@ -302,7 +302,9 @@ impl Engine {
         // After a failover the items are rendered again for the other provider.
         let (provider, model, betas, failover) = match &run.failover {
             Some((provider, model)) => {
-                let params = self.failover_params(job, run, (provider, model), &candidates)?;
+                let ids: Vec<String> = candidates.iter().map(|w| w.custom_id.clone()).collect();
+                let items = self.store.call(move |s| s.request_items(&ids)).await?;
+                let params = self.failover_params(job, run, (provider, model), &items)?;
                 (provider.clone(), model.clone(), Vec::new(), Some(params))
             }
             None => (job.manifest.provider.clone(), job.model_id.clone(), job.manifest.betas.clone(), None),

@@ -283,20 +283,8 @@ impl Store {
         detail: &serde_json::Value,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction().map_err(|e| super::sqlite(&self.path, e))?;
-        let changed = tx
-            .execute(
-                "UPDATE runs SET fallback_started_at = ?2, fallback_reason = ?3
-                 WHERE id = ?1 AND fallback_started_at IS NULL",
-                params![id, to_millis(now), reason],
-            )
-            .map_err(|e| super::sqlite(&self.path, e))?;
-        if changed == 1 {
-            super::events::insert(&tx, Some(id), None, "fallback_started", detail, now)
-                .map_err(|e| super::sqlite(&self.path, e))?;
-        }
-        tx.commit().map_err(|e| super::sqlite(&self.path, e))?;
-        Ok(changed == 1)
+        let sql = "UPDATE runs SET fallback_started_at = ?2, fallback_reason = ?3 WHERE id = ?1 AND fallback_started_at IS NULL";
+        self.update_once_with_event(id, sql, params![id, to_millis(now), reason], "fallback_started", detail, now)
     }
 
     /// Moves a run's sync lane to `model` of `provider` (once: false when it
@@ -309,20 +297,10 @@ impl Store {
         detail: &serde_json::Value,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction().map_err(|e| super::sqlite(&self.path, e))?;
-        let changed = tx
-            .execute(
-                "UPDATE runs SET failover_provider = ?2, failover_model = ?3, failover_started_at = ?4
-                 WHERE id = ?1 AND failover_provider IS NULL",
-                params![id, provider, model, to_millis(now)],
-            )
-            .map_err(|e| super::sqlite(&self.path, e))?;
-        if changed == 1 {
-            super::events::insert(&tx, Some(id), None, "failover_started", detail, now)
-                .map_err(|e| super::sqlite(&self.path, e))?;
-        }
-        tx.commit().map_err(|e| super::sqlite(&self.path, e))?;
-        Ok(changed == 1)
+        let sql = "UPDATE runs SET failover_provider = ?2, failover_model = ?3, failover_started_at = ?4
+                   WHERE id = ?1 AND failover_provider IS NULL";
+        let values = params![id, provider, model, to_millis(now)];
+        self.update_once_with_event(id, sql, values, "failover_started", detail, now)
     }
 
     /// The run's sync calls that failed on the provider's side (5xx,
@@ -371,19 +349,9 @@ impl Store {
         detail: &serde_json::Value,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction().map_err(|e| super::sqlite(&self.path, e))?;
-        let first = tx
-            .execute(
-                "UPDATE runs SET deadline_missed_at = ?2 WHERE id = ?1 AND deadline_missed_at IS NULL AND state = 'open'",
-                params![id, to_millis(now)],
-            )
-            .map_err(|e| super::sqlite(&self.path, e))?;
-        if first == 1 {
-            super::events::insert(&tx, Some(id), None, "deadline_missed", detail, now)
-                .map_err(|e| super::sqlite(&self.path, e))?;
-        }
-        tx.commit().map_err(|e| super::sqlite(&self.path, e))?;
-        Ok(first == 1)
+        let sql =
+            "UPDATE runs SET deadline_missed_at = ?2 WHERE id = ?1 AND deadline_missed_at IS NULL AND state = 'open'";
+        self.update_once_with_event(id, sql, params![id, to_millis(now)], "deadline_missed", detail, now)
     }
 
     /// Records a failed delivery round: the error, and since when delivery
@@ -410,19 +378,31 @@ impl Store {
     /// Clears a delivery failure streak (a round went through); records
     /// `delivery_recovered` when there was one.
     pub fn clear_delivery_failure(&mut self, id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let sql = "UPDATE runs SET delivery_failing_since = NULL, delivery_error = NULL
+                   WHERE id = ?1 AND delivery_failing_since IS NOT NULL";
+        self.update_once_with_event(id, sql, [id], "delivery_recovered", &serde_json::json!({}), now).map(|_| ())
+    }
+
+    /// Runs `update`, which changes run `id` only the first time it applies,
+    /// and when it did, records the event `kind` with `detail`, in one
+    /// transaction. True when the update changed the run.
+    fn update_once_with_event(
+        &mut self,
+        id: i64,
+        update: &str,
+        values: impl rusqlite::Params,
+        kind: &str,
+        detail: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         let tx = self.conn.transaction().map_err(|e| super::sqlite(&self.path, e))?;
         let e = |source| super::sqlite(&self.path, source);
-        let cleared = tx
-            .execute(
-                "UPDATE runs SET delivery_failing_since = NULL, delivery_error = NULL
-                 WHERE id = ?1 AND delivery_failing_since IS NOT NULL",
-                [id],
-            )
-            .map_err(e)?;
-        if cleared == 1 {
-            super::events::insert(&tx, Some(id), None, "delivery_recovered", &serde_json::json!({}), now).map_err(e)?;
+        let changed = tx.execute(update, values).map_err(e)? == 1;
+        if changed {
+            super::events::insert(&tx, Some(id), None, kind, detail, now).map_err(e)?;
         }
-        tx.commit().map_err(e)
+        tx.commit().map_err(e)?;
+        Ok(changed)
     }
 
     /// The open runs of `job`.

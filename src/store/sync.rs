@@ -14,8 +14,6 @@ pub struct SyncWork {
     pub custom_id: String,
     /// The request body for the job's provider, as JSON text.
     pub params: String,
-    /// The item it was rendered from (JSON), to render it again for a failover.
-    pub item: String,
     /// Attempts it has used (its own failed results).
     pub attempts: u32,
 }
@@ -39,7 +37,7 @@ impl Store {
         let mut statement = self
             .conn
             .prepare_cached(
-                "SELECT q.custom_id, b.params, q.attempts, b.item FROM requests q JOIN request_bodies b ON b.custom_id = q.custom_id
+                "SELECT q.custom_id, b.params, q.attempts FROM requests q JOIN request_bodies b ON b.custom_id = q.custom_id
                  WHERE q.run_id = ?1 AND q.state IN ('pending', 'queued', 'in_flight', 'retryable_failed')
                    AND (q.state <> 'retryable_failed' OR q.attempts < ?2)
                  ORDER BY q.seq LIMIT ?3",
@@ -47,10 +45,20 @@ impl Store {
             .map_err(|e| self.err(e))?;
         let rows = statement
             .query_map(params![run_id, max_attempts, i64::try_from(limit).unwrap_or(i64::MAX)], |row| {
-                Ok(SyncWork { custom_id: row.get(0)?, params: row.get(1)?, attempts: row.get(2)?, item: row.get(3)? })
+                Ok(SyncWork { custom_id: row.get(0)?, params: row.get(1)?, attempts: row.get(2)? })
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The items (JSON) the requests `custom_ids` were rendered from, in
+    /// that order: a failover renders them again for another provider.
+    pub fn request_items(&self, custom_ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT item FROM request_bodies WHERE custom_id = ?1")
+            .map_err(|e| self.err(e))?;
+        custom_ids.iter().map(|id| statement.query_row([id], |row| row.get(0)).map_err(|e| self.err(e))).collect()
     }
 
     /// Stores the outcome of a sync call. The first final result of a

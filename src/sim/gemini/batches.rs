@@ -180,12 +180,12 @@ impl GmBatch {
         fate(&self.core, i, config)
     }
 
-    /// `(succeeded, failed, pending)` at `now`.
-    fn counts(&self, now: f64, config: &SimConfig) -> (u64, u64, u64) {
+    /// `(succeeded, failed, pending)`: all pending until the job ends, and
+    /// only a succeeded job's requests count as done.
+    fn counts(&self, config: &SimConfig) -> (u64, u64, u64) {
         let total = self.core.records.len() as u64;
         if self.ended.is_none_or(|(_, end)| end != End::Succeeded) {
             let finished = if self.ended.is_some() { total } else { 0 };
-            let _ = now;
             return (0, 0, total - finished);
         }
         let (mut ok, mut failed) = (0, 0);
@@ -201,7 +201,7 @@ impl GmBatch {
 
     /// The operation object at `now`; `base` is where files are downloaded from.
     pub(crate) fn to_json(&self, clock: &Clock, now: f64, config: &SimConfig, file: Option<&str>) -> Value {
-        let (ok, failed, pending) = self.counts(now, config);
+        let (ok, failed, pending) = self.counts(config);
         let mut metadata = json!({
             "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatch",
             "model": format!("models/{}", self.model),
