@@ -183,6 +183,9 @@ pub struct BatchItem {
     pub turnaround_secs: Option<f64>,
     /// Whether every result line is stored.
     pub results_ingested: bool,
+    /// The runs it carries, with how many of their requests: one unless the
+    /// batch is shared by runs that were ready together.
+    pub runs: Vec<crate::store::CarriedRun>,
 }
 
 /// The zone each job's times are shown in.
@@ -299,6 +302,7 @@ pub fn batch_item(listing: &BatchListing) -> BatchItem {
             .zip(batch.ended_at)
             .map(|(start, end)| (end - start).num_milliseconds() as f64 / 1000.0),
         results_ingested: batch.results_ingested,
+        runs: listing.runs.clone(),
     }
 }
 

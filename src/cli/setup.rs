@@ -75,8 +75,7 @@ impl Backend {
 }
 
 /// The providers a process knows how to reach.
-const PROVIDERS: [&str; 3] =
-    [crate::providers::anthropic::NAME, crate::providers::openai::NAME, crate::providers::gemini::NAME];
+const PROVIDERS: [&str; 3] = crate::providers::NAMES;
 
 /// The names of providers some job uses that `known` lacks, each once.
 pub(super) fn missing_providers(jobs: &[Job], known: &[&str]) -> Vec<String> {
@@ -134,7 +133,7 @@ pub(super) async fn backend(
         },
     };
     let names = providers.iter().map(Client::provider).collect();
-    let batch = BatchLane::new(providers.clone(), store.clone(), Arc::clone(&clock));
+    let batch = BatchLane::with_pacing(providers.clone(), store.clone(), Arc::clone(&clock), &settings.batch_pacing);
     let sync = SyncLane::new(providers, store.clone(), Arc::clone(&clock), settings.sync);
     let engine = Arc::new(Engine::new(store, batch, sync, clock, settings, jobs));
     Ok(Ok(Backend { engine, simulator, providers: names, _lock: lock }))

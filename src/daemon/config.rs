@@ -15,6 +15,9 @@
 //! batch:
 //!   poll_initial: 10s
 //!   poll_max: 5m
+//!   gather_window: 2s          # runs ready within this share provider batches (0s: only those of one tick)
+//!   requests_per_minute: { anthropic: 50 }       # the batch endpoints' pace (default: the provider's limit)
+//!   max_queued_requests: { anthropic: 100000 }   # the provider's processing queue (default: its limit)
 //! budget:
 //!   monthly_usd: 500           # all jobs together, calendar month (UTC)
 //! shutdown:
@@ -94,7 +97,7 @@ pub struct FallbackConfig {
     pub assumed_batch_turnaround: Option<String>,
 }
 
-/// Batch polling.
+/// Batch polling, sharing and pacing.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
@@ -102,6 +105,44 @@ pub struct BatchConfig {
     pub poll_initial: Option<String>,
     /// Longest wait between polls, e.g. `5m`.
     pub poll_max: Option<String>,
+    /// How long a run ready for the batch lane waits for other runs to
+    /// share its provider batch, e.g. `2s` (the default; never past its
+    /// fallback instant).
+    pub gather_window: Option<String>,
+    /// Calls per minute across each provider's batch endpoints, e.g.
+    /// `{anthropic: 50}` (default: the provider's published limit).
+    pub requests_per_minute: std::collections::BTreeMap<String, u64>,
+    /// Requests each provider's batch processing queue holds across all
+    /// batches, e.g. `{anthropic: 100000}` (default: its published limit).
+    pub max_queued_requests: std::collections::BTreeMap<String, u64>,
+}
+
+/// The daemon's default of `batch.gather_window`.
+pub const DEFAULT_GATHER_WINDOW: Duration = Duration::from_secs(2);
+
+impl BatchConfig {
+    /// The pacing overrides, each naming a known provider.
+    fn pacing(&self) -> Result<crate::lanes::BatchPacing, String> {
+        let known = crate::providers::NAMES;
+        let check = |field: &str, map: &std::collections::BTreeMap<String, u64>| {
+            for (name, value) in map {
+                if !known.contains(&name.as_str()) {
+                    return Err(format!(
+                        "batch.{field}: unknown provider `{name}` (write one of {})",
+                        known.join(", ")
+                    ));
+                }
+                if *value == 0 {
+                    return Err(format!("batch.{field}.{name} must be more than zero"));
+                }
+            }
+            Ok(map.iter().map(|(name, value)| (name.clone(), *value)).collect())
+        };
+        Ok(crate::lanes::BatchPacing {
+            requests_per_minute: check("requests_per_minute", &self.requests_per_minute)?,
+            max_queued_requests: check("max_queued_requests", &self.max_queued_requests)?,
+        })
+    }
 }
 
 /// Why the configuration cannot be used.
@@ -179,6 +220,9 @@ impl Config {
         )?;
         set(&mut settings.poll_initial, &self.batch.poll_initial, "batch.poll_initial")?;
         set(&mut settings.poll_max, &self.batch.poll_max, "batch.poll_max")?;
+        settings.gather_window = DEFAULT_GATHER_WINDOW;
+        set(&mut settings.gather_window, &self.batch.gather_window, "batch.gather_window")?;
+        settings.batch_pacing = self.batch.pacing()?;
         if let Some(amount) = self.budget.monthly_usd {
             if !(amount.is_finite() && amount > 0.0) {
                 return Err(format!("budget.monthly_usd {amount} is not a positive amount (write e.g. `500`)"));

@@ -117,8 +117,11 @@ impl Engine {
     /// returns when the engine next needs a tick.
     pub async fn tick(&self, only: Option<i64>) -> Result<DateTime<Utc>, EngineError> {
         let mut wake = self.clock.now() + span(self.settings.idle_tick);
-        for batch in self.store.call(move |s| s.active_batches(only)).await? {
-            wake = wake.min(self.tend_batch(&batch).await?);
+        // The batch endpoints' budget goes first to what protects a
+        // deadline, then to creates, then to routine polls.
+        let (urgent, routine) = self.due_batches(only, &mut wake).await?;
+        for tending in &urgent {
+            wake = wake.min(self.tend_batch(tending).await?);
         }
         let runs = match only {
             Some(id) => self.store.call(move |s| s.run(id)).await?.into_iter().collect(),
@@ -131,9 +134,14 @@ impl Engine {
                 .unwrap_or_else(PoisonError::into_inner)
                 .retain(|id, _| open.iter().any(|r| r.id == *id));
         }
+        let mut ready = Vec::new();
         for run in open {
-            wake = wake.min(self.tend_run(run).await?);
+            wake = wake.min(self.tend_run(run, &mut ready).await?);
         }
+        // Driving one run, there is no one to gather with.
+        let window = if only.is_some() { Duration::ZERO } else { self.settings.gather_window };
+        wake = wake.min(self.submit_ready(ready, window).await?);
+        wake = wake.min(self.tend_routine(routine).await?);
         // Batches submitted or canceled during this tick are due for a poll,
         // and so is one without a plan yet (an intent whose create was pushed
         // back); plans of batches that are no longer active are dropped.
@@ -181,8 +189,27 @@ impl Engine {
         self.sync.resume();
     }
 
+    /// Polls batches that are not urgent: the first one waits for the
+    /// batch endpoints' pace, the others go only while it has a call to
+    /// spare, so neither creates nor polls can starve the other.
+    async fn tend_routine(&self, routine: Vec<super::poll::Tending>) -> Result<DateTime<Utc>, EngineError> {
+        let mut wake = self.clock.now() + span(self.settings.idle_tick);
+        let mut polled_one = false;
+        for tending in routine {
+            let free_at = self.batch.budget_free_at(&tending.batch.provider);
+            if polled_one && free_at > self.clock.now() {
+                wake = wake.min(free_at);
+                continue;
+            }
+            polled_one = true;
+            wake = wake.min(self.tend_batch(&tending).await?);
+        }
+        Ok(wake)
+    }
+
     /// Moves one open run forward; returns when it next needs a tick.
-    async fn tend_run(&self, run: RunRow) -> Result<DateTime<Utc>, EngineError> {
+    /// Requests waiting for a batch go into `ready`.
+    async fn tend_run(&self, run: RunRow, ready: &mut Vec<super::gather::Ready>) -> Result<DateTime<Utc>, EngineError> {
         let Some(job) = self.jobs().get(&run.job).cloned() else {
             tracing::warn!(run = %run.run_key, "no manifest for this run's job any more; it waits for a reload");
             return Ok(self.clock.now() + span(self.settings.idle_tick));
@@ -191,7 +218,7 @@ impl Engine {
             return self.prepare_again(&job, &run).await;
         }
         let mut wake = self.clock.now() + span(self.settings.idle_tick);
-        let run = if run.is_sync() { run } else { self.plan_batch_run(&job, run, &mut wake).await? };
+        let run = if run.is_sync() { run } else { self.plan_batch_run(&job, run, &mut wake, ready).await? };
         let run = self.fail_over_if_down(&job, run).await?;
         if run.is_sync() {
             if self.settle_batches(&run).await? {

@@ -8,17 +8,16 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::gather::Ready;
 use super::settings::DEFAULT_SYNC_LATENCY;
 use super::{DEFAULT_BATCH_TURNAROUND, Engine, EngineError, max_attempts};
 use crate::clock::span;
 use crate::cost::budget::{self, Decision, Spend, Stage};
 use crate::job::Job;
 use crate::lanes::SyncRequest;
-use crate::lanes::batch::split;
 use crate::manifest::Lane;
 use crate::plan::{SyncLoad, batch_worthwhile, safety_margin, sync_estimate, takeover_at};
-use crate::providers::ProviderError;
-use crate::store::{BatchRow, BatchState, RunRow, TokenAverages, Waiting};
+use crate::store::{BatchRow, BatchState, RunRow, TokenAverages};
 
 /// What the planner knows of how long each lane takes, and where it got it
 /// (`measured`, `configured`, `catalog`, `assumed`).
@@ -63,12 +62,15 @@ impl Plan {
 
 impl Engine {
     /// For a run on the batch lane: keeps its fallback plan, and either
-    /// submits what waits or hands the rest to the sync lane.
+    /// readies what waits for a batch or hands the rest to the sync lane.
+    /// What waits goes into `ready`, submitted once every run was tended
+    /// ([`super::gather`]), so runs ready together share batches.
     pub(super) async fn plan_batch_run(
         &self,
         job: &Job,
         run: RunRow,
         wake: &mut DateTime<Utc>,
+        ready: &mut Vec<Ready>,
     ) -> Result<RunRow, EngineError> {
         let now = self.clock.now();
         let (run_id, attempts) = (run.id, max_attempts(job));
@@ -86,19 +88,16 @@ impl Engine {
         } else if (plan.takeover_at <= now || too_late_for_a_batch) && self.sync_allowed(job, &run).await? {
             let detail = serde_json::json!({ "fallback_at": plan.takeover_at.to_rfc3339(), "why": plan.why_sync(waiting.len()) });
             self.start_fallback(&run, "deadline", detail).await?;
-        } else if let Err(error) = self.submit_waiting(job, &run, &waiting, plan.takeover_at).await {
-            let detail = serde_json::json!({ "error": error.to_string() });
-            if error.is_backpressure() {
-                // Not a failure of the batch lane: the intent stays, and the
-                // create is tried again while the fallback plan stands.
-                tracing::info!(run = %run.run_key, %error, "the batch endpoint pushes back; creating the batch later");
-            } else if self.sync_allowed(job, &run).await? {
-                self.start_fallback(&run, "batch_create_failed", detail).await?;
-            } else {
-                tracing::warn!(run = %run.run_key, %error, "batch create failed; the budget blocks the sync lane, so it is retried");
+        } else {
+            // A run the budget keeps off the sync lane still submits after
+            // its deadline: late beats lost.
+            let may_submit = now < run.deadline_at || run.sync_blocked.is_some();
+            if may_submit && !waiting.is_empty() {
+                ready.push(Ready { job: job.clone(), run: run.clone(), waiting, takeover_at: plan.takeover_at });
             }
-        } else if plan.takeover_at > now {
-            *wake = (*wake).min(plan.takeover_at);
+            if plan.takeover_at > now {
+                *wake = (*wake).min(plan.takeover_at);
+            }
         }
         Ok(self.store.call(move |s| s.run(run_id)).await?.expect("the run exists"))
     }
@@ -193,7 +192,7 @@ impl Engine {
     /// Whether the budget lets the run's unfinished requests go to the
     /// sync lane. A crossing under `alert` is recorded and allowed; under
     /// the other policies it blocks the sync lane for the run, for good.
-    async fn sync_allowed(&self, job: &Job, run: &RunRow) -> Result<bool, EngineError> {
+    pub(super) async fn sync_allowed(&self, job: &Job, run: &RunRow) -> Result<bool, EngineError> {
         if run.sync_blocked.is_some() {
             return Ok(false);
         }
@@ -214,40 +213,13 @@ impl Engine {
         Ok(allowed)
     }
 
-    /// Submits the run's waiting requests in batches within the limits. A
-    /// run the budget keeps off the sync lane still submits after its
-    /// deadline: late beats lost. Backpressure on the create call is waited
-    /// out until `takeover_at`, when the sync lane would take over anyway.
-    async fn submit_waiting(
-        &self,
-        job: &Job,
-        run: &RunRow,
-        waiting: &[Waiting],
-        takeover_at: DateTime<Utc>,
-    ) -> Result<(), crate::lanes::batch::LaneError> {
-        let now = self.clock.now();
-        if (now >= run.deadline_at && run.sync_blocked.is_none()) || waiting.is_empty() {
-            return Ok(());
-        }
-        let give_up_at = Some(takeover_at).filter(|at| *at > now && run.sync_blocked.is_none());
-        let provider = job.manifest.provider.as_str();
-        let mut limits = self.batch.limits(provider).ok_or_else(|| ProviderError::NoClient(provider.to_owned()))?;
-        if let Some(cap) = job.manifest.max_batch_requests {
-            limits.max_requests = limits.max_requests.min(cap as usize);
-        }
-        let follow_up = waiting.iter().any(|w| w.retry);
-        for custom_ids in split(waiting, limits) {
-            let batch_id = self.batch.submit(run.id, provider, custom_ids, &job.manifest.betas, give_up_at).await?;
-            self.schedule_poll(batch_id, self.settings.poll_initial);
-        }
-        if follow_up {
-            crate::failpoint::hit("after_followup_submit");
-        }
-        Ok(())
-    }
-
     /// Hands what is left of the run to the sync lane and cancels its batches.
-    async fn start_fallback(&self, run: &RunRow, reason: &str, detail: serde_json::Value) -> Result<(), EngineError> {
+    pub(super) async fn start_fallback(
+        &self,
+        run: &RunRow,
+        reason: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), EngineError> {
         let (run_id, now, why) = (run.id, self.clock.now(), reason.to_owned());
         let mut detail = detail;
         detail["reason"] = serde_json::Value::from(reason);
@@ -269,6 +241,15 @@ impl Engine {
         let now = self.clock.now();
         let mut settling = false;
         for batch in self.store.call(move |s| s.active_batches(Some(run_id))).await? {
+            // A batch shared with runs still on the batch lane goes on for
+            // them: only this run's requests leave it (for the sync lane; its
+            // results for them, if they come, are duplicate spend). The last
+            // run to leave cancels it.
+            let batch_id = batch.id;
+            let carried = self.store.call(move |s| s.runs_of_batch(batch_id)).await?;
+            if carried.iter().any(|other| other.id != run_id && still_on_batch_lane(other)) {
+                continue;
+            }
             if batch.state == BatchState::InProgress {
                 match self.batch.cancel(&batch).await {
                     Ok(()) => self.reschedule_poll(batch.id, run, true),
@@ -332,6 +313,11 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Whether `run` still waits for its batches' results.
+pub(super) fn still_on_batch_lane(run: &RunRow) -> bool {
+    run.state == crate::store::RunState::Open && !run.is_sync()
 }
 
 /// A request's body for the sync lane: with `batch_model`, requests were

@@ -7,6 +7,7 @@ mod error;
 mod failover;
 mod fallback;
 mod finish;
+mod gather;
 mod poll;
 mod prepare;
 mod settings;

@@ -21,11 +21,68 @@ pub(super) struct PollPlan {
     pub(super) wait: Duration,
 }
 
+/// A batch with the runs it carries.
+pub(super) struct Tending {
+    pub(super) batch: BatchRow,
+    pub(super) runs: Vec<RunRow>,
+}
+
+impl Tending {
+    /// The run whose timing the batch's polls follow: of the runs still
+    /// waiting for it, the one whose fallback comes first; else (all fell
+    /// back or closed) the first open one, else the first.
+    pub(super) fn governing(&self) -> &RunRow {
+        let waiting = self.runs.iter().filter(|r| super::fallback::still_on_batch_lane(r));
+        waiting
+            .min_by_key(|r| r.fallback_at.unwrap_or(r.deadline_at))
+            .or_else(|| self.runs.iter().find(|r| r.state == RunState::Open))
+            .unwrap_or(&self.runs[0])
+    }
+}
+
 impl Engine {
+    /// The active batches that are due now, each with its runs, the urgent
+    /// ones apart: a cancel, a reconcile, results to read, or a poll for a
+    /// run near its fallback instant goes before anything else in a tick.
+    /// Adds to `wake` when the others are due.
+    pub(super) async fn due_batches(
+        &self,
+        only: Option<i64>,
+        wake: &mut DateTime<Utc>,
+    ) -> Result<(Vec<Tending>, Vec<Tending>), EngineError> {
+        let now = self.clock.now();
+        let (mut urgent, mut routine) = (Vec::new(), Vec::new());
+        for batch in self.store.call(move |s| s.active_batches(only)).await? {
+            let due = self.poll_plan(batch.id, now).next_at;
+            if due > now {
+                *wake = (*wake).min(due);
+                continue;
+            }
+            let batch_id = batch.id;
+            let runs = self.store.call(move |s| s.runs_of_batch(batch_id)).await?;
+            if runs.is_empty() {
+                tracing::error!(batch = batch.id, "a batch carries no run; it is left alone");
+                continue;
+            }
+            let tending = Tending { batch, runs };
+            match self.is_urgent(&tending, now) {
+                true => urgent.push(tending),
+                false => routine.push(tending),
+            }
+        }
+        Ok((urgent, routine))
+    }
+
+    fn is_urgent(&self, tending: &Tending, now: DateTime<Utc>) -> bool {
+        let run = tending.governing();
+        let near = run.fallback_at.unwrap_or(run.deadline_at) - now <= span(self.settings.poll_max);
+        !matches!(tending.batch.state, BatchState::InProgress) || run.fallback_started_at.is_some() || near
+    }
+
     /// Reconciles, polls or ingests one batch when due; returns when to look again.
-    pub(super) async fn tend_batch(&self, batch: &BatchRow) -> Result<DateTime<Utc>, EngineError> {
-        let run_id = batch.run_id;
-        let run = self.store.call(move |s| s.run(run_id)).await?.expect("a batch's run exists");
+    pub(super) async fn tend_batch(&self, tending: &Tending) -> Result<DateTime<Utc>, EngineError> {
+        let batch = &tending.batch;
+        let run = tending.governing();
         let job = self.jobs().get(&run.job).cloned();
         let betas = job.as_ref().map(|j| j.manifest.betas.clone()).unwrap_or_default();
         // Every step waits for its plan, so a step that keeps failing (a
@@ -37,27 +94,28 @@ impl Engine {
         }
         let result = match batch.state {
             BatchState::Submitting => {
-                let may_create = run.state == RunState::Open && !run.is_sync();
+                let may_create = tending.runs.iter().any(super::fallback::still_on_batch_lane);
                 // A create that failed in a way that may have taken effect can
                 // show up in the provider's list a little later: while the
                 // fallback's grace lasts, keep looking instead of abandoning it.
-                let keep_looking = run.is_sync() && self.awaiting_cancel(&run, now);
+                let keep_looking =
+                    !may_create && tending.runs.iter().any(|r| r.is_sync() && self.awaiting_cancel(r, now));
                 let give_up_at = run.fallback_at.or(Some(run.deadline_at));
                 self.batch.reconcile(batch, &betas, give_up_at, may_create, keep_looking).await
             }
-            BatchState::InProgress | BatchState::Canceling => self.poll(batch, &run).await,
+            BatchState::InProgress | BatchState::Canceling => self.poll(batch, run).await,
             // Ended without a results URL (none in the answer that said it
             // ended): ask again, or the batch would wait for it forever.
-            BatchState::Ended if batch.results_url.is_none() => self.poll(batch, &run).await,
+            BatchState::Ended if batch.results_url.is_none() => self.poll(batch, run).await,
             BatchState::Ended | BatchState::Abandoned => self.batch.ingest(batch).await.map(drop),
         };
         match result {
             Err(error) => {
                 tracing::warn!(batch = batch.id, run = %run.run_key, error = %error, "batch step failed; trying again later");
-                self.reschedule_poll(batch.id, &run, false);
+                self.reschedule_poll(batch.id, run, false);
             }
             // An intent still looking for its batch looks again later, not on every tick.
-            Ok(()) if batch.state == BatchState::Submitting => self.reschedule_poll(batch.id, &run, false),
+            Ok(()) if batch.state == BatchState::Submitting => self.reschedule_poll(batch.id, run, false),
             Ok(()) => {}
         }
         Ok(self.poll_plan(batch.id, self.clock.now()).next_at)

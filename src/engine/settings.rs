@@ -36,6 +36,13 @@ pub struct EngineSettings {
     pub idle_tick: Duration,
     /// The monthly cap of all jobs together, in micro-dollars.
     pub global_budget: Option<crate::cost::Micros>,
+    /// How long a run ready for the batch lane waits for others to share its
+    /// batch with (never past its fallback instant); zero submits at once,
+    /// shared with whatever else is ready in the same tick.
+    pub gather_window: Duration,
+    /// The batch endpoints' pace and queue limits, per provider, where the
+    /// configuration overrides the provider's published figures.
+    pub batch_pacing: crate::lanes::BatchPacing,
 }
 
 impl EngineSettings {
@@ -55,6 +62,8 @@ impl EngineSettings {
             sync_tick: Duration::from_secs(1),
             idle_tick: Duration::from_secs(60),
             global_budget: None,
+            gather_window: Duration::ZERO,
+            batch_pacing: crate::lanes::BatchPacing::default(),
         }
     }
 }

@@ -3,16 +3,18 @@
 //! it is framed on the wire is the provider's business.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::limiter::TokenBucket;
+use super::pacer::Pacer;
 use super::retry::{RetryPolicy, with_retries};
 use crate::clock::Clock;
 use crate::outcome::Outcome;
 use crate::providers::{BatchInput, BatchPhase, BatchStatus, Client, ProviderError, Providers, RequestRows};
-use crate::store::{BatchRow, BatchState, NewAttempt, ResultCounts, SharedStore, Store, StoreError, Waiting};
+use crate::store::{
+    BatchPart, BatchRow, BatchState, NewAttempt, ResultCounts, SharedStore, Store, StoreError, Waiting,
+};
 
 pub use crate::providers::BatchLimits;
 
@@ -81,27 +83,49 @@ impl LaneError {
 
 /// Splits waiting requests into batches within `limits`, in order.
 pub fn split(waiting: &[Waiting], limits: BatchLimits) -> Vec<Vec<String>> {
+    split_by(waiting, limits, |w| w)
+        .into_iter()
+        .map(|batch| batch.into_iter().map(|w| w.custom_id.clone()).collect())
+        .collect()
+}
+
+/// Splits `items` (each with its [`Waiting`] request) into batches within
+/// `limits`, in order.
+pub fn split_by<'a, T>(items: &'a [T], limits: BatchLimits, request: impl Fn(&'a T) -> &'a Waiting) -> Vec<Vec<&'a T>> {
     let envelope = |w: &Waiting| w.params_len + w.custom_id.len() + limits.envelope_bytes;
-    let mut batches: Vec<Vec<String>> = Vec::new();
+    let mut batches: Vec<Vec<&T>> = Vec::new();
     let mut bytes = usize::MAX;
-    for request in waiting {
-        let size = envelope(request);
+    for item in items {
+        let size = envelope(request(item));
         let full = batches.last().is_none_or(|b| b.len() >= limits.max_requests) || bytes + size > limits.max_bytes;
         if full {
             batches.push(Vec::new());
             bytes = 16;
         }
-        batches.last_mut().expect("a batch was just pushed").push(request.custom_id.clone());
+        batches.last_mut().expect("a batch was just pushed").push(item);
         bytes += size;
     }
     batches
 }
 
+/// Per provider, what the daemon's configuration sets instead of the
+/// provider's published figures (`batch.requests_per_minute`,
+/// `batch.max_queued_requests`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchPacing {
+    /// Calls per minute across the batch endpoints.
+    pub requests_per_minute: HashMap<String, u64>,
+    /// Requests held in the provider's batch processing queue.
+    pub max_queued_requests: HashMap<String, u64>,
+}
+
 /// One provider's client and the pacing of its batch endpoints.
 struct ProviderLane {
     client: Client,
-    /// Every batch-endpoint call of every run draws from this one bucket.
-    pacer: Mutex<TokenBucket>,
+    /// Every batch-endpoint call of every run draws from this one budget.
+    pacer: Pacer,
+    /// Requests the provider's processing queue holds, if it counts them.
+    queue_limit: Option<u64>,
 }
 
 /// The batch lanes of the process's provider accounts.
@@ -116,12 +140,27 @@ pub struct BatchLane {
 impl BatchLane {
     /// A lane over `providers`' clients, recording in `store`, timed by `clock`.
     pub fn new(providers: Providers, store: SharedStore, clock: Arc<dyn Clock>) -> BatchLane {
+        BatchLane::with_pacing(providers, store, clock, &BatchPacing::default())
+    }
+
+    /// [`BatchLane::new`] with the pace and queue limits `pacing` overrides.
+    pub fn with_pacing(
+        providers: Providers,
+        store: SharedStore,
+        clock: Arc<dyn Clock>,
+        pacing: &BatchPacing,
+    ) -> BatchLane {
         let now = clock.now();
         let lanes = providers
             .iter()
             .map(|client| {
-                let pacer = Mutex::new(TokenBucket::per_minute(client.batch_calls_per_minute(), now));
-                (client.provider(), ProviderLane { client: client.clone(), pacer })
+                let name = client.provider();
+                let per_minute =
+                    pacing.requests_per_minute.get(name).copied().unwrap_or_else(|| client.batch_calls_per_minute());
+                let queue_limit = pacing.max_queued_requests.get(name).copied().or(client.queued_requests_limit());
+                let lane =
+                    ProviderLane { client: client.clone(), pacer: Pacer::per_minute(per_minute, now), queue_limit };
+                (name, lane)
             })
             .collect();
         BatchLane { providers: Arc::new(lanes), store, clock, policy: RetryPolicy::default() }
@@ -130,6 +169,26 @@ impl BatchLane {
     /// The most one batch of `provider` may hold; `None` without a client for it.
     pub fn limits(&self, provider: &str) -> Option<BatchLimits> {
         self.providers.get(provider).map(|lane| lane.client.batch_limits())
+    }
+
+    /// The most requests `provider`'s processing queue holds across all
+    /// batches, if it counts them.
+    pub fn queue_limit(&self, provider: &str) -> Option<u64> {
+        self.providers.get(provider).and_then(|lane| lane.queue_limit)
+    }
+
+    /// When a call to `provider`'s batch endpoints could go without waiting
+    /// (`now` while the budget has one to spare): what work that can wait
+    /// asks before it spends the budget.
+    pub fn budget_free_at(&self, provider: &str) -> DateTime<Utc> {
+        let now = self.clock.now();
+        self.providers.get(provider).map_or(now, |lane| lane.pacer.free_at(now))
+    }
+
+    /// Calls per minute `provider`'s batch endpoints are paced at now (lower
+    /// than configured while the provider pushes back).
+    pub fn pace_per_minute(&self, provider: &str) -> Option<f64> {
+        self.providers.get(provider).map(|lane| lane.pacer.rate_per_minute())
     }
 
     fn lane(&self, provider: &str) -> Result<&ProviderLane, ProviderError> {
@@ -174,15 +233,13 @@ impl BatchLane {
 
     /// Waits for room in the rate limit of `lane`'s batch endpoints.
     async fn pace(&self, lane: &ProviderLane) {
-        let wait = lane.pacer.lock().unwrap_or_else(|p| p.into_inner()).reserve(1.0, self.clock.now());
+        let wait = lane.pacer.reserve(self.clock.now());
         if !wait.is_zero() {
             self.clock.sleep(wait).await;
         }
     }
 
-    /// Submits `custom_ids` of `run_id` as one batch: the intent is committed
-    /// first, the provider's id right after the create call returns.
-    /// Retries stop at `give_up_at` (the batch would no longer help).
+    /// Submits `custom_ids` of `run_id` as one batch ([`Self::submit_shared`] with one part).
     pub async fn submit(
         &self,
         run_id: i64,
@@ -191,10 +248,24 @@ impl BatchLane {
         betas: &[String],
         give_up_at: Option<DateTime<Utc>>,
     ) -> Result<i64, LaneError> {
+        self.submit_shared(provider, vec![BatchPart { run_id, custom_ids }], betas, give_up_at).await
+    }
+
+    /// Submits the requests of `parts` (of one or more runs) as one batch:
+    /// the intent is committed first, the provider's id right after the
+    /// create call returns. Retries stop at `give_up_at` (the batch would
+    /// no longer help).
+    pub async fn submit_shared(
+        &self,
+        provider: &str,
+        parts: Vec<BatchPart>,
+        betas: &[String],
+        give_up_at: Option<DateTime<Utc>>,
+    ) -> Result<i64, LaneError> {
         let lane = self.lane(provider)?;
         let now = self.clock.now();
         let name = lane.client.provider();
-        let batch = self.store.call(move |s| s.record_batch_intent(run_id, name, &custom_ids, now)).await?;
+        let batch = self.store.call(move |s| s.record_shared_batch_intent(name, &parts, now)).await?;
         crate::failpoint::hit("after_intent");
         self.create(&batch, betas, give_up_at).await?;
         Ok(batch.id)
@@ -507,6 +578,11 @@ impl BatchLane {
         self.pace(lane).await;
         let started_at = self.clock.now();
         let result = call.await.map_err(Into::into);
+        match &result {
+            Err(error) if error.is_backpressure() => lane.pacer.pushed_back(self.clock.now()),
+            Err(_) => {}
+            Ok(_) => lane.pacer.went_through(self.clock.now()),
+        }
         let started = NewAttempt::started("batch", operation, started_at);
         let started = NewAttempt { run_id, batch_id, ..started };
         let attempt = match &result {

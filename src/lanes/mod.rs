@@ -2,11 +2,12 @@
 
 pub mod batch;
 pub mod limiter;
+pub mod pacer;
 pub mod retry;
 pub mod sync;
 pub mod window;
 
-pub use batch::{BatchLane, BatchLimits};
+pub use batch::{BatchLane, BatchLimits, BatchPacing};
 pub use sync::{SyncLane, SyncLimits, SyncRequest};
 
 use chrono::{DateTime, Utc};

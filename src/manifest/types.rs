@@ -102,6 +102,37 @@ pub struct Manifest {
     /// Upper bound on requests per batch, below the provider's own limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch_requests: Option<u32>,
+    /// How the job's requests go into provider batches.
+    #[serde(default, skip_serializing_if = "BatchOptions::is_default")]
+    pub batch: BatchOptions,
+}
+
+/// How a job's requests go into provider batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchOptions {
+    /// Whether the job's requests may share a provider batch with other
+    /// runs ready at the same time for the same provider and model (default
+    /// `true`: fewer create, poll and results calls). `false` gives every
+    /// run batches of its own, e.g. to read a provider's invoice per batch.
+    #[serde(default = "default_share")]
+    pub share: bool,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions { share: default_share() }
+    }
+}
+
+impl BatchOptions {
+    fn is_default(&self) -> bool {
+        *self == BatchOptions::default()
+    }
+}
+
+fn default_share() -> bool {
+    true
 }
 
 fn default_provider() -> String {

@@ -22,6 +22,9 @@ pub use error::ProviderError;
 pub use lines::LineStream;
 pub use reply::{MessageReply, Quota, RateLimits};
 
+/// Every provider a manifest may name.
+pub const NAMES: [&str; 3] = [anthropic::NAME, openai::NAME, gemini::NAME];
+
 /// Where the key of the provider called `name` is looked for: the
 /// environment variables (the first set wins) and the credential's file name.
 pub fn key_sources(name: &str) -> Option<(&'static [&'static str], &'static str)> {

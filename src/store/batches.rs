@@ -100,7 +100,7 @@ pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<BatchRow> {
     })
 }
 
-/// Appends an event about `batch_id` to its run's log, inside `tx`.
+/// Appends an event about `batch_id` to the log of every run it carries, inside `tx`.
 fn batch_event(
     tx: &rusqlite::Transaction<'_>,
     batch_id: i64,
@@ -108,15 +108,26 @@ fn batch_event(
     detail: &serde_json::Value,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<()> {
-    let run_id: i64 = tx.query_row("SELECT run_id FROM batches WHERE id = ?1", [batch_id], |row| row.get(0))?;
-    super::events::insert(tx, Some(run_id), None, kind, detail, now).map(drop)
+    let mut runs = tx.prepare_cached("SELECT run_id FROM batch_runs WHERE batch_id = ?1 ORDER BY run_id")?;
+    let run_ids = runs.query_map([batch_id], |row| row.get::<_, i64>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+    for run_id in run_ids {
+        super::events::insert(tx, Some(run_id), None, kind, detail, now)?;
+    }
+    Ok(())
+}
+
+/// The requests of one run in a batch's intent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchPart {
+    /// The run.
+    pub run_id: i64,
+    /// Its requests in the batch.
+    pub custom_ids: Vec<String>,
 }
 
 impl Store {
-    /// Commits the intent to submit `custom_ids` as one batch: the batch row
-    /// (`submitting`) and its request list, with the requests `queued`.
-    /// Call this before the create call, never after. Submitting uses up
-    /// none of a request's attempts: only its own failed results do.
+    /// Commits the intent to submit `custom_ids` of one run as one batch
+    /// ([`Store::record_shared_batch_intent`] with one part).
     pub fn record_batch_intent(
         &mut self,
         run_id: i64,
@@ -124,16 +135,37 @@ impl Store {
         custom_ids: &[String],
         now: DateTime<Utc>,
     ) -> Result<BatchRow, StoreError> {
+        let part = BatchPart { run_id, custom_ids: custom_ids.to_vec() };
+        self.record_shared_batch_intent(provider, std::slice::from_ref(&part), now)
+    }
+
+    /// Commits the intent to submit the requests of `parts` (one or more
+    /// runs) as one batch: the batch row (`submitting`, opened by the first
+    /// part's run), the runs it carries and its request list, with the
+    /// requests `queued`. Call this before the create call, never after.
+    /// Submitting uses up none of a request's attempts: only its own failed
+    /// results do.
+    pub fn record_shared_batch_intent(
+        &mut self,
+        provider: &str,
+        parts: &[BatchPart],
+        now: DateTime<Utc>,
+    ) -> Result<BatchRow, StoreError> {
         let path = self.path.clone();
         let e = |source| super::sqlite(&path, source);
+        let opener = parts.first().map(|p| p.run_id).expect("a batch intent names at least one run");
+        let total: usize = parts.iter().map(|p| p.custom_ids.len()).sum();
         let tx = self.conn.transaction().map_err(e)?;
         tx.execute(
             "INSERT INTO batches (run_id, provider, state, request_count, intent_at) VALUES (?1, ?2, 'submitting', ?3, ?4)",
-            params![run_id, provider, custom_ids.len() as i64, to_millis(now)],
+            params![opener, provider, total as i64, to_millis(now)],
         )
         .map_err(e)?;
         let batch_id = tx.last_insert_rowid();
         {
+            let mut carried = tx
+                .prepare_cached("INSERT INTO batch_runs (batch_id, run_id, request_count) VALUES (?1, ?2, ?3)")
+                .map_err(e)?;
             let mut member =
                 tx.prepare_cached("INSERT INTO batch_requests (batch_id, custom_id) VALUES (?1, ?2)").map_err(e)?;
             let mut queue = tx
@@ -142,15 +174,48 @@ impl Store {
                      WHERE custom_id = ?1 AND state NOT IN ('succeeded', 'permanent_failed')",
                 )
                 .map_err(e)?;
-            for custom_id in custom_ids {
-                member.execute(params![batch_id, custom_id]).map_err(e)?;
-                queue.execute(params![custom_id, to_millis(now)]).map_err(e)?;
+            for part in parts {
+                carried.execute(params![batch_id, part.run_id, part.custom_ids.len() as i64]).map_err(e)?;
+                for custom_id in &part.custom_ids {
+                    member.execute(params![batch_id, custom_id]).map_err(e)?;
+                    queue.execute(params![custom_id, to_millis(now)]).map_err(e)?;
+                }
             }
         }
-        let detail = serde_json::json!({ "batch": batch_id, "requests": custom_ids.len() });
-        super::events::insert(&tx, Some(run_id), None, "batch_intent", &detail, now).map_err(e)?;
+        for part in parts {
+            let mut detail = serde_json::json!({ "batch": batch_id, "requests": part.custom_ids.len() });
+            if parts.len() > 1 {
+                detail["shared_with_runs"] = serde_json::Value::from(parts.len() - 1);
+                detail["batch_requests"] = serde_json::Value::from(total);
+            }
+            super::events::insert(&tx, Some(part.run_id), None, "batch_intent", &detail, now).map_err(e)?;
+        }
         tx.commit().map_err(e)?;
         Ok(self.batch(batch_id)?.expect("the batch exists after insert"))
+    }
+
+    /// The runs a batch carries, by id.
+    pub fn batch_run_ids(&self, batch_id: i64) -> Result<Vec<i64>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT run_id FROM batch_runs WHERE batch_id = ?1 ORDER BY run_id")
+            .map_err(|e| self.err(e))?;
+        let rows = statement.query_map([batch_id], |row| row.get(0)).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Requests in `provider`'s processing queue as far as we know: those of
+    /// its batches not ended yet (intents included, their create may be on
+    /// the way). What a provider's queue limit is checked against.
+    pub fn queued_batch_requests(&self, provider: &str) -> Result<u64, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(request_count), 0) FROM batches
+                 WHERE provider = ?1 AND state IN ('submitting', 'in_progress', 'canceling')",
+            )
+            .and_then(|mut s| s.query_row([provider], |row| row.get::<_, i64>(0)))
+            .map(|n| n.max(0) as u64)
+            .map_err(|e| self.err(e))
     }
 
     /// Commits the provider's batch id the moment the create call returns.
@@ -281,7 +346,7 @@ impl Store {
         // build that list in memory, 100,000 ids for a full batch.
         tx.execute(
             "UPDATE requests SET state = 'retryable_failed', updated_at = ?2
-             WHERE run_id = (SELECT run_id FROM batches WHERE id = ?1) AND state = 'in_flight'
+             WHERE run_id IN (SELECT run_id FROM batch_runs WHERE batch_id = ?1) AND state = 'in_flight'
                AND EXISTS (SELECT 1 FROM batch_requests b WHERE b.batch_id = ?1 AND b.custom_id = requests.custom_id)
                AND NOT EXISTS (SELECT 1 FROM results r WHERE r.custom_id = requests.custom_id AND r.batch_id = ?1)",
             params![batch_id, to_millis(now)],
@@ -314,7 +379,7 @@ impl Store {
             .prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM batches
                  WHERE (state IN ('submitting', 'in_progress', 'canceling') OR (state = 'ended' AND results_ingested = 0))
-                   AND (?1 IS NULL OR run_id = ?1)
+                   AND (?1 IS NULL OR id IN (SELECT batch_id FROM batch_runs WHERE run_id = ?1))
                  ORDER BY id"
             ))
             .map_err(|e| self.err(e))?;
@@ -326,7 +391,10 @@ impl Store {
     pub fn all_batches(&self, run_id: Option<i64>) -> Result<Vec<BatchRow>, StoreError> {
         let mut statement = self
             .conn
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM batches WHERE ?1 IS NULL OR run_id = ?1 ORDER BY id"))
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM batches
+                 WHERE ?1 IS NULL OR id IN (SELECT batch_id FROM batch_runs WHERE run_id = ?1) ORDER BY id"
+            ))
             .map_err(|e| self.err(e))?;
         let rows = statement.query_map([run_id], from_row).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))

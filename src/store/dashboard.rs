@@ -119,7 +119,7 @@ fn summary_sql(filter: &str) -> String {
            (SELECT COUNT(*) FROM requests q WHERE q.run_id = runs.id),
            (SELECT COUNT(*) FROM requests q WHERE q.run_id = runs.id AND q.state IN ('succeeded', 'permanent_failed')),
            (SELECT COUNT(*) FROM requests q WHERE q.run_id = runs.id AND q.state = 'permanent_failed'),
-           (SELECT MIN(b.submitted_at) FROM batches b WHERE b.run_id = runs.id),
+           (SELECT MIN(b.submitted_at) FROM batch_runs c JOIN batches b ON b.id = c.batch_id WHERE c.run_id = runs.id),
            (SELECT COALESCE(SUM(r.cost_micros), 0) FROM results r JOIN requests q ON q.custom_id = r.custom_id
              WHERE q.run_id = runs.id),
            (SELECT COALESCE(SUM(r.sync_cost_micros), 0) FROM results r JOIN requests q ON q.custom_id = r.custom_id
@@ -303,29 +303,72 @@ impl Store {
     }
 }
 
-/// A batch with the run it belongs to.
+/// A batch with the run that opened it and every run it carries.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchListing {
     /// The batch.
     pub batch: super::BatchRow,
-    /// Its run's job.
+    /// Its opening run's job.
     pub job: String,
-    /// Its run's key.
+    /// Its opening run's key.
     pub run_key: String,
+    /// The runs it carries (one unless it is shared), by run id.
+    pub runs: Vec<CarriedRun>,
+}
+
+/// One run a batch carries, with how many of its requests.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CarriedRun {
+    /// The run.
+    pub run_id: i64,
+    /// Its job.
+    pub job: String,
+    /// Its key.
+    pub run_key: String,
+    /// Its requests in the batch.
+    pub requests: u64,
 }
 
 impl Store {
-    /// The newest `limit` batches (of one run when `run_id` is set), newest first.
+    /// The newest `limit` batches (of one run when `run_id` is set: the
+    /// batches that carry it), newest first.
     pub fn batch_listings(&self, run_id: Option<i64>, limit: u32) -> Result<Vec<BatchListing>, StoreError> {
         let sql = format!(
             "SELECT {}, u.job, u.run_key FROM batches JOIN runs u ON u.id = batches.run_id
-             WHERE ?1 IS NULL OR batches.run_id = ?1 ORDER BY batches.id DESC LIMIT ?2",
+             WHERE ?1 IS NULL OR batches.id IN (SELECT batch_id FROM batch_runs WHERE run_id = ?1)
+             ORDER BY batches.id DESC LIMIT ?2",
             super::batches::COLUMNS.split(", ").map(|c| format!("batches.{c}")).collect::<Vec<_>>().join(", ")
         );
         let mut statement = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
         let rows = statement
             .query_map(params![run_id, limit], |row| {
-                Ok(BatchListing { batch: super::batches::from_row(row)?, job: row.get(11)?, run_key: row.get(12)? })
+                Ok(BatchListing {
+                    batch: super::batches::from_row(row)?,
+                    job: row.get(11)?,
+                    run_key: row.get(12)?,
+                    runs: Vec::new(),
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        let mut listings: Vec<BatchListing> = rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
+        for listing in &mut listings {
+            listing.runs = self.carried_runs(listing.batch.id)?;
+        }
+        Ok(listings)
+    }
+
+    /// The runs `batch_id` carries, by run id.
+    pub fn carried_runs(&self, batch_id: i64) -> Result<Vec<CarriedRun>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT c.run_id, u.job, u.run_key, c.request_count FROM batch_runs c JOIN runs u ON u.id = c.run_id
+                 WHERE c.batch_id = ?1 ORDER BY c.run_id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = statement
+            .query_map([batch_id], |row| {
+                Ok(CarriedRun { run_id: row.get(0)?, job: row.get(1)?, run_key: row.get(2)?, requests: row.get(3)? })
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))

@@ -24,9 +24,11 @@ mod sync;
 
 pub use alerts::FailedCreate;
 pub use attempts::NewAttempt;
-pub use batches::{BatchRow, BatchState, PayloadSize};
+pub use batches::{BatchPart, BatchRow, BatchState, PayloadSize};
 pub use costs::{AverageUsage, ResultCost, UnpricedResult};
-pub use dashboard::{BatchListing, ErrorGroup, Labelled, MetricFigures, RunFilter, RunSummary, TokenEfficiency};
+pub use dashboard::{
+    BatchListing, CarriedRun, ErrorGroup, Labelled, MetricFigures, RunFilter, RunSummary, TokenEfficiency,
+};
 pub use events::EventRow;
 pub use report::{GroupBy, KpiFigures, Scope, SpendRow};
 pub use requests::{NewRequest, RequestState, TokenAverages, Waiting};

@@ -205,8 +205,10 @@ impl Store {
         let mut statement = self
             .conn
             .prepare(&format!(
-                "SELECT (b.ended_at - b.submitted_at) / 1000.0 FROM batches b JOIN runs u ON u.id = b.run_id
-                 WHERE b.submitted_at >= ?1 AND b.submitted_at < ?2 AND b.ended_at IS NOT NULL AND {run_filter}
+                "SELECT (b.ended_at - b.submitted_at) / 1000.0 FROM batches b
+                 WHERE b.submitted_at >= ?1 AND b.submitted_at < ?2 AND b.ended_at IS NOT NULL
+                   AND EXISTS (SELECT 1 FROM batch_runs c JOIN runs u ON u.id = c.run_id
+                               WHERE c.batch_id = b.id AND {run_filter})
                  ORDER BY 1"
             ))
             .map_err(|e| self.err(e))?;

@@ -208,6 +208,18 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// The runs batch `batch_id` carries (one unless it is shared), by id.
+    pub fn runs_of_batch(&self, batch_id: i64) -> Result<Vec<RunRow>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM runs WHERE id IN (SELECT run_id FROM batch_runs WHERE batch_id = ?1) ORDER BY id"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = statement.query_map([batch_id], from_row).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
     /// The job's most recently scheduled run, open or closed.
     pub fn latest_run(&self, job: &str) -> Result<Option<RunRow>, StoreError> {
         self.conn

@@ -4,7 +4,7 @@
 //! never edited once released; changes are new entries.
 
 /// Migrations in order; entry `i` moves the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];
 
 /// Times are integer milliseconds since the Unix epoch (UTC).
 const V1: &str = r#"
@@ -308,4 +308,21 @@ const V8: &str = r#"
 ALTER TABLE runs ADD COLUMN failover_provider TEXT;
 ALTER TABLE runs ADD COLUMN failover_model TEXT;
 ALTER TABLE runs ADD COLUMN failover_started_at INTEGER;
+"#;
+
+/// Shared batches: one provider batch may carry the requests of several
+/// runs (jobs that fire together, same provider and model). `batches.run_id`
+/// stays the run that opened the batch; `batch_runs` lists every run it
+/// carries and how many of its requests, so a run finds its batches by an
+/// index and a batch its runs without reading its request list. Batches
+/// from before carried one run each.
+const V9: &str = r#"
+CREATE TABLE batch_runs (
+    batch_id       INTEGER NOT NULL REFERENCES batches (id),
+    run_id         INTEGER NOT NULL REFERENCES runs (id),
+    request_count  INTEGER NOT NULL,
+    PRIMARY KEY (batch_id, run_id)
+) WITHOUT ROWID;
+CREATE INDEX batch_runs_by_run ON batch_runs (run_id, batch_id);
+INSERT INTO batch_runs (batch_id, run_id, request_count) SELECT id, run_id, request_count FROM batches;
 "#;

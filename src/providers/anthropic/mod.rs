@@ -37,6 +37,8 @@ pub const BATCH_LIMITS: BatchLimits =
     BatchLimits { max_requests: 100_000, max_bytes: 256 * 1024 * 1024, envelope_bytes: 28 };
 /// 50 requests per minute across the batch endpoints.
 pub const BATCH_CALLS_PER_MINUTE: u64 = 50;
+/// 100,000 batch requests in the processing queue, across all batches.
+pub const QUEUED_REQUESTS_LIMIT: Option<u64> = Some(100_000);
 /// Bytes of request body sent per chunk of the streamed create call.
 const BODY_CHUNK: usize = 64 * 1024;
 

@@ -46,6 +46,8 @@ pub const BATCH_LIMITS: BatchLimits =
     BatchLimits { max_requests: 100_000, max_bytes: 2_000 * 1024 * 1024, envelope_bytes: FILE_ENVELOPE as usize };
 /// Calls per minute across the batch endpoints (100 concurrent batches per project).
 pub const BATCH_CALLS_PER_MINUTE: u64 = 60;
+/// Queue limits are enqueued tokens per model, refused by the provider with a 429 (backpressure).
+pub const QUEUED_REQUESTS_LIMIT: Option<u64> = None;
 /// Inline requests only while the create body stays under this.
 const INLINE_MAX_BYTES: u64 = 20 * 1000 * 1000;
 /// Bytes of one file line around its key and body, newline included.

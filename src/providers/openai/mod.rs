@@ -42,6 +42,8 @@ pub const BATCH_LIMITS: BatchLimits =
 /// Calls per minute across the batch endpoints. OpenAI allows 2,000 batch
 /// creations an hour; polls and downloads count against the general limits.
 pub const BATCH_CALLS_PER_MINUTE: u64 = 100;
+/// Queue limits are enqueued tokens per model, refused by the provider as `token_limit_exceeded` (retried later).
+pub const QUEUED_REQUESTS_LIMIT: Option<u64> = None;
 /// The metadata key that carries our tag.
 pub const TAG_KEY: &str = "orchestrator_batch";
 
