@@ -44,6 +44,33 @@ pub struct StatusReport {
     pub schedules: Vec<ScheduleStatus>,
     /// Notable events of the last 7 days, newest first.
     pub recent: Vec<RecentEvent>,
+    /// Each provider's batch processing queue, as far as our batches fill it.
+    pub queues: Vec<QueueStatus>,
+}
+
+/// How full one provider's batch processing queue is with our requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueStatus {
+    /// The provider.
+    pub provider: String,
+    /// Requests of our batches not ended yet.
+    pub requests: u64,
+    /// Requests the queue holds across all batches, where the provider counts them.
+    pub limit: Option<u64>,
+}
+
+/// The queue of every provider, with the limit `limit` says for each
+/// (new creates wait while a queue is full).
+pub fn queues(store: &Store, limit: impl Fn(&str) -> Option<u64>) -> Result<Vec<QueueStatus>, StoreError> {
+    let depths = store.batch_queue_depths()?;
+    Ok(crate::providers::NAMES
+        .iter()
+        .map(|name| QueueStatus {
+            provider: (*name).to_owned(),
+            requests: depths.get(*name).copied().unwrap_or(0),
+            limit: limit(name),
+        })
+        .collect())
 }
 
 /// One open run, as `status` shows it: the run as the dashboard and
@@ -373,7 +400,8 @@ pub fn collect(
             detail: event.detail,
         });
     }
-    Ok(StatusReport { now, runs, schedules, recent })
+    let queues = queues(store, crate::providers::queued_requests_limit)?;
+    Ok(StatusReport { now, runs, schedules, recent, queues })
 }
 
 /// The report as text for a terminal.
@@ -382,6 +410,10 @@ pub fn render_text(report: &StatusReport) -> String {
     let time = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
     if report.runs.is_empty() {
         out.push_str("no open runs\n");
+    }
+    for queue in report.queues.iter().filter(|q| q.requests > 0) {
+        let limit = queue.limit.map_or(String::new(), |limit| format!(" of {limit}"));
+        out.push_str(&format!("batch queue: {} {}{limit} requests\n", queue.provider, queue.requests));
     }
     for status in &report.runs {
         let run = &status.run;

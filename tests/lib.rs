@@ -23,6 +23,7 @@ mod run;
 mod schema;
 mod sdk;
 mod serve;
+mod sharing;
 mod shutdown;
 mod sim;
 mod support;

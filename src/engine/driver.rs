@@ -100,6 +100,11 @@ impl Engine {
         &self.sync
     }
 
+    /// Each provider's batch endpoints as the batch lane paces them.
+    pub fn batch_endpoints(&self) -> Vec<crate::lanes::batch::BatchEndpoints> {
+        self.batch.endpoints()
+    }
+
     /// Creates (or resumes) the run of `job` for `scheduled_for` with its
     /// deadline at `deadline_at`, rendering and storing its requests.
     pub async fn start_run(

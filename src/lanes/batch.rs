@@ -119,6 +119,17 @@ pub struct BatchPacing {
     pub max_queued_requests: HashMap<String, u64>,
 }
 
+/// What the batch lane knows of one provider's batch endpoints (for `/metrics`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchEndpoints {
+    /// The provider.
+    pub provider: String,
+    /// Requests its processing queue holds, where it counts them.
+    pub queue_limit: Option<u64>,
+    /// Calls per minute the endpoints are paced at now.
+    pub pace_per_minute: f64,
+}
+
 /// One provider's client and the pacing of its batch endpoints.
 struct ProviderLane {
     client: Client,
@@ -189,6 +200,21 @@ impl BatchLane {
     /// than configured while the provider pushes back).
     pub fn pace_per_minute(&self, provider: &str) -> Option<f64> {
         self.providers.get(provider).map(|lane| lane.pacer.rate_per_minute())
+    }
+
+    /// Each provider's queue limit and pace, by name.
+    pub fn endpoints(&self) -> Vec<BatchEndpoints> {
+        let mut endpoints: Vec<_> = self
+            .providers
+            .iter()
+            .map(|(name, lane)| BatchEndpoints {
+                provider: (*name).to_owned(),
+                queue_limit: lane.queue_limit,
+                pace_per_minute: lane.pacer.rate_per_minute(),
+            })
+            .collect();
+        endpoints.sort_by(|a, b| a.provider.cmp(&b.provider));
+        endpoints
     }
 
     fn lane(&self, provider: &str) -> Result<&ProviderLane, ProviderError> {

@@ -79,11 +79,7 @@ impl Client {
     /// The most requests the provider holds in its batch processing queue
     /// across all batches, where it counts requests (else `None`).
     pub fn queued_requests_limit(&self) -> Option<u64> {
-        match self {
-            Client::Anthropic(_) => super::anthropic::QUEUED_REQUESTS_LIMIT,
-            Client::OpenAi(_) => super::openai::QUEUED_REQUESTS_LIMIT,
-            Client::Gemini(_) => super::gemini::QUEUED_REQUESTS_LIMIT,
-        }
+        super::queued_requests_limit(self.provider())
     }
 
     /// Whether the provider keeps a batch's [`BatchInput::tag`], so a batch

@@ -25,6 +25,17 @@ pub use reply::{MessageReply, Quota, RateLimits};
 /// Every provider a manifest may name.
 pub const NAMES: [&str; 3] = [anthropic::NAME, openai::NAME, gemini::NAME];
 
+/// The most requests provider `name`'s batch processing queue holds
+/// across all batches, where it counts them (its published limit).
+pub fn queued_requests_limit(name: &str) -> Option<u64> {
+    match name {
+        anthropic::NAME => anthropic::QUEUED_REQUESTS_LIMIT,
+        openai::NAME => openai::QUEUED_REQUESTS_LIMIT,
+        gemini::NAME => gemini::QUEUED_REQUESTS_LIMIT,
+        _ => None,
+    }
+}
+
 /// Where the key of the provider called `name` is looked for: the
 /// environment variables (the first set wins) and the credential's file name.
 pub fn key_sources(name: &str) -> Option<(&'static [&'static str], &'static str)> {

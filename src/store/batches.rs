@@ -194,6 +194,20 @@ impl Store {
         Ok(self.batch(batch_id)?.expect("the batch exists after insert"))
     }
 
+    /// [`Store::queued_batch_requests`] of every provider that has batches, by name.
+    pub fn batch_queue_depths(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT provider, COALESCE(SUM(CASE WHEN state IN ('submitting', 'in_progress', 'canceling')
+                                                    THEN request_count END), 0)
+                 FROM batches GROUP BY provider",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)?.max(0) as u64)));
+        rows.map_err(|e| self.err(e))?.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
     /// The runs a batch carries, by id.
     pub fn batch_run_ids(&self, batch_id: i64) -> Result<Vec<i64>, StoreError> {
         let mut statement = self

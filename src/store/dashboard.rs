@@ -98,6 +98,8 @@ pub struct MetricFigures {
     pub open_runs: u64,
     /// When the oldest batch still at the provider was created.
     pub oldest_open_batch_at: Option<DateTime<Utc>>,
+    /// Requests in each provider's batch processing queue (of batches not ended yet).
+    pub batch_queues: Vec<Labelled<1>>,
 }
 
 fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
@@ -264,6 +266,11 @@ impl Store {
                 .query_row("SELECT COUNT(*) FROM runs WHERE state = 'open'", [], |row| row.get(0))
                 .map_err(|e| self.err(e))?,
             oldest_open_batch_at: oldest.map(from_millis),
+            batch_queues: self
+                .batch_queue_depths()?
+                .into_iter()
+                .map(|(provider, requests)| Labelled { labels: [provider], value: requests as f64 })
+                .collect(),
         })
     }
 

@@ -34,6 +34,13 @@ struct JobLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: String,
+}
+
+pub use crate::lanes::batch::BatchEndpoints;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     lane: String,
     error_type: String,
@@ -50,7 +57,7 @@ type FloatCounter = Counter<f64, AtomicU64>;
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// The figures as OpenMetrics text.
-pub fn encode(figures: &MetricFigures, now: DateTime<Utc>) -> String {
+pub fn encode(figures: &MetricFigures, endpoints: &[BatchEndpoints], now: DateTime<Utc>) -> String {
     let mut registry = Registry::with_prefix("orchestrator");
     requests(&mut registry, figures);
     turnaround(&mut registry, figures);
@@ -60,6 +67,7 @@ pub fn encode(figures: &MetricFigures, now: DateTime<Utc>) -> String {
     spend(&mut registry, &figures.spend_usd);
     savings(&mut registry, &figures.savings_usd);
     gauges(&mut registry, figures, now);
+    batch_endpoints(&mut registry, figures, endpoints);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).expect("writing to a String cannot fail");
     text
@@ -140,6 +148,38 @@ fn gauges(registry: &mut Registry, figures: &MetricFigures, now: DateTime<Utc>) 
     );
 }
 
+/// Each provider's processing queue (what we hold in it, and its limit)
+/// and the pace of its batch endpoints.
+fn batch_endpoints(registry: &mut Registry, figures: &MetricFigures, endpoints: &[BatchEndpoints]) {
+    let (queued, limit, pace) = (
+        Family::<ProviderLabels, Gauge>::default(),
+        Family::<ProviderLabels, Gauge>::default(),
+        Family::<ProviderLabels, FloatGauge>::default(),
+    );
+    for endpoint in endpoints {
+        let labels = ProviderLabels { provider: endpoint.provider.clone() };
+        queued.get_or_create(&labels).set(0);
+        if let Some(max) = endpoint.queue_limit {
+            limit.get_or_create(&labels).set(i64::try_from(max).unwrap_or(i64::MAX));
+        }
+        pace.get_or_create(&labels).set(endpoint.pace_per_minute);
+    }
+    for row in &figures.batch_queues {
+        queued.get_or_create(&ProviderLabels { provider: row.labels[0].clone() }).set(row.value as i64);
+    }
+    registry.register(
+        "batch_queue_requests",
+        "Requests in the provider's batch processing queue (batches not ended)",
+        queued,
+    );
+    registry.register("batch_queue_limit", "Requests the provider's batch processing queue holds", limit);
+    registry.register(
+        "batch_pace_per_minute",
+        "Calls per minute the provider's batch endpoints are paced at now",
+        pace,
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,10 +193,20 @@ mod tests {
             spend_usd: vec![Labelled { labels: ["nightly".into(), "openai".into(), "batch".into()], value: 0.25 }],
             open_runs: 2,
             oldest_open_batch_at: Some(Utc::now() - chrono::Duration::seconds(90)),
+            batch_queues: vec![Labelled { labels: ["anthropic".into()], value: 4500.0 }],
             ..MetricFigures::default()
         };
         let now = figures.oldest_open_batch_at.unwrap() + chrono::Duration::seconds(90);
-        let text = encode(&figures, now);
+        let endpoints = [
+            BatchEndpoints { provider: "anthropic".into(), queue_limit: Some(100_000), pace_per_minute: 25.0 },
+            BatchEndpoints { provider: "openai".into(), queue_limit: None, pace_per_minute: 100.0 },
+        ];
+        let text = encode(&figures, &endpoints, now);
+        assert!(text.contains(r#"orchestrator_batch_queue_requests{provider="anthropic"} 4500"#), "{text}");
+        assert!(text.contains(r#"orchestrator_batch_queue_requests{provider="openai"} 0"#), "{text}");
+        assert!(text.contains(r#"orchestrator_batch_queue_limit{provider="anthropic"} 100000"#), "{text}");
+        assert!(!text.contains(r#"orchestrator_batch_queue_limit{provider="openai"}"#), "{text}");
+        assert!(text.contains(r#"orchestrator_batch_pace_per_minute{provider="anthropic"} 25.0"#), "{text}");
         assert!(text.contains(r#"orchestrator_requests{job="nightly",lane="batch",state="succeeded"} 3"#), "{text}");
         assert!(text.contains("orchestrator_batch_turnaround_seconds_count 2"), "{text}");
         assert!(text.contains(r#"orchestrator_batch_turnaround_seconds_bucket{le="300.0"} 1"#), "{text}");

@@ -170,7 +170,10 @@ impl PageQuery {
 async fn overview(State(web): State<Web>, Query(query): Query<PageQuery>) -> Response {
     let now = web.now();
     let zones = model::zones(&web.engine.jobs());
-    let page = match web.read(move |s| model::overview(s, &zones, now)).await {
+    let limits: std::collections::HashMap<String, Option<u64>> =
+        web.engine.batch_endpoints().into_iter().map(|e| (e.provider, e.queue_limit)).collect();
+    let limit = move |name: &str| limits.get(name).copied().flatten();
+    let page = match web.read(move |s| model::overview(s, &zones, limit, now)).await {
         Ok(page) => page,
         Err(response) => return response,
     };
@@ -203,9 +206,11 @@ async fn stylesheet() -> Response {
 
 async fn metrics_text(State(web): State<Web>) -> Response {
     let now = web.now();
+    let endpoints = web.engine.batch_endpoints();
     match web.read(|s| s.metric_figures()).await {
         Ok(figures) => {
-            ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], metrics::encode(&figures, now)).into_response()
+            let text = metrics::encode(&figures, &endpoints, now);
+            ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
         }
         Err(response) => response,
     }

@@ -78,6 +78,8 @@ pub struct Overview {
     pub runs: Vec<RunItem>,
     /// Spend and savings per job this month, largest spend first.
     pub spend_by_job: Vec<JobSpend>,
+    /// Each provider's batch processing queue, as far as our batches fill it.
+    pub queues: Vec<crate::status::QueueStatus>,
 }
 
 /// A recorded decision about a run.
@@ -185,7 +187,13 @@ pub fn kpis(store: &Store, since: DateTime<Utc>, until: DateTime<Utc>) -> Result
 }
 
 /// `/batches`.
-pub fn overview(store: &Store, zones: &Zones, now: DateTime<Utc>) -> Result<Overview, StoreError> {
+/// `queue_limit` says each provider's queue limit (the batch lane's).
+pub fn overview(
+    store: &Store,
+    zones: &Zones,
+    queue_limit: impl Fn(&str) -> Option<u64>,
+    now: DateTime<Utc>,
+) -> Result<Overview, StoreError> {
     let month = Scope { since: Some(month_start(now)), until: None, ..Scope::default() };
     let (month_total, by_job) = store.spend(&month, Some(GroupBy::Job))?;
     let mut spend_by_job: Vec<JobSpend> = by_job
@@ -206,7 +214,8 @@ pub fn overview(store: &Store, zones: &Zones, now: DateTime<Utc>) -> Result<Over
         saved_month_usd: usd(month_total.sync_cost_micros - month_total.cost_micros),
         kpis: kpis(store, now - Duration::days(KPI_DAYS), now)?.kpis,
     };
-    Ok(Overview { now, strip, runs: runs(store, &filter, zones, now)?, spend_by_job })
+    let queues = crate::status::queues(store, queue_limit)?;
+    Ok(Overview { now, strip, runs: runs(store, &filter, zones, now)?, spend_by_job, queues })
 }
 
 fn error_item(group: ErrorGroup) -> ErrorItem {

@@ -103,6 +103,17 @@ pub async fn harness_for(dir: tempfile::TempDir, main: &str, sim: SimConfig, sta
     harness_engine(dir, main, sim, start, |_| {}).await
 }
 
+/// Like [`harness_for`], with the engine's settings changed by `tune`.
+pub async fn harness_for_tuned(
+    dir: tempfile::TempDir,
+    main: &str,
+    sim: SimConfig,
+    start: DateTime<Utc>,
+    tune: impl FnOnce(&mut EngineSettings),
+) -> Harness {
+    harness_engine(dir, main, sim, start, tune).await
+}
+
 async fn harness_engine(
     dir: tempfile::TempDir,
     main: &str,
@@ -133,7 +144,7 @@ async fn harness_engine(
     settings.idle_tick = Duration::from_secs(3600);
     tune(&mut settings);
     let providers = Providers::simulated(&sim.base_url(), "sk-test").unwrap();
-    let batch = BatchLane::new(providers.clone(), store.clone(), Arc::clone(&shared));
+    let batch = BatchLane::with_pacing(providers.clone(), store.clone(), Arc::clone(&shared), &settings.batch_pacing);
     let sync = SyncLane::new(providers, store.clone(), Arc::clone(&shared), settings.sync);
     let engine = Arc::new(Engine::new(store, batch, sync, shared, settings, report.jobs.clone()));
     Harness { dir, clock, sim, engine, job, diagnostics: report.diagnostics.clone() }
