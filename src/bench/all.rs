@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use super::figures::figures_table;
 use super::{
-    Figure, Report, Target, build_profile, endtoend, fallback, idle, ingest, reference, schedule, submit, validate,
+    Figure, Report, Target, build_profile, endtoend, fallback, idle, ingest, jobs, reference, schedule, submit,
+    validate,
 };
 
 /// What to run.
@@ -98,6 +99,10 @@ pub async fn run(options: &Options) -> anyhow::Result<AllReport> {
     all.add(&submit::run(submit::REQUESTS, repeats).await?)?;
     eprintln!("bench: run ({} items end to end)", endtoend::ITEMS);
     all.add(&endtoend::run(endtoend::ITEMS, repeats).await?)?;
+    for jobs in [jobs::JOBS, jobs::MANY_JOBS] {
+        eprintln!("bench: jobs ({jobs} jobs of {} items firing at once)", jobs::ITEMS);
+        all.add(&jobs::run(jobs, jobs::ITEMS, repeats).await?)?;
+    }
     eprintln!("bench: fallback");
     all.add(&fallback::run(fallback::REQUESTS, repeats).await?)?;
     eprintln!("bench: validate");

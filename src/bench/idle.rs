@@ -108,7 +108,7 @@ fn wait_ready(socket: &UnixDatagram, child: &mut Child) -> anyhow::Result<()> {
 }
 
 /// User plus system CPU seconds of every thread of `pid` so far.
-fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+pub(super) fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("cannot read the daemon's CPU time")?;
     parse_cpu_ticks(&stat).map(|ticks| ticks as f64 / TICKS_PER_SEC).context("unreadable /proc/<pid>/stat")
 }
@@ -120,13 +120,13 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 }
 
 /// A `kB` value of `/proc/<pid>/status`, e.g. `VmRSS:`.
-fn status_kb(status: &str, key: &str) -> Option<u64> {
+pub(super) fn status_kb(status: &str, key: &str) -> Option<u64> {
     let line = status.lines().find_map(|line| line.strip_prefix(key))?;
     line.trim().strip_suffix("kB")?.trim().parse().ok()
 }
 
 /// The daemon, stopped on drop the way systemd stops it (SIGTERM), killed if it lingers.
-struct Daemon(Child);
+pub(super) struct Daemon(pub(super) Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {

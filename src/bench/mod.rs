@@ -13,6 +13,7 @@ pub mod fallback;
 pub mod figures;
 pub mod idle;
 pub mod ingest;
+pub mod jobs;
 pub mod project;
 pub mod reference;
 pub mod rss;

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::bench::{Report, Sampled, all, endtoend, fallback, idle, ingest, reference, schedule, submit, validate};
+use crate::bench::{
+    Report, Sampled, all, endtoend, fallback, idle, ingest, jobs, reference, schedule, submit, validate,
+};
 
 /// Arguments of `bench`.
 #[derive(Debug, clap::Args)]
@@ -36,6 +38,8 @@ pub enum Scenario {
     Storage(SizedArgs),
     /// The seeds' SDK script and `orchestrator run` on the same items and simulator: our CPU as a ratio of its CPU.
     Reference(SizedArgs),
+    /// Many batch-tier jobs firing at once under `serve --run-now` (`--count` jobs, 500 by default, of 20 items): firing to last delivery, provider calls by kind, daemon CPU and peak RSS.
+    Jobs(SizedArgs),
     /// `orchestrator run` end to end on 100,000 items (read, rendered, stored, one batch, ingested, delivered): wall time and peak RSS.
     Run(SizedArgs),
     /// One measured `orchestrator run`, in a process of its own (started by `bench run`).
@@ -230,6 +234,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         | Scenario::Validate(_)
         | Scenario::Schedule(_)
         | Scenario::Run(_)
+        | Scenario::Jobs(_)
         | Scenario::Reference(_) => {
             sized(&runtime, &args.scenario)?;
         }
@@ -294,6 +299,9 @@ fn sized(runtime: &tokio::runtime::Runtime, scenario: &Scenario) -> anyhow::Resu
         Scenario::Run(a) => (runtime.block_on(endtoend::run(a.count.unwrap_or(endtoend::ITEMS), a.repeat))?, &a.output),
         Scenario::Reference(a) => {
             (runtime.block_on(reference::run(a.count.unwrap_or(endtoend::ITEMS), a.repeat))?, &a.output)
+        }
+        Scenario::Jobs(a) => {
+            (runtime.block_on(jobs::run(a.count.unwrap_or(jobs::JOBS), jobs::ITEMS, a.repeat))?, &a.output)
         }
         _ => unreachable!("only sized scenarios are passed here"),
     };
