@@ -39,6 +39,9 @@ pub(super) async fn deliver_pending(
 ) -> Result<usize, DeliverError> {
     let mut sink = None;
     let mut delivered = 0;
+    // Each round reads on from the last one; a result that arrives behind
+    // it meanwhile is delivered by the next call (the next tick).
+    let mut after_seq = -1;
     loop {
         let pricer = pricer.clone();
         let pending = store
@@ -46,12 +49,13 @@ pub(super) async fn deliver_pending(
                 // Results carry their cost: price what arrived since the last
                 // round in the same call, so nothing is read unpriced.
                 price_pending(s, &pricer)?;
-                s.undelivered_results(run_id, DELIVERY_CHUNK)
+                s.undelivered_results_after(run_id, after_seq, DELIVERY_CHUNK)
             })
             .await?;
-        if pending.is_empty() {
+        let Some(last) = pending.last() else {
             return Ok(delivered);
-        }
+        };
+        after_seq = last.seq;
         let sink = match &sink {
             Some(sink) => sink,
             None => sink.insert(rendered_sink(job, info)?),

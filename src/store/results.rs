@@ -42,6 +42,8 @@ pub struct DeliverableResult {
     pub cost_micros: Option<i64>,
     /// What the sync API would have charged, micro-dollars (once priced).
     pub sync_cost_micros: Option<i64>,
+    /// The request's place in its run: where the next round starts reading.
+    pub seq: i64,
 }
 
 /// Requests settled per transaction by [`Store::settle_batch_results`].
@@ -150,20 +152,33 @@ impl Store {
     /// The first `limit` successful results of a run that no sink has
     /// received yet, in sequence order.
     pub fn undelivered_results(&self, run_id: i64, limit: usize) -> Result<Vec<DeliverableResult>, StoreError> {
+        self.undelivered_results_after(run_id, -1, limit)
+    }
+
+    /// Like [`Store::undelivered_results`], from the requests after `after_seq`
+    /// on: a delivery round starts where the last one stopped, through the
+    /// `(run_id, seq)` index, instead of passing every delivered request again.
+    pub fn undelivered_results_after(
+        &self,
+        run_id: i64,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<DeliverableResult>, StoreError> {
         let mut statement = self
             .conn
             .prepare_cached(
                 "SELECT q.custom_id, r.id, b.item, r.message, r.stop_reason, r.input_tokens, r.output_tokens,
                         r.cache_write_5m, r.cache_write_1h, r.cache_read, r.lane, r.received_at,
-                        r.cost_micros, r.sync_cost_micros
-                 FROM requests q JOIN results r ON r.id = q.result_id JOIN request_bodies b ON b.custom_id = q.custom_id
-                 WHERE q.run_id = ?1 AND q.state = 'succeeded'
+                        r.cost_micros, r.sync_cost_micros, q.seq
+                 FROM requests q INDEXED BY requests_by_run_seq
+                 JOIN results r ON r.id = q.result_id JOIN request_bodies b ON b.custom_id = q.custom_id
+                 WHERE q.run_id = ?1 AND q.seq > ?3 AND q.state = 'succeeded'
                    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.custom_id = q.custom_id)
                  ORDER BY q.seq LIMIT ?2",
             )
             .map_err(|e| self.err(e))?;
         let rows = statement
-            .query_map(params![run_id, i64::try_from(limit).unwrap_or(i64::MAX)], |row| {
+            .query_map(params![run_id, i64::try_from(limit).unwrap_or(i64::MAX), after_seq], |row| {
                 Ok(DeliverableResult {
                     custom_id: row.get(0)?,
                     result_id: row.get(1)?,
@@ -175,6 +190,7 @@ impl Store {
                     received_at: from_millis(row.get(11)?),
                     cost_micros: row.get(12)?,
                     sync_cost_micros: row.get(13)?,
+                    seq: row.get(14)?,
                 })
             })
             .map_err(|e| self.err(e))?;
