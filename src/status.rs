@@ -516,6 +516,22 @@ mod tests {
     }
 
     #[test]
+    fn the_text_names_each_queue_our_batches_fill() {
+        let queue = |provider: &str, requests, limit| QueueStatus { provider: provider.into(), requests, limit };
+        let report = StatusReport {
+            now: at(0),
+            runs: vec![],
+            schedules: vec![],
+            recent: vec![],
+            queues: vec![queue("anthropic", 4500, Some(100_000)), queue("openai", 20, None), queue("gemini", 0, None)],
+        };
+        let text = render_text(&report);
+        assert!(text.contains("batch queue: anthropic 4500 of 100000 requests\n"), "{text}");
+        assert!(text.contains("batch queue: openai 20 requests\n"), "{text}");
+        assert!(!text.contains("gemini"), "an empty queue is not shown: {text}");
+    }
+
+    #[test]
     fn the_eta_is_the_median_turnaround_unless_the_fallback_or_deadline_comes_first() {
         assert_eq!(eta(&open_run(Some(at(9_000))), Some(600.0)), (Some(at(660)), Some("turnaround_p50")));
         assert_eq!(eta(&open_run(Some(at(300))), Some(600.0)), (Some(at(300)), Some("fallback")));

@@ -81,6 +81,14 @@ async fn run_row(h: &Harness, job: &str) -> orchestrator::store::RunRow {
     h.engine.store().call(move |s| s.run(id)).await.unwrap().unwrap()
 }
 
+/// Results of `run_id`'s requests from `lane`, duplicates (`1`) or first answers (`0`).
+fn answers(h: &Harness, run_id: i64, lane: &str, duplicate: u8) -> i64 {
+    h.count(&format!(
+        "SELECT COUNT(*) FROM results WHERE lane = '{lane}' AND duplicate = {duplicate}
+           AND custom_id IN (SELECT custom_id FROM requests WHERE run_id = {run_id})"
+    ))
+}
+
 fn assert_sink_once(dir: &Path, job: &str, items: usize) {
     let sink = delivered(&dir.join(format!("out/{job}.jsonl")));
     assert_eq!(sink.len(), items, "{job}: every item reached its own sink");
@@ -106,9 +114,7 @@ async fn runs_that_fire_together_share_one_batch_and_each_gets_its_own_results()
         let run = run_row(&h, job).await;
         assert_eq!(run.state, RunState::Completed, "{job}: {:?}", run.reason);
         assert_sink_once(h.dir.path(), job, ITEMS);
-        let batch_results =
-            h.count(&format!("SELECT COUNT(*) FROM results r JOIN requests q USING (custom_id) JOIN runs u ON u.id = q.run_id WHERE u.job = '{job}' AND r.lane = 'batch'"));
-        assert_eq!(batch_results, ITEMS as i64, "{job}: answered by the batch lane");
+        assert_eq!(answers(&h, run.id, "batch", 0), ITEMS as i64, "{job}: answered by the batch lane");
         let cost: i64 = db
             .query_row(
                 "SELECT SUM(r.cost_micros) FROM results r JOIN requests q USING (custom_id) WHERE q.run_id = ?1",
@@ -173,29 +179,15 @@ async fn one_run_of_a_shared_batch_falls_back_while_the_others_finish_on_the_bat
         0,
         "the batch was not canceled while other runs waited for it"
     );
-    let sync_answers = format!(
-        "SELECT COUNT(*) FROM results WHERE lane = 'sync' AND duplicate = 0 AND custom_id IN (SELECT custom_id FROM requests WHERE run_id = {})",
-        short.id
-    );
-    assert_eq!(h.count(&sync_answers), ITEMS as i64, "short's requests left the batch for the sync lane");
+    assert_eq!(answers(&h, short.id, "sync", 0), ITEMS as i64, "short's requests left the batch for the sync lane");
     assert_eq!(h.count(Harness::SYNC_CALLS), ITEMS as i64, "and only they");
     // The batch ended with its answers for short too: paid twice, counted as duplicates.
-    assert_eq!(
-        h.count(&format!(
-            "SELECT COUNT(*) FROM results WHERE lane = 'batch' AND duplicate = 1 AND custom_id IN (SELECT custom_id FROM requests WHERE run_id = {})",
-            short.id
-        )),
-        ITEMS as i64
-    );
+    assert_eq!(answers(&h, short.id, "batch", 1), ITEMS as i64);
     for job in ["long-a", "long-b"] {
         let run = run_row(&h, job).await;
         assert_eq!(run.state, RunState::Completed, "{job}: {:?}", run.reason);
         assert_eq!(run.fallback_started_at, None, "{job} stayed on the batch lane");
-        let batch_answers = format!(
-            "SELECT COUNT(*) FROM results WHERE lane = 'batch' AND duplicate = 0 AND custom_id IN (SELECT custom_id FROM requests WHERE run_id = {})",
-            run.id
-        );
-        assert_eq!(h.count(&batch_answers), ITEMS as i64, "{job}");
+        assert_eq!(answers(&h, run.id, "batch", 0), ITEMS as i64, "{job}");
         assert!(run.finished_at.unwrap() - t0() > chrono::Duration::minutes(50), "{job} waited for the batch");
     }
     for job in ["short", "long-a", "long-b"] {

@@ -510,7 +510,24 @@ async fn an_open_runs_eta_fallback_and_batch_age_match_the_store() {
     assert!(age >= 120.0, "the clock moved two minutes after the submit");
     assert_eq!(value("orchestrator_oldest_open_batch_age_seconds"), age);
 
+    // The held run's batch is the one in the provider's queue, wherever the queue is shown.
+    let queued = held
+        .h
+        .count(&format!("SELECT request_count FROM batches WHERE run_id = {} AND state = 'in_progress'", held.run_id));
+    assert!(queued > 0, "the scenario: the held run's batch is at the provider");
+    let anthropic = r#"provider="anthropic""#;
+    let shown = |name: &str| samples.iter().find(|(n, l, _)| n == name && l.contains(anthropic)).map(|s| s.2);
+    assert_eq!(shown("orchestrator_batch_queue_requests"), Some(queued as f64));
+    assert_eq!(shown("orchestrator_batch_queue_limit"), Some(100_000.0));
+    assert_eq!(shown("orchestrator_batch_pace_per_minute"), Some(50.0));
+    let queue = status["queues"].as_array().unwrap().iter().find(|q| q["provider"] == "anthropic").unwrap().clone();
+    assert_eq!(queue, serde_json::json!({ "provider": "anthropic", "requests": queued, "limit": 100_000 }));
+    let run_page = held.text(&format!("/runs/{}", held.run_id)).await;
+    assert!(run_page.contains(&format!("this run ({queued})")), "the run page lists the runs its batch carries");
+
     let page = held.text("/batches").await;
+    let strip = &page[page.find(r#"id="queue-anthropic""#).expect("the queue is on the dashboard")..];
+    assert!(strip[..strip.find("</div>").unwrap()].contains(&format!(r#"<span class="value">{queued}</span>"#)));
     let row = &page[page.find(&format!("data-run-id=\"{}\"", held.run_id)).unwrap()..];
     let row = &row[..row.find("</tr>").unwrap()];
     let times: Vec<DateTime<Utc>> = row

@@ -259,6 +259,32 @@ mod tests {
     }
 
     #[test]
+    fn batch_pacing_names_known_providers_and_gathering_defaults_to_two_seconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orchestrator.yaml");
+        let apply = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            let mut settings = EngineSettings::new(crate::catalog::Catalog::builtin());
+            let config = Config::load(Some(&path)).map_err(|e| e.to_string())?;
+            config.apply(&mut settings).map(|()| settings)
+        };
+        let settings =
+            apply("batch: { requests_per_minute: { openai: 20 }, max_queued_requests: { anthropic: 500 } }\n");
+        let settings = settings.unwrap();
+        assert_eq!(settings.gather_window, DEFAULT_GATHER_WINDOW);
+        assert_eq!(settings.batch_pacing.requests_per_minute, [("openai".to_owned(), 20)].into());
+        assert_eq!(settings.batch_pacing.max_queued_requests, [("anthropic".to_owned(), 500)].into());
+        assert_eq!(apply("batch: { gather_window: 0s }\n").unwrap().gather_window, Duration::ZERO);
+        let error = apply("batch: { requests_per_minute: { antropic: 50 } }\n").unwrap_err();
+        assert!(
+            error.contains("unknown provider `antropic`") && error.contains("anthropic, openai, gemini"),
+            "{error}"
+        );
+        let error = apply("batch: { max_queued_requests: { gemini: 0 } }\n").unwrap_err();
+        assert!(error.ends_with("batch.max_queued_requests.gemini must be more than zero"), "{error}");
+    }
+
+    #[test]
     fn names_the_file_and_the_field() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("orchestrator.yaml");

@@ -158,7 +158,7 @@ impl Engine {
     async fn queue_room(&self, provider: &str) -> Result<usize, EngineError> {
         let Some(limit) = self.batch.queue_limit(provider) else { return Ok(usize::MAX) };
         let name = provider.to_owned();
-        let queued = self.store.call(move |s| s.queued_batch_requests(&name)).await?;
+        let queued = self.store.call(move |s| Ok(s.batch_queue_depths()?.get(&name).copied().unwrap_or(0))).await?;
         Ok(usize::try_from(limit.saturating_sub(queued)).unwrap_or(usize::MAX))
     }
 

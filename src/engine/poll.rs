@@ -79,19 +79,16 @@ impl Engine {
         !matches!(tending.batch.state, BatchState::InProgress) || run.fallback_started_at.is_some() || near
     }
 
-    /// Reconciles, polls or ingests one batch when due; returns when to look again.
+    /// Reconciles, polls or ingests one batch that [`Self::due_batches`]
+    /// found due; returns when to look again. Every step waits for its plan,
+    /// so a step that keeps failing (a reconcile, an ingest) backs off like
+    /// a poll instead of running each tick.
     pub(super) async fn tend_batch(&self, tending: &Tending) -> Result<DateTime<Utc>, EngineError> {
         let batch = &tending.batch;
         let run = tending.governing();
         let job = self.jobs().get(&run.job).cloned();
         let betas = job.as_ref().map(|j| j.manifest.betas.clone()).unwrap_or_default();
-        // Every step waits for its plan, so a step that keeps failing (a
-        // reconcile, an ingest) backs off like a poll instead of running each tick.
         let now = self.clock.now();
-        let due = self.poll_plan(batch.id, now).next_at;
-        if due > now {
-            return Ok(due);
-        }
         let result = match batch.state {
             BatchState::Submitting => {
                 let may_create = tending.runs.iter().any(super::fallback::still_on_batch_lane);

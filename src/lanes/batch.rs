@@ -81,14 +81,6 @@ impl LaneError {
     }
 }
 
-/// Splits waiting requests into batches within `limits`, in order.
-pub fn split(waiting: &[Waiting], limits: BatchLimits) -> Vec<Vec<String>> {
-    split_by(waiting, limits, |w| w)
-        .into_iter()
-        .map(|batch| batch.into_iter().map(|w| w.custom_id.clone()).collect())
-        .collect()
-}
-
 /// Splits `items` (each with its [`Waiting`] request) into batches within
 /// `limits`, in order.
 pub fn split_by<'a, T>(items: &'a [T], limits: BatchLimits, request: impl Fn(&'a T) -> &'a Waiting) -> Vec<Vec<&'a T>> {
@@ -194,12 +186,6 @@ impl BatchLane {
     pub fn budget_free_at(&self, provider: &str) -> DateTime<Utc> {
         let now = self.clock.now();
         self.providers.get(provider).map_or(now, |lane| lane.pacer.free_at(now))
-    }
-
-    /// Calls per minute `provider`'s batch endpoints are paced at now (lower
-    /// than configured while the provider pushes back).
-    pub fn pace_per_minute(&self, provider: &str) -> Option<f64> {
-        self.providers.get(provider).map(|lane| lane.pacer.rate_per_minute())
     }
 
     /// Each provider's queue limit and pace, by name.
@@ -676,11 +662,11 @@ mod tests {
     #[test]
     fn splits_by_request_count_and_by_bytes() {
         let limits = BatchLimits { max_requests: 3, max_bytes: 1_000_000, envelope_bytes: 32 };
-        let sizes: Vec<usize> = split(&waiting(7, 100), limits).iter().map(Vec::len).collect();
+        let sizes: Vec<usize> = split_by(&waiting(7, 100), limits, |w| w).iter().map(Vec::len).collect();
         assert_eq!(sizes, [3, 3, 1]);
         let by_bytes = BatchLimits { max_requests: 100, max_bytes: 500, envelope_bytes: 32 };
-        let sizes: Vec<usize> = split(&waiting(5, 150), by_bytes).iter().map(Vec::len).collect();
+        let sizes: Vec<usize> = split_by(&waiting(5, 150), by_bytes, |w| w).iter().map(Vec::len).collect();
         assert_eq!(sizes, [2, 2, 1]);
-        assert!(split(&[], limits).is_empty());
+        assert!(split_by(&[], limits, |w: &Waiting| w).is_empty());
     }
 }

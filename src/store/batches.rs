@@ -194,7 +194,10 @@ impl Store {
         Ok(self.batch(batch_id)?.expect("the batch exists after insert"))
     }
 
-    /// [`Store::queued_batch_requests`] of every provider that has batches, by name.
+    /// Requests in each provider's processing queue as far as we know, by
+    /// provider name (every provider that has batches): those of its
+    /// batches not ended yet, intents included (their create may be on the
+    /// way). What a provider's queue limit is checked against.
     pub fn batch_queue_depths(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
         let mut statement = self
             .conn
@@ -206,30 +209,6 @@ impl Store {
             .map_err(|e| self.err(e))?;
         let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)?.max(0) as u64)));
         rows.map_err(|e| self.err(e))?.collect::<Result<_, _>>().map_err(|e| self.err(e))
-    }
-
-    /// The runs a batch carries, by id.
-    pub fn batch_run_ids(&self, batch_id: i64) -> Result<Vec<i64>, StoreError> {
-        let mut statement = self
-            .conn
-            .prepare_cached("SELECT run_id FROM batch_runs WHERE batch_id = ?1 ORDER BY run_id")
-            .map_err(|e| self.err(e))?;
-        let rows = statement.query_map([batch_id], |row| row.get(0)).map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
-    }
-
-    /// Requests in `provider`'s processing queue as far as we know: those of
-    /// its batches not ended yet (intents included, their create may be on
-    /// the way). What a provider's queue limit is checked against.
-    pub fn queued_batch_requests(&self, provider: &str) -> Result<u64, StoreError> {
-        self.conn
-            .prepare_cached(
-                "SELECT COALESCE(SUM(request_count), 0) FROM batches
-                 WHERE provider = ?1 AND state IN ('submitting', 'in_progress', 'canceling')",
-            )
-            .and_then(|mut s| s.query_row([provider], |row| row.get::<_, i64>(0)))
-            .map(|n| n.max(0) as u64)
-            .map_err(|e| self.err(e))
     }
 
     /// Commits the provider's batch id the moment the create call returns.
