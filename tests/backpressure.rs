@@ -2,6 +2,7 @@
 //! simulator: 429 and 529 storms slow the lanes down but never use up a
 //! request's attempts, and short windows go where `validate` says they go.
 
+use orchestrator::clock::Clock;
 use orchestrator::diagnostics::Code;
 use orchestrator::sim::SimConfig;
 use orchestrator::store::RunState;
@@ -116,7 +117,24 @@ async fn a_long_storm_on_the_batch_lane_waits_for_the_endpoint_instead_of_failin
         "one batch, created once"
     );
     assert_eq!(h.sim.stats().batches_created, 1);
-    assert!(h.count("SELECT COUNT(*) FROM attempts WHERE operation = 'create_batch' AND http_status = 429") > 10);
+    let creates = "SELECT COUNT(*) FROM attempts WHERE operation = 'create_batch'";
+    let refused = h.count(&format!("{creates} AND http_status = 429"));
+    assert!(refused >= 5, "the storm met the create again and again: {refused} refusals");
+    assert_eq!(h.count(creates), refused + 1, "every create but the one that went through met the storm");
+    let created_after: i64 = h
+        .db()
+        .query_row(
+            "SELECT finished_at - ?1 FROM attempts WHERE operation = 'create_batch' AND error_type IS NULL",
+            [t0().timestamp_millis()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(created_after >= 600_000, "nothing got through the storm's first ten minutes: {created_after} ms");
+    assert_eq!(
+        h.count("SELECT COUNT(*) FROM attempts WHERE operation = 'list_batches'"),
+        0,
+        "a create refused with a 429 made nothing: it is sent again without a look at the provider's list"
+    );
     assert_eq!(h.count(FAILED_OR_CHARGED), 0, "no request is marked failed");
     let margin = h.margin_secs(run_id);
     assert!(margin > 0, "in time: {margin}s");
@@ -157,4 +175,35 @@ async fn a_request_queued_behind_one_in_flight_is_sent_without_waiting_for_it() 
     assert_eq!(h.sim.stats().messages_calls, 0, "while the first is still unanswered");
     // Not `sim.shutdown()`: it would wait a minute for the calls to be answered.
     lane.stop();
+}
+
+/// The provider's batch endpoints answer only 529s for an hour, so their
+/// pace falls to one call a minute. A tick still never waits for them
+/// more than a moment: a call the pace holds back waits for a later tick,
+/// and the run's other work (its fallback here) goes on meanwhile. Found
+/// by the failover test, where one tick waited four minutes for four
+/// paced list calls and the run missed its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_never_waits_long_for_batch_endpoints_slowed_by_an_outage() {
+    let sim = SimConfig { outage: Some("anthropic".into()), ..SimConfig::default() };
+    let h = harness("batch", "2h", 20, sim).await;
+    let run = h.engine.start_run(&h.job, t0(), h.job.deadline_at(t0())).await.unwrap();
+    let _presence = h.clock.enter();
+    let (mut ticks, mut longest) = (0, chrono::Duration::zero());
+    while h.clock.now() < t0() + chrono::Duration::minutes(30) {
+        let before = h.clock.now();
+        let wake = h.engine.tick(Some(run.id)).await.unwrap();
+        longest = longest.max(h.clock.now() - before);
+        ticks += 1;
+        h.clock.sleep(orchestrator::engine::until(h.clock.now(), wake)).await;
+    }
+    let pace = h.engine.batch_endpoints().iter().find(|e| e.provider == "anthropic").unwrap().pace_per_minute;
+    assert_eq!(pace, 1.0, "the outage slowed the batch endpoints to their floor");
+    let refused = h.count("SELECT COUNT(*) FROM attempts WHERE lane = 'batch' AND http_status = 529");
+    assert!(refused >= 10, "the outage met the batch endpoints: {refused} refusals");
+    // One paced wait (5 s) and 5 s of backpressure per call, a create and a poll at most.
+    assert!(longest <= chrono::Duration::seconds(20), "the longest tick took {longest} of the clock");
+    assert!(ticks >= 10, "the run was tended again and again: {ticks} ticks");
+    eprintln!("outage of the batch endpoints: {ticks} ticks in 30 min, the longest {longest}, {refused} refusals");
+    h.sim.shutdown().await;
 }

@@ -126,6 +126,11 @@ impl Engine {
         // deadline, then to creates, then to routine polls.
         let (urgent, routine) = self.due_batches(only, &mut wake).await?;
         for tending in &urgent {
+            if let Some(free_at) = self.held_by_pace(&tending.batch.provider, false) {
+                self.defer_poll(tending.batch.id, free_at);
+                wake = wake.min(free_at);
+                continue;
+            }
             wake = wake.min(self.tend_batch(tending).await?);
         }
         let runs = match only {
@@ -194,15 +199,15 @@ impl Engine {
         self.sync.resume();
     }
 
-    /// Polls batches that are not urgent: the first one waits for the
-    /// batch endpoints' pace, the others go only while it has a call to
-    /// spare, so neither creates nor polls can starve the other.
+    /// Polls batches that are not urgent: the first one may wait a moment
+    /// for the batch endpoints' pace, the others go only while it has a
+    /// call to spare, so neither creates nor polls can starve the other.
     async fn tend_routine(&self, routine: Vec<super::poll::Tending>) -> Result<DateTime<Utc>, EngineError> {
         let mut wake = self.clock.now() + span(self.settings.idle_tick);
         let mut polled_one = false;
         for tending in routine {
-            let free_at = self.batch.budget_free_at(&tending.batch.provider);
-            if polled_one && free_at > self.clock.now() {
+            if let Some(free_at) = self.held_by_pace(&tending.batch.provider, polled_one) {
+                self.defer_poll(tending.batch.id, free_at);
                 wake = wake.min(free_at);
                 continue;
             }
@@ -210,6 +215,17 @@ impl Engine {
             wake = wake.min(self.tend_batch(&tending).await?);
         }
         Ok(wake)
+    }
+
+    /// When a call to `provider`'s batch endpoints should wait for their
+    /// pace instead of going now: the first call of its kind in a tick
+    /// (`spent_one` false) may wait a moment
+    /// ([`LONGEST_PACE_WAIT`](crate::lanes::batch::LONGEST_PACE_WAIT)),
+    /// the others go only while the budget has one to spare. `None`: go.
+    pub(super) fn held_by_pace(&self, provider: &str, spent_one: bool) -> Option<DateTime<Utc>> {
+        let (now, free_at) = (self.clock.now(), self.batch.budget_free_at(provider));
+        let patience = if spent_one { Duration::ZERO } else { crate::lanes::batch::LONGEST_PACE_WAIT };
+        (free_at > now + span(patience)).then_some(free_at)
     }
 
     /// Moves one open run forward; returns when it next needs a tick.

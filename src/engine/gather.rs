@@ -72,7 +72,7 @@ fn share_key(ready: &Ready) -> ShareKey {
 impl Engine {
     /// Submits the waiting requests of `ready` runs, those that can share in
     /// one batch, once their gathering `window` is over. The first create
-    /// of a tick waits for the batch endpoints' pace; the others go only
+    /// of a tick may wait a moment for the batch endpoints' pace; the others go only
     /// while the pace has a call to spare, so polls are never held up
     /// behind a queue of creates. Returns when to look again.
     pub(super) async fn submit_ready(&self, ready: Vec<Ready>, window: Duration) -> Result<DateTime<Utc>, EngineError> {
@@ -89,8 +89,7 @@ impl Engine {
                 wake = wake.min(due);
                 continue;
             }
-            let free_at = self.batch.budget_free_at(&key.provider);
-            if created_one && free_at > now {
+            if let Some(free_at) = self.held_by_pace(&key.provider, created_one) {
                 wake = wake.min(free_at);
                 continue;
             }

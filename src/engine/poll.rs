@@ -153,6 +153,15 @@ impl Engine {
         self.schedule_poll(batch_id, wait);
     }
 
+    /// Leaves `batch_id` until `at` (the batch endpoints' pace has no call
+    /// to spare before), keeping its backoff.
+    pub(super) fn defer_poll(&self, batch_id: i64, at: DateTime<Utc>) {
+        let now = self.clock.now();
+        let mut polls = self.polls();
+        let plan = polls.entry(batch_id).or_insert(PollPlan { next_at: now, wait: self.settings.poll_initial });
+        plan.next_at = plan.next_at.max(at);
+    }
+
     /// Polls `batch_id` again after `wait`.
     pub(super) fn schedule_poll(&self, batch_id: i64, wait: Duration) {
         let plan = PollPlan { next_at: self.clock.now() + span(wait), wait };

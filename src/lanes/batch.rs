@@ -22,8 +22,14 @@ pub use crate::providers::BatchLimits;
 const INGEST_CHUNK: usize = 4000;
 /// Parsed result lines waiting for the writer (about 1.5 KB each).
 const INGEST_QUEUE: usize = 256;
-/// Longest backpressure waited out in one call that tends a batch.
+/// Longest backpressure waited out in one call that tends or creates a batch.
 const TENDING_BACKPRESSURE: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest wait for the batch endpoints' pace inside one call. The engine's
+/// tick makes these calls for every run in turn: a longer wait (at a pace
+/// slowed to one call a minute by an outage) would hold up every other
+/// run's fallback, failover and delivery, so the call is left for the tick
+/// that comes when the budget has room ([`BatchLane::budget_free_at`]).
+pub const LONGEST_PACE_WAIT: std::time::Duration = TENDING_BACKPRESSURE;
 /// Bytes of request rows read from the store per chunk of a create call.
 const ROWS_CHUNK: usize = 64 * 1024;
 
@@ -39,6 +45,15 @@ pub enum LaneError {
     /// The process is stopping: work in a blocking task was cut short.
     #[error("stopped: {0}")]
     Stopped(String),
+    /// The batch endpoints' pace has no call to spare for longer than
+    /// [`LONGEST_PACE_WAIT`]; no call was made.
+    #[error("the {provider} batch endpoints are paced: the next call can go in {}s", .wait.as_secs_f64().ceil())]
+    Paced {
+        /// The provider.
+        provider: String,
+        /// How long until the budget has a call to spare.
+        wait: std::time::Duration,
+    },
 }
 
 /// Inside a retried call, a store failure (a busy or full disk) is tried
@@ -47,7 +62,7 @@ impl super::retry::Retryable for LaneError {
     fn is_retryable(&self) -> bool {
         match self {
             LaneError::Provider(error) => error.is_retryable(),
-            LaneError::Store(_) => true,
+            LaneError::Store(_) | LaneError::Paced { .. } => true,
             LaneError::Stopped(_) => false,
         }
     }
@@ -59,15 +74,21 @@ impl super::retry::Retryable for LaneError {
     fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
             LaneError::Provider(error) => error.retry_after(),
+            LaneError::Paced { wait, .. } => Some(*wait),
             LaneError::Store(_) | LaneError::Stopped(_) => None,
         }
     }
 }
 
 impl LaneError {
-    /// Whether the provider only asked us to slow down ([`ProviderError::is_backpressure`]).
+    /// Whether the provider only asked us to slow down
+    /// ([`ProviderError::is_backpressure`]), or our own pacing held the call back.
     pub fn is_backpressure(&self) -> bool {
-        matches!(self, LaneError::Provider(error) if error.is_backpressure())
+        match self {
+            LaneError::Provider(error) => error.is_backpressure(),
+            LaneError::Paced { .. } => true,
+            LaneError::Store(_) | LaneError::Stopped(_) => false,
+        }
     }
 
     /// Whether the provider may have acted on a call that failed ([`ProviderError::may_have_taken_effect`]).
@@ -138,6 +159,11 @@ pub struct BatchLane {
     store: SharedStore,
     clock: Arc<dyn Clock>,
     policy: RetryPolicy,
+    /// Intents whose every create this process sent was refused before it
+    /// could take effect (a 429, a 529, our own pacing): trying again needs
+    /// no look at the provider's list first, which would spend the scarce
+    /// budget of a storm on a call that cannot find anything.
+    refused_cleanly: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
 }
 
 impl BatchLane {
@@ -166,7 +192,13 @@ impl BatchLane {
                 (name, lane)
             })
             .collect();
-        BatchLane { providers: Arc::new(lanes), store, clock, policy: RetryPolicy::default() }
+        BatchLane {
+            providers: Arc::new(lanes),
+            store,
+            clock,
+            policy: RetryPolicy::default(),
+            refused_cleanly: Arc::default(),
+        }
     }
 
     /// The most one batch of `provider` may hold; `None` without a client for it.
@@ -243,12 +275,20 @@ impl BatchLane {
         RetryPolicy { max_backpressure: TENDING_BACKPRESSURE.min(self.policy.max_backpressure), ..self.policy }
     }
 
-    /// Waits for room in the rate limit of `lane`'s batch endpoints.
-    async fn pace(&self, lane: &ProviderLane) {
-        let wait = lane.pacer.reserve(self.clock.now());
+    /// Waits for room in the rate limit of `lane`'s batch endpoints, if it
+    /// comes within [`LONGEST_PACE_WAIT`]; else takes nothing from the
+    /// budget and says how long the wait would be.
+    async fn pace(&self, lane: &ProviderLane) -> Result<(), LaneError> {
+        let now = self.clock.now();
+        let wait = (lane.pacer.free_at(now) - now).to_std().unwrap_or_default();
+        if wait > LONGEST_PACE_WAIT {
+            return Err(LaneError::Paced { provider: lane.client.provider().to_owned(), wait });
+        }
+        let wait = lane.pacer.reserve(now);
         if !wait.is_zero() {
             self.clock.sleep(wait).await;
         }
+        Ok(())
     }
 
     /// Submits `custom_ids` of `run_id` as one batch ([`Self::submit_shared`] with one part).
@@ -298,7 +338,7 @@ impl BatchLane {
         // twice. Once a try may have taken effect, every later try looks
         // first, even after a 429 in between.
         let maybe_created = std::sync::atomic::AtomicBool::new(false);
-        let created = with_retries(self.clock.as_ref(), self.policy, give_up_at, "create_batch", || async {
+        let created = with_retries(self.clock.as_ref(), self.tending(), give_up_at, "create_batch", || async {
             if maybe_created.load(std::sync::atomic::Ordering::Relaxed)
                 && let Some(found) = self.created_for(batch_id).await?
             {
@@ -313,6 +353,7 @@ impl BatchLane {
             result
         })
         .await;
+        self.note_refusal(batch_id, created.is_err() && !maybe_created.into_inner());
         let created = match created {
             Ok(created) => created,
             Err(error) => {
@@ -359,7 +400,8 @@ impl BatchLane {
         may_create: bool,
         keep_looking: bool,
     ) -> Result<(), LaneError> {
-        if let Some(found) = self.find_created(batch).await? {
+        let looked = if self.was_refused_cleanly(batch.id) { None } else { self.find_created(batch).await? };
+        if let Some(found) = looked {
             let now = self.clock.now();
             let (batch_id, id) = (batch.id, found.id.clone());
             self.store.call(move |s| s.mark_batch_submitted(batch_id, &id, now)).await?;
@@ -380,6 +422,20 @@ impl BatchLane {
         }
         tracing::info!(batch = batch.id, "no provider batch matches the intent: submitting it again");
         self.create(batch, betas, give_up_at).await
+    }
+
+    /// Remembers whether the last create of `batch_id` was refused before
+    /// it could take effect.
+    fn note_refusal(&self, batch_id: i64, cleanly: bool) {
+        let mut refused = self.refused_cleanly.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match cleanly {
+            true => refused.insert(batch_id),
+            false => refused.remove(&batch_id),
+        };
+    }
+
+    fn was_refused_cleanly(&self, batch_id: i64) -> bool {
+        self.refused_cleanly.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&batch_id)
     }
 
     /// [`Self::find_created`] for the batch with database id `batch_id`, as a provider call.
@@ -587,7 +643,8 @@ impl BatchLane {
         E: Into<LaneError>,
         Fut: std::future::Future<Output = Result<T, E>>,
     {
-        self.pace(lane).await;
+        // Held back by our own pacing, no call is made, and none is logged.
+        self.pace(lane).await?;
         let started_at = self.clock.now();
         let result = call.await.map_err(Into::into);
         match &result {
