@@ -17,7 +17,7 @@ pub use price::{Cost, LaneFactor, Micros, TokenPrices, cost_of, micros, usd};
 use crate::catalog::Catalog;
 use crate::manifest::Lane;
 use crate::outcome::Usage;
-use crate::store::{ResultCost, Store, StoreError, UnpricedResult};
+use crate::store::{AnswerPrice, AnswerPricer, ResultCost, Store, StoreError, UnpricedResult};
 
 /// Results priced per transaction.
 const PRICING_CHUNK: usize = 5_000;
@@ -64,6 +64,25 @@ impl Pricer {
     /// The provider of `model` in the catalog.
     pub fn provider_of(&self, model: &str) -> Option<&str> {
         self.priced(model).map(|(_, _, provider)| provider)
+    }
+
+    /// The price of a successful batch answer of `model` with `usage`, as
+    /// it is stored; `None` for a model the catalog does not price.
+    pub fn batch_answer(&self, model: &str, usage: &Usage) -> Option<AnswerPrice> {
+        let (prices, factor, provider) = self.priced(model)?;
+        let cost = cost_of(usage, Lane::Batch, &prices, factor);
+        Some(AnswerPrice {
+            model: model.to_owned(),
+            provider: Some(provider.to_owned()),
+            cost_micros: cost.actual,
+            sync_cost_micros: cost.sync_equivalent,
+        })
+    }
+
+    /// [`Pricer::batch_answer`] as the batch lane takes it.
+    pub fn answer_pricer(&self) -> AnswerPricer {
+        let pricer = self.clone();
+        std::sync::Arc::new(move |model, usage| pricer.batch_answer(model, usage))
     }
 
     /// The stored cost of one result. Unbilled outcomes cost nothing; a

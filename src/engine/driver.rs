@@ -52,10 +52,11 @@ impl Engine {
         settings: EngineSettings,
         jobs: Vec<Job>,
     ) -> Engine {
+        let pricer = Pricer::new(settings.catalog.clone());
         let engine = Engine {
-            pricer: Pricer::new(settings.catalog.clone()),
+            batch: batch.priced_by(pricer.answer_pricer()),
+            pricer,
             store,
-            batch,
             sync,
             clock,
             settings,

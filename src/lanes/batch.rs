@@ -11,9 +11,12 @@ use super::pacer::Pacer;
 use super::retry::{RetryPolicy, with_retries};
 use crate::clock::Clock;
 use crate::outcome::Outcome;
-use crate::providers::{BatchInput, BatchPhase, BatchStatus, Client, ProviderError, Providers, RequestRows};
+use crate::providers::{
+    BatchInput, BatchPhase, BatchStatus, Client, ProviderError, Providers, RequestRows, ResultLine,
+};
 use crate::store::{
-    BatchPart, BatchRow, BatchState, NewAttempt, ResultCounts, SharedStore, Store, StoreError, Waiting,
+    AnswerPrice, AnswerPricer, BatchPart, BatchRow, BatchState, IncomingResult, NewAttempt, ResultCounts, SharedStore,
+    Store, StoreError, Waiting,
 };
 
 pub use crate::providers::BatchLimits;
@@ -164,6 +167,8 @@ pub struct BatchLane {
     /// no look at the provider's list first, which would spend the scarce
     /// budget of a storm on a call that cannot find anything.
     refused_cleanly: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
+    /// Prices successes as they are stored ([`BatchLane::priced_by`]).
+    pricer: Option<AnswerPricer>,
 }
 
 impl BatchLane {
@@ -198,6 +203,7 @@ impl BatchLane {
             clock,
             policy: RetryPolicy::default(),
             refused_cleanly: Arc::default(),
+            pricer: None,
         }
     }
 
@@ -218,6 +224,13 @@ impl BatchLane {
     pub fn budget_free_at(&self, provider: &str) -> DateTime<Utc> {
         let now = self.clock.now();
         self.providers.get(provider).map_or(now, |lane| lane.pacer.free_at(now))
+    }
+
+    /// The lane pricing each success whose answer names its model as it is
+    /// stored; the others are priced afterwards (`cost::price_pending`).
+    pub fn priced_by(mut self, pricer: AnswerPricer) -> BatchLane {
+        self.pricer = Some(pricer);
+        self
     }
 
     /// Each provider's queue limit and pace, by name.
@@ -560,7 +573,7 @@ impl BatchLane {
     /// memory, so the footprint is the same for a hundred lines or 100,000.
     async fn ingest_once(&self, lane: &ProviderLane, batch_id: i64, url: &str) -> Result<ResultCounts, LaneError> {
         let mut reader = lane.client.results(url).await?;
-        let (sender, mut receiver) = tokio::sync::mpsc::channel::<(String, Outcome)>(INGEST_QUEUE);
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<IncomingResult>(INGEST_QUEUE);
         let (db, now) = (self.store.path().to_owned(), self.clock.now());
         let writer = tokio::task::spawn_blocking(move || {
             let mut first_commit = true;
@@ -599,7 +612,9 @@ impl BatchLane {
                             };
                             parsed.custom_id = id.clone();
                         }
-                        if sender.send((parsed.custom_id, parsed.outcome)).await.is_err() {
+                        let price = self.price(&parsed);
+                        let incoming = IncomingResult { custom_id: parsed.custom_id, outcome: parsed.outcome, price };
+                        if sender.send(incoming).await.is_err() {
                             break;
                         }
                     }
@@ -616,6 +631,17 @@ impl BatchLane {
         let stored = joined(writer.await);
         streamed?;
         stored
+    }
+}
+
+impl BatchLane {
+    /// The price of a success whose answer names its model, if the lane prices.
+    fn price(&self, line: &ResultLine) -> Option<AnswerPrice> {
+        let (Some(pricer), Some(model)) = (&self.pricer, &line.model) else { return None };
+        match &line.outcome {
+            Outcome::Succeeded { usage, .. } => pricer(model, usage),
+            _ => None,
+        }
     }
 }
 

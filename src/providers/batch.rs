@@ -116,6 +116,8 @@ pub struct ResultLine {
     pub input_line: Option<u64>,
     /// What happened.
     pub outcome: Outcome,
+    /// The model a success names (`model` of the answer), when it names one.
+    pub model: Option<String>,
 }
 
 /// Parses one line of a results file into a result, or says why it cannot.

@@ -25,14 +25,14 @@ mod sync;
 pub use alerts::FailedCreate;
 pub use attempts::NewAttempt;
 pub use batches::{BatchPart, BatchRow, BatchState, PayloadSize};
-pub use costs::{AverageUsage, ResultCost, UnpricedResult};
+pub use costs::{AnswerPrice, AnswerPricer, AverageUsage, ResultCost, UnpricedResult};
 pub use dashboard::{
     BatchListing, CarriedRun, ErrorGroup, Labelled, MetricFigures, RunFilter, RunSummary, TokenEfficiency,
 };
 pub use events::EventRow;
 pub use report::{GroupBy, KpiFigures, Scope, SpendRow};
 pub use requests::{NewRequest, RequestState, TokenAverages, Waiting};
-pub use results::{DeliverableResult, ResultCounts};
+pub use results::{DeliverableResult, IncomingResult, ResultCounts};
 pub use runs::{NewRun, RunRow, RunState};
 pub use schedules::ScheduleRow;
 pub use shared::SharedStore;

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{Transaction, TransactionBehavior, params};
 
+use super::costs::AnswerPrice;
 use super::{Store, StoreError, from_millis, to_millis};
 use crate::outcome::{Outcome, Usage};
 
@@ -92,7 +93,7 @@ impl Store {
     pub fn store_batch_stream(
         &mut self,
         batch_id: i64,
-        lines: &mut tokio::sync::mpsc::Receiver<(String, Outcome)>,
+        lines: &mut tokio::sync::mpsc::Receiver<IncomingResult>,
         per_commit: usize,
         now: DateTime<Utc>,
         committed: &mut dyn FnMut(),
@@ -105,8 +106,9 @@ impl Store {
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
             let mut next = Some(first);
             let mut written = 0;
-            while let Some((custom_id, outcome)) = next.take() {
-                store_line(&tx, batch_id, &custom_id, &outcome, now, &mut total).map_err(e)?;
+            while let Some(line) = next.take() {
+                let IncomingResult { custom_id, outcome, price } = line;
+                store_line(&tx, batch_id, (&custom_id, &outcome, price.as_ref()), now, &mut total).map_err(e)?;
                 written += 1;
                 if written < per_commit {
                     next = lines.try_recv().ok();
@@ -267,7 +269,7 @@ fn store_lines(
     let mut order: Vec<&(String, Outcome)> = lines.iter().collect();
     order.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for (custom_id, outcome) in order {
-        store_line(tx, batch_id, custom_id, outcome, now, &mut counts)?;
+        store_line(tx, batch_id, (custom_id, outcome, None), now, &mut counts)?;
     }
     Ok(counts)
 }
@@ -276,8 +278,7 @@ fn store_lines(
 fn store_line(
     tx: &Transaction<'_>,
     batch_id: i64,
-    custom_id: &str,
-    outcome: &Outcome,
+    (custom_id, outcome, price): (&str, &Outcome, Option<&AnswerPrice>),
     now: DateTime<Utc>,
     counts: &mut ResultCounts,
 ) -> rusqlite::Result<()> {
@@ -286,7 +287,8 @@ fn store_line(
         counts.unknown += 1;
         return Ok(());
     }
-    let row = NewResult { custom_id, lane: "batch", batch_id: Some(batch_id), attempt_id: None, duplicate: false };
+    let row =
+        NewResult { custom_id, lane: "batch", batch_id: Some(batch_id), attempt_id: None, duplicate: false, price };
     if insert_result(tx, &row, outcome, now)? == 0 {
         counts.already_stored += 1;
     } else {
@@ -350,7 +352,11 @@ fn settle(tx: &Transaction<'_>, slice: &[Unsettled], now: DateTime<Utc>) -> rusq
     let mut take = tx.prepare_cached(
         "UPDATE requests SET state = ?2, result_id = ?3, updated_at = ?4, attempts = attempts + ?5 WHERE custom_id = ?1",
     )?;
-    let mut duplicate = tx.prepare_cached("UPDATE results SET duplicate = 1 WHERE id = ?1")?;
+    // A duplicate saved nothing: a price computed as it was stored says so now.
+    let mut duplicate = tx.prepare_cached(
+        "UPDATE results SET duplicate = 1, sync_cost_micros = CASE WHEN cost_micros IS NULL THEN NULL ELSE 0 END
+         WHERE id = ?1",
+    )?;
     let mut duplicates = 0;
     for result in slice {
         if result.state == "succeeded" || result.state == "permanent_failed" {
@@ -381,6 +387,20 @@ pub(super) struct NewResult<'a> {
     pub attempt_id: Option<i64>,
     /// Paid for, but another final result came first.
     pub duplicate: bool,
+    /// Its price, when known as it is stored.
+    pub price: Option<&'a AnswerPrice>,
+}
+
+/// A batch result on its way into the store, priced when the lane could
+/// tell its price (the answer named its model).
+#[derive(Debug)]
+pub struct IncomingResult {
+    /// The request it answers.
+    pub custom_id: String,
+    /// What happened.
+    pub outcome: Outcome,
+    /// Its price, for a success whose model the catalog prices.
+    pub price: Option<AnswerPrice>,
 }
 
 /// Inserts one result; returns the number of rows stored (0 when this
@@ -395,8 +415,8 @@ pub(super) fn insert_result(
     tx.prepare_cached(
         "INSERT INTO results (custom_id, lane, batch_id, attempt_id, status, error_type, error_message, message,
                               stop_reason, input_tokens, output_tokens, cache_write_5m, cache_write_1h, cache_read,
-                              duplicate, received_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                              duplicate, received_at, model, provider, cost_micros, sync_cost_micros)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)
          ON CONFLICT (custom_id, batch_id) DO NOTHING",
     )?
     .execute(params![
@@ -415,7 +435,11 @@ pub(super) fn insert_result(
         usage.cache_write_1h_tokens,
         usage.cache_read_tokens,
         row.duplicate,
-        to_millis(now)
+        to_millis(now),
+        row.price.map(|p| &p.model),
+        row.price.and_then(|p| p.provider.as_ref()),
+        row.price.map(|p| p.cost_micros),
+        row.price.map(|p| p.sync_cost_micros),
     ])
 }
 

@@ -90,6 +90,7 @@ impl Store {
             batch_id: None,
             attempt_id: Some(attempt_id),
             duplicate: already_final,
+            price: None,
         };
         insert_result(&tx, &row, outcome, now).map_err(e)?;
         let result_id = tx.last_insert_rowid();

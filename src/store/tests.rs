@@ -294,7 +294,7 @@ fn streamed_results_wait_for_the_settle_and_a_sync_result_in_between_wins() {
     store.mark_batch_submitted(batch.id, "msgbatch_1", at(2)).unwrap();
     let (sender, mut receiver) = tokio::sync::mpsc::channel(8);
     for id in &ids {
-        sender.try_send((id.clone(), success("batch"))).unwrap();
+        sender.try_send(IncomingResult { custom_id: id.clone(), outcome: success("batch"), price: None }).unwrap();
     }
     drop(sender);
     let mut commits = 0;
@@ -311,6 +311,49 @@ fn streamed_results_wait_for_the_settle_and_a_sync_result_in_between_wins() {
         store.undelivered_results(run.id, 100).unwrap().into_iter().map(|r| r.message).collect();
     assert_eq!(delivered.len(), 3);
     assert!(delivered[0].contains("sync") && delivered[1].contains("batch"), "{delivered:?}");
+}
+
+/// Batch successes priced as they are stored need no pricing pass; one
+/// that turns out to be duplicate spend keeps its cost and loses its saving.
+#[test]
+fn a_batch_success_priced_as_it_is_stored_loses_its_saving_once_it_is_a_duplicate() {
+    let (_dir, mut store) = open();
+    let run = run_with_requests(&mut store, 2);
+    let ids = store.request_ids(run.id, &[RequestState::Pending]).unwrap();
+    let batch = store.record_batch_intent(run.id, "anthropic", &ids, at(1)).unwrap();
+    store.mark_batch_submitted(batch.id, "msgbatch_1", at(2)).unwrap();
+    let price = AnswerPrice {
+        model: "claude-haiku-4-5-20251001".into(),
+        provider: Some("anthropic".into()),
+        cost_micros: 30,
+        sync_cost_micros: 60,
+    };
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(8);
+    for id in &ids {
+        let incoming = IncomingResult { custom_id: id.clone(), outcome: success("batch"), price: Some(price.clone()) };
+        sender.try_send(incoming).unwrap();
+    }
+    drop(sender);
+    store.store_batch_stream(batch.id, &mut receiver, 10, at(3), &mut || {}).unwrap();
+    assert!(store.unpriced_results(10).unwrap().is_empty(), "nothing is left to price");
+    // The first request was answered by the sync lane before the settle.
+    let attempt = store.record_attempt(&NewAttempt::started("sync", "create_message", at(4))).unwrap();
+    store.record_sync_result(&ids[0], attempt, &success("sync"), at(4)).unwrap();
+    assert_eq!(store.settle_batch_results(batch.id, at(5)).unwrap(), 1);
+    let costs = |duplicate: i64| -> (String, String, i64, i64) {
+        store
+            .conn
+            .query_row(
+                "SELECT model, provider, cost_micros, sync_cost_micros FROM results
+                 WHERE lane = 'batch' AND duplicate = ?1",
+                [duplicate],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap()
+    };
+    assert_eq!(costs(0), ("claude-haiku-4-5-20251001".into(), "anthropic".into(), 30, 60));
+    assert_eq!(costs(1), ("claude-haiku-4-5-20251001".into(), "anthropic".into(), 30, 0), "paid, saved nothing");
+    assert_eq!(store.unpriced_results(10).unwrap().len(), 1, "only the sync result waits for the pricing pass");
 }
 
 #[test]

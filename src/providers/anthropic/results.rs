@@ -26,10 +26,13 @@ struct RawResult {
 /// error types (an unknown result type is kept as a retryable error).
 pub fn parse_result_line(line: &str) -> Result<ResultLine, String> {
     let raw: RawLine = serde_json::from_str(line).map_err(|err| err.to_string())?;
+    let mut model = None;
     let outcome = match raw.result.kind.as_str() {
         "succeeded" => {
             let message = raw.result.message.ok_or("succeeded result without message")?;
-            succeeded(message.get())?
+            let answer = answer(message.get())?;
+            model = answer.1;
+            answer.0
         }
         "errored" => errored(raw.result.error.as_ref()),
         "canceled" => Outcome::Canceled,
@@ -39,24 +42,32 @@ pub fn parse_result_line(line: &str) -> Result<ResultLine, String> {
             message: line.chars().take(200).collect(),
         },
     };
-    Ok(ResultLine { custom_id: raw.custom_id, input_line: None, outcome })
+    Ok(ResultLine { custom_id: raw.custom_id, input_line: None, outcome, model })
 }
 
 /// The outcome of a successful message, keeping the message as received.
 pub(super) fn succeeded(message: &str) -> Result<Outcome, String> {
+    answer(message).map(|(outcome, _)| outcome)
+}
+
+/// [`succeeded`] and the model the message names, in one parse.
+fn answer(message: &str) -> Result<(Outcome, Option<String>), String> {
     #[derive(Deserialize)]
     struct Message {
+        #[serde(default)]
+        model: Option<String>,
         #[serde(default)]
         stop_reason: Option<String>,
         #[serde(default)]
         usage: Option<RawUsage>,
     }
     let parsed: Message = serde_json::from_str(message).map_err(|err| err.to_string())?;
-    Ok(Outcome::Succeeded {
+    let outcome = Outcome::Succeeded {
         message: message.to_owned(),
         stop_reason: parsed.stop_reason,
         usage: parsed.usage.map(RawUsage::into_usage).unwrap_or_default(),
-    })
+    };
+    Ok((outcome, parsed.model))
 }
 
 /// `usage` as the Messages API sends it; every field but two is optional.
@@ -115,9 +126,10 @@ mod tests {
 
     #[test]
     fn parses_every_result_type_of_the_wire_format() {
-        let ok = r#"{"custom_id":"a","result":{"type":"succeeded","message":{"id":"msg_1","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","usage":{"input_tokens":50,"output_tokens":5,"cache_creation_input_tokens":248,"cache_read_input_tokens":1800,"cache_creation":{"ephemeral_5m_input_tokens":148,"ephemeral_1h_input_tokens":100},"new_field":1}}},"extra":true}"#;
+        let ok = r#"{"custom_id":"a","result":{"type":"succeeded","message":{"id":"msg_1","model":"claude-haiku-4-5-20251001","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","usage":{"input_tokens":50,"output_tokens":5,"cache_creation_input_tokens":248,"cache_read_input_tokens":1800,"cache_creation":{"ephemeral_5m_input_tokens":148,"ephemeral_1h_input_tokens":100},"new_field":1}}},"extra":true}"#;
         let line = parse_result_line(ok).unwrap();
         assert_eq!(line.custom_id, "a");
+        assert_eq!(line.model.as_deref(), Some("claude-haiku-4-5-20251001"), "the model it is priced as");
         let Outcome::Succeeded { usage, stop_reason, message } = line.outcome else { panic!() };
         assert_eq!(
             usage,

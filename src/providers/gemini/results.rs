@@ -130,7 +130,9 @@ pub fn parse_result_line(line: &str) -> Result<ResultLine, String> {
         (Some(response), None) => succeeded(response.get())?,
         (None, None) => return Err(format!("a result for `{key}` with neither response nor error")),
     };
-    Ok(ResultLine { custom_id: key, input_line: None, outcome })
+    // The answer names a `modelVersion`, not the catalog's model: it is
+    // priced afterwards as the model the request named.
+    Ok(ResultLine { custom_id: key, input_line: None, outcome, model: None })
 }
 
 /// The inline responses of a batch operation, wherever this version of the

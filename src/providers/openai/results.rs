@@ -13,8 +13,15 @@ use crate::providers::ResultLine;
 /// read rate, the rest as input; `completion_tokens` includes reasoning
 /// tokens, all billed as output.
 pub fn succeeded(completion: &str) -> Result<Outcome, String> {
+    answer(completion).map(|(outcome, _)| outcome)
+}
+
+/// [`succeeded`] and the model the completion names, in one parse.
+fn answer(completion: &str) -> Result<(Outcome, Option<String>), String> {
     #[derive(Deserialize)]
     struct Completion {
+        #[serde(default)]
+        model: Option<String>,
         #[serde(default)]
         choices: Vec<Choice>,
         #[serde(default)]
@@ -26,11 +33,12 @@ pub fn succeeded(completion: &str) -> Result<Outcome, String> {
         finish_reason: Option<String>,
     }
     let parsed: Completion = serde_json::from_str(completion).map_err(|err| err.to_string())?;
-    Ok(Outcome::Succeeded {
+    let outcome = Outcome::Succeeded {
         message: completion.to_owned(),
         stop_reason: parsed.choices.first().and_then(|c| c.finish_reason.clone()),
         usage: parsed.usage.map(RawUsage::into_usage).unwrap_or_default(),
-    })
+    };
+    Ok((outcome, parsed.model))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +100,7 @@ struct RawError {
 /// an expiry (retried).
 pub fn parse_result_line(line: &str) -> Result<ResultLine, String> {
     let raw: RawLine = serde_json::from_str(line).map_err(|err| err.to_string())?;
+    let mut model = None;
     let outcome = match (raw.response, raw.error) {
         (_, Some(error)) if error.code.as_deref() == Some("batch_expired") => Outcome::Expired,
         (_, Some(error)) => Outcome::Errored {
@@ -104,7 +113,9 @@ pub fn parse_result_line(line: &str) -> Result<ResultLine, String> {
         },
         (Some(response), None) if response.status_code == 200 => {
             let body = response.body.ok_or("a 200 response without a body")?;
-            succeeded(body.get())?
+            let answer = answer(body.get())?;
+            model = answer.1;
+            answer.0
         }
         (Some(response), None) => {
             let body: Option<Value> = response.body.and_then(|b| serde_json::from_str(b.get()).ok());
@@ -118,7 +129,7 @@ pub fn parse_result_line(line: &str) -> Result<ResultLine, String> {
         }
         (None, None) => return Err("a line with neither response nor error".to_owned()),
     };
-    Ok(ResultLine { custom_id: raw.custom_id, input_line: None, outcome })
+    Ok(ResultLine { custom_id: raw.custom_id, input_line: None, outcome, model })
 }
 
 #[cfg(test)]
@@ -138,9 +149,10 @@ mod tests {
 
     #[test]
     fn lines_of_both_files_become_outcomes() {
-        let ok = r#"{"id":"batch_req_1","custom_id":"a","response":{"status_code":200,"request_id":"req_1","body":{"choices":[{"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":2}}},"error":null}"#;
+        let ok = r#"{"id":"batch_req_1","custom_id":"a","response":{"status_code":200,"request_id":"req_1","body":{"model":"gpt-4o-mini-2024-07-18","choices":[{"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":2}}},"error":null}"#;
         let line = parse_result_line(ok).unwrap();
         assert_eq!(line.custom_id, "a");
+        assert_eq!(line.model.as_deref(), Some("gpt-4o-mini-2024-07-18"), "the model it is priced as");
         assert!(matches!(line.outcome, Outcome::Succeeded { .. }));
         let refused = r#"{"id":"batch_req_2","custom_id":"b","response":{"status_code":400,"request_id":"req_2","body":{"error":{"message":"bad max_completion_tokens","type":"invalid_request_error","code":null}}},"error":null}"#;
         let refused = parse_result_line(refused).unwrap().outcome;

@@ -81,6 +81,7 @@ impl Failure {
             custom_id: String::new(),
             input_line: Some(line),
             outcome: Outcome::Errored { error_type: "invalid_request_error".to_owned(), message },
+            model: None,
         })
     }
 }
