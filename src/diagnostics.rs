@@ -86,12 +86,14 @@ codes! {
     TemplateSyntax = "E051", Error, "the template has a syntax error";
     TemplateUndefinedVariable = "E052", Error, "the template uses a variable that is not defined";
     TemplateOutsidePrompts = "E053", Error, "the template path leaves the prompts directory";
-    ItemsSourceCount = "E060", Error, "items needs exactly one of jsonl, glob, command";
+    ItemsSourceCount = "E060", Error, "items needs exactly one of jsonl, glob, command, from";
     EmptyItemsCommand = "E061", Error, "items.command is empty";
     SinkTargetCount = "E062", Error, "sink needs exactly one of jsonl, dir, sqlite, command";
     SharedSinkPath = "W063", Warning, "two jobs write the same sink path";
     InvalidSinkTable = "E064", Error, "the sqlite sink table name is not a plain identifier";
     EmptySinkValue = "E065", Error, "a sink path or command is empty";
+    UnknownUpstream = "E066", Error, "items.from names no job in jobs/";
+    StageCycle = "E067", Error, "stages read each other's results in a cycle";
     InvalidRetry = "E070", Error, "retry.max_attempts is below 1";
     InvalidBudget = "E071", Error, "budget.monthly_usd is not a positive amount";
     InvalidBatchSize = "E072", Error, "max_batch_requests is outside 1 to the provider's limit per batch";

@@ -7,7 +7,8 @@ use std::thread::JoinHandle;
 
 use serde_json::{Map, Value};
 
-use crate::manifest::ItemSource;
+use crate::manifest::{ItemSource, StageShape};
+use crate::store::UpstreamResult;
 
 /// One unit of input: a JSON object.
 pub type Item = Map<String, Value>;
@@ -31,6 +32,19 @@ pub enum SourceError {
         origin: String,
         /// Line number and reason for each malformed line.
         lines: Vec<(usize, String)>,
+    },
+    /// A stage's items come from another job's results in the state
+    /// database, which this reader has no access to.
+    #[error("the items are the results of job `{job}`: they are read from the state database when a run starts")]
+    Stage {
+        /// The upstream job.
+        job: String,
+    },
+    /// A stage's upstream job has no completed run to read.
+    #[error("job `{job}` has no completed run yet: a stage reads the results of its newest completed run")]
+    NoUpstreamRun {
+        /// The upstream job.
+        job: String,
     },
     /// The glob pattern is invalid.
     #[error("invalid glob pattern `{pattern}`: {reason}")]
@@ -76,6 +90,31 @@ pub fn read_items(source: Option<&ItemSource>) -> Result<Items, SourceError> {
     collect(ItemStream::open(source)?)
 }
 
+/// A stage's items from the results its upstream run `run` delivered: one
+/// per result (`custom_id`, `text`, `item`, `usage`), or with
+/// [`StageShape::One`] all of them as one item (`results`, and the `run`).
+pub fn stage_items(run: &str, results: &[UpstreamResult], shape: StageShape) -> Vec<Item> {
+    let each = results.iter().map(|result| {
+        let message: Value = serde_json::from_str(&result.message).unwrap_or_default();
+        let mut item = Item::new();
+        item.insert("custom_id".into(), Value::String(result.custom_id.clone()));
+        item.insert("text".into(), Value::String(crate::outcome::message_text(&message)));
+        item.insert("item".into(), serde_json::from_str(&result.item).unwrap_or_default());
+        item.insert("usage".into(), serde_json::to_value(result.usage).unwrap_or_default());
+        item.insert("run".into(), Value::String(run.to_owned()));
+        item
+    });
+    match shape {
+        StageShape::Each => each.collect(),
+        StageShape::One => {
+            let mut item = Item::new();
+            item.insert("results".into(), Value::Array(each.map(Value::Object).collect()));
+            item.insert("run".into(), Value::String(run.to_owned()));
+            vec![item]
+        }
+    }
+}
+
 /// Parses JSON Lines: blank lines are ignored, every other line must be an object.
 #[cfg(test)]
 fn parse_jsonl(
@@ -105,6 +144,7 @@ pub struct ItemStream {
 
 enum Kind {
     Single(Option<Item>),
+    Listed(std::vec::IntoIter<Item>),
     Lines { reader: Box<dyn BufRead + Send>, origin: String, number: usize, done: bool },
     Files(std::vec::IntoIter<PathBuf>),
 }
@@ -132,7 +172,15 @@ impl ItemStream {
         if let Some(command) = &source.command {
             return spawn_command(command, source.skip_malformed);
         }
+        if let Some(job) = &source.from {
+            return Err(SourceError::Stage { job: job.clone() });
+        }
         Ok(ItemStream::new(Kind::Single(None), false))
+    }
+
+    /// Items already read (a stage's, from its upstream run's results).
+    pub fn listed(items: Vec<Item>) -> ItemStream {
+        ItemStream::new(Kind::Listed(items.into_iter()), false)
     }
 
     fn lines(reader: Box<dyn BufRead + Send>, origin: &str, skip_malformed: bool) -> ItemStream {
@@ -197,6 +245,7 @@ impl Iterator for ItemStream {
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.kind {
             Kind::Single(item) => item.take().map(Ok),
+            Kind::Listed(items) => items.next().map(Ok),
             Kind::Files(paths) => paths.next().map(|path| file_item(&path)),
             Kind::Lines { .. } => self.next_line_item(),
         }

@@ -26,6 +26,7 @@ mod serve;
 mod sharing;
 mod shutdown;
 mod sim;
+mod stages;
 mod support;
 mod systemd;
 mod validate;

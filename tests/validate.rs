@@ -254,3 +254,41 @@ fn failover_models_are_checked_for_provider_params_and_key() {
         }
     }
 }
+
+#[test]
+fn stages_name_jobs_that_exist_and_never_read_their_own_results() {
+    let head = "schedule: { cron: '0 6 * * *' }\nmodel: claude-haiku-4-5\nmax_tokens: 100\nprompt: { inline: hi }\n";
+    let dir = project_with(&format!("{head}items: {{ jsonl: items.jsonl }}\n"));
+    let stage = |from: &str| format!("{head}items: {{ from: {from}, as: one }}\n");
+    std::fs::write(dir.path().join("jobs/digest.yaml"), stage("only")).unwrap();
+    let output = run_in(dir.path(), &["validate", "--deny-warnings"]);
+    assert_eq!(code(&output), 0, "a stage over an existing job: {}", stdout(&output));
+
+    std::fs::write(dir.path().join("jobs/digest.yaml"), stage("onyl")).unwrap();
+    let output = run_in(dir.path(), &["validate", "--format", "json"]);
+    assert_eq!(code(&output), 78);
+    let diagnostics: Vec<serde_json::Value> = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+    assert_eq!(diagnostics[0]["code"], "E066");
+    assert_eq!(
+        (diagnostics[0]["file"].as_str().unwrap(), diagnostics[0]["line"].as_u64()),
+        ("jobs/digest.yaml", Some(5))
+    );
+    assert_eq!(diagnostics[0]["help"], "did you mean `only`?");
+
+    // Two jobs reading each other's results, and one with two sources.
+    std::fs::write(dir.path().join("jobs/digest.yaml"), stage("only")).unwrap();
+    std::fs::write(dir.path().join("jobs/only.yaml"), format!("{head}items: {{ from: digest }}\n")).unwrap();
+    std::fs::write(dir.path().join("jobs/both.yaml"), format!("{head}items: {{ jsonl: a.jsonl, from: only }}\n"))
+        .unwrap();
+    let output = run_in(dir.path(), &["validate", "--format", "json"]);
+    let diagnostics: Vec<serde_json::Value> = serde_json::from_str(&stdout(&output)).unwrap();
+    let codes: Vec<(&str, &str)> =
+        diagnostics.iter().map(|d| (d["file"].as_str().unwrap(), d["code"].as_str().unwrap())).collect();
+    assert_eq!(
+        codes,
+        [("jobs/both.yaml", "E060"), ("jobs/digest.yaml", "E067"), ("jobs/only.yaml", "E067")],
+        "{diagnostics:#?}"
+    );
+    assert!(diagnostics[1]["message"].as_str().unwrap().ends_with("digest <- only <- digest"), "{diagnostics:#?}");
+}

@@ -142,9 +142,10 @@ async fn store_requests(
     now: DateTime<Utc>,
 ) -> Result<Stored, PrepareError> {
     let info = distinct_ids(store, info, run_id).await?;
+    let upstream = stage_items(store, job, run_id, now).await?;
     let (sender, mut chunks) = tokio::sync::mpsc::channel::<Vec<NewRequest>>(2);
     let job = job.clone();
-    let renderer = tokio::task::spawn_blocking(move || render_chunks(&job, &info, &sender));
+    let renderer = tokio::task::spawn_blocking(move || render_chunks(&job, &info, upstream, &sender));
     let mut stored = Stored::default();
     while let Some(chunk) = chunks.recv().await {
         stored.requests += chunk.len() as u64;
@@ -154,6 +155,35 @@ async fn store_requests(
     }
     renderer.await.expect("rendering does not panic")?;
     Ok(stored)
+}
+
+/// For a stage (`items.from`), its items: the results the upstream job's
+/// newest completed run delivered, recorded on the run as a `stage_input`
+/// event. `None` for a job that reads its own source.
+async fn stage_items(
+    store: &SharedStore,
+    job: &Job,
+    run_id: i64,
+    now: DateTime<Utc>,
+) -> Result<Option<Vec<Item>>, PrepareError> {
+    let Some(items) = job.manifest.items.as_ref() else { return Ok(None) };
+    let Some(upstream) = items.from.clone() else { return Ok(None) };
+    let shape = items.shape.unwrap_or_default();
+    let name = upstream.clone();
+    let read = store
+        .call(move |s| {
+            let Some(run) = s.newest_completed_run(&name)? else { return Ok(None) };
+            let results = s.delivered_results(run.id)?;
+            let detail = serde_json::json!({
+                "upstream_job": name, "upstream_run": run.run_key, "results": results.len(),
+            });
+            s.record_event(Some(run_id), None, "stage_input", &detail, now)?;
+            Ok(Some((run.run_key, results)))
+        })
+        .await?;
+    let Some((run_key, results)) = read else { return Err(SourceError::NoUpstreamRun { job: upstream }.into()) };
+    tracing::info!(job = %job.name, upstream = %run_key, results = results.len(), "stage reads its upstream run");
+    Ok(Some(sources::stage_items(&run_key, &results, shape)))
 }
 
 /// The budget check before a run spends anything: its estimated cost on
@@ -208,9 +238,13 @@ pub fn read_run_items(job: &Job, info: &RunInfo) -> Result<Vec<Item>, PrepareErr
 fn render_chunks(
     job: &Job,
     info: &RunInfo,
+    listed: Option<Vec<Item>>,
     chunks: &tokio::sync::mpsc::Sender<Vec<NewRequest>>,
 ) -> Result<(), PrepareError> {
-    let mut items = ItemStream::open(rendered_source(job, info)?.as_ref())?;
+    let mut items = match listed {
+        Some(items) => ItemStream::listed(items),
+        None => ItemStream::open(rendered_source(job, info)?.as_ref())?,
+    };
     // A batch-lane run renders for `batch_model` when the job has one.
     let renderer = Renderer::new(job, job.model_for(job.manifest.tier.lane()))?;
     let mut chunk = Vec::with_capacity(CHUNK);
@@ -248,6 +282,8 @@ fn rendered_source(job: &Job, info: &RunInfo) -> Result<Option<ItemSource>, Rend
         jsonl: render(&items.jsonl)?,
         glob: render(&items.glob)?,
         command: render(&items.command)?,
+        from: items.from.clone(),
+        shape: items.shape,
         skip_malformed: items.skip_malformed,
     }))
 }

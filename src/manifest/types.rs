@@ -220,7 +220,7 @@ pub enum PromptSource {
     },
 }
 
-/// Where a run's items come from. Exactly one of `jsonl`, `glob`, `command`.
+/// Where a run's items come from. Exactly one of `jsonl`, `glob`, `command`, `from`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemSource {
@@ -233,9 +233,29 @@ pub struct ItemSource {
     /// A shell command (`sh -c`) whose standard output is JSON Lines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
+    /// Another job (a pipeline stage): the results its newest completed run
+    /// delivered are the items, each with its `custom_id`, `text`, `item`
+    /// and `usage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// With `from`: `each` result is an item (the default), or all of them
+    /// are `one` item, as the list `results` (a digest).
+    #[serde(default, rename = "as", skip_serializing_if = "Option::is_none")]
+    pub shape: Option<StageShape>,
     /// Skip malformed JSON lines (reported) instead of refusing to start the run.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skip_malformed: bool,
+}
+
+/// How a stage takes its upstream run's results (`items.as`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StageShape {
+    /// Each delivered result is one item.
+    #[default]
+    Each,
+    /// All of them are one item, as the list `results`.
+    One,
 }
 
 /// Where results go. Exactly one of `jsonl`, `dir`, `sqlite`, `command`.

@@ -20,6 +20,7 @@ mod schedules;
 mod schema;
 pub mod shared;
 pub mod sink_table;
+mod stages;
 mod sync;
 
 pub use alerts::FailedCreate;
@@ -36,6 +37,7 @@ pub use results::{DeliverableResult, IncomingResult, ResultCounts};
 pub use runs::{NewRun, RunRow, RunState};
 pub use schedules::ScheduleRow;
 pub use shared::SharedStore;
+pub use stages::UpstreamResult;
 pub use sync::{SyncSettle, SyncWork};
 
 use std::path::{Path, PathBuf};

@@ -51,11 +51,17 @@ fn check_items(job: &Parsed, out: &mut Vec<Diagnostic>) {
     let Some(items) = &job.manifest.items else {
         return;
     };
-    let set = [&items.jsonl, &items.glob, &items.command].iter().filter(|v| v.is_some()).count();
+    let set = [&items.jsonl, &items.glob, &items.command, &items.from].iter().filter(|v| v.is_some()).count();
     if set != 1 {
         out.push(
             job.at_key(Code::ItemsSourceCount, "items", format!("items has {set} sources; it needs exactly one"))
-                .help("write one of `{ jsonl: PATH }`, `{ glob: PATTERN }`, `{ command: CMD }`"),
+                .help("write one of `{ jsonl: PATH }`, `{ glob: PATTERN }`, `{ command: CMD }`, `{ from: JOB }`"),
+        );
+    }
+    if items.shape.is_some() && items.from.is_none() {
+        out.push(
+            job.at_key(Code::InvalidValue, "items.as", "items.as says how a stage takes another job's results")
+                .help("add `from: JOB` to read that job's results, or remove `as`"),
         );
     }
     if items.command.as_deref().is_some_and(|cmd| cmd.trim().is_empty()) {
@@ -117,6 +123,58 @@ fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Checks the stages between jobs: every `items.from` names a job, and no
+/// job reads, through other stages, its own results.
+pub(super) fn check_stages(jobs: &[Parsed], out: &mut Vec<Diagnostic>) {
+    let upstream_of = |job: &Parsed| job.manifest.items.as_ref().and_then(|items| items.from.clone());
+    let edges: BTreeMap<&str, String> =
+        jobs.iter().filter_map(|job| upstream_of(job).map(|from| (job.name.as_str(), from))).collect();
+    for job in jobs {
+        let Some(from) = edges.get(job.name.as_str()) else { continue };
+        if !jobs.iter().any(|other| other.name == *from) {
+            let names = jobs.iter().map(|other| other.name.as_str()).filter(|name| *name != job.name);
+            let help = crate::suggest::did_you_mean(from, names)
+                .unwrap_or_else(|| "name a job of jobs/ (its file name without .yaml)".to_owned());
+            out.push(
+                job.at_value(
+                    Code::UnknownUpstream,
+                    "items.from",
+                    format!("items.from names `{from}`, no job in jobs/"),
+                )
+                .help(help),
+            );
+            continue;
+        }
+        if let Some(path) = cycle_from(&job.name, &edges) {
+            out.push(
+                job.at_value(
+                    Code::StageCycle,
+                    "items.from",
+                    format!("job `{}` reads its own results: {}", job.name, path.join(" <- ")),
+                )
+                .help("a stage reads an earlier job's results; break the cycle by giving one job its own items"),
+            );
+        }
+    }
+}
+
+/// The path back to `start` when following `items.from` from it leads there.
+fn cycle_from(start: &str, edges: &BTreeMap<&str, String>) -> Option<Vec<String>> {
+    let mut path = vec![start.to_owned()];
+    let mut at = start;
+    while let Some(next) = edges.get(at) {
+        path.push(next.clone());
+        if next == start {
+            return Some(path);
+        }
+        if path.len() > edges.len() + 1 {
+            return None;
+        }
+        at = next.as_str();
+    }
+    None
 }
 
 /// What a sink writes to, as a comparable key and the path of the value to underline.

@@ -111,6 +111,7 @@ pub fn validate_dir(inputs: Inputs<'_>) -> Report {
     let checked = report.diagnostics.len();
     check_duplicate_names(&report.parsed, &mut report.diagnostics);
     io::check_shared_sinks(&report.parsed, &mut report.diagnostics);
+    io::check_stages(&report.parsed, &mut report.diagnostics);
     for diagnostic in report.diagnostics[checked..].iter().filter(|d| d.severity == Severity::Error) {
         if let Some(parsed) = report.parsed.iter().find(|p| p.file == diagnostic.file) {
             report.errors.entry(parsed.name.clone()).or_default().push(diagnostic.clone());

@@ -1,0 +1,66 @@
+//! What a pipeline stage reads: the results its upstream job's newest
+//! completed run delivered.
+
+use rusqlite::OptionalExtension;
+
+use super::runs::{COLUMNS, from_row};
+use super::{RunRow, Store, StoreError};
+use crate::outcome::Usage;
+
+/// One delivered result of an upstream run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamResult {
+    /// The upstream request's id.
+    pub custom_id: String,
+    /// The upstream item, as JSON text.
+    pub item: String,
+    /// The answer as received (JSON text).
+    pub message: String,
+    /// Billed usage.
+    pub usage: Usage,
+}
+
+impl Store {
+    /// The newest run of `job` that completed (in time or late); a failed
+    /// or skipped run feeds no stage.
+    pub fn newest_completed_run(&self, job: &str) -> Result<Option<RunRow>, StoreError> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM runs WHERE job = ?1 AND state IN ('completed', 'late')
+                     ORDER BY scheduled_for DESC, id DESC LIMIT 1"
+                ),
+                [job],
+                from_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The results `run_id` delivered, in the order of its items. A request
+    /// that failed for good delivered nothing, so it is not among them.
+    pub fn delivered_results(&self, run_id: i64) -> Result<Vec<UpstreamResult>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT q.custom_id, b.item, r.message, r.input_tokens, r.output_tokens,
+                        r.cache_write_5m, r.cache_write_1h, r.cache_read
+                 FROM requests q INDEXED BY requests_by_run_seq
+                 JOIN deliveries d ON d.custom_id = q.custom_id JOIN results r ON r.id = d.result_id
+                 JOIN request_bodies b ON b.custom_id = q.custom_id
+                 WHERE q.run_id = ?1 ORDER BY q.seq",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = statement
+            .query_map([run_id], |row| {
+                Ok(UpstreamResult {
+                    custom_id: row.get(0)?,
+                    item: row.get(1)?,
+                    message: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    usage: super::results::usage_at(row, 3)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+}

@@ -1,0 +1,130 @@
+//! Pipeline stages (`items: { from: JOB }`): a job whose items are the
+//! results another job's newest completed run delivered.
+
+use chrono::Duration;
+use orchestrator::sim::SimConfig;
+use orchestrator::store::RunState;
+
+use crate::support::harness::{Harness, harness_for, t0};
+use crate::support::project;
+
+/// A `classify` job of `items` items and a `digest` stage over its
+/// results, written with `items` (the stage's `items:` mapping).
+fn pipeline(items: usize, stage_items: &str) -> tempfile::TempDir {
+    let dir = project::empty();
+    let root = dir.path();
+    let lines: String = (0..items).map(|i| format!("{{\"id\":{i},\"text\":\"item number {i}\"}}\n")).collect();
+    std::fs::write(root.join("classify.jsonl"), lines).unwrap();
+    let classify = format!(
+        "schedule: {{ cron: '0 6 * * *' }}\ntier: realtime\ndeadline: 1h\nmodel: claude-haiku-4-5\nmax_tokens: 64\n\
+         prompt: {{ inline: 'Label {{{{ item.text }}}}' }}\nitems: {{ jsonl: {} }}\nsink: {{ jsonl: {} }}\n",
+        root.join("classify.jsonl").display(),
+        root.join("out/classify.jsonl").display(),
+    );
+    std::fs::write(root.join("jobs/classify.yaml"), classify).unwrap();
+    let stage = format!(
+        "schedule: {{ cron: '0 7 * * *' }}\ntier: realtime\ndeadline: 1h\nmodel: claude-haiku-4-5\nmax_tokens: 64\n\
+         prompt: {{ inline: 'Summarise {{{{ item.custom_id }}}} ({{{{ item.item.text }}}}): {{{{ item.text }}}}' }}\n\
+         items: {stage_items}\nsink: {{ jsonl: {} }}\n",
+        root.join("out/digest.jsonl").display(),
+    );
+    std::fs::write(dir.path().join("jobs/digest.yaml"), stage).unwrap();
+    dir
+}
+
+/// Starts the stage's run for 07:00 and drives it to its end.
+async fn run_stage(h: &Harness) -> (i64, orchestrator::engine::RunOutcome) {
+    let job = h.engine.jobs().get("digest").cloned().expect("the stage validated");
+    let at = t0() + Duration::hours(1);
+    let run = h.engine.start_run(&job, at, job.deadline_at(at)).await.unwrap();
+    let outcome = h.engine.drive(run.id, async |_| Ok(())).await.unwrap();
+    (run.id, outcome)
+}
+
+fn params_of(h: &Harness, run_id: i64) -> Vec<String> {
+    h.ids(&format!(
+        "SELECT b.params FROM requests q JOIN request_bodies b ON b.custom_id = q.custom_id
+         WHERE q.run_id = {run_id} ORDER BY q.seq"
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_takes_each_result_its_upstream_run_delivered_as_an_item() {
+    let h = harness_for(pipeline(5, "{ from: classify }"), "classify", SimConfig::default(), t0()).await;
+    let (_, upstream) = h.run().await;
+    assert_eq!((upstream.state, upstream.delivered), (RunState::Completed, 5), "{upstream:?}");
+    let (run_id, outcome) = run_stage(&h).await;
+    assert_eq!((outcome.state, outcome.requests, outcome.delivered), (RunState::Completed, 5, 5), "{outcome:?}");
+    let upstream_ids = h
+        .ids("SELECT custom_id FROM requests WHERE run_id = (SELECT id FROM runs WHERE job = 'classify') ORDER BY seq");
+    let upstream_texts: Vec<String> = std::fs::read_to_string(h.dir.path().join("out/classify.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["text"].as_str().unwrap().to_owned())
+        .collect();
+    let params = params_of(&h, run_id);
+    assert_eq!(params.len(), 5);
+    for (i, (params, id)) in params.iter().zip(&upstream_ids).enumerate() {
+        let body: serde_json::Value = serde_json::from_str(params).unwrap();
+        let prompt = body["messages"][0]["content"].to_string();
+        assert!(prompt.contains(id.as_str()), "the upstream custom_id: {prompt}");
+        assert!(prompt.contains(&format!("item number {i}")), "the upstream item: {prompt}");
+        let answer: String = upstream_texts[i].rsplit('"').next().unwrap().chars().take(30).collect();
+        assert!(prompt.contains(&answer), "the upstream answer's text `{answer}`: {prompt}");
+    }
+    let input = h.ids(&format!("SELECT detail FROM events WHERE run_id = {run_id} AND kind = 'stage_input'"));
+    let input: serde_json::Value = serde_json::from_str(&input[0]).unwrap();
+    assert_eq!(input["upstream_run"], "classify-20261122T0600");
+    assert_eq!(input["results"], 5);
+    h.sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_with_as_one_takes_all_results_as_one_item() {
+    let dir = pipeline(4, "{ from: classify, as: one }");
+    // The digest lists every result it was given.
+    let stage = std::fs::read_to_string(dir.path().join("jobs/digest.yaml")).unwrap().replace(
+        "prompt: { inline: 'Summarise {{ item.custom_id }} ({{ item.item.text }}): {{ item.text }}' }",
+        "prompt: { inline: '{{ item.results | length }} from {{ item.run }}:{% for r in item.results %} [{{ r.custom_id }}]{% endfor %}' }",
+    );
+    std::fs::write(dir.path().join("jobs/digest.yaml"), stage).unwrap();
+    let h = harness_for(dir, "classify", SimConfig::default(), t0()).await;
+    assert_eq!(h.run().await.1.delivered, 4);
+    let (run_id, outcome) = run_stage(&h).await;
+    assert_eq!((outcome.state, outcome.requests, outcome.delivered), (RunState::Completed, 1, 1), "{outcome:?}");
+    let params = params_of(&h, run_id);
+    let ids = h
+        .ids("SELECT custom_id FROM requests WHERE run_id = (SELECT id FROM runs WHERE job = 'classify') ORDER BY seq");
+    let listed: String = ids.iter().map(|id| format!(" [{id}]")).collect();
+    assert!(params[0].contains(&format!("4 from classify-20261122T0600:{listed}")), "{}", params[0]);
+    h.sim.shutdown().await;
+}
+
+/// A permanently failed upstream request delivered nothing, so it is no
+/// item; a stage whose upstream never completed fails and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_reads_only_what_a_completed_upstream_run_delivered() {
+    let h = harness_for(pipeline(3, "{ from: classify }"), "classify", SimConfig::default(), t0()).await;
+    let job = h.engine.jobs().get("digest").cloned().unwrap();
+    let early = t0() - Duration::hours(23);
+    let error = h.engine.start_run(&job, early, job.deadline_at(early)).await.unwrap_err();
+    assert!(error.to_string().contains("job `classify` has no completed run yet"), "{error}");
+    let reason = h.ids("SELECT state || ': ' || reason FROM runs WHERE job = 'digest'");
+    assert_eq!(reason.len(), 1);
+    assert!(reason[0].starts_with("failed: job `classify` has no completed run yet"), "{reason:?}");
+    assert_eq!(h.run().await.1.delivered, 3);
+    // One upstream request turns out to have failed for good: it delivered nothing.
+    h.db()
+        .execute(
+            "DELETE FROM deliveries WHERE custom_id = (SELECT custom_id FROM requests WHERE run_id = (SELECT id FROM runs WHERE job = 'classify') AND seq = 2)",
+            [],
+        )
+        .unwrap();
+    let (run_id, outcome) = run_stage(&h).await;
+    assert_eq!((outcome.state, outcome.requests), (RunState::Completed, 2), "{outcome:?}");
+    let ids = h
+        .ids("SELECT custom_id FROM requests WHERE run_id = (SELECT id FROM runs WHERE job = 'classify') ORDER BY seq");
+    let params = params_of(&h, run_id);
+    assert!(params[0].contains(&ids[0]) && params[1].contains(&ids[2]), "{params:?}");
+    h.sim.shutdown().await;
+}
