@@ -76,6 +76,20 @@ async fn a_stage_takes_each_result_its_upstream_run_delivered_as_an_item() {
     let input: serde_json::Value = serde_json::from_str(&input[0]).unwrap();
     assert_eq!(input["upstream_run"], "classify-20261122T0600");
     assert_eq!(input["results"], 5);
+    // `render` shows what the stage's next run would send, from the same results.
+    let output = crate::support::run_in(h.dir.path(), &["render", "digest", "--limit", "2"]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let rendered: Vec<serde_json::Value> =
+        crate::support::stdout(&output).lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(rendered.len(), 2);
+    assert!(rendered[1]["params"].to_string().contains(&upstream_ids[1]), "{}", rendered[1]);
+    let empty = tempfile::tempdir().unwrap();
+    let output = crate::support::run_in(
+        h.dir.path(),
+        &["render", "digest", "--state", empty.path().join("none.db").to_str().unwrap()],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("does not exist (pass --state)"));
     h.sim.shutdown().await;
 }
 

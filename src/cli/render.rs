@@ -1,15 +1,17 @@
 //! `orchestrator render JOB`.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 
 use super::{EXIT_CONFIG, EXIT_USAGE, ProjectArgs};
 use crate::catalog::Catalog;
-use crate::engine::read_run_items;
+use crate::engine::{read_run_items, read_stage_items};
 use crate::render::{Renderer, RunInfo};
 use crate::sources::Item;
+use crate::store::Store;
 use crate::suggest;
 
 /// Arguments of `render`.
@@ -29,6 +31,9 @@ pub struct Args {
     /// Print at most this many requests.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// State database a stage (`items.from`) reads its upstream's results from.
+    #[arg(long, default_value = crate::store::DEFAULT_PATH, env = "ORCHESTRATOR_STATE")]
+    pub state: PathBuf,
 }
 
 pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
@@ -54,6 +59,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     let run = RunInfo::new(job, scheduled_for);
     let items = match &args.item {
         Some(text) => vec![serde_json::from_str::<Item>(text).context("--item must be a JSON object")?],
+        None if is_stage(job) => stage_items(job, &args.state)?,
         None => read_run_items(job, &run).with_context(|| format!("cannot read the items of job `{}`", job.name))?,
     };
     let renderer = Renderer::new(job, job.model_for(job.manifest.tier.lane()))?;
@@ -63,6 +69,29 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         writeln!(stdout, "{}", serde_json::to_string(&request)?).context("cannot write to standard output")?;
     }
     Ok(0)
+}
+
+fn is_stage(job: &crate::job::Job) -> bool {
+    job.manifest.items.as_ref().is_some_and(|items| items.from.is_some())
+}
+
+/// A stage's items as its next run would read them now.
+fn stage_items(job: &crate::job::Job, state: &Path) -> anyhow::Result<Vec<Item>> {
+    let upstream = job.manifest.items.as_ref().and_then(|items| items.from.as_deref()).unwrap_or_default();
+    if !state.exists() {
+        bail!(
+            "job `{}` reads the results of `{upstream}` from the state database, and {} does not exist (pass --state)",
+            job.name,
+            state.display()
+        );
+    }
+    let store = Store::open_read_only(state)?;
+    match read_stage_items(&store, job)? {
+        Some((_, items)) => Ok(items),
+        None => {
+            bail!("job `{upstream}` has no completed run yet: a stage reads the results of its newest completed run")
+        }
+    }
 }
 
 fn next_firing(job: &crate::job::Job, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {

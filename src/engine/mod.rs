@@ -16,5 +16,5 @@ use driver::max_attempts;
 pub use driver::{Engine, until};
 pub use error::EngineError;
 pub use finish::RunOutcome;
-pub use prepare::{PrepareError, read_run_items};
+pub use prepare::{PrepareError, read_run_items, read_stage_items};
 pub use settings::{DEFAULT_BATCH_TURNAROUND, EngineSettings};

@@ -9,7 +9,7 @@ use crate::job::Job;
 use crate::manifest::{ItemSource, Lane};
 use crate::render::{RenderError, Renderer, RunInfo, render_path};
 use crate::sources::{self, Item, ItemStream, SourceError};
-use crate::store::{NewRequest, NewRun, RunRow, RunState, SharedStore, StoreError};
+use crate::store::{NewRequest, NewRun, RunRow, RunState, SharedStore, Store, StoreError};
 
 /// When a run is scheduled and when it must be done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,24 +166,36 @@ async fn stage_items(
     run_id: i64,
     now: DateTime<Utc>,
 ) -> Result<Option<Vec<Item>>, PrepareError> {
-    let Some(items) = job.manifest.items.as_ref() else { return Ok(None) };
-    let Some(upstream) = items.from.clone() else { return Ok(None) };
-    let shape = items.shape.unwrap_or_default();
-    let name = upstream.clone();
+    if job.manifest.items.as_ref().and_then(|items| items.from.as_ref()).is_none() {
+        return Ok(None);
+    }
+    let stage = job.clone();
     let read = store
         .call(move |s| {
-            let Some(run) = s.newest_completed_run(&name)? else { return Ok(None) };
-            let results = s.delivered_results(run.id)?;
+            let Some((run, items)) = read_stage_items(s, &stage)? else { return Ok(None) };
             let detail = serde_json::json!({
-                "upstream_job": name, "upstream_run": run.run_key, "results": results.len(),
+                "upstream_job": run.job, "upstream_run": run.run_key, "results": items.len(),
             });
             s.record_event(Some(run_id), None, "stage_input", &detail, now)?;
-            Ok(Some((run.run_key, results)))
+            Ok(Some((run.run_key, items)))
         })
         .await?;
-    let Some((run_key, results)) = read else { return Err(SourceError::NoUpstreamRun { job: upstream }.into()) };
-    tracing::info!(job = %job.name, upstream = %run_key, results = results.len(), "stage reads its upstream run");
-    Ok(Some(sources::stage_items(&run_key, &results, shape)))
+    let upstream = job.manifest.items.as_ref().and_then(|items| items.from.clone()).unwrap_or_default();
+    let Some((run_key, items)) = read else { return Err(SourceError::NoUpstreamRun { job: upstream }.into()) };
+    tracing::info!(job = %job.name, upstream = %run_key, items = items.len(), "stage reads its upstream run");
+    Ok(Some(items))
+}
+
+/// A stage's upstream run (the newest completed one of `items.from`) and
+/// the items its delivered results make; `None` when it has none yet (or
+/// `job` is no stage).
+pub fn read_stage_items(store: &Store, job: &Job) -> Result<Option<(RunRow, Vec<Item>)>, StoreError> {
+    let Some(items) = job.manifest.items.as_ref() else { return Ok(None) };
+    let Some(upstream) = items.from.as_deref() else { return Ok(None) };
+    let Some(run) = store.newest_completed_run(upstream)? else { return Ok(None) };
+    let results = store.delivered_results(run.id)?;
+    let items = sources::stage_items(&run.run_key, &results, items.shape.unwrap_or_default());
+    Ok(Some((run, items)))
 }
 
 /// The budget check before a run spends anything: its estimated cost on
