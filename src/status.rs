@@ -220,7 +220,7 @@ pub type Zones = HashMap<String, String>;
 
 /// Each known job's time zone.
 pub fn zones(jobs: &BTreeMap<String, Job>) -> Zones {
-    jobs.values().map(|job| (job.name.clone(), job.manifest.schedule.timezone.clone())).collect()
+    jobs.values().map(|job| (job.name.clone(), job.schedule.timezone.name().to_owned())).collect()
 }
 
 /// Median batch turnaround per job, seconds, over the last 30 days.

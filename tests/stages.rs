@@ -142,3 +142,99 @@ async fn a_stage_reads_only_what_a_completed_upstream_run_delivered() {
     assert!(params[0].contains(&ids[0]) && params[1].contains(&ids[2]), "{params:?}");
     h.sim.shutdown().await;
 }
+
+/// Writes a stage without a schedule: it fires when a run of `from` completes.
+fn write_triggered(dir: &std::path::Path, name: &str, from: &str, shape: &str) {
+    let prompt = match shape {
+        "" => "Digest of {{ item.custom_id }} of {{ item.run }}",
+        _ => "{{ item.results | length }} digests of {{ item.run }}",
+    };
+    let stage = format!(
+        "tier: realtime\ndeadline: 3h\nmodel: claude-haiku-4-5\nmax_tokens: 64\n\
+         prompt: {{ inline: '{prompt}' }}\n\
+         items: {{ from: {from}{shape} }}\nsink: {{ jsonl: {} }}\n",
+        dir.join(format!("out/{name}.jsonl")).display(),
+    );
+    std::fs::write(dir.join(format!("jobs/{name}.yaml")), stage).unwrap();
+}
+
+fn daemon(h: &Harness) -> orchestrator::daemon::Daemon {
+    orchestrator::daemon::Daemon::new(h.engine.clone(), orchestrator::daemon::sdnotify::Notifier::disabled())
+        .with_max_sleep(std::time::Duration::from_secs(3600))
+}
+
+/// Three stages on the daemon's own loop: `classify` fires at 06:00 on two
+/// days, `digest` (no schedule) after each of its runs, `weekly` (no
+/// schedule, all results as one item) after each digest. Each stage run has
+/// its upstream's instant and deadline base, and fires exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_without_a_schedule_fire_after_each_completed_upstream_run() {
+    let dir = pipeline(3, "{ from: classify }");
+    std::fs::remove_file(dir.path().join("jobs/digest.yaml")).unwrap();
+    write_triggered(dir.path(), "digest", "classify", "");
+    write_triggered(dir.path(), "weekly", "digest", ", as: one");
+    let start = t0() - Duration::minutes(1);
+    let h = harness_for(dir, "classify", SimConfig::default(), start).await;
+    let daemon = daemon(&h);
+    crate::support::harness::serve_until(&h, &daemon, t0() + Duration::days(1) + Duration::hours(1), 120).await;
+    let runs = h.ids(
+        "SELECT job || ' ' || state || ' ' || scheduled_for || ' ' || (deadline_at - scheduled_for) FROM runs
+         ORDER BY scheduled_for, id",
+    );
+    let (day1, day2) = (t0().timestamp_millis(), (t0() + Duration::days(1)).timestamp_millis());
+    assert_eq!(
+        runs,
+        [
+            format!("classify completed {day1} 3600000"),
+            format!("digest completed {day1} 10800000"),
+            format!("weekly completed {day1} 10800000"),
+            format!("classify completed {day2} 3600000"),
+            format!("digest completed {day2} 10800000"),
+            format!("weekly completed {day2} 10800000"),
+        ]
+    );
+    // Each digest read its own day's classify run; each weekly digest one item of them all.
+    let digest_ids = h.ids("SELECT q.custom_id FROM requests q JOIN runs r ON r.id = q.run_id WHERE r.job = 'digest'");
+    assert_eq!(digest_ids.len(), 6);
+    assert!(digest_ids.iter().all(|id| id.starts_with("digest-2026112")), "timestamped ids: {digest_ids:?}");
+    let weekly = h.ids(
+        "SELECT b.params FROM requests q JOIN runs r ON r.id = q.run_id JOIN request_bodies b ON b.custom_id = q.custom_id
+         WHERE r.job = 'weekly' ORDER BY r.scheduled_for",
+    );
+    assert_eq!(weekly.len(), 2);
+    assert!(weekly[0].contains("3 digests of digest-20261122T0600"), "{}", weekly[0]);
+    assert!(weekly[1].contains("3 digests of digest-20261123T0600"), "{}", weekly[1]);
+    h.sim.shutdown().await;
+}
+
+/// The upstream run closed, then the process died before the stage's run
+/// was created (its cursor still before that close): the next look creates
+/// it once, and looking again creates nothing more. A failed upstream run
+/// fires nothing, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_fires_once_per_upstream_run_across_a_crash_and_never_after_a_failed_one() {
+    let dir = pipeline(2, "{ from: classify }");
+    std::fs::remove_file(dir.path().join("jobs/digest.yaml")).unwrap();
+    write_triggered(dir.path(), "digest", "classify", "");
+    let h = harness_for(dir, "classify", SimConfig::default(), t0()).await;
+    let scheduler = orchestrator::schedule::Scheduler::new(h.engine.clone());
+    assert!(!scheduler.fire_stages().await.unwrap(), "nothing upstream yet; the cursor starts now");
+    assert_eq!(h.run().await.1.state, RunState::Completed);
+    // As after a crash: the stage's cursor is saved again before the upstream closed.
+    h.db().execute("UPDATE schedules SET cursor = ?1 WHERE job = 'digest'", [t0().timestamp_millis() - 1]).unwrap();
+    assert!(scheduler.fire_stages().await.unwrap());
+    h.db().execute("UPDATE schedules SET cursor = ?1 WHERE job = 'digest'", [t0().timestamp_millis() - 1]).unwrap();
+    scheduler.fire_stages().await.unwrap();
+    assert!(!scheduler.fire_stages().await.unwrap());
+    assert_eq!(h.count("SELECT COUNT(*) FROM runs WHERE job = 'digest'"), 1, "one stage run for one upstream run");
+    // A failed upstream run: its items file is gone.
+    std::fs::remove_file(h.dir.path().join("classify.jsonl")).unwrap();
+    let next = t0() + Duration::days(1);
+    assert!(h.engine.start_run(&h.job, next, h.job.deadline_at(next)).await.is_err());
+    assert!(!scheduler.fire_stages().await.unwrap());
+    assert_eq!(h.count("SELECT COUNT(*) FROM runs WHERE job = 'digest'"), 1);
+    let skipped = h.ids("SELECT detail FROM events WHERE job = 'digest' AND kind = 'run_skipped'");
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0].contains("upstream run classify-20261123T0600 ended failed"), "{skipped:?}");
+    h.sim.shutdown().await;
+}

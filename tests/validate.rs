@@ -291,4 +291,22 @@ fn stages_name_jobs_that_exist_and_never_read_their_own_results() {
         "{diagnostics:#?}"
     );
     assert!(diagnostics[1]["message"].as_str().unwrap().ends_with("digest <- only <- digest"), "{diagnostics:#?}");
+
+    // Only a stage may go without a schedule: it fires after its upstream's runs.
+    let unscheduled = head.replace("schedule: { cron: '0 6 * * *' }\n", "");
+    std::fs::remove_file(dir.path().join("jobs/both.yaml")).unwrap();
+    std::fs::write(dir.path().join("jobs/only.yaml"), format!("{head}items: {{ jsonl: items.jsonl }}\n")).unwrap();
+    std::fs::write(dir.path().join("jobs/digest.yaml"), format!("{unscheduled}items: {{ from: only }}\n")).unwrap();
+    let output = run_in(dir.path(), &["validate", "--deny-warnings"]);
+    assert_eq!(code(&output), 0, "a stage without a schedule: {}", stdout(&output));
+    std::fs::write(dir.path().join("jobs/only.yaml"), format!("{unscheduled}items: {{ jsonl: items.jsonl }}\n"))
+        .unwrap();
+    let output = run_in(dir.path(), &["validate", "--format", "json"]);
+    let diagnostics: Vec<serde_json::Value> = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+    assert_eq!(
+        (diagnostics[0]["code"].as_str(), diagnostics[0]["file"].as_str()),
+        (Some("E005"), Some("jobs/only.yaml"))
+    );
+    assert!(diagnostics[0]["help"].as_str().unwrap().contains("`items: { from: JOB }`"), "{diagnostics:#?}");
 }

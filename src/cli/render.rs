@@ -86,7 +86,7 @@ fn stage_items(job: &crate::job::Job, state: &Path) -> anyhow::Result<Vec<Item>>
         );
     }
     let store = Store::open_read_only(state)?;
-    match read_stage_items(&store, job)? {
+    match read_stage_items(&store, job, None)? {
         Some((_, items)) => Ok(items),
         None => {
             bail!("job `{upstream}` has no completed run yet: a stage reads the results of its newest completed run")

@@ -211,8 +211,12 @@ impl Daemon {
     pub async fn step(&self) -> Result<Duration, EngineError> {
         self.notifier.watchdog();
         let next_fire = self.scheduler.tick().await?;
-        let next_engine = self.engine.tick(None).await?;
+        let mut next_engine = self.engine.tick(None).await?;
         let now = self.engine.clock().now();
+        // A run that closed in this tick fires its stages now, not a tick later.
+        if self.scheduler.fire_stages().await? {
+            next_engine = now;
+        }
         let wake: DateTime<Utc> = next_fire.map_or(next_engine, |fire| fire.min(next_engine));
         self.report_status(next_fire).await?;
         Ok(until(now, wake).min(self.max_sleep))

@@ -70,7 +70,7 @@ pub(super) async fn prepare_run(
         let leftover = store.call(move |s| s.discard_unprepared_requests(run_id)).await?;
         tracing::warn!(run = %run.run_key, requests = leftover, "preparing again: the last preparation was cut off");
     }
-    let stored = match store_requests(store, job, info, run_id, now).await {
+    let stored = match store_requests(store, job, info, (run_id, run.scheduled_for), now).await {
         Ok(stored) => stored,
         Err(PrepareError::Store(error)) => return Err(error.into()),
         Err(error) => {
@@ -138,11 +138,11 @@ async fn store_requests(
     store: &SharedStore,
     job: &Job,
     info: &RunInfo,
-    run_id: i64,
+    (run_id, scheduled_for): (i64, DateTime<Utc>),
     now: DateTime<Utc>,
 ) -> Result<Stored, PrepareError> {
     let info = distinct_ids(store, info, run_id).await?;
-    let upstream = stage_items(store, job, run_id, now).await?;
+    let upstream = stage_items(store, job, (run_id, scheduled_for), now).await?;
     let (sender, mut chunks) = tokio::sync::mpsc::channel::<Vec<NewRequest>>(2);
     let job = job.clone();
     let renderer = tokio::task::spawn_blocking(move || render_chunks(&job, &info, upstream, &sender));
@@ -157,13 +157,12 @@ async fn store_requests(
     Ok(stored)
 }
 
-/// For a stage (`items.from`), its items: the results the upstream job's
-/// newest completed run delivered, recorded on the run as a `stage_input`
-/// event. `None` for a job that reads its own source.
+/// For a stage (`items.from`), its items ([`read_stage_items`]), recorded
+/// on the run as a `stage_input` event. `None` for a job that reads its own source.
 async fn stage_items(
     store: &SharedStore,
     job: &Job,
-    run_id: i64,
+    (run_id, scheduled_for): (i64, DateTime<Utc>),
     now: DateTime<Utc>,
 ) -> Result<Option<Vec<Item>>, PrepareError> {
     if job.manifest.items.as_ref().and_then(|items| items.from.as_ref()).is_none() {
@@ -172,7 +171,7 @@ async fn stage_items(
     let stage = job.clone();
     let read = store
         .call(move |s| {
-            let Some((run, items)) = read_stage_items(s, &stage)? else { return Ok(None) };
+            let Some((run, items)) = read_stage_items(s, &stage, Some(scheduled_for))? else { return Ok(None) };
             let detail = serde_json::json!({
                 "upstream_job": run.job, "upstream_run": run.run_key, "results": items.len(),
             });
@@ -186,13 +185,25 @@ async fn stage_items(
     Ok(Some(items))
 }
 
-/// A stage's upstream run (the newest completed one of `items.from`) and
-/// the items its delivered results make; `None` when it has none yet (or
-/// `job` is no stage).
-pub fn read_stage_items(store: &Store, job: &Job) -> Result<Option<(RunRow, Vec<Item>)>, StoreError> {
+/// A stage's upstream run and the items its delivered results make: for a
+/// stage that fires after its upstream, the run of the same instant
+/// (`scheduled_for`); for one on its own schedule (or with no instant
+/// given), the newest completed run of `items.from`. `None` when there is
+/// no such completed run (or `job` is no stage).
+pub fn read_stage_items(
+    store: &Store,
+    job: &Job,
+    scheduled_for: Option<DateTime<Utc>>,
+) -> Result<Option<(RunRow, Vec<Item>)>, StoreError> {
     let Some(items) = job.manifest.items.as_ref() else { return Ok(None) };
     let Some(upstream) = items.from.as_deref() else { return Ok(None) };
-    let Some(run) = store.newest_completed_run(upstream)? else { return Ok(None) };
+    let run = match scheduled_for.filter(|_| !job.schedule.is_timed()) {
+        Some(instant) => {
+            store.run_by_key(upstream, instant)?.filter(|run| matches!(run.state, RunState::Completed | RunState::Late))
+        }
+        None => store.newest_completed_run(upstream)?,
+    };
+    let Some(run) = run else { return Ok(None) };
     let results = store.delivered_results(run.id)?;
     let items = sources::stage_items(&run.run_key, &results, items.shape.unwrap_or_default());
     Ok(Some((run, items)))

@@ -35,6 +35,15 @@ pub struct Parsed {
 }
 
 impl Parsed {
+    /// E005 for a field the top-level mapping lacks, at the mapping's start
+    /// (as the parser reports the fields serde requires).
+    pub fn missing_top_level(&self, field: &str, help: &str) -> Diagnostic {
+        let first = self.spans.first_top_level_key();
+        Diagnostic::new(Code::MissingField, &self.file, format!("the manifest's top-level mapping has no `{field}`"))
+            .at(&self.source, first.line, first.column, 1)
+            .help(help)
+    }
+
     /// A diagnostic underlining the value at `path` (or its nearest ancestor).
     pub fn at_value(&self, code: Code, path: &str, message: impl Into<String>) -> Diagnostic {
         let pos = self.spans.value_or_parent(path);

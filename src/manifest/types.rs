@@ -20,8 +20,10 @@ pub struct Manifest {
     /// What the job is for, in a sentence; shown on the dashboard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// When the job fires.
-    pub schedule: Schedule,
+    /// When the job fires. A stage (`items.from`) without it fires when a
+    /// run of its upstream job completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
     /// Latency promise; decides the lane. `realtime` runs on the synchronous
     /// API, `soft` and `batch` on the batch API (50% cheaper) with a
     /// synchronous fallback that holds the deadline.

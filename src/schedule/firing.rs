@@ -17,7 +17,7 @@ use crate::clock::{Clock, span};
 use crate::job::Job;
 use crate::manifest::Overlap;
 use crate::schedule::plan_catch_up;
-use crate::store::{RunRow, ScheduleRow, SharedStore, StoreError};
+use crate::store::{RunRow, RunState, ScheduleRow, SharedStore, StoreError};
 
 /// Firings found in one look; a cron firing every minute after a year of
 /// downtime keeps only the newest of them.
@@ -105,7 +105,8 @@ impl<E: RunStarter> Scheduler<E> {
     pub async fn run_now(&self) -> Result<(), StoreError> {
         let now = self.engine.clock().now();
         let minute = now.duration_trunc(chrono::Duration::minutes(1)).unwrap_or(now);
-        for job in self.engine.jobs().values() {
+        // A stage without a schedule fires after its upstream's run instead.
+        for job in self.engine.jobs().values().filter(|job| job.schedule.is_timed()) {
             let mut row = ScheduleRow::new(&job.name, now);
             self.start(job, minute, &mut row).await?;
         }
@@ -114,8 +115,9 @@ impl<E: RunStarter> Scheduler<E> {
 
     /// Fires every due instant of every job; returns the next firing instant.
     pub async fn tick(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.fire_stages().await?;
         let mut next: Option<DateTime<Utc>> = None;
-        for job in self.engine.jobs().values() {
+        for job in self.engine.jobs().values().filter(|job| job.schedule.is_timed()) {
             if let Some(at) = self.tick_job(job).await? {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
@@ -145,6 +147,52 @@ impl<E: RunStarter> Scheduler<E> {
         let next_at = row.next_at;
         self.save(row).await?;
         Ok(retry_in.map(|wait| now + span(wait)).or(next_at))
+    }
+
+    /// Fires the stages without a schedule for the runs of their upstream
+    /// that closed since they last looked: a completed (or late) run fires
+    /// the stage's run for the same instant, which reads that run's
+    /// results; a failed or skipped one fires nothing, recorded as a
+    /// `run_skipped` event. The stage's cursor is the closing time of the
+    /// last upstream run handled, so a crash in between fires nothing twice
+    /// (a run is keyed by its job and instant) and misses nothing. A stage
+    /// seen for the first time starts from now.
+    /// Returns whether it started a run.
+    pub async fn fire_stages(&self) -> Result<bool, StoreError> {
+        let mut started = false;
+        for job in self.engine.jobs().values().filter(|job| !job.schedule.is_timed()) {
+            let Some(upstream) = job.manifest.items.as_ref().and_then(|items| items.from.clone()) else { continue };
+            let name = job.name.clone();
+            let now = self.engine.clock().now();
+            let mut row = self
+                .engine
+                .store()
+                .call(move |s| s.schedule(&name))
+                .await?
+                .unwrap_or_else(|| ScheduleRow::new(&job.name, now));
+            let after = (row.cursor, row.after_run);
+            let closed = self.engine.store().call(move |s| s.runs_closed_after(&upstream, after)).await?;
+            for run in closed {
+                if matches!(run.state, RunState::Completed | RunState::Late) {
+                    if !self.start(job, run.scheduled_for, &mut row).await? {
+                        break;
+                    }
+                    started = true;
+                } else {
+                    let detail = serde_json::json!({
+                        "scheduled_for": run.scheduled_for.to_rfc3339(),
+                        "reason": "upstream_not_completed",
+                        "message": format!("upstream run {} ended {}: the stage does not run for it", run.run_key, run.state.as_str()),
+                    });
+                    self.record(job, "run_skipped", detail).await?;
+                }
+                row.cursor = run.finished_at.unwrap_or(row.cursor);
+                row.after_run = Some(run.id);
+            }
+            row.next_at = None;
+            self.save(row).await?;
+        }
+        Ok(started)
     }
 
     /// Applies the job's overlap policy to one due instant.

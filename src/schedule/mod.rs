@@ -36,11 +36,12 @@ pub mod firing;
 pub use firing::{RunStarter, Scheduler};
 
 /// A job's cron expression in its time zone, parsed once (when the job is
-/// compiled), with the text it came from.
+/// compiled), with the text it came from. A stage without `schedule:` has
+/// no expression: it never fires on the clock, only after its upstream run.
 #[derive(Debug, Clone)]
 pub struct Schedule {
-    /// The parsed expression.
-    pub cron: Cron,
+    /// The parsed expression; `None` for a stage that fires after its upstream.
+    pub cron: Option<Cron>,
     /// The time zone it is read in.
     pub timezone: Tz,
     /// The expression as written, e.g. `30 6 * * *`.
@@ -52,23 +53,37 @@ impl Schedule {
     pub fn parse(cron: &str, timezone: &str) -> Result<Schedule, String> {
         let parsed = cron_parser().parse(cron).map_err(|e| format!("invalid cron expression `{cron}`: {e}"))?;
         let tz: Tz = timezone.parse().map_err(|_| format!("unknown time zone `{timezone}`"))?;
-        Ok(Schedule { cron: parsed, timezone: tz, text: cron.to_owned() })
+        Ok(Schedule { cron: Some(parsed), timezone: tz, text: cron.to_owned() })
+    }
+
+    /// The schedule of a stage that fires when a run of `upstream` completes.
+    pub fn after(upstream: &str) -> Schedule {
+        Schedule { cron: None, timezone: Tz::UTC, text: format!("after {upstream}") }
+    }
+
+    /// Whether it fires on the clock (a stage without `schedule:` does not).
+    pub fn is_timed(&self) -> bool {
+        self.cron.is_some()
     }
 
     /// The first firing strictly after `after` ([`next_after`]).
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        next_after(&self.cron, self.timezone, after)
+        next_after(self.cron.as_ref()?, self.timezone, after)
     }
 
     /// Firings in `(after, until]`, the newest `cap` ([`due_between`]).
     pub fn due_between(&self, after: DateTime<Utc>, until: DateTime<Utc>, cap: usize) -> Vec<DateTime<Utc>> {
-        due_between(&self.cron, self.timezone, after, until, cap)
+        self.cron.as_ref().map_or_else(Vec::new, |cron| due_between(cron, self.timezone, after, until, cap))
     }
 
     /// Whether it fires at least twice on the local day of `around` (its
     /// runs then carry the time in their custom_ids, not only the date).
     pub fn fires_more_than_once_on_the_day_of(&self, around: DateTime<Utc>) -> bool {
         use chrono::NaiveTime;
+        if !self.is_timed() {
+            // A stage fires after each run of its upstream, maybe several a day.
+            return true;
+        }
         let tz = self.timezone;
         let day = around.with_timezone(&tz).date_naive();
         let start_of = |date: chrono::NaiveDate| {

@@ -20,6 +20,9 @@ pub struct ScheduleRow {
     pub start_failed_for: Option<DateTime<Utc>>,
     /// Why it could not start.
     pub start_error: Option<String>,
+    /// For a stage without a schedule: the upstream run last handled, which
+    /// closed at `cursor` (another closing in the same millisecond comes after it).
+    pub after_run: Option<i64>,
 }
 
 impl ScheduleRow {
@@ -32,11 +35,12 @@ impl ScheduleRow {
             last_fired_for: None,
             start_failed_for: None,
             start_error: None,
+            after_run: None,
         }
     }
 }
 
-const COLUMNS: &str = "job, cursor, next_at, last_fired_for, start_failed_for, start_error";
+const COLUMNS: &str = "job, cursor, next_at, last_fired_for, start_failed_for, start_error, after_run";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<ScheduleRow> {
     Ok(ScheduleRow {
@@ -46,6 +50,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<ScheduleRow> {
         last_fired_for: row.get::<_, Option<i64>>(3)?.map(from_millis),
         start_failed_for: row.get::<_, Option<i64>>(4)?.map(from_millis),
         start_error: row.get(5)?,
+        after_run: row.get(6)?,
     })
 }
 
@@ -70,10 +75,11 @@ impl Store {
     pub fn save_schedule(&mut self, row: &ScheduleRow, now: DateTime<Utc>) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "INSERT INTO schedules (job, cursor, next_at, last_fired_for, updated_at, start_failed_for, start_error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                "INSERT INTO schedules (job, cursor, next_at, last_fired_for, updated_at, start_failed_for, start_error,
+                                        after_run)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (job) DO UPDATE SET cursor = ?2, next_at = ?3, last_fired_for = ?4, updated_at = ?5,
-                                                 start_failed_for = ?6, start_error = ?7",
+                                                 start_failed_for = ?6, start_error = ?7, after_run = ?8",
                 params![
                     row.job,
                     to_millis(row.cursor),
@@ -81,7 +87,8 @@ impl Store {
                     row.last_fired_for.map(to_millis),
                     to_millis(now),
                     row.start_failed_for.map(to_millis),
-                    row.start_error
+                    row.start_error,
+                    row.after_run
                 ],
             )
             .map(drop)

@@ -4,7 +4,7 @@
 //! never edited once released; changes are new entries.
 
 /// Migrations in order; entry `i` moves the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11];
 
 /// Times are integer milliseconds since the Unix epoch (UTC).
 const V1: &str = r#"
@@ -333,4 +333,11 @@ INSERT INTO batch_runs (batch_id, run_id, request_count) SELECT id, run_id, requ
 /// Requests are stored in sequence order, so the index is appended to.
 const V10: &str = r#"
 CREATE INDEX requests_by_run_seq ON requests (run_id, seq);
+"#;
+
+/// A stage without a schedule reads its upstream's runs in the order they
+/// closed; runs closing in the same millisecond are told apart by id, the
+/// last one handled kept beside the cursor.
+const V11: &str = r#"
+ALTER TABLE schedules ADD COLUMN after_run INTEGER;
 "#;

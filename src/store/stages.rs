@@ -1,10 +1,11 @@
 //! What a pipeline stage reads: the results its upstream job's newest
 //! completed run delivered.
 
-use rusqlite::OptionalExtension;
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, params};
 
 use super::runs::{COLUMNS, from_row};
-use super::{RunRow, Store, StoreError};
+use super::{RunRow, Store, StoreError, to_millis};
 use crate::outcome::Usage;
 
 /// One delivered result of an upstream run.
@@ -35,6 +36,27 @@ impl Store {
             )
             .optional()
             .map_err(|e| self.err(e))
+    }
+
+    /// Runs of `job` that closed after `(closed_at, run)` (the closing time
+    /// and id of the last one handled), in the order they closed: what fires
+    /// the stages without a schedule that read `job`.
+    pub fn runs_closed_after(
+        &self,
+        job: &str,
+        (closed_at, run): (DateTime<Utc>, Option<i64>),
+    ) -> Result<Vec<RunRow>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM runs WHERE job = ?1 AND state != 'open'
+                   AND (finished_at > ?2 OR (finished_at = ?2 AND id > ?3))
+                 ORDER BY finished_at, id"
+            ))
+            .map_err(|e| self.err(e))?;
+        let (closed_at, run) = (to_millis(closed_at), run.unwrap_or(i64::MAX));
+        let rows = statement.query_map(params![job, closed_at, run], from_row).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
     /// The results `run_id` delivered, in the order of its items. A request

@@ -25,7 +25,11 @@ pub(super) fn compile(parsed: &Parsed, prompts_dir: &Path, catalog: &Catalog) ->
 
 fn try_compile(parsed: &Parsed, prompts_dir: &Path, catalog: &Catalog) -> Result<Job, String> {
     let manifest = &parsed.manifest;
-    let schedule = Schedule::parse(&manifest.schedule.cron, &manifest.schedule.timezone)?;
+    let schedule = match (&manifest.schedule, manifest.items.as_ref().and_then(|items| items.from.as_deref())) {
+        (Some(schedule), _) => Schedule::parse(&schedule.cron, &schedule.timezone)?,
+        (None, Some(upstream)) => Schedule::after(upstream),
+        (None, None) => return Err("no schedule, and no upstream job to fire after".to_owned()),
+    };
     let deadline = match manifest.deadline.as_deref() {
         Some(text) => parse_duration(text)?,
         None => default_deadline(manifest.tier),

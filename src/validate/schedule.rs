@@ -16,8 +16,18 @@ use crate::suggest;
 const MIN_REALTIME_DEADLINE: Duration = Duration::from_secs(10);
 
 pub(super) fn check(job: &Parsed, catalog: &Catalog, now: DateTime<Utc>, out: &mut Vec<Diagnostic>) {
-    let schedule = &job.manifest.schedule;
-    let timezone = check_timezone(job, out);
+    let Some(schedule) = &job.manifest.schedule else {
+        // A stage may go without: it fires after each completed upstream run.
+        if job.manifest.items.as_ref().is_none_or(|items| items.from.is_none()) {
+            out.push(job.missing_top_level(
+                "schedule",
+                "add `schedule: { cron: \"30 6 * * *\", timezone: UTC }`, or `items: { from: JOB }` for a stage that runs after JOB",
+            ));
+        }
+        check_deadline(job, catalog, None, out);
+        return;
+    };
+    let timezone = check_timezone(job, schedule, out);
     let cron = match cron_parser().parse(&schedule.cron) {
         Ok(cron) => Some(cron),
         Err(err) => {
@@ -45,8 +55,8 @@ pub(super) fn check(job: &Parsed, catalog: &Catalog, now: DateTime<Utc>, out: &m
     check_deadline(job, catalog, cadence, out);
 }
 
-fn check_timezone(job: &Parsed, out: &mut Vec<Diagnostic>) -> Option<Tz> {
-    let name = &job.manifest.schedule.timezone;
+fn check_timezone(job: &Parsed, schedule: &crate::manifest::Schedule, out: &mut Vec<Diagnostic>) -> Option<Tz> {
+    let name = &schedule.timezone;
     match Tz::from_str(name) {
         Ok(tz) => Some(tz),
         Err(_) => {

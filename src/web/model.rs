@@ -266,9 +266,15 @@ pub fn jobs(store: &Store, jobs: &BTreeMap<String, Job>, now: DateTime<Utc>) -> 
         items.push(JobItem {
             name: job.name.clone(),
             description: manifest.description.clone(),
-            cron: manifest.schedule.cron.clone(),
-            schedule: describe_schedule(&manifest.schedule.cron),
-            timezone: manifest.schedule.timezone.clone(),
+            cron: job.schedule.text.clone(),
+            schedule: match job.schedule.is_timed() {
+                true => describe_schedule(&job.schedule.text),
+                false => {
+                    let upstream = manifest.items.as_ref().and_then(|items| items.from.as_deref()).unwrap_or_default();
+                    format!("when a run of `{upstream}` completes")
+                }
+            },
+            timezone: job.schedule.timezone.name().to_owned(),
             next_at: schedules.get(&job.name).copied().flatten(),
             tier: manifest.tier.as_str(),
             provider: manifest.provider.clone(),
