@@ -94,6 +94,7 @@ codes! {
     EmptySinkValue = "E065", Error, "a sink path or command is empty";
     UnknownUpstream = "E066", Error, "items.from names no job in jobs/";
     StageCycle = "E067", Error, "stages read each other's results in a cycle";
+    StageDeadlineBeforeUpstream = "W068", Warning, "a stage without a schedule has a deadline no later than its upstream's";
     InvalidRetry = "E070", Error, "retry.max_attempts is below 1";
     InvalidBudget = "E071", Error, "budget.monthly_usd is not a positive amount";
     InvalidBatchSize = "E072", Error, "max_batch_requests is outside 1 to the provider's limit per batch";

@@ -295,18 +295,26 @@ fn stages_name_jobs_that_exist_and_never_read_their_own_results() {
     // Only a stage may go without a schedule: it fires after its upstream's runs.
     let unscheduled = head.replace("schedule: { cron: '0 6 * * *' }\n", "");
     std::fs::remove_file(dir.path().join("jobs/both.yaml")).unwrap();
-    std::fs::write(dir.path().join("jobs/only.yaml"), format!("{head}items: {{ jsonl: items.jsonl }}\n")).unwrap();
+    let upstream = format!("{head}deadline: 6h\nitems: {{ jsonl: items.jsonl }}\n");
+    std::fs::write(dir.path().join("jobs/only.yaml"), &upstream).unwrap();
     std::fs::write(dir.path().join("jobs/digest.yaml"), format!("{unscheduled}items: {{ from: only }}\n")).unwrap();
     let output = run_in(dir.path(), &["validate", "--deny-warnings"]);
-    assert_eq!(code(&output), 0, "a stage without a schedule: {}", stdout(&output));
+    assert_eq!(code(&output), 0, "a stage without a schedule, 1d after the upstream's 6h: {}", stdout(&output));
+    // Its deadline counts from the upstream's instant too: 6h leaves it nothing.
+    let short = format!("{unscheduled}deadline: 6h\nitems: {{ from: only }}\n");
+    std::fs::write(dir.path().join("jobs/digest.yaml"), short).unwrap();
+    let output = run_in(dir.path(), &["validate", "--format", "json"]);
+    assert_eq!(code(&output), 0, "a warning");
+    let diagnostics: Vec<serde_json::Value> = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+    assert_eq!((diagnostics[0]["code"].as_str(), diagnostics[0]["line"].as_u64()), (Some("W068"), Some(4)));
+    assert_eq!(diagnostics[0]["help"], "give the stage a deadline longer than 6h, leaving it time to run");
     std::fs::write(dir.path().join("jobs/only.yaml"), format!("{unscheduled}items: {{ jsonl: items.jsonl }}\n"))
         .unwrap();
     let output = run_in(dir.path(), &["validate", "--format", "json"]);
     let diagnostics: Vec<serde_json::Value> = serde_json::from_str(&stdout(&output)).unwrap();
-    assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
-    assert_eq!(
-        (diagnostics[0]["code"].as_str(), diagnostics[0]["file"].as_str()),
-        (Some("E005"), Some("jobs/only.yaml"))
-    );
-    assert!(diagnostics[0]["help"].as_str().unwrap().contains("`items: { from: JOB }`"), "{diagnostics:#?}");
+    let errors: Vec<_> = diagnostics.iter().filter(|d| d["severity"] == "error").collect();
+    assert_eq!(errors.len(), 1, "{diagnostics:#?}");
+    assert_eq!((errors[0]["code"].as_str(), errors[0]["file"].as_str()), (Some("E005"), Some("jobs/only.yaml")));
+    assert!(errors[0]["help"].as_str().unwrap().contains("`items: { from: JOB }`"), "{diagnostics:#?}");
 }

@@ -147,6 +147,9 @@ pub(super) fn check_stages(jobs: &[Parsed], out: &mut Vec<Diagnostic>) {
             );
             continue;
         }
+        if let Some(upstream) = jobs.iter().find(|other| other.name == *from) {
+            check_stage_deadline(job, upstream, out);
+        }
         if let Some(path) = cycle_from(&job.name, &edges) {
             out.push(
                 job.at_value(
@@ -157,6 +160,35 @@ pub(super) fn check_stages(jobs: &[Parsed], out: &mut Vec<Diagnostic>) {
                 .help("a stage reads an earlier job's results; break the cycle by giving one job its own items"),
             );
         }
+    }
+}
+
+/// A stage without a schedule counts its deadline from its upstream's
+/// instant, as the upstream does: unless it ends later, an upstream that
+/// takes its whole window leaves the stage none.
+fn check_stage_deadline(stage: &Parsed, upstream: &Parsed, out: &mut Vec<Diagnostic>) {
+    if stage.manifest.schedule.is_some() {
+        return;
+    }
+    let deadline = |job: &Parsed| match job.manifest.deadline.as_deref() {
+        Some(text) => crate::manifest::parse_duration(text).ok(),
+        None => Some(crate::manifest::default_deadline(job.manifest.tier)),
+    };
+    let (Some(own), Some(theirs)) = (deadline(stage), deadline(upstream)) else { return };
+    if own <= theirs {
+        let (own_text, theirs_text) = (crate::manifest::format_duration(own), crate::manifest::format_duration(theirs));
+        out.push(
+            stage
+                .at_value(
+                    Code::StageDeadlineBeforeUpstream,
+                    if stage.manifest.deadline.is_some() { "deadline" } else { "items.from" },
+                    format!(
+                        "the deadline {own_text} ends no later than `{}`'s {theirs_text}: both count from its run's instant",
+                        upstream.name
+                    ),
+                )
+                .help(format!("give the stage a deadline longer than {theirs_text}, leaving it time to run")),
+        );
     }
 }
 
