@@ -65,6 +65,12 @@ async fn a_realtime_job_under_an_overload_storm_delivers_everything() {
     h.sim.shutdown().await;
 }
 
+/// SQL for the milliseconds from `t0` to `instant` (an expression over the
+/// attempts `matching`).
+fn since_t0(instant: &str, matching: &str) -> String {
+    format!("SELECT {instant} - {} FROM attempts WHERE {matching}", t0().timestamp_millis())
+}
+
 /// A 30-minute storm: every answer 429 for the first 10 minutes, then 30%.
 fn thirty_minute_storm() -> SimConfig {
     SimConfig {
@@ -83,14 +89,7 @@ async fn a_long_storm_on_the_sync_lane_still_meets_an_hour_with_nothing_failed()
     let (run_id, outcome) = h.run().await;
     assert_eq!(outcome.state, RunState::Completed, "{outcome:?}");
     h.assert_delivered_once(100);
-    let first_success: i64 = h
-        .db()
-        .query_row(
-            "SELECT MIN(finished_at) - ?1 FROM attempts WHERE error_type IS NULL",
-            [t0().timestamp_millis()],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let first_success = h.count(&since_t0("MIN(finished_at)", "error_type IS NULL"));
     assert!(first_success >= 600_000, "nothing got through the first ten minutes: {first_success} ms");
     assert_eq!(h.count(FAILED_OR_CHARGED), 0, "no request is marked failed");
     let margin = h.margin_secs(run_id);
@@ -121,14 +120,7 @@ async fn a_long_storm_on_the_batch_lane_waits_for_the_endpoint_instead_of_failin
     let refused = h.count(&format!("{creates} AND http_status = 429"));
     assert!(refused >= 5, "the storm met the create again and again: {refused} refusals");
     assert_eq!(h.count(creates), refused + 1, "every create but the one that went through met the storm");
-    let created_after: i64 = h
-        .db()
-        .query_row(
-            "SELECT finished_at - ?1 FROM attempts WHERE operation = 'create_batch' AND error_type IS NULL",
-            [t0().timestamp_millis()],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let created_after = h.count(&since_t0("MIN(finished_at)", "operation = 'create_batch' AND error_type IS NULL"));
     assert!(created_after >= 600_000, "nothing got through the storm's first ten minutes: {created_after} ms");
     assert_eq!(
         h.count("SELECT COUNT(*) FROM attempts WHERE operation = 'list_batches'"),

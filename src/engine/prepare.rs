@@ -165,9 +165,7 @@ async fn stage_items(
     (run_id, scheduled_for): (i64, DateTime<Utc>),
     now: DateTime<Utc>,
 ) -> Result<Option<Vec<Item>>, PrepareError> {
-    if job.manifest.items.as_ref().and_then(|items| items.from.as_ref()).is_none() {
-        return Ok(None);
-    }
+    let Some(upstream) = job.manifest.items.as_ref().and_then(|items| items.from.clone()) else { return Ok(None) };
     let stage = job.clone();
     let read = store
         .call(move |s| {
@@ -179,7 +177,6 @@ async fn stage_items(
             Ok(Some((run.run_key, items)))
         })
         .await?;
-    let upstream = job.manifest.items.as_ref().and_then(|items| items.from.clone()).unwrap_or_default();
     let Some((run_key, items)) = read else { return Err(SourceError::NoUpstreamRun { job: upstream }.into()) };
     tracing::info!(job = %job.name, upstream = %run_key, items = items.len(), "stage reads its upstream run");
     Ok(Some(items))

@@ -25,7 +25,7 @@ pub use crate::providers::BatchLimits;
 const INGEST_CHUNK: usize = 4000;
 /// Parsed result lines waiting for the writer (about 1.5 KB each).
 const INGEST_QUEUE: usize = 256;
-/// Longest backpressure waited out in one call that tends or creates a batch.
+/// Longest backpressure waited out in one call to the batch endpoints.
 const TENDING_BACKPRESSURE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Longest wait for the batch endpoints' pace inside one call. The engine's
 /// tick makes these calls for every run in turn: a longer wait (at a pace
@@ -201,7 +201,12 @@ impl BatchLane {
             providers: Arc::new(lanes),
             store,
             clock,
-            policy: RetryPolicy::default(),
+            // Every call (create, poll, list, cancel, results) waits out
+            // backpressure only briefly: the engine tends the batch again on
+            // a later tick, and a long wait here would hold up every other
+            // run's work, fallback and failover included, while the
+            // provider is down.
+            policy: RetryPolicy { max_backpressure: TENDING_BACKPRESSURE, ..RetryPolicy::default() },
             refused_cleanly: Arc::default(),
             pricer: None,
         }
@@ -259,7 +264,7 @@ impl BatchLane {
             return Ok(());
         };
         let lane = self.lane(&batch.provider)?;
-        let seen = with_retries(self.clock.as_ref(), self.tending(), None, "cancel_batch", || {
+        let seen = with_retries(self.clock.as_ref(), self.policy, None, "cancel_batch", || {
             self.recorded(
                 lane,
                 "cancel_batch",
@@ -277,15 +282,6 @@ impl BatchLane {
         crate::failpoint::hit("after_cancel_requested");
         tracing::info!(batch = batch.id, provider_batch_id = %provider_id, "batch cancel requested");
         Ok(())
-    }
-
-    /// The retries of calls that tend a batch (poll, list, cancel, results):
-    /// backpressure is waited out only briefly, since the engine tends the
-    /// batch again on its next tick. A long wait here would hold up the
-    /// run's other work, its fallback and failover included, while the
-    /// provider is down.
-    fn tending(&self) -> RetryPolicy {
-        RetryPolicy { max_backpressure: TENDING_BACKPRESSURE.min(self.policy.max_backpressure), ..self.policy }
     }
 
     /// Waits for room in the rate limit of `lane`'s batch endpoints, if it
@@ -351,7 +347,7 @@ impl BatchLane {
         // twice. Once a try may have taken effect, every later try looks
         // first, even after a 429 in between.
         let maybe_created = std::sync::atomic::AtomicBool::new(false);
-        let created = with_retries(self.clock.as_ref(), self.tending(), give_up_at, "create_batch", || async {
+        let created = with_retries(self.clock.as_ref(), self.policy, give_up_at, "create_batch", || async {
             if maybe_created.load(std::sync::atomic::Ordering::Relaxed)
                 && let Some(found) = self.created_for(batch_id).await?
             {
@@ -470,7 +466,7 @@ impl BatchLane {
         let mut oldest_match: Option<BatchStatus> = None;
         loop {
             let after = cursor.clone();
-            let page = with_retries(self.clock.as_ref(), self.tending(), None, "list_batches", || {
+            let page = with_retries(self.clock.as_ref(), self.policy, None, "list_batches", || {
                 self.recorded(
                     lane,
                     "list_batches",
@@ -509,7 +505,7 @@ impl BatchLane {
             return Ok(false);
         };
         let lane = self.lane(&batch.provider)?;
-        let seen = with_retries(self.clock.as_ref(), self.tending(), None, "retrieve_batch", || {
+        let seen = with_retries(self.clock.as_ref(), self.policy, None, "retrieve_batch", || {
             self.recorded(
                 lane,
                 "retrieve_batch",
@@ -544,7 +540,7 @@ impl BatchLane {
             None => return Ok(ResultCounts::default()),
         };
         let lane = self.lane(&batch.provider)?;
-        let streamed = with_retries(self.clock.as_ref(), self.tending(), None, "ingest_results", || {
+        let streamed = with_retries(self.clock.as_ref(), self.policy, None, "ingest_results", || {
             self.recorded(lane, "results", Some(batch.run_id), Some(batch.id), self.ingest_once(lane, batch.id, &url))
         })
         .await;
@@ -632,9 +628,7 @@ impl BatchLane {
         streamed?;
         stored
     }
-}
 
-impl BatchLane {
     /// The price of a success whose answer names its model, if the lane prices.
     fn price(&self, line: &ResultLine) -> Option<AnswerPrice> {
         let (Some(pricer), Some(model)) = (&self.pricer, &line.model) else { return None };

@@ -114,8 +114,9 @@ impl<E: RunStarter> Scheduler<E> {
     }
 
     /// Fires every due instant of every job; returns the next firing instant.
+    /// Stages without a schedule have no instants: [`Self::fire_stages`]
+    /// fires them once the engine's tick has closed their upstream's runs.
     pub async fn tick(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        self.fire_stages().await?;
         let mut next: Option<DateTime<Utc>> = None;
         for job in self.engine.jobs().values().filter(|job| job.schedule.is_timed()) {
             if let Some(at) = self.tick_job(job).await? {
@@ -153,45 +154,52 @@ impl<E: RunStarter> Scheduler<E> {
     /// that closed since they last looked: a completed (or late) run fires
     /// the stage's run for the same instant, which reads that run's
     /// results; a failed or skipped one fires nothing, recorded as a
-    /// `run_skipped` event. The stage's cursor is the closing time of the
-    /// last upstream run handled, so a crash in between fires nothing twice
-    /// (a run is keyed by its job and instant) and misses nothing. A stage
-    /// seen for the first time starts from now.
-    /// Returns whether it started a run.
+    /// `run_skipped` event. The stage's cursor is the closing time and id
+    /// of the last upstream run handled, so a crash in between fires
+    /// nothing twice (a run is keyed by its job and instant) and misses
+    /// nothing. A stage seen for the first time starts from now. Returns
+    /// whether it started a run.
     pub async fn fire_stages(&self) -> Result<bool, StoreError> {
         let mut started = false;
         for job in self.engine.jobs().values().filter(|job| !job.schedule.is_timed()) {
-            let Some(upstream) = job.manifest.items.as_ref().and_then(|items| items.from.clone()) else { continue };
-            let name = job.name.clone();
-            let now = self.engine.clock().now();
-            let mut row = self
-                .engine
-                .store()
-                .call(move |s| s.schedule(&name))
-                .await?
-                .unwrap_or_else(|| ScheduleRow::new(&job.name, now));
-            let after = (row.cursor, row.after_run);
-            let closed = self.engine.store().call(move |s| s.runs_closed_after(&upstream, after)).await?;
-            for run in closed {
-                if matches!(run.state, RunState::Completed | RunState::Late) {
-                    if !self.start(job, run.scheduled_for, &mut row).await? {
-                        break;
-                    }
-                    started = true;
-                } else {
-                    let detail = serde_json::json!({
-                        "scheduled_for": run.scheduled_for.to_rfc3339(),
-                        "reason": "upstream_not_completed",
-                        "message": format!("upstream run {} ended {}: the stage does not run for it", run.run_key, run.state.as_str()),
-                    });
-                    self.record(job, "run_skipped", detail).await?;
-                }
-                row.cursor = run.finished_at.unwrap_or(row.cursor);
-                row.after_run = Some(run.id);
+            if let Some(upstream) = job.manifest.items.as_ref().and_then(|items| items.from.clone()) {
+                started |= self.fire_stage(job, upstream).await?;
             }
-            row.next_at = None;
-            self.save(row).await?;
         }
+        Ok(started)
+    }
+
+    async fn fire_stage(&self, job: &Job, upstream: String) -> Result<bool, StoreError> {
+        let (name, now) = (job.name.clone(), self.engine.clock().now());
+        let stored = self.engine.store().call(move |s| s.schedule(&name)).await?;
+        let first_look = stored.is_none();
+        let mut row = stored.unwrap_or_else(|| ScheduleRow::new(&job.name, now));
+        let after = (row.cursor, row.after_run);
+        let closed = self.engine.store().call(move |s| s.runs_closed_after(&upstream, after)).await?;
+        // Looked at on every step: the cursor is written only when it moves.
+        if closed.is_empty() && !first_look {
+            return Ok(false);
+        }
+        let mut started = false;
+        for run in closed {
+            if matches!(run.state, RunState::Completed | RunState::Late) {
+                if !self.start(job, run.scheduled_for, &mut row).await? {
+                    break;
+                }
+                started = true;
+            } else {
+                let detail = serde_json::json!({
+                    "scheduled_for": run.scheduled_for.to_rfc3339(),
+                    "reason": "upstream_not_completed",
+                    "message": format!("upstream run {} ended {}: the stage does not run for it", run.run_key, run.state.as_str()),
+                });
+                self.record(job, "run_skipped", detail).await?;
+            }
+            row.cursor = run.finished_at.unwrap_or(row.cursor);
+            row.after_run = Some(run.id);
+        }
+        row.next_at = None;
+        self.save(row).await?;
         Ok(started)
     }
 

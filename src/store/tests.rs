@@ -26,6 +26,15 @@ fn feed_run() -> NewRun<'static> {
     }
 }
 
+/// A run of `n` pending requests, all in one submitted batch (`msgbatch_1`).
+fn submitted_batch(store: &mut Store, n: usize) -> (RunRow, Vec<String>, BatchRow) {
+    let run = run_with_requests(store, n);
+    let ids = store.request_ids(run.id, &[RequestState::Pending]).unwrap();
+    let batch = store.record_batch_intent(run.id, "anthropic", &ids, at(1)).unwrap();
+    store.mark_batch_submitted(batch.id, "msgbatch_1", at(2)).unwrap();
+    (run, ids, batch)
+}
+
 fn run_with_requests(store: &mut Store, n: usize) -> RunRow {
     let new = feed_run();
     let (run, created) = store.create_run(&new, at(0)).unwrap();
@@ -117,10 +126,7 @@ fn intent_then_submission_moves_requests_through_the_states() {
 #[test]
 fn only_a_requests_own_failures_use_up_its_attempts() {
     let (_dir, mut store) = open();
-    let run = run_with_requests(&mut store, 5);
-    let ids = store.request_ids(run.id, &[RequestState::Pending]).unwrap();
-    let batch = store.record_batch_intent(run.id, "anthropic", &ids, at(1)).unwrap();
-    store.mark_batch_submitted(batch.id, "msgbatch_1", at(2)).unwrap();
+    let (_, ids, batch) = submitted_batch(&mut store, 5);
     let errored = |kind: &str| Outcome::Errored { error_type: kind.into(), message: String::new() };
     let lines = vec![
         (ids[0].clone(), errored("api_error")),
@@ -144,10 +150,7 @@ fn only_a_requests_own_failures_use_up_its_attempts() {
 #[test]
 fn ingest_is_idempotent_and_settles_each_request() {
     let (_dir, mut store) = open();
-    let run = run_with_requests(&mut store, 4);
-    let ids = store.request_ids(run.id, &[RequestState::Pending]).unwrap();
-    let batch = store.record_batch_intent(run.id, "anthropic", &ids, at(1)).unwrap();
-    store.mark_batch_submitted(batch.id, "msgbatch_1", at(2)).unwrap();
+    let (run, ids, batch) = submitted_batch(&mut store, 4);
     let lines = vec![
         (ids[0].clone(), success("a")),
         (ids[1].clone(), Outcome::Errored { error_type: "invalid_request_error".into(), message: "bad".into() }),
@@ -207,10 +210,7 @@ fn a_late_success_after_a_final_result_is_duplicate_spend() {
 #[test]
 fn deliveries_are_recorded_once() {
     let (_dir, mut store) = open();
-    let run = run_with_requests(&mut store, 2);
-    let ids = store.request_ids(run.id, &[RequestState::Pending]).unwrap();
-    let batch = store.record_batch_intent(run.id, "anthropic", &ids, at(1)).unwrap();
-    store.mark_batch_submitted(batch.id, "msgbatch_1", at(2)).unwrap();
+    let (run, ids, batch) = submitted_batch(&mut store, 2);
     store
         .ingest_batch_results(batch.id, &[(ids[0].clone(), success("a")), (ids[1].clone(), success("b"))], at(3))
         .unwrap();
@@ -288,10 +288,7 @@ fn a_version_2_database_keeps_its_runs_and_results_through_the_money_migration()
 #[test]
 fn streamed_results_wait_for_the_settle_and_a_sync_result_in_between_wins() {
     let (_dir, mut store) = open();
-    let run = run_with_requests(&mut store, 3);
-    let ids = store.request_ids(run.id, &[RequestState::Pending]).unwrap();
-    let batch = store.record_batch_intent(run.id, "anthropic", &ids, at(1)).unwrap();
-    store.mark_batch_submitted(batch.id, "msgbatch_1", at(2)).unwrap();
+    let (run, ids, batch) = submitted_batch(&mut store, 3);
     let (sender, mut receiver) = tokio::sync::mpsc::channel(8);
     for id in &ids {
         sender.try_send(IncomingResult { custom_id: id.clone(), outcome: success("batch"), price: None }).unwrap();
@@ -318,10 +315,7 @@ fn streamed_results_wait_for_the_settle_and_a_sync_result_in_between_wins() {
 #[test]
 fn a_batch_success_priced_as_it_is_stored_loses_its_saving_once_it_is_a_duplicate() {
     let (_dir, mut store) = open();
-    let run = run_with_requests(&mut store, 2);
-    let ids = store.request_ids(run.id, &[RequestState::Pending]).unwrap();
-    let batch = store.record_batch_intent(run.id, "anthropic", &ids, at(1)).unwrap();
-    store.mark_batch_submitted(batch.id, "msgbatch_1", at(2)).unwrap();
+    let (_, ids, batch) = submitted_batch(&mut store, 2);
     let price = AnswerPrice {
         model: "claude-haiku-4-5-20251001".into(),
         provider: Some("anthropic".into()),
@@ -359,10 +353,7 @@ fn a_batch_success_priced_as_it_is_stored_loses_its_saving_once_it_is_a_duplicat
 #[test]
 fn a_stored_batch_success_settles_a_request_whose_newer_sync_call_failed() {
     let (_dir, mut store) = open();
-    let run = run_with_requests(&mut store, 1);
-    let ids = store.request_ids(run.id, &[RequestState::Pending]).unwrap();
-    let batch = store.record_batch_intent(run.id, "anthropic", &ids, at(1)).unwrap();
-    store.mark_batch_submitted(batch.id, "msgbatch_1", at(2)).unwrap();
+    let (run, ids, batch) = submitted_batch(&mut store, 1);
     store.store_batch_results(batch.id, &[(ids[0].clone(), success("batch"))], at(3)).unwrap();
     // The fallback's call for it fails (newer than the stored batch line) before the settle.
     let attempt = store.record_attempt(&NewAttempt::started("sync", "create_message", at(4))).unwrap();
