@@ -95,9 +95,11 @@ codes! {
     UnknownUpstream = "E066", Error, "items.from names no job in jobs/";
     StageCycle = "E067", Error, "stages read each other's results in a cycle";
     StageDeadlineBeforeUpstream = "W068", Warning, "a stage without a schedule has a deadline no later than its upstream's";
+    EnqueueWithItems = "E069", Error, "a job with enqueue also names items";
     InvalidRetry = "E070", Error, "retry.max_attempts is below 1";
     InvalidBudget = "E071", Error, "budget.monthly_usd is not a positive amount";
     InvalidBatchSize = "E072", Error, "max_batch_requests is outside 1 to the provider's limit per batch";
+    InvalidEnqueue = "E073", Error, "enqueue.max_items is 0 or enqueue.max_wait is not a positive duration";
     BatchEligible = "N080", Note, "a realtime job whose deadline allows the batch lane at half price";
 }
 

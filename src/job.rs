@@ -34,6 +34,17 @@ pub struct Job {
     pub failover: Vec<(String, String)>,
     /// The system and prompt templates, as loaded when the job was compiled.
     pub templates: Templates,
+    /// When its queue of posted items flushes into a run (`enqueue:`).
+    pub queue: Option<QueuePolicy>,
+}
+
+/// A job's `enqueue:` rules, compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueuePolicy {
+    /// Queued items that make a run at once.
+    pub max_items: usize,
+    /// How long the oldest queued item waits at most.
+    pub max_wait: Duration,
 }
 
 /// A job's templates, loaded once: a run renders what was validated.

@@ -12,6 +12,7 @@ mod budget;
 mod cost;
 mod daemon;
 mod docs;
+mod enqueue;
 mod estimate;
 mod fallback;
 mod full_disk;

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cost;
+mod enqueue;
 mod estimate;
 mod progress;
 mod render;
@@ -92,6 +93,8 @@ pub enum Command {
     Run(run::Args),
     /// The scheduler daemon: fire runs on their cron, keep every deadline with the sync fallback.
     Serve(serve::Args),
+    /// Post items (JSON Lines) to a running daemon's queue for a job with `enqueue:`; prints their ids.
+    Enqueue(enqueue::Args),
     /// Open runs, their batches and fallback plans, next firings, recent skipped or late runs.
     Status(status::Args),
     /// Spend, the sync baseline, savings and the five KPIs for a window, by job, tag, model, lane or day.
@@ -126,6 +129,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Status(args) => status::run(&args),
+        Command::Enqueue(args) => enqueue::run(&args),
         Command::Sim(config) => sim::run(&config),
         Command::Cost(args) => cost::run(&args),
         Command::Estimate(args) => estimate::run(&args),

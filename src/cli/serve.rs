@@ -77,6 +77,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     let notify =
         config.notify.as_ref().map(|n| n.resolve()).transpose().map_err(|e| anyhow::anyhow!("{config_path}{e}"))?;
     let options = Options { run_now: args.run_now, grace: config.shutdown.grace().map_err(anyhow::Error::msg)? };
+    let max_enqueue_body = config.enqueue.max_body();
     if args.simulate {
         // The simulator ends a small batch in seconds: poll like someone is watching.
         settings.poll_initial = settings.poll_initial.min(Duration::from_secs(2));
@@ -96,7 +97,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         let listen = listener.local_addr().unwrap_or(args.listen);
         let read_only = || -> anyhow::Result<SharedStore> { Ok(SharedStore::new(Store::open_read_only(&args.state)?)) };
         let services = Services {
-            web: Some(crate::web::Service { listener, store: read_only()?, token }),
+            web: Some(crate::web::Service { listener, store: read_only()?, token, max_enqueue_body }),
             alerts: match notify {
                 Some(settings) => Some(crate::notify::Service { settings, store: read_only()? }),
                 None => None,

@@ -51,6 +51,24 @@ pub struct Config {
     pub notify: Option<crate::notify::NotifyConfig>,
     /// How `serve` stops.
     pub shutdown: ShutdownConfig,
+    /// The enqueue endpoint (`POST /api/v1/jobs/{job}/items`).
+    pub enqueue: EnqueueConfig,
+}
+
+/// The enqueue endpoint's limits.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnqueueConfig {
+    /// The largest request body it takes, in bytes (default 10 MiB);
+    /// a larger one is refused with `413`.
+    pub max_body_bytes: Option<usize>,
+}
+
+impl EnqueueConfig {
+    /// `max_body_bytes` or its default.
+    pub fn max_body(&self) -> usize {
+        self.max_body_bytes.unwrap_or(crate::web::DEFAULT_MAX_ENQUEUE_BODY)
+    }
 }
 
 /// How `serve` stops on SIGTERM or SIGINT.

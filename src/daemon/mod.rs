@@ -147,6 +147,7 @@ impl Daemon {
                 biased;
                 () = control.stop.cancelled() => return,
                 Some(()) = control.reload.recv() => self.reload(reload),
+                () = self.engine.posted() => {}
                 () = clock.sleep(sleep) => {}
             }
         }
@@ -217,6 +218,12 @@ impl Daemon {
         if self.scheduler.fire_stages().await? {
             next_engine = now;
         }
+        // Posted items that are due become runs now; the next tick submits them.
+        let queues = self.engine.flush_queues().await?;
+        if queues.flushed > 0 {
+            next_engine = now;
+        }
+        let next_engine = queues.next.map_or(next_engine, |flush| flush.min(next_engine));
         let wake: DateTime<Utc> = next_fire.map_or(next_engine, |fire| fire.min(next_engine));
         self.report_status(next_fire).await?;
         Ok(until(now, wake).min(self.max_sleep))

@@ -40,6 +40,8 @@ pub struct Engine {
     pub(super) pricer: Pricer,
     /// When to try delivering again, per run whose sink failed.
     delivery_retries: Mutex<HashMap<i64, PollPlan>>,
+    /// Woken when items are posted to a queue ([`super::queue`]).
+    pub(super) queue_posted: tokio::sync::Notify,
 }
 
 impl Engine {
@@ -64,6 +66,7 @@ impl Engine {
             polls: Mutex::new(HashMap::new()),
             averages: Mutex::new(HashMap::new()),
             delivery_retries: Mutex::new(HashMap::new()),
+            queue_posted: tokio::sync::Notify::new(),
         };
         engine.set_jobs(jobs);
         engine
@@ -351,6 +354,10 @@ impl crate::schedule::RunStarter for Engine {
         job: &Job,
         scheduled_for: DateTime<Utc>,
     ) -> Result<RunRow, Box<dyn std::error::Error + Send + Sync>> {
+        if job.queue.is_some() {
+            // A queue's scheduled instant flushes what waits into its run.
+            return Ok(self.flush_at(job, scheduled_for).await?);
+        }
         Ok(Engine::start_run(self, job, scheduled_for, job.deadline_at(scheduled_for)).await?)
     }
 }

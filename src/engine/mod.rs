@@ -10,6 +10,7 @@ mod finish;
 mod gather;
 mod poll;
 mod prepare;
+mod queue;
 mod settings;
 
 use driver::max_attempts;
@@ -17,4 +18,5 @@ pub use driver::{Engine, until};
 pub use error::EngineError;
 pub use finish::RunOutcome;
 pub use prepare::{PrepareError, read_run_items, read_stage_items};
+pub use queue::{FlushReason, QueueLook, due_flush, next_flush};
 pub use settings::{DEFAULT_BATCH_TURNAROUND, EngineSettings};

@@ -67,8 +67,11 @@ pub(super) async fn prepare_run(
         return Ok(run);
     }
     if !created {
+        // A queue's flush creates its run before preparing it: nothing was cut off then.
         let leftover = store.call(move |s| s.discard_unprepared_requests(run_id)).await?;
-        tracing::warn!(run = %run.run_key, requests = leftover, "preparing again: the last preparation was cut off");
+        if leftover > 0 || job.queue.is_none() {
+            tracing::warn!(run = %run.run_key, requests = leftover, "preparing again: the last preparation was cut off");
+        }
     }
     let stored = match store_requests(store, job, info, (run_id, run.scheduled_for), now).await {
         Ok(stored) => stored,
@@ -142,7 +145,10 @@ async fn store_requests(
     now: DateTime<Utc>,
 ) -> Result<Stored, PrepareError> {
     let info = distinct_ids(store, info, run_id).await?;
-    let upstream = stage_items(store, job, (run_id, scheduled_for), now).await?;
+    let upstream = match job.queue {
+        Some(_) => Some(queued_items(store, run_id).await?),
+        None => stage_items(store, job, (run_id, scheduled_for), now).await?,
+    };
     let (sender, mut chunks) = tokio::sync::mpsc::channel::<Vec<NewRequest>>(2);
     let job = job.clone();
     let renderer = tokio::task::spawn_blocking(move || render_chunks(&job, &info, upstream, &sender));
@@ -155,6 +161,14 @@ async fn store_requests(
     }
     renderer.await.expect("rendering does not panic")?;
     Ok(stored)
+}
+
+/// For a run of a queue (`enqueue:`), the posted items its flush took, in
+/// the order they were posted.
+async fn queued_items(store: &SharedStore, run_id: i64) -> Result<Vec<Item>, PrepareError> {
+    let texts = store.call(move |s| s.queued_items_of_run(run_id)).await?;
+    // The endpoint accepted only JSON objects as items.
+    Ok(texts.iter().map(|text| serde_json::from_str(text).unwrap_or_default()).collect())
 }
 
 /// For a stage (`items.from`), its items ([`read_stage_items`]), recorded

@@ -1,9 +1,11 @@
-//! Durations as manifests write them: `90s`, `45m`, `6h`, `1d`, `1h30m`.
+//! Durations as manifests write them: `90s`, `45m`, `6h`, `1d`, `1h30m`,
+//! and `500ms` where less than a second means something (an enqueued
+//! item's latency budget).
 
 use std::time::Duration;
 
 /// Parses a compact duration: one or more `<integer><unit>` groups with
-/// units `s`, `m`, `h`, `d`. Returns a reason on failure.
+/// units `ms`, `s`, `m`, `h`, `d`. Returns a reason on failure.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
@@ -11,17 +13,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     let mut total: u64 = 0;
     let mut digits = String::new();
-    for ch in text.chars() {
+    let mut chars = text.chars().peekable();
+    while let Some(ch) = chars.next() {
         if ch.is_ascii_digit() {
             digits.push(ch);
             continue;
         }
+        // In milliseconds.
         let unit = match ch {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => return Err(format!("unknown unit `{ch}` (use s, m, h or d)")),
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                1
+            }
+            's' => 1000,
+            'm' => 60_000,
+            'h' => 3_600_000,
+            'd' => 86_400_000,
+            _ => return Err(format!("unknown unit `{ch}` (use ms, s, m, h or d)")),
         };
         if digits.is_empty() {
             return Err(format!("unit `{ch}` has no number before it"));
@@ -29,14 +37,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let value: u64 = digits.parse().map_err(|_| "number too large".to_owned())?;
         total = value
             .checked_mul(unit)
-            .and_then(|seconds| total.checked_add(seconds))
+            .and_then(|millis| total.checked_add(millis))
             .ok_or_else(|| "duration too large".to_owned())?;
         digits.clear();
     }
     if !digits.is_empty() {
         return Err(format!("`{digits}` has no unit (write `{digits}s`, `{digits}m` or `{digits}h`)"));
     }
-    Ok(Duration::from_secs(total))
+    Ok(Duration::from_millis(total))
 }
 
 /// Formats a duration the way manifests write it (`1h30m`, `90s` stays `1m30s`).
@@ -67,6 +75,8 @@ mod tests {
         assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s250ms"), Ok(Duration::from_millis(90_250)));
     }
 
     #[test]

@@ -21,9 +21,17 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// When the job fires. A stage (`items.from`) without it fires when a
-    /// run of its upstream job completes.
+    /// run of its upstream job completes; a job with `enqueue` without it
+    /// runs when its queue flushes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<Schedule>,
+    /// On-demand work: items posted to the daemon
+    /// (`POST /api/v1/jobs/{job}/items`, `orchestrator enqueue`) wait in a
+    /// queue and become one run when `max_items` are queued, when the
+    /// oldest has waited `max_wait`, or when an item's deadline needs it.
+    /// Beside `schedule`, each scheduled instant also flushes the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enqueue: Option<Enqueue>,
     /// Latency promise; decides the lane. `realtime` runs on the synchronous
     /// API, `soft` and `batch` on the batch API (50% cheaper) with a
     /// synchronous fallback that holds the deadline.
@@ -139,6 +147,28 @@ fn default_share() -> bool {
 
 fn default_provider() -> String {
     "anthropic".to_owned()
+}
+
+/// The flush rules of a job's queue (`enqueue:`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Enqueue {
+    /// Queued items that make a run at once (default 1000).
+    #[serde(default = "default_max_items")]
+    pub max_items: u32,
+    /// How long the oldest queued item waits before its run starts, e.g.
+    /// `30m` (the default). The run's deadline is the tier's, counted from
+    /// the flush, or an item's own when that is sooner.
+    #[serde(default = "default_max_wait")]
+    pub max_wait: String,
+}
+
+fn default_max_items() -> u32 {
+    1000
+}
+
+fn default_max_wait() -> String {
+    "30m".to_owned()
 }
 
 /// When a job fires: a cron expression in a time zone.

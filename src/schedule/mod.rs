@@ -61,6 +61,11 @@ impl Schedule {
         Schedule { cron: None, timezone: Tz::UTC, text: format!("after {upstream}") }
     }
 
+    /// The schedule of a job that runs only when its queue flushes (`enqueue:`).
+    pub fn on_demand() -> Schedule {
+        Schedule { cron: None, timezone: Tz::UTC, text: "on demand".to_owned() }
+    }
+
     /// Whether it fires on the clock (a stage without `schedule:` does not).
     pub fn is_timed(&self) -> bool {
         self.cron.is_some()
@@ -81,7 +86,7 @@ impl Schedule {
     pub fn fires_more_than_once_on_the_day_of(&self, around: DateTime<Utc>) -> bool {
         use chrono::NaiveTime;
         if !self.is_timed() {
-            // A stage fires after each run of its upstream, maybe several a day.
+            // A stage fires after each run of its upstream, a queue at each flush: maybe several a day.
             return true;
         }
         let tz = self.timezone;

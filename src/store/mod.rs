@@ -12,6 +12,7 @@ mod batches;
 mod costs;
 mod dashboard;
 mod events;
+mod queue;
 mod report;
 mod requests;
 mod results;
@@ -31,6 +32,7 @@ pub use dashboard::{
     BatchListing, CarriedRun, ErrorGroup, Labelled, MetricFigures, RunFilter, RunSummary, TokenEfficiency,
 };
 pub use events::EventRow;
+pub use queue::{NewQueueItem, QueueItemResult, QueueItemView, QueueSummary, QueueTake};
 pub use report::{GroupBy, KpiFigures, Scope, SpendRow};
 pub use requests::{NewRequest, RequestState, TokenAverages, Waiting};
 pub use results::{DeliverableResult, IncomingResult, ResultCounts};

@@ -154,27 +154,29 @@ pub struct NewRun<'a> {
     pub tags: &'a [String],
 }
 
+/// Inserts `run` unless its `(job, scheduled_for)` exists; how many rows it added.
+pub(super) fn insert_run(conn: &rusqlite::Connection, run: &NewRun<'_>, now: DateTime<Utc>) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT INTO runs (job, scheduled_for, run_key, tier, deadline_at, state, created_at, lane, tags)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'open', ?6, ?7, ?8) ON CONFLICT (job, scheduled_for) DO NOTHING",
+        params![
+            run.job,
+            to_millis(run.scheduled_for),
+            run.run_key,
+            run.tier,
+            to_millis(run.deadline_at),
+            to_millis(now),
+            run.lane,
+            serde_json::to_string(run.tags).unwrap_or_else(|_| "[]".to_owned())
+        ],
+    )
+}
+
 impl Store {
     /// Creates the run for `(job, scheduled_for)` unless it exists; returns
     /// it and whether it was created now. A run is created at most once per key.
     pub fn create_run(&mut self, run: &NewRun<'_>, now: DateTime<Utc>) -> Result<(RunRow, bool), StoreError> {
-        let inserted = self
-            .conn
-            .execute(
-                "INSERT INTO runs (job, scheduled_for, run_key, tier, deadline_at, state, created_at, lane, tags)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'open', ?6, ?7, ?8) ON CONFLICT (job, scheduled_for) DO NOTHING",
-                params![
-                    run.job,
-                    to_millis(run.scheduled_for),
-                    run.run_key,
-                    run.tier,
-                    to_millis(run.deadline_at),
-                    to_millis(now),
-                    run.lane,
-                    serde_json::to_string(run.tags).unwrap_or_else(|_| "[]".to_owned())
-                ],
-            )
-            .map_err(|e| self.err(e))?;
+        let inserted = insert_run(&self.conn, run, now).map_err(|e| self.err(e))?;
         let row = self.run_by_key(run.job, run.scheduled_for)?.expect("the run exists after insert");
         if inserted == 1 {
             self.record_event(

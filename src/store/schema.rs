@@ -4,7 +4,7 @@
 //! never edited once released; changes are new entries.
 
 /// Migrations in order; entry `i` moves the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12];
 
 /// Times are integer milliseconds since the Unix epoch (UTC).
 const V1: &str = r#"
@@ -340,4 +340,27 @@ CREATE INDEX requests_by_run_seq ON requests (run_id, seq);
 /// last one handled kept beside the cursor.
 const V11: &str = r#"
 ALTER TABLE schedules ADD COLUMN after_run INTEGER;
+"#;
+
+/// The queue of a job with `enqueue:`: items posted to the daemon, each
+/// committed before the `202`. A flush moves waiting items into a run
+/// (`run_id`, `seq`: the request's sequence number there) in the
+/// transaction that creates the run. A client's idempotency key is unique
+/// per job, so a retried post adds nothing twice.
+const V12: &str = r#"
+CREATE TABLE queue_items (
+    id               INTEGER PRIMARY KEY,
+    job              TEXT    NOT NULL,
+    idempotency_key  TEXT,
+    item             TEXT    NOT NULL,
+    enqueued_at      INTEGER NOT NULL,
+    deadline_at      INTEGER,
+    flush_by         INTEGER,
+    sync             INTEGER NOT NULL DEFAULT 0,
+    run_id           INTEGER REFERENCES runs (id),
+    seq              INTEGER,
+    UNIQUE (job, idempotency_key)
+);
+CREATE INDEX queue_waiting ON queue_items (job, id) WHERE run_id IS NULL;
+CREATE INDEX queue_by_run ON queue_items (run_id, seq) WHERE run_id IS NOT NULL;
 "#;

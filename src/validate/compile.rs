@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use crate::catalog::Catalog;
-use crate::job::{Job, Templates};
+use crate::job::{Job, QueuePolicy, Templates};
 use crate::manifest::{Parsed, default_deadline, parse_duration};
 use crate::schedule::Schedule;
 use crate::templates;
@@ -28,8 +28,17 @@ fn try_compile(parsed: &Parsed, prompts_dir: &Path, catalog: &Catalog) -> Result
     let schedule = match (&manifest.schedule, manifest.items.as_ref().and_then(|items| items.from.as_deref())) {
         (Some(schedule), _) => Schedule::parse(&schedule.cron, &schedule.timezone)?,
         (None, Some(upstream)) => Schedule::after(upstream),
-        (None, None) => return Err("no schedule, and no upstream job to fire after".to_owned()),
+        (None, None) if manifest.enqueue.is_some() => Schedule::on_demand(),
+        (None, None) => return Err("no schedule, no upstream job to fire after, and no queue".to_owned()),
     };
+    let queue = manifest
+        .enqueue
+        .as_ref()
+        .map(|rules| {
+            let max_wait = parse_duration(&rules.max_wait)?;
+            Ok::<_, String>(QueuePolicy { max_items: rules.max_items.max(1) as usize, max_wait })
+        })
+        .transpose()?;
     let deadline = match manifest.deadline.as_deref() {
         Some(text) => parse_duration(text)?,
         None => default_deadline(manifest.tier),
@@ -65,6 +74,7 @@ fn try_compile(parsed: &Parsed, prompts_dir: &Path, catalog: &Catalog) -> Result
         batch_model_id,
         failover,
         templates: Templates { system, prompt },
+        queue,
     })
 }
 

@@ -16,12 +16,16 @@ use crate::suggest;
 const MIN_REALTIME_DEADLINE: Duration = Duration::from_secs(10);
 
 pub(super) fn check(job: &Parsed, catalog: &Catalog, now: DateTime<Utc>, out: &mut Vec<Diagnostic>) {
+    check_enqueue(job, out);
     let Some(schedule) = &job.manifest.schedule else {
-        // A stage may go without: it fires after each completed upstream run.
-        if job.manifest.items.as_ref().is_none_or(|items| items.from.is_none()) {
+        // A stage may go without (it fires after each completed upstream
+        // run), and so may a queue (it fires when it flushes).
+        let stage = job.manifest.items.as_ref().is_some_and(|items| items.from.is_some());
+        if !stage && job.manifest.enqueue.is_none() {
             out.push(job.missing_top_level(
                 "schedule",
-                "add `schedule: { cron: \"30 6 * * *\", timezone: UTC }`, or `items: { from: JOB }` for a stage that runs after JOB",
+                "add `schedule: { cron: \"30 6 * * *\", timezone: UTC }`, `items: { from: JOB }` for a stage that runs after JOB, \
+                 or `enqueue: { max_items: 1000, max_wait: 30m }` for items posted to the daemon",
             ));
         }
         check_deadline(job, catalog, None, out);
@@ -53,6 +57,39 @@ pub(super) fn check(job: &Parsed, catalog: &Catalog, now: DateTime<Utc>, out: &m
         }
     }
     check_deadline(job, catalog, cadence, out);
+}
+
+/// E069 and E073: a queue's items come from the enqueue endpoint alone,
+/// and its flush rules must be able to fire.
+fn check_enqueue(job: &Parsed, out: &mut Vec<Diagnostic>) {
+    let Some(rules) = &job.manifest.enqueue else { return };
+    if job.manifest.items.is_some() {
+        out.push(
+            job.at_key(Code::EnqueueWithItems, "items", "a job with `enqueue:` takes its items from its queue, not from `items:`")
+                .help("remove `items:` (post items with `orchestrator enqueue` or `POST /api/v1/jobs/{job}/items`), or make a second job for the file"),
+        );
+    }
+    if rules.max_items == 0 {
+        out.push(
+            job.at_value(Code::InvalidEnqueue, "enqueue.max_items", "enqueue.max_items must be at least 1")
+                .help("write e.g. `max_items: 1000`"),
+        );
+    }
+    match parse_duration(&rules.max_wait) {
+        Ok(wait) if !wait.is_zero() => {}
+        Ok(_) => out.push(
+            job.at_value(Code::InvalidEnqueue, "enqueue.max_wait", "enqueue.max_wait must be longer than zero")
+                .help("write e.g. `max_wait: 30m`"),
+        ),
+        Err(reason) => out.push(
+            job.at_value(
+                Code::InvalidEnqueue,
+                "enqueue.max_wait",
+                format!("invalid max_wait `{}`: {reason}", rules.max_wait),
+            )
+            .help("write a duration such as `90s`, `30m` or `2h`"),
+        ),
+    }
 }
 
 fn check_timezone(job: &Parsed, schedule: &crate::manifest::Schedule, out: &mut Vec<Diagnostic>) -> Option<Tz> {

@@ -1,12 +1,14 @@
 //! The daemon's web server: the dashboard (`/batches`, `/runs/{id}`,
 //! `/jobs`), the JSON API under `/api/v1`, Prometheus `/metrics` and
-//! `/healthz`. Read-only: nothing here writes to the store.
+//! `/healthz`. Read-only but for the enqueue endpoint ([`enqueue`]), which
+//! commits posted items through the engine's connection.
 //!
 //! Pages and API read through a connection of their own, so a slow page
 //! never holds the engine's connection.
 
 mod api;
 pub mod chart;
+mod enqueue;
 pub mod metrics;
 pub mod model;
 pub mod pages;
@@ -29,6 +31,10 @@ use pages::{Pages, TimeMode, View};
 pub const TOKEN_ENV: &str = "ORCHESTRATOR_API_TOKEN";
 /// Its file name in `$CREDENTIALS_DIRECTORY`.
 pub const TOKEN_CREDENTIAL: &str = "orchestrator-api-token";
+
+/// The largest body the enqueue endpoint takes unless configured
+/// (`enqueue.max_body_bytes`): 10 MiB.
+pub const DEFAULT_MAX_ENQUEUE_BODY: usize = 10 * 1024 * 1024;
 
 /// Seconds between reloads of a page while runs are open.
 const REFRESH_SECS: u32 = 10;
@@ -56,14 +62,16 @@ pub struct Service {
     pub listener: tokio::net::TcpListener,
     /// A connection for the web alone (opened read-only).
     pub store: SharedStore,
-    /// The bearer token, if one is required.
+    /// The bearer token, if one is required (the enqueue endpoint always needs one).
     pub token: Option<String>,
+    /// The largest body the enqueue endpoint takes.
+    pub max_enqueue_body: usize,
 }
 
 impl Service {
     /// Serves until `stop` is cancelled, then lets open requests finish.
     pub async fn serve(self, engine: Arc<Engine>, stop: tokio_util::sync::CancellationToken) {
-        let app = router(engine, self.store, self.token);
+        let app = router(engine, self.store, self.token, self.max_enqueue_body);
         let served = axum::serve(self.listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
         if let Err(error) = served {
             tracing::error!(%error, "the web server stopped");
@@ -80,10 +88,10 @@ pub async fn serve(
     store: SharedStore,
     token: Option<String>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(engine, store, token)).await
+    axum::serve(listener, router(engine, store, token, DEFAULT_MAX_ENQUEUE_BODY)).await
 }
 
-fn router(engine: Arc<Engine>, store: SharedStore, token: Option<String>) -> Router {
+fn router(engine: Arc<Engine>, store: SharedStore, token: Option<String>, max_enqueue_body: usize) -> Router {
     let web = Web { engine, store, token: token.map(Arc::from), pages: Arc::new(Pages::new()) };
     Router::new()
         .route("/", get(overview))
@@ -93,6 +101,7 @@ fn router(engine: Arc<Engine>, store: SharedStore, token: Option<String>) -> Rou
         .route("/style.css", get(stylesheet))
         .route("/metrics", get(metrics_text))
         .merge(api::routes())
+        .merge(enqueue::routes(max_enqueue_body))
         .layer(middleware::from_fn_with_state(web.clone(), require_token))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(web)
