@@ -210,3 +210,37 @@ fn validate_takes_a_queue_without_a_schedule_and_points_at_what_a_queue_cannot_h
         .collect();
     assert_eq!(found, [("E073", 1, 23), ("E073", 1, 36), ("E069", 8, 1)], "{diagnostics:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_that_fills_the_queue_wakes_the_sleeping_daemon() {
+    use orchestrator::daemon::{Control, Daemon, Options, Services};
+    let (h, base) = served("{ max_items: 3, max_wait: 1d }", Some(TOKEN)).await;
+    // Present on the manual clock and never sleeping on it: time stands
+    // still, so only the post's wake-up can make the daemon flush.
+    let _presence = h.clock.enter();
+    let daemon = Daemon::new(h.engine.clone(), orchestrator::daemon::sdnotify::Notifier::disabled())
+        .with_max_sleep(Duration::from_secs(3600));
+    let (control, _reload) = Control::new();
+    let stop = control.stop.clone();
+    let served = tokio::spawn(async move {
+        let keep = || None;
+        let options = Options { run_now: false, grace: Duration::from_secs(1) };
+        daemon.run_until(options, control, &keep, Services::default()).await.unwrap();
+    });
+    let dir = h.dir.path().to_owned();
+    crate::support::wait_until("the daemon's first step", Duration::from_secs(30), || {
+        crate::support::db::count(&dir, "SELECT COUNT(*) FROM schedules WHERE job = 'bulk'") == 1
+    })
+    .await;
+    assert_eq!(post(&base, "triage", Some(TOKEN), entries("w", 0, 2)).await.0, 202);
+    assert_eq!(post(&base, "triage", Some(TOKEN), entries("w", 2, 1)).await.0, 202);
+    crate::support::wait_until("the full queue's run", Duration::from_secs(30), || {
+        crate::support::db::count(&dir, "SELECT COUNT(*) FROM runs WHERE job = 'triage' AND prepared_at IS NOT NULL")
+            == 1
+    })
+    .await;
+    assert_eq!(h.clock.now(), t0(), "no time passed: the post woke the daemon");
+    assert_eq!(runs_of_queue(&h), [("batch".to_owned(), 3)]);
+    stop.cancel();
+    served.await.unwrap();
+}

@@ -13,6 +13,7 @@ mod cost;
 mod daemon;
 mod docs;
 mod enqueue;
+mod enqueue_load;
 mod estimate;
 mod fallback;
 mod full_disk;

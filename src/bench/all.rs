@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use super::figures::figures_table;
 use super::{
-    Figure, Report, Target, build_profile, endtoend, fallback, idle, ingest, jobs, reference, schedule, submit,
-    validate,
+    Figure, Report, Target, build_profile, endtoend, enqueue, fallback, idle, ingest, jobs, reference, schedule,
+    submit, validate,
 };
 
 /// What to run.
@@ -103,6 +103,8 @@ pub async fn run(options: &Options) -> anyhow::Result<AllReport> {
         eprintln!("bench: jobs ({jobs} jobs of {} items firing at once)", jobs::ITEMS);
         all.add(&jobs::run(jobs, jobs::ITEMS, repeats).await?)?;
     }
+    eprintln!("bench: enqueue ({} items posted)", enqueue::ITEMS);
+    all.add(&enqueue::run(enqueue::ITEMS, repeats).await?)?;
     eprintln!("bench: fallback");
     all.add(&fallback::run(fallback::REQUESTS, repeats).await?)?;
     eprintln!("bench: validate");

@@ -9,6 +9,7 @@
 pub mod all;
 pub mod cpu;
 pub mod endtoend;
+pub mod enqueue;
 pub mod fallback;
 pub mod figures;
 pub mod idle;

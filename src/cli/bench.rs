@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::bench::{
-    Report, Sampled, all, endtoend, fallback, idle, ingest, jobs, reference, schedule, submit, validate,
+    Report, Sampled, all, endtoend, enqueue, fallback, idle, ingest, jobs, reference, schedule, submit, validate,
 };
 
 /// Arguments of `bench`.
@@ -40,6 +40,8 @@ pub enum Scenario {
     Reference(SizedArgs),
     /// Many batch-tier jobs firing at once under `serve --run-now` (`--count` jobs, 500 by default, of 20 items): firing to last delivery, provider calls by kind, daemon CPU and peak RSS.
     Jobs(SizedArgs),
+    /// Clients posting items to `serve`'s enqueue endpoint (`--count` items, 50,000 by default): items accepted/s, the latency of a 202, daemon CPU.
+    Enqueue(SizedArgs),
     /// `orchestrator run` end to end on 100,000 items (read, rendered, stored, one batch, ingested, delivered): wall time and peak RSS.
     Run(SizedArgs),
     /// One measured `orchestrator run`, in a process of its own (started by `bench run`).
@@ -235,6 +237,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         | Scenario::Schedule(_)
         | Scenario::Run(_)
         | Scenario::Jobs(_)
+        | Scenario::Enqueue(_)
         | Scenario::Reference(_) => {
             sized(&runtime, &args.scenario)?;
         }
@@ -302,6 +305,9 @@ fn sized(runtime: &tokio::runtime::Runtime, scenario: &Scenario) -> anyhow::Resu
         }
         Scenario::Jobs(a) => {
             (runtime.block_on(jobs::run(a.count.unwrap_or(jobs::JOBS), jobs::ITEMS, a.repeat))?, &a.output)
+        }
+        Scenario::Enqueue(a) => {
+            (runtime.block_on(enqueue::run(a.count.unwrap_or(enqueue::ITEMS), a.repeat))?, &a.output)
         }
         _ => unreachable!("only sized scenarios are passed here"),
     };
