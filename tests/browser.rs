@@ -123,7 +123,7 @@ async fn the_dashboard_renders_in_chromium_with_the_stored_figures() {
     assert!(dom.contains("<title id=\"chart-title\">Spend and savings per job, this month</title>"));
 
     let jobs = browser.dom(&format!("{}/jobs", served.base));
-    assert_eq!(jobs.matches("<tr data-job=").count(), 10, "one row per job");
+    assert_eq!(jobs.matches("<tr data-job=").count(), 11, "one row per job");
     let summaries = jobs.split(r#"<tr data-job="feed-summaries""#).nth(1).unwrap().split("</tr>").next().unwrap();
     assert!(summaries.contains("openai</span><br>gpt-4.1-mini"), "the provider is shown: {summaries}");
 

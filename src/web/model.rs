@@ -149,8 +149,10 @@ pub struct JobItem {
     pub schedule: String,
     /// The time zone of the schedule.
     pub timezone: String,
-    /// The next firing.
+    /// The next firing (for a queue: its next flush by `max_wait` or an item's deadline).
     pub next_at: Option<DateTime<Utc>>,
+    /// For a job with `enqueue:`, the posted items waiting for a flush.
+    pub queued: Option<u64>,
     /// `realtime`, `soft` or `batch`.
     pub tier: &'static str,
     /// The provider its requests go to.
@@ -251,6 +253,24 @@ pub fn describe_schedule(cron: &str) -> String {
     crate::schedule::cron_parser().parse(cron).map_or_else(|_| cron.to_owned(), |parsed| parsed.describe())
 }
 
+/// When a job fires, in words: its cron, its upstream, its queue's flush rules.
+fn describe_firing(job: &Job) -> String {
+    let mut words = Vec::new();
+    if job.schedule.is_timed() {
+        words.push(describe_schedule(&job.schedule.text));
+    } else if let Some(upstream) = job.manifest.items.as_ref().and_then(|items| items.from.as_deref()) {
+        words.push(format!("when a run of `{upstream}` completes"));
+    }
+    if let Some(policy) = job.queue {
+        words.push(format!(
+            "when {} posted items wait or the oldest has waited {}",
+            policy.max_items,
+            crate::manifest::format_duration(policy.max_wait)
+        ));
+    }
+    words.join(", and ")
+}
+
 /// `/jobs`: every known job.
 pub fn jobs(store: &Store, jobs: &BTreeMap<String, Job>, now: DateTime<Utc>) -> Result<Vec<JobItem>, StoreError> {
     let schedules: HashMap<String, Option<DateTime<Utc>>> =
@@ -263,19 +283,18 @@ pub fn jobs(store: &Store, jobs: &BTreeMap<String, Job>, now: DateTime<Utc>) -> 
         let month_cost_usd = usd(store.spent_since(Some(&job.name), month_start(now))?);
         let budget_usd = manifest.budget.as_ref().and_then(|b| b.monthly_usd);
         let tokens = store.token_efficiency(&job.name, now - Duration::days(KPI_DAYS))?;
+        let queue =
+            job.queue.map(|policy| store.queue_summary(&job.name).map(|summary| (policy, summary))).transpose()?;
+        let timed_next = schedules.get(&job.name).copied().flatten();
+        let queue_next = queue.and_then(|(policy, summary)| crate::engine::next_flush(&summary, policy));
         items.push(JobItem {
             name: job.name.clone(),
             description: manifest.description.clone(),
             cron: job.schedule.text.clone(),
-            schedule: match job.schedule.is_timed() {
-                true => describe_schedule(&job.schedule.text),
-                false => {
-                    let upstream = manifest.items.as_ref().and_then(|items| items.from.as_deref()).unwrap_or_default();
-                    format!("when a run of `{upstream}` completes")
-                }
-            },
+            schedule: describe_firing(job),
             timezone: job.schedule.timezone.name().to_owned(),
-            next_at: schedules.get(&job.name).copied().flatten(),
+            next_at: [timed_next, queue_next].into_iter().flatten().min(),
+            queued: queue.map(|(_, summary)| summary.waiting),
             tier: manifest.tier.as_str(),
             provider: manifest.provider.clone(),
             model: manifest.model.clone(),
