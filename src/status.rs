@@ -86,6 +86,10 @@ pub struct RunStatus {
     pub requests: BTreeMap<&'static str, u64>,
     /// The run's batches, oldest first.
     pub batches: Vec<BatchItem>,
+    /// For a stage's run, the upstream run whose results it read.
+    pub upstream: Option<crate::store::LinkedRun>,
+    /// The stages' runs that read this run's results so far.
+    pub downstream: Vec<crate::store::LinkedRun>,
 }
 
 /// A job's schedule position.
@@ -357,6 +361,8 @@ fn open_runs(
             seconds_to_deadline: (run.deadline_at - now).num_seconds(),
             requests: store.request_counts(run.id)?,
             batches: listings.iter().map(batch_item).collect(),
+            upstream: store.upstream_of(run.id)?,
+            downstream: store.downstream_of(run.id)?,
             run,
         });
     }
@@ -433,6 +439,12 @@ pub fn render_text(report: &StatusReport) -> String {
         }
         if let (Some(to), Some(at)) = (&run.failover, run.failover_started_at) {
             out.push_str(&format!("  failover:  to {to} since {} (the job's provider kept failing)\n", time(at)));
+        }
+        if let Some(upstream) = &status.upstream {
+            out.push_str(&format!("  upstream:  {} ({})\n", upstream.run_key, upstream.state));
+        }
+        for downstream in &status.downstream {
+            out.push_str(&format!("  stage:     {} ({})\n", downstream.run_key, downstream.state));
         }
         for batch in &status.batches {
             let id = batch.provider_batch_id.as_deref().unwrap_or("(not created)");

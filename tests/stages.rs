@@ -204,6 +204,37 @@ async fn stages_without_a_schedule_fire_after_each_completed_upstream_run() {
     assert_eq!(weekly.len(), 2);
     assert!(weekly[0].contains("3 digests of digest-20261122T0600"), "{}", weekly[0]);
     assert!(weekly[1].contains("3 digests of digest-20261123T0600"), "{}", weekly[1]);
+    // Each run names the run it read and the runs that read it: the run page and its API.
+    let links = h.ids(
+        "SELECT r.run_key || ' <- ' || COALESCE(u.run_key, '-') FROM runs r LEFT JOIN runs u ON u.id = r.upstream_run_id
+         ORDER BY r.scheduled_for, r.id",
+    );
+    assert_eq!(
+        links,
+        [
+            "classify-20261122T0600 <- -",
+            "digest-20261122T0600 <- classify-20261122T0600",
+            "weekly-20261122T0600 <- digest-20261122T0600",
+            "classify-20261123T0600 <- -",
+            "digest-20261123T0600 <- classify-20261123T0600",
+            "weekly-20261123T0600 <- digest-20261123T0600",
+        ]
+    );
+    let digest: i64 =
+        h.ids("SELECT CAST(id AS TEXT) FROM runs WHERE run_key = 'digest-20261123T0600'")[0].parse().unwrap();
+    let zones = orchestrator::web::model::zones(&h.engine.jobs());
+    let now = orchestrator::clock::Clock::now(&h.clock);
+    let detail = h
+        .engine
+        .store()
+        .call(move |s| orchestrator::web::model::run_detail(s, digest, &zones, now))
+        .await
+        .unwrap()
+        .unwrap();
+    let upstream = detail.upstream.expect("the digest's upstream");
+    assert_eq!((upstream.run_key.as_str(), upstream.state.as_str()), ("classify-20261123T0600", "completed"));
+    let downstream: Vec<&str> = detail.downstream.iter().map(|d| d.run_key.as_str()).collect();
+    assert_eq!(downstream, ["weekly-20261123T0600"]);
     h.sim.shutdown().await;
 }
 

@@ -188,6 +188,7 @@ async fn stage_items(
                 "upstream_job": run.job, "upstream_run": run.run_key, "results": items.len(),
             });
             s.record_event(Some(run_id), None, "stage_input", &detail, now)?;
+            s.set_upstream_run(run_id, run.id)?;
             Ok(Some((run.run_key, items)))
         })
         .await?;

@@ -39,7 +39,7 @@ pub use results::{DeliverableResult, IncomingResult, ResultCounts};
 pub use runs::{NewRun, RunRow, RunState};
 pub use schedules::ScheduleRow;
 pub use shared::SharedStore;
-pub use stages::UpstreamResult;
+pub use stages::{LinkedRun, UpstreamResult};
 pub use sync::{SyncSettle, SyncWork};
 
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! never edited once released; changes are new entries.
 
 /// Migrations in order; entry `i` moves the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13];
 
 /// Times are integer milliseconds since the Unix epoch (UTC).
 const V1: &str = r#"
@@ -363,4 +363,16 @@ CREATE TABLE queue_items (
 );
 CREATE INDEX queue_waiting ON queue_items (job, id) WHERE run_id IS NULL;
 CREATE INDEX queue_by_run ON queue_items (run_id, seq) WHERE run_id IS NOT NULL;
+"#;
+
+/// A stage's run names the upstream run it read (before, only its
+/// `stage_input` event did, by run key), so a run shows its upstream and its
+/// downstream runs by an index.
+const V13: &str = r#"
+ALTER TABLE runs ADD COLUMN upstream_run_id INTEGER REFERENCES runs (id);
+UPDATE runs SET upstream_run_id = (
+    SELECT u.id FROM events e JOIN runs u
+        ON u.job = json_extract(e.detail, '$.upstream_job') AND u.run_key = json_extract(e.detail, '$.upstream_run')
+     WHERE e.run_id = runs.id AND e.kind = 'stage_input' ORDER BY e.id DESC LIMIT 1);
+CREATE INDEX runs_by_upstream ON runs (upstream_run_id) WHERE upstream_run_id IS NOT NULL;
 "#;

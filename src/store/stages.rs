@@ -21,7 +21,54 @@ pub struct UpstreamResult {
     pub usage: Usage,
 }
 
+/// A run linked to another as its upstream or downstream.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LinkedRun {
+    /// Database id (the page is `/runs/{id}`).
+    pub id: i64,
+    /// Its job.
+    pub job: String,
+    /// Its key.
+    pub run_key: String,
+    /// `open`, `completed`, ...
+    pub state: String,
+}
+
+fn linked(row: &rusqlite::Row<'_>) -> rusqlite::Result<LinkedRun> {
+    Ok(LinkedRun { id: row.get(0)?, job: row.get(1)?, run_key: row.get(2)?, state: row.get(3)? })
+}
+
 impl Store {
+    /// Records that the stage run `run_id` reads the results of `upstream_id`.
+    pub fn set_upstream_run(&self, run_id: i64, upstream_id: i64) -> Result<(), StoreError> {
+        self.conn
+            .execute("UPDATE runs SET upstream_run_id = ?2 WHERE id = ?1", params![run_id, upstream_id])
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// The upstream run `run_id` read, if it is a stage's run.
+    pub fn upstream_of(&self, run_id: i64) -> Result<Option<LinkedRun>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT u.id, u.job, u.run_key, u.state FROM runs r JOIN runs u ON u.id = r.upstream_run_id WHERE r.id = ?1",
+                [run_id],
+                linked,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The stages' runs that read `run_id`'s results, oldest first.
+    pub fn downstream_of(&self, run_id: i64) -> Result<Vec<LinkedRun>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT id, job, run_key, state FROM runs WHERE upstream_run_id = ?1 ORDER BY id")
+            .map_err(|e| self.err(e))?;
+        let rows = statement.query_map([run_id], linked).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
     /// The newest run of `job` that completed (in time or late); a failed
     /// or skipped run feeds no stage.
     pub fn newest_completed_run(&self, job: &str) -> Result<Option<RunRow>, StoreError> {

@@ -121,6 +121,10 @@ pub struct RunDetail {
     pub decisions: Vec<Decision>,
     /// Failures grouped by kind.
     pub errors: Vec<ErrorItem>,
+    /// For a stage's run, the upstream run whose results it read.
+    pub upstream: Option<crate::store::LinkedRun>,
+    /// The stages' runs that read this run's results.
+    pub downstream: Vec<crate::store::LinkedRun>,
 }
 
 /// The last run of a job.
@@ -245,6 +249,8 @@ pub fn run_detail(store: &Store, id: i64, zones: &Zones, now: DateTime<Utc>) -> 
         batches: store.batch_listings(Some(id), u32::MAX)?.iter().map(batch_item).collect(),
         decisions,
         errors: store.run_errors(id)?.into_iter().map(error_item).collect(),
+        upstream: store.upstream_of(id)?,
+        downstream: store.downstream_of(id)?,
     }))
 }
 
