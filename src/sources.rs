@@ -90,6 +90,20 @@ pub fn read_items(source: Option<&ItemSource>) -> Result<Items, SourceError> {
     collect(ItemStream::open(source)?)
 }
 
+/// The fields of a stage's item (`items.from`, `as: each`): what its
+/// templates can read as `item.<field>` (`validate` checks them).
+pub const STAGE_ITEM_FIELDS: &[&str] = &["custom_id", "text", "item", "usage", "run"];
+/// The fields of a stage's one item (`as: one`); each of `results` has [`STAGE_ITEM_FIELDS`].
+pub const STAGE_DIGEST_FIELDS: &[&str] = &["results", "run"];
+
+/// The fields a stage's item of `shape` has.
+pub fn stage_item_fields(shape: StageShape) -> &'static [&'static str] {
+    match shape {
+        StageShape::Each => STAGE_ITEM_FIELDS,
+        StageShape::One => STAGE_DIGEST_FIELDS,
+    }
+}
+
 /// A stage's items from the results its upstream run `run` delivered: one
 /// per result (`custom_id`, `text`, `item`, `usage`), or with
 /// [`StageShape::One`] all of them as one item (`results`, and the `run`).
@@ -330,6 +344,24 @@ impl RunningCommand {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fields_validate_allows_a_stage_are_the_fields_its_items_have() {
+        let result = UpstreamResult {
+            custom_id: "up-001".into(),
+            item: "{\"title\": \"t\"}".into(),
+            message: "{\"content\": [{\"type\": \"text\", \"text\": \"hi\"}]}".into(),
+            usage: crate::outcome::Usage::default(),
+        };
+        for shape in [StageShape::Each, StageShape::One] {
+            let items = stage_items("up-20261122T0600", std::slice::from_ref(&result), shape);
+            let mut keys: Vec<&str> = items[0].keys().map(String::as_str).collect();
+            let mut fields = stage_item_fields(shape).to_vec();
+            keys.sort_unstable();
+            fields.sort_unstable();
+            assert_eq!(keys, fields, "{shape:?}");
+        }
+    }
 
     #[test]
     fn jsonl_refuses_partial_input_unless_told() {

@@ -269,3 +269,35 @@ async fn a_stage_fires_once_per_upstream_run_across_a_crash_and_never_after_a_fa
     assert!(skipped[0].contains("upstream run classify-20261123T0600 ended failed"), "{skipped:?}");
     h.sim.shutdown().await;
 }
+
+/// `validate` knows what a stage's item has: an upstream result's fields
+/// (`as: each`) or `results` and `run` (`as: one`), and says so with the upstream's name.
+#[test]
+fn validate_refuses_a_stage_template_field_its_upstream_cannot_provide() {
+    use crate::support::{code, run_in, stdout};
+    let dir = pipeline(1, "{ from: classify }");
+    let output = run_in(dir.path(), &["validate", "--deny-warnings"]);
+    assert_eq!(code(&output), 0, "{}", stdout(&output));
+    let digest = dir.path().join("jobs/digest.yaml");
+    let text = std::fs::read_to_string(&digest).unwrap();
+    std::fs::write(&digest, text.replace("{{ item.text }}", "{{ item.txt }}")).unwrap();
+    let output = run_in(dir.path(), &["validate", "--format", "json"]);
+    assert_eq!(code(&output), 78);
+    let errors = |output: &std::process::Output| -> Vec<serde_json::Value> {
+        let all: Vec<serde_json::Value> = serde_json::from_str(&stdout(output)).unwrap();
+        all.into_iter().filter(|d| d["severity"] == "error").collect()
+    };
+    let diagnostics = errors(&output);
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:#?}");
+    assert_eq!((diagnostics[0]["code"].as_str(), diagnostics[0]["line"].as_u64()), (Some("E052"), Some(6)));
+    let message = diagnostics[0]["message"].as_str().unwrap();
+    assert!(message.contains("`item.txt`, which a result of `classify` does not have"), "{message}");
+    assert_eq!(diagnostics[0]["help"], "did you mean `text`?");
+    // As one item, the results are a list: `item.text` is no field of it.
+    std::fs::write(&digest, text.replace("items: { from: classify }", "items: { from: classify, as: one }")).unwrap();
+    let output = run_in(dir.path(), &["validate", "--format", "json"]);
+    let diagnostics = errors(&output);
+    let found: Vec<&str> = diagnostics.iter().map(|d| d["message"].as_str().unwrap()).collect();
+    assert_eq!(found.len(), 3, "custom_id, item, text: {found:#?}");
+    assert!(found.iter().all(|m| m.contains("which a result of `classify` does not have")), "{found:#?}");
+}

@@ -81,7 +81,11 @@ fn check_prompt(
             return;
         }
     };
-    let allowed = Allowed { top: PROMPT_VARIABLES, vars: Some(&job.manifest.vars) };
+    // A stage's items are its upstream's results: their fields are known.
+    let item = job.manifest.items.as_ref().filter(|items| items.from.is_some()).map(|items| {
+        (crate::sources::stage_item_fields(items.shape.unwrap_or_default()), items.from.as_deref().unwrap_or_default())
+    });
+    let allowed = Allowed { top: PROMPT_VARIABLES, vars: Some(&job.manifest.vars), item };
     for name in sorted(template.undeclared_variables(true)) {
         if let Some((message, help)) = allowed.problem(&name) {
             out.push(place.at_name(&name, message).maybe_help(help));
@@ -101,7 +105,7 @@ fn check_path_template(job: &Parsed, env: &Environment<'_>, field: &str, text: &
             return;
         }
     };
-    let allowed = Allowed { top: PATH_VARIABLES, vars: None };
+    let allowed = Allowed { top: PATH_VARIABLES, vars: None, item: None };
     for name in sorted(template.undeclared_variables(true)) {
         if let Some((message, help)) = allowed.problem(&name) {
             out.push(
@@ -122,6 +126,8 @@ struct Allowed<'a> {
     top: &'a [&'a str],
     /// The manifest's `vars`, when `vars` is allowed.
     vars: Option<&'a BTreeMap<String, serde_json::Value>>,
+    /// For a stage: the fields its items have, and the upstream job.
+    item: Option<(&'a [&'a str], &'a str)>,
 }
 
 impl Allowed<'_> {
@@ -143,6 +149,7 @@ impl Allowed<'_> {
             "job" => JOB_ATTRIBUTES.to_vec(),
             "run" => RUN_ATTRIBUTES.to_vec(),
             "vars" => self.vars?.keys().map(String::as_str).collect(),
+            "item" => self.item?.0.to_vec(),
             _ => return None,
         };
         if known.contains(&attribute) {
@@ -154,7 +161,13 @@ impl Allowed<'_> {
                 _ => format!("`{top}` has: {}", known.join(", ")),
             })
         });
-        Some((format!("uses undefined variable `{top}.{attribute}`"), help))
+        let message = match (top, self.item) {
+            ("item", Some((_, upstream))) => format!(
+                "uses `item.{attribute}`, which a result of `{upstream}` does not have (a stage's item is an upstream result)"
+            ),
+            _ => format!("uses undefined variable `{top}.{attribute}`"),
+        };
+        Some((message, help))
     }
 }
 
