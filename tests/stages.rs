@@ -301,3 +301,91 @@ fn validate_refuses_a_stage_template_field_its_upstream_cannot_provide() {
     assert_eq!(found.len(), 3, "custom_id, item, text: {found:#?}");
     assert!(found.iter().all(|m| m.contains("which a result of `classify` does not have")), "{found:#?}");
 }
+
+/// `pipeline` with both jobs' cron in Europe/Berlin: `classify` at 01:00,
+/// the scheduled stage `digest` at 02:30 local.
+fn berlin_pipeline() -> tempfile::TempDir {
+    let dir = pipeline(2, "{ from: classify }");
+    for (name, from, to) in [
+        ("classify", "schedule: { cron: '0 6 * * *' }", "schedule: { cron: '0 1 * * *', timezone: Europe/Berlin }"),
+        ("digest", "schedule: { cron: '0 7 * * *' }", "schedule: { cron: '30 2 * * *', timezone: Europe/Berlin }"),
+    ] {
+        let path = dir.path().join(format!("jobs/{name}.yaml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from));
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+    }
+    dir
+}
+
+fn instant(text: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&chrono::Utc)
+}
+
+/// Runs of the project as `job scheduled_for(UTC) <- upstream run key`, in order.
+fn fired(h: &Harness) -> Vec<String> {
+    h.ids(
+        "SELECT r.job || ' ' || strftime('%Y-%m-%dT%H:%MZ', r.scheduled_for / 1000, 'unixepoch') || ' <- '
+                || COALESCE(u.run_key, '-')
+         FROM runs r LEFT JOIN runs u ON u.id = r.upstream_run_id ORDER BY r.scheduled_for, r.id",
+    )
+}
+
+/// A scheduled stage keeps the DST rules of every job: on the night clocks
+/// go forward its 02:30 does not exist and it fires at 03:00 CEST; on the
+/// night they go back its 02:30 occurs twice and it fires once. Each time it
+/// reads the upstream run of that night.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_stage_fires_once_across_both_dst_changes() {
+    for (start, end, expected) in [
+        (
+            "2026-03-28T23:30:00Z",
+            "2026-03-29T03:00:00Z",
+            ["classify 2026-03-29T00:00Z <- -", "digest 2026-03-29T01:00Z <- classify-20260329T0100"],
+        ),
+        (
+            "2026-10-24T22:30:00Z",
+            "2026-10-25T03:00:00Z",
+            ["classify 2026-10-24T23:00Z <- -", "digest 2026-10-25T00:30Z <- classify-20261025T0100"],
+        ),
+    ] {
+        let h = harness_for(berlin_pipeline(), "classify", SimConfig::default(), instant(start)).await;
+        crate::support::harness::serve_until(&h, &daemon(&h), instant(end), 120).await;
+        assert_eq!(fired(&h), expected, "from {start}");
+        let open = h.count("SELECT COUNT(*) FROM runs WHERE state != 'completed'");
+        assert_eq!(open, 0, "every run completed");
+        h.sim.shutdown().await;
+    }
+}
+
+/// The daemon was down across two of a scheduled stage's instants (and its
+/// upstream's): with `catch_up: latest` the stage runs once, for the newest
+/// missed instant, reads the newest upstream run completed by then, and
+/// records the older instant as skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_stage_catches_up_on_the_newest_missed_instant_only() {
+    let dir = pipeline(2, "{ from: classify }");
+    let classify = dir.path().join("jobs/classify.yaml");
+    let text = std::fs::read_to_string(&classify).unwrap();
+    std::fs::write(&classify, text.replace("deadline: 1h", "deadline: 2h\ncatch_up: none")).unwrap();
+    let start = t0() - Duration::minutes(1);
+    let h = harness_for(dir, "classify", SimConfig::default(), start).await;
+    crate::support::harness::serve_until(&h, &daemon(&h), t0() + Duration::hours(2), 120).await;
+    assert_eq!(fired(&h), ["classify 2026-11-22T06:00Z <- -", "digest 2026-11-22T07:00Z <- classify-20261122T0600"]);
+    // Down until 07:30 two days later: classify's 06:00s and digest's 07:00s were missed.
+    h.clock.advance(std::time::Duration::from_secs(2 * 86_400 - 30 * 60));
+    crate::support::harness::serve_until(&h, &daemon(&h), t0() + Duration::days(2) + Duration::hours(2), 120).await;
+    assert_eq!(
+        fired(&h),
+        [
+            "classify 2026-11-22T06:00Z <- -",
+            "digest 2026-11-22T07:00Z <- classify-20261122T0600",
+            "digest 2026-11-24T07:00Z <- classify-20261122T0600",
+        ],
+        "classify catches up on nothing; the digest on its newest instant, from the newest completed classify run"
+    );
+    let skipped = h.ids("SELECT detail FROM events WHERE job = 'digest' AND kind = 'run_skipped'");
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(skipped[0].contains("2026-11-23T07:00:00"), "{skipped:?}");
+    h.sim.shutdown().await;
+}
