@@ -140,6 +140,9 @@ async fn a_stage_reads_only_what_a_completed_upstream_run_delivered() {
         .ids("SELECT custom_id FROM requests WHERE run_id = (SELECT id FROM runs WHERE job = 'classify') ORDER BY seq");
     let params = params_of(&h, run_id);
     assert!(params[0].contains(&ids[0]) && params[1].contains(&ids[2]), "{params:?}");
+    let input = h.ids(&format!("SELECT detail FROM events WHERE run_id = {run_id} AND kind = 'stage_input'"));
+    let input: serde_json::Value = serde_json::from_str(&input[0]).unwrap();
+    assert_eq!((input["results"].as_u64(), input["upstream_without_result"].as_u64()), (Some(2), Some(1)), "{input}");
     h.sim.shutdown().await;
 }
 

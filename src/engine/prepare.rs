@@ -184,8 +184,12 @@ async fn stage_items(
     let read = store
         .call(move |s| {
             let Some((run, items)) = read_stage_items(s, &stage, Some(scheduled_for))? else { return Ok(None) };
+            // Upstream requests that failed for good delivered nothing: they are no item, and said so here.
+            let upstream_requests: u64 = s.request_counts(run.id)?.values().sum();
+            let results = s.delivered_count(run.id)?;
             let detail = serde_json::json!({
-                "upstream_job": run.job, "upstream_run": run.run_key, "results": items.len(),
+                "upstream_job": run.job, "upstream_run": run.run_key, "results": results,
+                "items": items.len(), "upstream_without_result": upstream_requests.saturating_sub(results),
             });
             s.record_event(Some(run_id), None, "stage_input", &detail, now)?;
             s.set_upstream_run(run_id, run.id)?;

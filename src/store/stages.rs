@@ -106,6 +106,18 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
+    /// How many results `run_id` delivered.
+    pub fn delivered_count(&self, run_id: i64) -> Result<u64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM requests q JOIN deliveries d ON d.custom_id = q.custom_id WHERE q.run_id = ?1",
+                [run_id],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
     /// The results `run_id` delivered, in the order of its items. A request
     /// that failed for good delivered nothing, so it is not among them.
     pub fn delivered_results(&self, run_id: i64) -> Result<Vec<UpstreamResult>, StoreError> {

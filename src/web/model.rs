@@ -22,6 +22,7 @@ const KPI_DAYS: i64 = 30;
 /// Event kinds that record a decision about a run, shown on its page.
 const DECISIONS: &[&str] = &[
     "run_created",
+    "stage_input",
     "run_queued",
     "run_skipped",
     "run_late",
