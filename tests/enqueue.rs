@@ -244,3 +244,40 @@ async fn a_post_that_fills_the_queue_wakes_the_sleeping_daemon() {
     stop.cancel();
     served.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_with_a_schedule_flushes_what_waits_at_each_instant() {
+    let (h, base) = served("{ max_items: 100, max_wait: 1d }", Some(TOKEN)).await;
+    let triage = h.dir.path().join("jobs/triage.yaml");
+    let text = std::fs::read_to_string(&triage).unwrap();
+    std::fs::write(&triage, format!("schedule: {{ cron: '0 7 * * *' }}\n{text}")).unwrap();
+    let report = orchestrator::validate::validate_dir(orchestrator::validate::Inputs {
+        jobs_dir: &h.dir.path().join("jobs"),
+        prompts_dir: &h.dir.path().join("prompts"),
+        catalog: &orchestrator::catalog::Catalog::builtin(),
+        now: t0(),
+    });
+    assert!(report.passes(true), "{:?}", report.diagnostics);
+    h.engine.set_jobs(report.jobs.clone());
+    let scheduler = orchestrator::schedule::Scheduler::new(h.engine.clone());
+    scheduler.tick().await.unwrap();
+    assert_eq!(post(&base, "triage", Some(TOKEN), entries("s", 0, 3)).await.0, 202);
+    assert_eq!(h.engine.flush_queues().await.unwrap().flushed, 0, "neither full nor old");
+    h.clock.advance(Duration::from_secs(3600));
+    scheduler.tick().await.unwrap();
+    assert_eq!(runs_of_queue(&h), [("batch".to_owned(), 3)]);
+    let run = h.ids("SELECT run_key || ' ' || scheduled_for FROM runs WHERE job = 'triage'");
+    assert_eq!(run, [format!("triage-20261122T0700 {}", (t0() + chrono::Duration::hours(1)).timestamp_millis())]);
+    let created = h.ids("SELECT detail FROM events WHERE kind = 'run_created' AND job = 'triage'");
+    assert!(created[0].contains("\"flush\":\"schedule\""), "{created:?}");
+    let first: i64 = h.ids("SELECT CAST(id AS TEXT) FROM runs WHERE job = 'triage'")[0].parse().unwrap();
+    let outcome = h.engine.drive(first, async |_| Ok(())).await.unwrap();
+    assert_eq!((outcome.state, outcome.delivered), (RunState::Completed, 3), "{outcome:?}");
+    // Nothing waits at the next instant: an empty run accounts for it.
+    h.clock.advance(Duration::from_secs(86_400));
+    scheduler.tick().await.unwrap();
+    let runs = h.ids("SELECT CAST(id AS TEXT) FROM runs WHERE job = 'triage' ORDER BY id");
+    assert_eq!(runs.len(), 2);
+    let outcome = h.engine.drive(runs[1].parse().unwrap(), async |_| Ok(())).await.unwrap();
+    assert_eq!((outcome.state, outcome.requests), (RunState::Completed, 0), "{outcome:?}");
+}

@@ -97,7 +97,11 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         let engine = Arc::clone(&backend.engine);
         let scheduled_for = which_run(&engine, args, &job.name).await?;
         let deadline_at = scheduled_for + chrono::Duration::from_std(deadline).context("deadline too long")?;
-        let run = engine.start_run(&job, scheduled_for, deadline_at).await?;
+        let run = match job.queue {
+            // A queue's run takes the items waiting in it.
+            Some(_) => engine.start_queue_run(&job, scheduled_for, deadline_at).await?,
+            None => engine.start_run(&job, scheduled_for, deadline_at).await?,
+        };
         // A progress line on a terminal, below the log; logs alone otherwise.
         let progress = std::io::stderr().is_terminal().then(Progress::start);
         let outcome = engine

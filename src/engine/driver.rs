@@ -356,7 +356,7 @@ impl crate::schedule::RunStarter for Engine {
     ) -> Result<RunRow, Box<dyn std::error::Error + Send + Sync>> {
         if job.queue.is_some() {
             // A queue's scheduled instant flushes what waits into its run.
-            return Ok(self.flush_at(job, scheduled_for).await?);
+            return Ok(self.start_queue_run(job, scheduled_for, job.deadline_at(scheduled_for)).await?);
         }
         Ok(Engine::start_run(self, job, scheduled_for, job.deadline_at(scheduled_for)).await?)
     }

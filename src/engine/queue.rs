@@ -110,23 +110,25 @@ impl Engine {
         self.queue_posted.notified().await;
     }
 
-    /// A scheduled instant of a queue with `schedule:` beside `enqueue:`:
-    /// the run for `instant` takes what waits (up to `max_items`); with
+    /// The run of a queue job for `instant` that is not a flush of its
+    /// own: a scheduled instant (`schedule:` beside `enqueue:`), or
+    /// `orchestrator run`. It takes what waits (up to `max_items`); with
     /// nothing waiting it is an empty run, so the instant is accounted for.
     /// A run that exists for the instant is resumed as it is.
-    pub(super) async fn flush_at(
+    pub async fn start_queue_run(
         &self,
         job: &Job,
         instant: DateTime<Utc>,
+        deadline_at: DateTime<Utc>,
     ) -> Result<crate::store::RunRow, EngineError> {
         let name = job.name.clone();
         if self.store.call(move |s| s.run_by_key(&name, instant)).await?.is_none()
             && let Some(policy) = job.queue
         {
             let take = QueueTake { limit: policy.max_items, sync_only: false };
-            self.create_flush_run(job, instant, take, "schedule").await?;
+            self.create_flush_run(job, (instant, deadline_at), take, "schedule").await?;
         }
-        self.start_run(job, instant, job.deadline_at(instant)).await
+        self.start_run(job, instant, deadline_at).await
     }
 
     /// Makes one run of the waiting items `take` names, then prepares it;
@@ -137,7 +139,8 @@ impl Engine {
         let now = self.clock.now();
         let name = job.name.clone();
         let instant = self.store.call(move |s| s.next_queue_instant(&name, now)).await?;
-        let Some(run) = self.create_flush_run(job, instant, take, reason.as_str()).await? else { return Ok(false) };
+        let slot = (instant, job.deadline_at(instant));
+        let Some(run) = self.create_flush_run(job, slot, take, reason.as_str()).await? else { return Ok(false) };
         if let Err(error) = self.start_run(job, run.scheduled_for, run.deadline_at).await {
             // The run exists with its items: the next tick prepares it again.
             tracing::error!(run = %run.run_key, %error, "the queue's run could not be prepared yet");
@@ -145,11 +148,11 @@ impl Engine {
         Ok(true)
     }
 
-    /// Creates the run of `job` for `instant` with the waiting items `take` names.
+    /// Creates the run of `job` for `(instant, deadline_at)` with the waiting items `take` names.
     async fn create_flush_run(
         &self,
         job: &Job,
-        instant: DateTime<Utc>,
+        (instant, deadline_at): (DateTime<Utc>, DateTime<Utc>),
         take: QueueTake,
         reason: &'static str,
     ) -> Result<Option<crate::store::RunRow>, EngineError> {
@@ -157,7 +160,6 @@ impl Engine {
         let info = RunInfo::new(job, instant);
         let (name, tier, tags) = (job.name.clone(), job.manifest.tier.as_str(), job.manifest.tags.clone());
         let lane = if take.sync_only { "sync" } else { job.manifest.tier.lane().as_str() };
-        let deadline_at = job.deadline_at(instant);
         let flushed = self
             .store
             .call(move |s| {
