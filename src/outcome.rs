@@ -94,6 +94,84 @@ pub fn message_text(message: &serde_json::Value) -> String {
         .unwrap_or_default()
 }
 
+/// [`message_text`] of an answer stored as JSON text, without building the
+/// whole document: only the fields that hold text are read (the rest is
+/// skipped by the parser), which is most of a delivery round's work saved.
+/// Answers of an unexpected shape fall back to the document.
+pub fn message_text_of(json: &str) -> String {
+    match serde_json::from_str::<TextFields<'_>>(json) {
+        Ok(fields) => fields.text(),
+        Err(_) => message_text(&serde_json::from_str(json).unwrap_or_default()),
+    }
+}
+
+/// The fields of the three providers' answers that carry text.
+#[derive(Deserialize)]
+struct TextFields<'a> {
+    #[serde(default, borrow)]
+    candidates: Option<Vec<Candidate<'a>>>,
+    #[serde(default, borrow)]
+    choices: Option<Vec<Choice<'a>>>,
+    #[serde(default, borrow)]
+    content: Option<Vec<Block<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Candidate<'a> {
+    #[serde(default, borrow)]
+    content: Option<Parts<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Parts<'a> {
+    #[serde(default, borrow)]
+    parts: Option<Vec<Part<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct Part<'a> {
+    #[serde(default, borrow)]
+    text: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    thought: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default, borrow)]
+    message: Option<ChoiceMessage<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceMessage<'a> {
+    #[serde(default, borrow)]
+    content: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Block<'a> {
+    #[serde(default, rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl TextFields<'_> {
+    /// As [`message_text`] reads the same fields.
+    fn text(self) -> String {
+        if let Some(candidates) = self.candidates {
+            let parts = candidates.into_iter().next().and_then(|c| c.content).and_then(|c| c.parts).unwrap_or_default();
+            return parts.into_iter().filter(|p| p.thought != Some(true)).filter_map(|p| p.text).collect();
+        }
+        if let Some(choices) = self.choices {
+            let content = choices.into_iter().next().and_then(|c| c.message).and_then(|m| m.content);
+            return content.map(std::borrow::Cow::into_owned).unwrap_or_default();
+        }
+        let blocks = self.content.unwrap_or_default();
+        blocks.into_iter().filter(|b| b.kind.as_deref() == Some("text")).filter_map(|b| b.text).collect()
+    }
+}
+
 impl Outcome {
     /// Whether this outcome uses up one of the request's attempts: only the
     /// request's own failures do (a success needs no more). A batch canceled
@@ -129,6 +207,25 @@ pub fn is_permanent_error_type(error_type: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_text_of_stored_answers_is_read_as_the_document_reads_it() {
+        let answers = [
+            r#"{"id":"msg_1","content":[{"type":"text","text":"Hel"},{"type":"tool_use","id":"t","input":{"text":"no"}},{"type":"text","text":"lo \"q\" \u00e9"}],"usage":{"input_tokens":3}}"#,
+            r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"chat \n text"}},{"message":{"content":"second"}}]}"#,
+            r#"{"choices":[{"message":{"role":"assistant","content":null,"tool_calls":[]}}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"thinking","thought":true},{"text":"gem"},{"text":"ini"}]}}]}"#,
+            r#"{"content":"not a list"}"#,
+            r#"{"usage":{}}"#,
+            "not json",
+        ];
+        for answer in answers {
+            let document: serde_json::Value = serde_json::from_str(answer).unwrap_or_default();
+            assert_eq!(message_text_of(answer), message_text(&document), "{answer}");
+        }
+        assert_eq!(message_text_of(answers[0]), "Hello \"q\" é");
+        assert_eq!(message_text_of(answers[3]), "gemini");
+    }
 
     #[test]
     fn only_fixable_outcomes_are_retryable() {

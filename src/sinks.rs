@@ -30,8 +30,8 @@ pub struct DeliveredResult {
     pub run: String,
     /// The run's scheduled instant (RFC 3339).
     pub scheduled_for: String,
-    /// The item the request was rendered from.
-    pub item: serde_json::Value,
+    /// The item the request was rendered from, as stored (JSON).
+    pub item: Box<serde_json::value::RawValue>,
     /// The model's text.
     pub text: String,
     /// Why the model stopped.
@@ -333,7 +333,7 @@ mod tests {
             job: "feed".into(),
             run: "feed-20261122T0630".into(),
             scheduled_for: "2026-11-22T06:30:00+01:00".into(),
-            item: serde_json::json!({ "title": id }),
+            item: serde_json::value::to_raw_value(&serde_json::json!({ "title": id })).unwrap(),
             text: format!("answer {id}"),
             stop_reason: Some("end_turn".into()),
             usage: Usage::default(),

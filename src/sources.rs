@@ -109,10 +109,9 @@ pub fn stage_item_fields(shape: StageShape) -> &'static [&'static str] {
 /// [`StageShape::One`] all of them as one item (`results`, and the `run`).
 pub fn stage_items(run: &str, results: &[UpstreamResult], shape: StageShape) -> Vec<Item> {
     let each = results.iter().map(|result| {
-        let message: Value = serde_json::from_str(&result.message).unwrap_or_default();
         let mut item = Item::new();
         item.insert("custom_id".into(), Value::String(result.custom_id.clone()));
-        item.insert("text".into(), Value::String(crate::outcome::message_text(&message)));
+        item.insert("text".into(), Value::String(crate::outcome::message_text_of(&result.message)));
         item.insert("item".into(), serde_json::from_str(&result.item).unwrap_or_default());
         item.insert("usage".into(), serde_json::to_value(result.usage).unwrap_or_default());
         item.insert("run".into(), Value::String(run.to_owned()));

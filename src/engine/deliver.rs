@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use crate::cost::{Pricer, price_pending, usd};
 use crate::job::Job;
 use crate::manifest::{Sink, SqliteSink};
-use crate::outcome::message_text;
+use crate::outcome::message_text_of;
 use crate::render::{RenderError, RunInfo, render_path};
 use crate::sinks::{self, DeliveredResult, SinkError, SinkMark};
 use crate::store::{DeliverableResult, SharedStore, StoreError};
@@ -106,14 +106,15 @@ fn rendered_sink(job: &Job, info: &RunInfo) -> Result<Sink, RenderError> {
 }
 
 fn delivered_result(job: &Job, info: &RunInfo, result: &DeliverableResult, now: DateTime<Utc>) -> DeliveredResult {
-    let message: serde_json::Value = serde_json::from_str(&result.message).unwrap_or_default();
     DeliveredResult {
         custom_id: result.custom_id.clone(),
         job: job.name.clone(),
         run: info.id.clone(),
         scheduled_for: info.scheduled_for.clone(),
-        item: serde_json::from_str(&result.item).unwrap_or_default(),
-        text: message_text(&message),
+        // The item is passed on as stored (it was serialized from a JSON object).
+        item: serde_json::value::RawValue::from_string(result.item.clone())
+            .unwrap_or_else(|_| serde_json::value::to_raw_value(&serde_json::Value::Null).expect("null serializes")),
+        text: message_text_of(&result.message),
         stop_reason: result.stop_reason.clone(),
         usage: result.usage,
         lane: result.lane.clone(),

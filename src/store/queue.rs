@@ -248,9 +248,8 @@ fn item_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueueItemView> {
     let delivered = row.get::<_, Option<i64>>(6)?.is_some();
     let result = if delivered {
         let message: Option<String> = row.get(7)?;
-        let message = message.and_then(|m| serde_json::from_str(&m).ok()).unwrap_or_default();
         Some(QueueItemResult {
-            text: crate::outcome::message_text(&message),
+            text: message.as_deref().map(crate::outcome::message_text_of).unwrap_or_default(),
             usage: super::results::usage_at(row, 8)?,
             lane: row.get(13)?,
             cost_micros: row.get(14)?,
