@@ -398,8 +398,7 @@ impl Store {
     pub fn batch_payload_size(&self, batch_id: i64) -> Result<PayloadSize, StoreError> {
         self.conn
             .query_row(
-                "SELECT COUNT(*), COALESCE(SUM(length(CAST(r.custom_id AS BLOB))), 0),
-                        COALESCE(SUM(length(CAST(r.params AS BLOB))), 0)
+                "SELECT COUNT(*), COALESCE(SUM(octet_length(r.custom_id)), 0), COALESCE(SUM(octet_length(r.params)), 0)
                  FROM batch_requests b JOIN request_bodies r ON r.custom_id = b.custom_id WHERE b.batch_id = ?1",
                 [batch_id],
                 |row| {

@@ -186,7 +186,7 @@ impl Store {
         let mut statement = self
             .conn
             .prepare_cached(
-                "SELECT q.custom_id, length(b.params), q.state = 'retryable_failed'
+                "SELECT q.custom_id, octet_length(b.params), q.state = 'retryable_failed'
                  FROM requests q JOIN request_bodies b ON b.custom_id = q.custom_id
                  WHERE q.run_id = ?1 AND (q.state = 'pending' OR (q.state = 'retryable_failed' AND q.attempts < ?2))
                  ORDER BY q.seq",
@@ -235,7 +235,7 @@ impl Store {
         let input: Option<f64> = self
             .conn
             .query_row(
-                "SELECT AVG(length(b.params)) FROM requests q JOIN request_bodies b ON b.custom_id = q.custom_id
+                "SELECT AVG(octet_length(b.params)) FROM requests q JOIN request_bodies b ON b.custom_id = q.custom_id
                  WHERE q.run_id = ?1",
                 [run_id],
                 |row| row.get(0),

@@ -435,3 +435,18 @@ fn the_latest_run_is_the_last_scheduled_even_when_an_older_one_is_open() {
     assert_eq!(store.latest_run("feed").unwrap().map(|r| r.id), Some(newer.id));
     assert_eq!(store.latest_run("other").unwrap(), None);
 }
+
+#[test]
+fn a_waiting_requests_length_is_its_bytes_as_batch_limits_count_them() {
+    let (_dir, mut store) = open();
+    let (run, _) = store.create_run(&feed_run(), at(0)).unwrap();
+    let params = "{\"prompt\":\"Größe über 5 €\"}".to_owned();
+    let request =
+        NewRequest { custom_id: "feed-2026-11-22-001".into(), seq: 1, item: "{}".into(), params: params.clone() };
+    store.insert_requests(run.id, &[request], at(0)).unwrap();
+    let waiting = store.waiting_requests(run.id, 3).unwrap();
+    assert_eq!(waiting[0].params_len, params.len(), "bytes, not the {} characters", params.chars().count());
+    assert_ne!(params.len(), params.chars().count());
+    let averages = store.token_averages(run.id, "feed").unwrap();
+    assert_eq!(averages.input_tokens, params.len() as f64 / 4.0);
+}
