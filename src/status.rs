@@ -46,6 +46,19 @@ pub struct StatusReport {
     pub recent: Vec<RecentEvent>,
     /// Each provider's batch processing queue, as far as our batches fill it.
     pub queues: Vec<QueueStatus>,
+    /// Each job's queue of posted items (`enqueue:`) with items waiting for a flush.
+    pub enqueued: Vec<EnqueuedStatus>,
+}
+
+/// What waits in one job's queue of posted items.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EnqueuedStatus {
+    /// The job.
+    pub job: String,
+    /// Items waiting for a flush.
+    pub waiting: u64,
+    /// When the oldest of them was posted.
+    pub oldest_at: DateTime<Utc>,
 }
 
 /// How full one provider's batch processing queue is with our requests.
@@ -407,7 +420,13 @@ pub fn collect(
         });
     }
     let queues = queues(store, crate::providers::queued_requests_limit)?;
-    Ok(StatusReport { now, runs, schedules, recent, queues })
+    let enqueued = store
+        .queue_depths()?
+        .into_iter()
+        .filter(|(name, _, _)| wanted(name))
+        .map(|(job, waiting, oldest_at)| EnqueuedStatus { job, waiting, oldest_at })
+        .collect();
+    Ok(StatusReport { now, runs, schedules, recent, queues, enqueued })
 }
 
 /// The report as text for a terminal.
@@ -420,6 +439,14 @@ pub fn render_text(report: &StatusReport) -> String {
     for queue in report.queues.iter().filter(|q| q.requests > 0) {
         let limit = queue.limit.map_or(String::new(), |limit| format!(" of {limit}"));
         out.push_str(&format!("batch queue: {} {}{limit} requests\n", queue.provider, queue.requests));
+    }
+    for queue in &report.enqueued {
+        out.push_str(&format!(
+            "queue {}: {} items waiting, the oldest posted {}\n",
+            queue.job,
+            queue.waiting,
+            time(queue.oldest_at)
+        ));
     }
     for status in &report.runs {
         let run = &status.run;
@@ -536,9 +563,14 @@ mod tests {
             schedules: vec![],
             recent: vec![],
             queues: vec![queue("anthropic", 4500, Some(100_000)), queue("openai", 20, None), queue("gemini", 0, None)],
+            enqueued: vec![EnqueuedStatus { job: "tickets".into(), waiting: 12, oldest_at: at(0) }],
         };
         let text = render_text(&report);
         assert!(text.contains("batch queue: anthropic 4500 of 100000 requests\n"), "{text}");
+        assert!(
+            text.contains("queue tickets: 12 items waiting, the oldest posted 2027-01-15 08:00:00 UTC\n"),
+            "{text}"
+        );
         assert!(text.contains("batch queue: openai 20 requests\n"), "{text}");
         assert!(!text.contains("gemini"), "an empty queue is not shown: {text}");
     }

@@ -91,6 +91,15 @@ async fn posted_items_flush_by_size_then_by_time_and_are_delivered_once() {
     assert_eq!((status, ids(&again)), (202, first.clone()));
     assert_eq!(h.count("SELECT COUNT(*) FROM queue_items"), 12);
     assert_eq!(item(&base, first[0]).await["state"], "queued");
+    // Operators see the queue: /metrics and status.
+    let get = |path: &str| {
+        let url = format!("{base}{path}");
+        async move { reqwest::Client::new().get(url).bearer_auth(TOKEN).send().await.unwrap().text().await.unwrap() }
+    };
+    let metrics = get("/metrics").await;
+    assert!(metrics.contains("orchestrator_queued_items{job=\"triage\"} 12"), "{metrics}");
+    let status: Value = serde_json::from_str(&get("/api/v1/status").await).unwrap();
+    assert_eq!(status["enqueued"], json!([{ "job": "triage", "waiting": 12, "oldest_at": "2026-11-22T06:00:00Z" }]));
 
     // Two full queues' worth flush at once; two items wait for max_wait.
     let look = h.engine.flush_queues().await.unwrap();

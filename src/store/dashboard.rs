@@ -100,6 +100,9 @@ pub struct MetricFigures {
     pub oldest_open_batch_at: Option<DateTime<Utc>>,
     /// Requests in each provider's batch processing queue (of batches not ended yet).
     pub batch_queues: Vec<Labelled<1>>,
+    /// Posted items waiting for a flush, by job (`enqueue:`): how many, and
+    /// when the oldest was posted.
+    pub queued_items: Vec<(String, u64, DateTime<Utc>)>,
 }
 
 fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
@@ -271,6 +274,7 @@ impl Store {
                 .into_iter()
                 .map(|(provider, requests)| Labelled { labels: [provider], value: requests as f64 })
                 .collect(),
+            queued_items: self.queue_depths()?,
         })
     }
 

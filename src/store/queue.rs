@@ -209,6 +209,20 @@ impl Store {
         Ok(Some((created, taken.len())))
     }
 
+    /// Every queue with items waiting: `(job, waiting, oldest posted)`, by job.
+    pub fn queue_depths(&self) -> Result<Vec<(String, u64, DateTime<Utc>)>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT job, COUNT(*), MIN(enqueued_at) FROM queue_items WHERE run_id IS NULL GROUP BY job ORDER BY job",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64, from_millis(row.get(2)?))))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
     /// The items a flush moved into `run_id`, in their order there.
     pub fn queued_items_of_run(&self, run_id: i64) -> Result<Vec<String>, StoreError> {
         let mut statement = self

@@ -68,6 +68,7 @@ pub fn encode(figures: &MetricFigures, endpoints: &[BatchEndpoints], now: DateTi
     savings(&mut registry, &figures.savings_usd);
     gauges(&mut registry, figures, now);
     batch_endpoints(&mut registry, figures, endpoints);
+    queued_items(&mut registry, figures, now);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).expect("writing to a String cannot fail");
     text
@@ -180,6 +181,24 @@ fn batch_endpoints(registry: &mut Registry, figures: &MetricFigures, endpoints: 
     );
 }
 
+/// What waits in each queue (`enqueue:`): a queue that grows, or whose
+/// oldest item ages past its `max_wait`, is not being flushed.
+fn queued_items(registry: &mut Registry, figures: &MetricFigures, now: DateTime<Utc>) {
+    let (waiting, age) = (Family::<JobLabels, Gauge>::default(), Family::<JobLabels, FloatGauge>::default());
+    for (job, items, oldest) in &figures.queued_items {
+        let labels = JobLabels { job: job.clone() };
+        waiting.get_or_create(&labels).set(i64::try_from(*items).unwrap_or(i64::MAX));
+        age.get_or_create(&labels).set((now - *oldest).num_milliseconds().max(0) as f64 / 1000.0);
+    }
+    registry.register("queued_items", "Items posted to a job's queue and waiting for a flush", waiting);
+    registry.register_with_unit(
+        "oldest_queued_item_age",
+        "How long the oldest item waiting in a job's queue has waited",
+        Unit::Seconds,
+        age,
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,13 +206,15 @@ mod tests {
 
     #[test]
     fn figures_become_labelled_series() {
+        let base = Utc::now();
         let figures = MetricFigures {
             requests: vec![Labelled { labels: ["nightly".into(), "batch".into(), "succeeded".into()], value: 3.0 }],
             turnarounds_secs: vec![120.0, 4000.0],
             spend_usd: vec![Labelled { labels: ["nightly".into(), "openai".into(), "batch".into()], value: 0.25 }],
             open_runs: 2,
-            oldest_open_batch_at: Some(Utc::now() - chrono::Duration::seconds(90)),
+            oldest_open_batch_at: Some(base - chrono::Duration::seconds(90)),
             batch_queues: vec![Labelled { labels: ["anthropic".into()], value: 4500.0 }],
+            queued_items: vec![("tickets".into(), 12, base - chrono::Duration::seconds(60))],
             ..MetricFigures::default()
         };
         let now = figures.oldest_open_batch_at.unwrap() + chrono::Duration::seconds(90);
@@ -215,6 +236,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("orchestrator_open_runs 2"), "{text}");
+        assert!(text.contains(r#"orchestrator_queued_items{job="tickets"} 12"#), "{text}");
+        assert!(text.contains(r#"orchestrator_oldest_queued_item_age_seconds{job="tickets"} 60.0"#), "{text}");
         assert!(text.contains("orchestrator_oldest_open_batch_age_seconds 90"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
