@@ -25,8 +25,10 @@ pub enum DeliverError {
 }
 
 /// Results handed to the sink per round. A run of any size is delivered in
-/// rounds of bounded memory, each recorded before the next one is read.
-const DELIVERY_CHUNK: usize = 5000;
+/// rounds of bounded memory, each recorded before the next one is read; at
+/// 5,000 a round's results (about 3 KB each, briefly twice) were the run's
+/// peak memory, and smaller rounds cost no more CPU.
+const DELIVERY_CHUNK: usize = 2000;
 
 /// Delivers every successful, undelivered result of the run; returns how many.
 pub(super) async fn deliver_pending(
@@ -74,7 +76,10 @@ async fn deliver_round(
     now: DateTime<Utc>,
 ) -> Result<usize, DeliverError> {
     let (kind, target) = sinks::describe(sink);
-    let delivered: Vec<DeliveredResult> = pending.iter().map(|r| delivered_result(job, info, r, now)).collect();
+    // What is recorded afterwards, then the round's answers dropped as they
+    // become sink results: a round holds its results once, not twice.
+    let ids: Vec<(String, i64)> = pending.iter().map(|r| (r.custom_id.clone(), r.result_id)).collect();
+    let delivered: Vec<DeliveredResult> = pending.into_iter().map(|r| delivered_result(job, info, r, now)).collect();
     let sink_for_thread = sink.clone();
     let file = target.clone();
     let mark = SinkMark { jsonl_len: store.call(move |s| s.sink_file_length(&file)).await? };
@@ -82,7 +87,6 @@ async fn deliver_round(
         .await
         .expect("sink task panicked")?;
     crate::failpoint::hit("after_sink_write");
-    let ids: Vec<(String, i64)> = pending.iter().map(|r| (r.custom_id.clone(), r.result_id)).collect();
     let count = ids.len();
     store.call(move |s| s.record_deliveries(&ids, kind, &target, mark.jsonl_len, now)).await?;
     tracing::info!(run = %info.id, delivered = count, sink = kind, "results delivered");
@@ -105,19 +109,19 @@ fn rendered_sink(job: &Job, info: &RunInfo) -> Result<Sink, RenderError> {
     })
 }
 
-fn delivered_result(job: &Job, info: &RunInfo, result: &DeliverableResult, now: DateTime<Utc>) -> DeliveredResult {
+fn delivered_result(job: &Job, info: &RunInfo, result: DeliverableResult, now: DateTime<Utc>) -> DeliveredResult {
     DeliveredResult {
-        custom_id: result.custom_id.clone(),
+        text: message_text_of(&result.message),
+        custom_id: result.custom_id,
         job: job.name.clone(),
         run: info.id.clone(),
         scheduled_for: info.scheduled_for.clone(),
         // The item is passed on as stored (it was serialized from a JSON object).
-        item: serde_json::value::RawValue::from_string(result.item.clone())
+        item: serde_json::value::RawValue::from_string(result.item)
             .unwrap_or_else(|_| serde_json::value::to_raw_value(&serde_json::Value::Null).expect("null serializes")),
-        text: message_text_of(&result.message),
-        stop_reason: result.stop_reason.clone(),
+        stop_reason: result.stop_reason,
         usage: result.usage,
-        lane: result.lane.clone(),
+        lane: result.lane,
         cost_usd: result.cost_micros.map(usd),
         sync_equivalent_usd: result.sync_cost_micros.map(usd),
         received_at: result.received_at.to_rfc3339(),
