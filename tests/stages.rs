@@ -396,3 +396,31 @@ async fn a_scheduled_stage_catches_up_on_the_newest_missed_instant_only() {
     assert!(skipped[0].contains("2026-11-23T07:00:00"), "{skipped:?}");
     h.sim.shutdown().await;
 }
+
+/// A stage over more upstream results than one page (2,000) reads them a
+/// page at a time: every result becomes exactly one item, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_reads_a_large_upstream_run_a_page_at_a_time_in_order() {
+    let items: u64 = 4321;
+    let dir = pipeline(items as usize, "{ from: classify }");
+    // Both on the batch lane: thousands of sync calls would only take longer.
+    for name in ["classify", "digest"] {
+        let path = dir.path().join(format!("jobs/{name}.yaml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("tier: realtime\ndeadline: 1h", "tier: soft\ndeadline: 1h")).unwrap();
+    }
+    let h = harness_for(dir, "classify", SimConfig::default(), t0()).await;
+    let (_, upstream) = h.run().await;
+    assert_eq!((upstream.state, upstream.delivered), (RunState::Completed, items), "{upstream:?}");
+    let (run_id, outcome) = run_stage(&h).await;
+    assert_eq!((outcome.state, outcome.requests), (RunState::Completed, items), "{outcome:?}");
+    let read = h.ids(&format!(
+        "SELECT u.custom_id FROM requests q JOIN request_bodies b ON b.custom_id = q.custom_id
+         JOIN requests u ON u.custom_id = json_extract(b.item, '$.custom_id')
+         WHERE q.run_id = {run_id} ORDER BY q.seq"
+    ));
+    let upstream_ids = h
+        .ids("SELECT custom_id FROM requests WHERE run_id = (SELECT id FROM runs WHERE job = 'classify') ORDER BY seq");
+    assert_eq!(read, upstream_ids, "each upstream result once, in the upstream's order");
+    h.sim.shutdown().await;
+}

@@ -12,11 +12,13 @@ mod poll;
 mod prepare;
 mod queue;
 mod settings;
+mod stage;
 
 use driver::max_attempts;
 pub use driver::{Engine, until};
 pub use error::EngineError;
 pub use finish::RunOutcome;
-pub use prepare::{PrepareError, read_run_items, read_stage_items};
+pub use prepare::{PrepareError, read_run_items};
 pub use queue::{FlushReason, QueueLook, due_flush, next_flush};
 pub use settings::{DEFAULT_BATCH_TURNAROUND, EngineSettings};
+pub use stage::{read_stage_items, stage_upstream_run};

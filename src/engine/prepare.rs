@@ -3,13 +3,14 @@
 use chrono::{DateTime, Utc};
 
 use super::EngineSettings;
+use super::stage::{Listed, StagePages};
 use crate::cost::budget::{self, Decision, Spend, Stage};
 use crate::cost::{Micros, Pricer};
 use crate::job::Job;
 use crate::manifest::{ItemSource, Lane};
 use crate::render::{RenderError, Renderer, RunInfo, render_path};
 use crate::sources::{self, Item, ItemStream, SourceError};
-use crate::store::{NewRequest, NewRun, RunRow, RunState, SharedStore, Store, StoreError};
+use crate::store::{NewRequest, NewRun, RunRow, RunState, SharedStore, StoreError};
 
 /// When a run is scheduled and when it must be done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,13 +146,13 @@ async fn store_requests(
     now: DateTime<Utc>,
 ) -> Result<Stored, PrepareError> {
     let info = distinct_ids(store, info, run_id).await?;
-    let upstream = match job.queue {
-        Some(_) => Some(queued_items(store, run_id).await?),
-        None => stage_items(store, job, (run_id, scheduled_for), now).await?,
+    let listed = match job.queue {
+        Some(_) => Some(Listed::Items(queued_items(store, run_id).await?)),
+        None => super::stage::stage_input(store, job, (run_id, scheduled_for), now).await?,
     };
     let (sender, mut chunks) = tokio::sync::mpsc::channel::<Vec<NewRequest>>(2);
     let job = job.clone();
-    let renderer = tokio::task::spawn_blocking(move || render_chunks(&job, &info, upstream, &sender));
+    let renderer = tokio::task::spawn_blocking(move || render_chunks(&job, &info, listed, &sender));
     let mut stored = Stored::default();
     while let Some(chunk) = chunks.recv().await {
         stored.requests += chunk.len() as u64;
@@ -169,60 +170,6 @@ async fn queued_items(store: &SharedStore, run_id: i64) -> Result<Vec<Item>, Pre
     let texts = store.call(move |s| s.queued_items_of_run(run_id)).await?;
     // The endpoint accepted only JSON objects as items.
     Ok(texts.iter().map(|text| serde_json::from_str(text).unwrap_or_default()).collect())
-}
-
-/// For a stage (`items.from`), its items ([`read_stage_items`]), recorded
-/// on the run as a `stage_input` event. `None` for a job that reads its own source.
-async fn stage_items(
-    store: &SharedStore,
-    job: &Job,
-    (run_id, scheduled_for): (i64, DateTime<Utc>),
-    now: DateTime<Utc>,
-) -> Result<Option<Vec<Item>>, PrepareError> {
-    let Some(upstream) = job.manifest.items.as_ref().and_then(|items| items.from.clone()) else { return Ok(None) };
-    let stage = job.clone();
-    let read = store
-        .call(move |s| {
-            let Some((run, items)) = read_stage_items(s, &stage, Some(scheduled_for))? else { return Ok(None) };
-            // Upstream requests that failed for good delivered nothing: they are no item, and said so here.
-            let upstream_requests: u64 = s.request_counts(run.id)?.values().sum();
-            let results = s.delivered_count(run.id)?;
-            let detail = serde_json::json!({
-                "upstream_job": run.job, "upstream_run": run.run_key, "results": results,
-                "items": items.len(), "upstream_without_result": upstream_requests.saturating_sub(results),
-            });
-            s.record_event(Some(run_id), None, "stage_input", &detail, now)?;
-            s.set_upstream_run(run_id, run.id)?;
-            Ok(Some((run.run_key, items)))
-        })
-        .await?;
-    let Some((run_key, items)) = read else { return Err(SourceError::NoUpstreamRun { job: upstream }.into()) };
-    tracing::info!(job = %job.name, upstream = %run_key, items = items.len(), "stage reads its upstream run");
-    Ok(Some(items))
-}
-
-/// A stage's upstream run and the items its delivered results make: for a
-/// stage that fires after its upstream, the run of the same instant
-/// (`scheduled_for`); for one on its own schedule (or with no instant
-/// given), the newest completed run of `items.from`. `None` when there is
-/// no such completed run (or `job` is no stage).
-pub fn read_stage_items(
-    store: &Store,
-    job: &Job,
-    scheduled_for: Option<DateTime<Utc>>,
-) -> Result<Option<(RunRow, Vec<Item>)>, StoreError> {
-    let Some(items) = job.manifest.items.as_ref() else { return Ok(None) };
-    let Some(upstream) = items.from.as_deref() else { return Ok(None) };
-    let run = match scheduled_for.filter(|_| !job.schedule.is_timed()) {
-        Some(instant) => {
-            store.run_by_key(upstream, instant)?.filter(|run| matches!(run.state, RunState::Completed | RunState::Late))
-        }
-        None => store.newest_completed_run(upstream)?,
-    };
-    let Some(run) = run else { return Ok(None) };
-    let results = store.delivered_results(run.id)?;
-    let items = sources::stage_items(&run.run_key, &results, items.shape.unwrap_or_default());
-    Ok(Some((run, items)))
 }
 
 /// The budget check before a run spends anything: its estimated cost on
@@ -277,17 +224,18 @@ pub fn read_run_items(job: &Job, info: &RunInfo) -> Result<Vec<Item>, PrepareErr
 fn render_chunks(
     job: &Job,
     info: &RunInfo,
-    listed: Option<Vec<Item>>,
+    listed: Option<Listed>,
     chunks: &tokio::sync::mpsc::Sender<Vec<NewRequest>>,
 ) -> Result<(), PrepareError> {
-    let mut items = match listed {
-        Some(items) => ItemStream::listed(items),
-        None => ItemStream::open(rendered_source(job, info)?.as_ref())?,
+    let mut source = match listed {
+        Some(Listed::Items(items)) => Items::Stream(ItemStream::listed(items)),
+        Some(Listed::Pages(pages)) => Items::Pages(pages),
+        None => Items::Stream(ItemStream::open(rendered_source(job, info)?.as_ref())?),
     };
     // A batch-lane run renders for `batch_model` when the job has one.
     let renderer = Renderer::new(job, job.model_for(job.manifest.tier.lane()))?;
     let mut chunk = Vec::with_capacity(CHUNK);
-    for (index, item) in items.by_ref().enumerate() {
+    for (index, item) in source.by_ref().enumerate() {
         let (seq, item) = (index + 1, item?);
         let request = renderer.request(info, seq, &item)?;
         let item = serde_json::to_string(&item).expect("items serialize");
@@ -298,11 +246,32 @@ fn render_chunks(
             return Ok(());
         }
     }
-    log_skipped(job, &items.finish()?);
+    if let Items::Stream(items) = source {
+        log_skipped(job, &items.finish()?);
+    }
     if !chunk.is_empty() {
         let _ = chunks.blocking_send(chunk);
     }
     Ok(())
+}
+
+/// Items a run was given ([`Listed`]) or reads from its source.
+enum Items {
+    /// From a source, or a list.
+    Stream(ItemStream),
+    /// A stage's, a page of its upstream's results at a time.
+    Pages(StagePages),
+}
+
+impl Iterator for Items {
+    type Item = Result<Item, PrepareError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Items::Stream(items) => items.next().map(|item| item.map_err(PrepareError::from)),
+            Items::Pages(pages) => pages.next().map(|item| item.map_err(PrepareError::from)),
+        }
+    }
 }
 
 fn log_skipped(job: &Job, skipped: &[(usize, String)]) {

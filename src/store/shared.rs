@@ -25,6 +25,13 @@ impl SharedStore {
         &self.path
     }
 
+    /// Runs `f` with the store on the calling thread, which must be one of
+    /// the blocking pool's (a `spawn_blocking` task): it waits for the lock.
+    pub fn blocking_call<T>(&self, f: impl FnOnce(&mut Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut store = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut store)
+    }
+
     /// Runs `f` with the store on the blocking pool.
     pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where

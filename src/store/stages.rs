@@ -121,25 +121,39 @@ impl Store {
     /// The results `run_id` delivered, in the order of its items. A request
     /// that failed for good delivered nothing, so it is not among them.
     pub fn delivered_results(&self, run_id: i64) -> Result<Vec<UpstreamResult>, StoreError> {
+        Ok(self.delivered_results_after(run_id, 0, i64::MAX as usize)?.into_iter().map(|(_, result)| result).collect())
+    }
+
+    /// Like [`Store::delivered_results`], a page at a time: at most `limit`
+    /// of the results of the requests after sequence number `after_seq`,
+    /// each with its request's sequence number (where the next page starts).
+    pub fn delivered_results_after(
+        &self,
+        run_id: i64,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, UpstreamResult)>, StoreError> {
         let mut statement = self
             .conn
             .prepare_cached(
-                "SELECT q.custom_id, b.item, r.message, r.input_tokens, r.output_tokens,
+                "SELECT q.seq, q.custom_id, b.item, r.message, r.input_tokens, r.output_tokens,
                         r.cache_write_5m, r.cache_write_1h, r.cache_read
                  FROM requests q INDEXED BY requests_by_run_seq
                  JOIN deliveries d ON d.custom_id = q.custom_id JOIN results r ON r.id = d.result_id
                  JOIN request_bodies b ON b.custom_id = q.custom_id
-                 WHERE q.run_id = ?1 ORDER BY q.seq",
+                 WHERE q.run_id = ?1 AND q.seq > ?2 ORDER BY q.seq LIMIT ?3",
             )
             .map_err(|e| self.err(e))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = statement
-            .query_map([run_id], |row| {
-                Ok(UpstreamResult {
-                    custom_id: row.get(0)?,
-                    item: row.get(1)?,
-                    message: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
-                    usage: super::results::usage_at(row, 3)?,
-                })
+            .query_map(params![run_id, after_seq, limit], |row| {
+                let result = UpstreamResult {
+                    custom_id: row.get(1)?,
+                    item: row.get(2)?,
+                    message: row.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    usage: super::results::usage_at(row, 4)?,
+                };
+                Ok((row.get(0)?, result))
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
