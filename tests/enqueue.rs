@@ -290,3 +290,20 @@ async fn a_queue_with_a_schedule_flushes_what_waits_at_each_instant() {
     let outcome = h.engine.drive(runs[1].parse().unwrap(), async |_| Ok(())).await.unwrap();
     assert_eq!((outcome.state, outcome.requests), (RunState::Completed, 0), "{outcome:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_of_a_job_that_lost_its_queue_wait_stored_until_it_is_back() {
+    let (h, base) = served("{ max_items: 2, max_wait: 10m }", Some(TOKEN)).await;
+    let all: Vec<orchestrator::job::Job> = h.engine.jobs().values().cloned().collect();
+    assert_eq!(post(&base, "triage", Some(TOKEN), entries("o", 0, 1)).await.0, 202);
+    // A reload without the queue job (renamed, say): its item is kept, said so, and not flushed.
+    h.engine.set_jobs(all.iter().filter(|job| job.name != "triage").cloned().collect());
+    assert_eq!(h.engine.orphaned_queues().await.unwrap(), [("triage".to_owned(), 1)]);
+    h.clock.advance(Duration::from_secs(3600));
+    assert_eq!(h.engine.flush_queues().await.unwrap().flushed, 0);
+    assert_eq!(post(&base, "triage", Some(TOKEN), entries("o", 1, 1)).await.0, 404, "no such job now");
+    h.engine.set_jobs(all);
+    assert!(h.engine.orphaned_queues().await.unwrap().is_empty());
+    assert_eq!(h.engine.flush_queues().await.unwrap().flushed, 1, "back: its oldest item waited past max_wait");
+    assert_eq!(runs_of_queue(&h), [("batch".to_owned(), 1)]);
+}

@@ -36,6 +36,8 @@ pub struct Daemon {
     scheduler: Scheduler<Engine>,
     notifier: Notifier,
     max_sleep: Duration,
+    /// Whether the queues without a job were looked for since the last (re)load.
+    orphans_checked: std::sync::atomic::AtomicBool,
 }
 
 /// How the daemon is told to stop or to reload.
@@ -81,7 +83,8 @@ impl Daemon {
     pub fn new(engine: Arc<Engine>, notifier: Notifier) -> Daemon {
         let watchdog = sdnotify::watchdog_interval().map(|interval| interval / 2);
         let max_sleep = watchdog.map_or(MAX_SLEEP, |half| half.min(MAX_SLEEP));
-        Daemon { scheduler: Scheduler::new(Arc::clone(&engine)), engine, notifier, max_sleep }
+        let orphans_checked = std::sync::atomic::AtomicBool::new(true);
+        Daemon { scheduler: Scheduler::new(Arc::clone(&engine)), engine, notifier, max_sleep, orphans_checked }
     }
 
     /// Sleeps at most `max` between steps (tests that move a manual clock
@@ -160,6 +163,7 @@ impl Daemon {
             Some(jobs) => {
                 tracing::info!(jobs = jobs.len(), "manifests reloaded");
                 self.engine.set_jobs(jobs);
+                self.orphans_checked.store(false, std::sync::atomic::Ordering::Relaxed);
             }
             None => tracing::error!("reload refused: the manifests have errors; keeping the previous set"),
         }
@@ -201,6 +205,7 @@ impl Daemon {
     /// and their batches are picked up by the first tick.
     pub async fn start(&self, run_now: bool) -> Result<(), StoreError> {
         self.scheduler.catch_up().await?;
+        self.warn_of_orphaned_queues().await;
         if run_now {
             self.scheduler.run_now().await?;
         }
@@ -208,9 +213,30 @@ impl Daemon {
         Ok(())
     }
 
+    /// Says so when posted items wait for a job that takes none any more:
+    /// they stay stored, and flush once its `enqueue:` is back.
+    async fn warn_of_orphaned_queues(&self) {
+        match self.engine.orphaned_queues().await {
+            Ok(orphaned) => {
+                for (job, waiting) in orphaned {
+                    tracing::warn!(
+                        job = %job,
+                        waiting,
+                        "posted items wait for a job without `enqueue:` (removed or renamed?): nothing flushes them until it is back"
+                    );
+                }
+            }
+            Err(error) => tracing::error!(%error, "could not look for queues without a job"),
+        }
+    }
+
     /// One turn: fire due runs, tick every run and batch; returns how long to sleep.
     pub async fn step(&self) -> Result<Duration, EngineError> {
         self.notifier.watchdog();
+        if !self.orphans_checked.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            // After a reload, which cannot wait for the store itself.
+            self.warn_of_orphaned_queues().await;
+        }
         let next_fire = self.scheduler.tick().await?;
         let mut next_engine = self.engine.tick(None).await?;
         let now = self.engine.clock().now();

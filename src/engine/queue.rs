@@ -99,6 +99,16 @@ impl Engine {
         }
     }
 
+    /// Queues with items waiting whose job has no `enqueue:` any more (the
+    /// manifest was removed, renamed or changed): nothing flushes them
+    /// until it comes back. `(job, items waiting)`.
+    pub async fn orphaned_queues(&self) -> Result<Vec<(String, u64)>, EngineError> {
+        let jobs = self.jobs();
+        let depths = self.store.call(|s| s.queue_depths()).await?;
+        let orphaned = depths.into_iter().filter(|(job, _, _)| jobs.get(job).is_none_or(|job| job.queue.is_none()));
+        Ok(orphaned.map(|(job, waiting, _)| (job, waiting)).collect())
+    }
+
     /// Tells the daemon that items were posted: its sleep ends, and the
     /// next step looks at the queues.
     pub fn items_posted(&self) {
