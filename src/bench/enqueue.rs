@@ -7,7 +7,7 @@
 //! daemon's CPU per 10,000 items accepted.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,24 +86,9 @@ async fn measure(root: &Path, base_url: &str, items: u64) -> anyhow::Result<Vec<
 }
 
 fn spawn(root: &Path, db: &Path, base_url: &str, port: u16) -> anyhow::Result<Child> {
-    let exe = std::env::current_exe().context("cannot find the orchestrator executable")?;
-    Command::new(exe)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--jobs")
-        .arg(root.join("jobs"))
-        .arg("--prompts")
-        .arg(root.join("prompts"))
-        .arg("--state")
-        .arg(db)
-        .env("ANTHROPIC_BASE_URL", base_url)
-        .env("ANTHROPIC_API_KEY", "sk-bench-not-a-real-key")
-        .env(crate::web::TOKEN_ENV, TOKEN)
-        .env("ORCHESTRATOR_LOG", "warn")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .context("cannot start `orchestrator serve`")
+    let listen = format!("127.0.0.1:{port}");
+    let mut serve = super::idle::serve_project(root, db, base_url, &["--listen", &listen])?;
+    serve.env(crate::web::TOKEN_ENV, TOKEN).spawn().context("cannot start `orchestrator serve`")
 }
 
 async fn wait_healthy(url: &str, daemon: &mut Daemon) -> anyhow::Result<()> {

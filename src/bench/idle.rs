@@ -125,6 +125,30 @@ pub(super) fn status_kb(status: &str, key: &str) -> Option<u64> {
     line.trim().strip_suffix("kB")?.trim().parse().ok()
 }
 
+/// `orchestrator serve ARGS` over the generated project in `root` with the
+/// state database `db`, against the provider (simulator) at `base_url`,
+/// quiet, outside systemd: what the `jobs` and `enqueue` scenarios run.
+pub(super) fn serve_project(root: &Path, db: &Path, base_url: &str, args: &[&str]) -> anyhow::Result<Command> {
+    let exe = std::env::current_exe().context("cannot find the orchestrator executable")?;
+    let mut command = Command::new(exe);
+    command
+        .arg("serve")
+        .args(args)
+        .arg("--jobs")
+        .arg(root.join("jobs"))
+        .arg("--prompts")
+        .arg(root.join("prompts"))
+        .arg("--state")
+        .arg(db)
+        .env("ANTHROPIC_BASE_URL", base_url)
+        .env("ANTHROPIC_API_KEY", "sk-bench-not-a-real-key")
+        .env("ORCHESTRATOR_LOG", "warn")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    Ok(command)
+}
+
 /// The daemon, stopped on drop the way systemd stops it (SIGTERM), killed if it lingers.
 pub(super) struct Daemon(pub(super) Child);
 

@@ -7,7 +7,7 @@
 //! runs), and the daemon's CPU and peak RSS.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -117,23 +117,8 @@ async fn measure(root: &Path, base_url: &str, jobs: u64, items: u64) -> anyhow::
 }
 
 fn spawn(root: &Path, db: &Path, base_url: &str) -> anyhow::Result<Child> {
-    let exe = std::env::current_exe().context("cannot find the orchestrator executable")?;
-    Command::new(exe)
-        .args(["serve", "--run-now", "--listen", "127.0.0.1:0"])
-        .arg("--jobs")
-        .arg(root.join("jobs"))
-        .arg("--prompts")
-        .arg(root.join("prompts"))
-        .arg("--state")
-        .arg(db)
-        .env("ANTHROPIC_BASE_URL", base_url)
-        .env("ANTHROPIC_API_KEY", "sk-bench-not-a-real-key")
-        .env("ORCHESTRATOR_LOG", "warn")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .context("cannot start `orchestrator serve`")
+    let mut serve = super::idle::serve_project(root, db, base_url, &["--run-now", "--listen", "127.0.0.1:0"])?;
+    serve.spawn().context("cannot start `orchestrator serve`")
 }
 
 /// Waits until every one of the `jobs` runs is closed, reading the state
