@@ -69,7 +69,7 @@ impl Outcome {
 /// The text of a provider's answer: an Anthropic message's text blocks
 /// concatenated, an OpenAI chat completion's first choice, or the text
 /// parts of a Gemini response's first candidate.
-pub fn message_text(message: &serde_json::Value) -> String {
+fn message_text(message: &serde_json::Value) -> String {
     use serde_json::Value;
     if let Some(candidates) = message.get("candidates").and_then(Value::as_array) {
         let parts = candidates.first().and_then(|c| c.pointer("/content/parts")).and_then(Value::as_array);

@@ -307,3 +307,19 @@ async fn items_of_a_job_that_lost_its_queue_wait_stored_until_it_is_back() {
     assert_eq!(h.engine.flush_queues().await.unwrap().flushed, 1, "back: its oldest item waited past max_wait");
     assert_eq!(runs_of_queue(&h), [("batch".to_owned(), 1)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_whose_run_cannot_start_is_shown_failed_with_the_reason() {
+    let (h, base) = served("{ max_items: 1, max_wait: 10m }", Some(TOKEN)).await;
+    // The template reads `item.subject`: an item without it cannot be rendered.
+    let (status, answer) = post(&base, "triage", Some(TOKEN), json!({ "item": { "topic": "x" } }).to_string()).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(h.engine.flush_queues().await.unwrap().flushed, 1);
+    let state = h.ids("SELECT state FROM runs WHERE job = 'triage'");
+    assert_eq!(state, ["failed"]);
+    let view = item(&base, ids(&answer)[0]).await;
+    assert_eq!(view["state"], "failed", "{view}");
+    assert!(view["run"].as_str().unwrap().starts_with("triage-"), "{view}");
+    assert!(view["error"].as_str().unwrap().contains("subject"), "the reason names the field: {view}");
+    assert!(view["result"].is_null(), "{view}");
+}

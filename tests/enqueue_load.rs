@@ -51,6 +51,33 @@ async fn healthy(base: &str) {
     }
 }
 
+/// A project with the queue job `triage` (`enqueue`, then `extra` lines)
+/// and the daemon configuration `config`, served on a free port (the same
+/// one after a restart) against a simulator, answering `/healthz`.
+struct Queue {
+    sim: SimHandle,
+    dir: tempfile::TempDir,
+    port: u16,
+    base: String,
+    daemon: Child,
+}
+
+async fn queue_served(enqueue: &str, extra: &str, config: &str) -> Queue {
+    let sim = crate::support::simulator(SimConfig::default()).await;
+    let dir = project::empty();
+    let triage = format!(
+        "enqueue: {enqueue}\ntier: soft\ndeadline: 1h\nmodel: claude-haiku-4-5\nmax_tokens: 16\n\
+         prompt: {{ inline: 'Triage {{{{ item.subject }}}}' }}\n{extra}"
+    );
+    std::fs::write(dir.path().join("jobs/triage.yaml"), triage).unwrap();
+    project::write_config(dir.path(), config);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let daemon = start(dir.path(), &sim, port);
+    healthy(&base).await;
+    Queue { sim, dir, port, base, daemon }
+}
+
 /// One client: its items in posts of [`ITEMS_PER_POST`], each retried until
 /// accepted (the daemon may be down); the id of each of its keys.
 async fn client(base: String, number: usize, accepted: Arc<AtomicUsize>) -> HashMap<String, i64> {
@@ -97,17 +124,11 @@ fn delivered(file: &Path) -> HashMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_item_posted_by_fifty_clients_across_a_kill_is_accepted_and_delivered_once() {
-    let sim = crate::support::simulator(SimConfig::default()).await;
-    let dir = project::empty();
+    let queue = "{ max_items: 1000, max_wait: 2s }";
+    let config = "batch: { poll_initial: 1s, poll_max: 2s }\n";
+    let Queue { sim, dir, port, base, mut daemon } =
+        queue_served(queue, "sink: { jsonl: out/triage.jsonl }\n", config).await;
     let root = dir.path();
-    let triage = "enqueue: { max_items: 1000, max_wait: 2s }\ntier: soft\ndeadline: 1h\nmodel: claude-haiku-4-5\n\
-                  max_tokens: 16\nprompt: { inline: 'Triage {{ item.subject }}' }\nsink: { jsonl: out/triage.jsonl }\n";
-    std::fs::write(root.join("jobs/triage.yaml"), triage).unwrap();
-    project::write_config(root, "batch: { poll_initial: 1s, poll_max: 2s }\n");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut daemon = start(root, &sim, port);
-    healthy(&base).await;
 
     let accepted = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..CLIENTS).map(|n| tokio::spawn(client(base.clone(), n, Arc::clone(&accepted)))).collect();
@@ -151,17 +172,8 @@ async fn every_item_posted_by_fifty_clients_across_a_kill_is_accepted_and_delive
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_enqueue_command_posts_json_lines_and_prints_one_id_per_item() {
     use crate::support::{code, stderr, stdout};
-    let sim = crate::support::simulator(SimConfig::default()).await;
-    let dir = project::empty();
+    let Queue { sim: _sim, dir, base, daemon, .. } = queue_served("{ max_items: 1000, max_wait: 1h }", "", "").await;
     let root = dir.path();
-    let triage = "enqueue: { max_items: 1000, max_wait: 1h }\ntier: soft\ndeadline: 1h\nmodel: claude-haiku-4-5\n\
-                  max_tokens: 16\nprompt: { inline: 'Triage {{ item.subject }}' }\n";
-    std::fs::write(root.join("jobs/triage.yaml"), triage).unwrap();
-    project::write_config(root, "");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let base = format!("http://127.0.0.1:{port}");
-    let daemon = start(root, &sim, port);
-    healthy(&base).await;
     let lines = "{\"item\": {\"subject\": \"a\"}, \"idempotency_key\": \"a\"}\n\n{\"item\": {\"subject\": \"b\"}}\n";
     std::fs::write(root.join("items.jsonl"), lines).unwrap();
     let enqueue = |file: &str, token: Option<&str>| {

@@ -36,8 +36,6 @@ pub struct Daemon {
     scheduler: Scheduler<Engine>,
     notifier: Notifier,
     max_sleep: Duration,
-    /// Whether the queues without a job were looked for since the last (re)load.
-    orphans_checked: std::sync::atomic::AtomicBool,
 }
 
 /// How the daemon is told to stop or to reload.
@@ -83,8 +81,7 @@ impl Daemon {
     pub fn new(engine: Arc<Engine>, notifier: Notifier) -> Daemon {
         let watchdog = sdnotify::watchdog_interval().map(|interval| interval / 2);
         let max_sleep = watchdog.map_or(MAX_SLEEP, |half| half.min(MAX_SLEEP));
-        let orphans_checked = std::sync::atomic::AtomicBool::new(true);
-        Daemon { scheduler: Scheduler::new(Arc::clone(&engine)), engine, notifier, max_sleep, orphans_checked }
+        Daemon { scheduler: Scheduler::new(Arc::clone(&engine)), engine, notifier, max_sleep }
     }
 
     /// Sleeps at most `max` between steps (tests that move a manual clock
@@ -149,7 +146,7 @@ impl Daemon {
             tokio::select! {
                 biased;
                 () = control.stop.cancelled() => return,
-                Some(()) = control.reload.recv() => self.reload(reload),
+                Some(()) = control.reload.recv() => self.reload(reload).await,
                 () = self.engine.posted() => {}
                 () = clock.sleep(sleep) => {}
             }
@@ -157,13 +154,13 @@ impl Daemon {
     }
 
     /// Re-reads the manifests; keeps the old set when any is invalid.
-    fn reload(&self, reload: Reload<'_>) {
+    async fn reload(&self, reload: Reload<'_>) {
         self.notifier.reloading();
         match reload() {
             Some(jobs) => {
                 tracing::info!(jobs = jobs.len(), "manifests reloaded");
                 self.engine.set_jobs(jobs);
-                self.orphans_checked.store(false, std::sync::atomic::Ordering::Relaxed);
+                self.warn_of_orphaned_queues().await;
             }
             None => tracing::error!("reload refused: the manifests have errors; keeping the previous set"),
         }
@@ -233,10 +230,6 @@ impl Daemon {
     /// One turn: fire due runs, tick every run and batch; returns how long to sleep.
     pub async fn step(&self) -> Result<Duration, EngineError> {
         self.notifier.watchdog();
-        if !self.orphans_checked.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            // After a reload, which cannot wait for the store itself.
-            self.warn_of_orphaned_queues().await;
-        }
         let next_fire = self.scheduler.tick().await?;
         let mut next_engine = self.engine.tick(None).await?;
         let now = self.engine.clock().now();

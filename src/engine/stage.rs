@@ -82,23 +82,19 @@ pub(super) async fn stage_input(
             });
             s.record_event(Some(run_id), None, "stage_input", &detail, now)?;
             s.set_upstream_run(run_id, run.id)?;
-            let listed = match shape {
-                StageShape::One => {
-                    let all = s.delivered_results(run.id)?;
-                    Listed::Items(sources::stage_items(&run.run_key, &all, StageShape::One))
-                }
-                StageShape::Each => Listed::Pages(StagePages::new(run.id, run.run_key.clone())),
+            // As one item, all of them now; each as an item, a page at a time while rendering.
+            let digest = match shape {
+                StageShape::One => Some(sources::stage_items(&run.run_key, &s.delivered_results(run.id)?, shape)),
+                StageShape::Each => None,
             };
-            Ok(Some((run.run_key, results, listed)))
+            Ok(Some((run, results, digest)))
         })
         .await?;
-    let Some((run_key, results, listed)) = read else {
-        return Err(SourceError::NoUpstreamRun { job: upstream }.into());
-    };
-    tracing::info!(job = %job.name, upstream = %run_key, results, "stage reads its upstream run");
-    Ok(Some(match listed {
-        Listed::Pages(pages) => Listed::Pages(pages.reading(store.clone())),
-        items => items,
+    let Some((run, results, digest)) = read else { return Err(SourceError::NoUpstreamRun { job: upstream }.into()) };
+    tracing::info!(job = %job.name, upstream = %run.run_key, results, "stage reads its upstream run");
+    Ok(Some(match digest {
+        Some(items) => Listed::Items(items),
+        None => Listed::Pages(StagePages::new(store.clone(), run.id, run.run_key)),
     }))
 }
 
@@ -106,7 +102,7 @@ pub(super) async fn stage_input(
 /// results a page at a time, on the rendering thread. A store failure ends
 /// it with that error, so the run is prepared again, not failed.
 pub(super) struct StagePages {
-    store: Option<SharedStore>,
+    store: SharedStore,
     upstream_run: i64,
     upstream_key: String,
     after_seq: i64,
@@ -115,18 +111,13 @@ pub(super) struct StagePages {
 }
 
 impl StagePages {
-    fn new(upstream_run: i64, upstream_key: String) -> StagePages {
-        StagePages { store: None, upstream_run, upstream_key, after_seq: 0, page: Vec::new().into_iter(), done: false }
-    }
-
-    fn reading(self, store: SharedStore) -> StagePages {
-        StagePages { store: Some(store), ..self }
+    fn new(store: SharedStore, upstream_run: i64, upstream_key: String) -> StagePages {
+        StagePages { store, upstream_run, upstream_key, after_seq: 0, page: Vec::new().into_iter(), done: false }
     }
 
     fn next_page(&mut self) -> Result<(), StoreError> {
         let (run, after) = (self.upstream_run, self.after_seq);
-        let store = self.store.as_ref().expect("pages are read with a store");
-        let page = store.blocking_call(|s| s.delivered_results_after(run, after, PAGE))?;
+        let page = self.store.blocking_call(|s| s.delivered_results_after(run, after, PAGE))?;
         self.done = page.len() < PAGE;
         if let Some((seq, _)) = page.last() {
             self.after_seq = *seq;

@@ -53,24 +53,31 @@ struct Entry {
     idempotency_key: Option<String>,
 }
 
+/// Where in a body an entry is, 1-based.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum At {
+    /// A line of JSON Lines (or of a single object).
+    Line(usize),
+    /// An entry of an array, or of the body as parsed.
+    Entry(usize),
+}
+
 /// A refused body: what is wrong and where.
 #[derive(Debug, PartialEq)]
 struct Refusal {
-    /// 1-based line of the body (for JSON Lines and a single object), or
-    /// 1-based entry of an array.
-    at: Option<(&'static str, usize)>,
+    at: Option<At>,
     message: String,
 }
 
 impl Refusal {
-    fn at(kind: &'static str, index: usize, message: impl Into<String>) -> Refusal {
-        Refusal { at: Some((kind, index)), message: message.into() }
+    fn at(at: At, message: impl Into<String>) -> Refusal {
+        Refusal { at: Some(at), message: message.into() }
     }
 
     fn into_response(self) -> Response {
         let (text, line, entry) = match self.at {
-            Some(("line", n)) => (format!("line {n}: {}", self.message), Some(n), None),
-            Some((_, n)) => (format!("entry {n}: {}", self.message), None, Some(n)),
+            Some(At::Line(n)) => (format!("line {n}: {}", self.message), Some(n), None),
+            Some(At::Entry(n)) => (format!("entry {n}: {}", self.message), None, Some(n)),
             None => (self.message, None, None),
         };
         let body =
@@ -96,7 +103,7 @@ fn parse_body(body: &[u8]) -> Result<Vec<Entry>, Refusal> {
         return values
             .into_iter()
             .enumerate()
-            .map(|(i, value)| serde_json::from_value(value).map_err(|e| Refusal::at("entry", i + 1, e.to_string())))
+            .map(|(i, value)| serde_json::from_value(value).map_err(|e| Refusal::at(At::Entry(i + 1), e.to_string())))
             .collect();
     }
     // One object, maybe written over several lines; otherwise JSON Lines.
@@ -106,7 +113,7 @@ fn parse_body(body: &[u8]) -> Result<Vec<Entry>, Refusal> {
     text.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| serde_json::from_str(line).map_err(|e| Refusal::at("line", i + 1, without_position(&e))))
+        .map(|(i, line)| serde_json::from_str(line).map_err(|e| Refusal::at(At::Line(i + 1), without_position(&e))))
         .collect()
 }
 
@@ -190,7 +197,7 @@ async fn post_items(State(web): State<Web>, Path(name): Path<String>, body: Byte
     for (i, entry) in entries.into_iter().enumerate() {
         match queue_item(job, entry, now) {
             Ok(item) => items.push(item),
-            Err(message) => return Refusal::at("entry", i + 1, message).into_response(),
+            Err(message) => return Refusal::at(At::Entry(i + 1), message).into_response(),
         }
     }
     let committed = web.engine.store().call(move |s| s.enqueue_items(&name, &items, now)).await;
@@ -251,13 +258,13 @@ mod tests {
     #[test]
     fn a_malformed_entry_is_named_by_its_line_or_place() {
         let lines = parse_body(b"{\"item\": {}}\n{\"item\": {}}\n{\"item\": 3}\n").unwrap_err();
-        assert_eq!(lines.at, Some(("line", 3)));
+        assert_eq!(lines.at, Some(At::Line(3)));
         assert!(lines.message.contains("invalid type"), "{}", lines.message);
         let unknown = parse_body(b"{\"item\": {}}\n{\"itme\": {}}\n").unwrap_err();
-        assert_eq!(unknown.at, Some(("line", 2)));
+        assert_eq!(unknown.at, Some(At::Line(2)));
         assert!(unknown.message.contains("unknown field `itme`"), "{}", unknown.message);
         let array = parse_body(b"[{\"item\": {}}, {\"item\": {}, \"deadline\": 5}]").unwrap_err();
-        assert_eq!(array.at, Some(("entry", 2)));
+        assert_eq!(array.at, Some(At::Entry(2)));
         assert_eq!(parse_body(b"  \n").unwrap_err().at, None);
     }
 }
