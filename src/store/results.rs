@@ -98,15 +98,10 @@ impl Store {
         now: DateTime<Utc>,
         committed: &mut dyn FnMut(),
     ) -> Result<ResultCounts, StoreError> {
-        let path = self.path.clone();
-        let e = |source| super::sqlite(&path, source);
         // A line is stored only once its batch membership is found, and
         // `batch_requests` already references the request and the batch:
         // checking both again cost a random page read of `requests` per result.
-        self.conn.execute_batch("PRAGMA foreign_keys = OFF;").map_err(e)?;
-        let stored = stream_chunks(self, batch_id, lines, per_commit, now, committed);
-        self.conn.execute_batch("PRAGMA foreign_keys = ON;").map_err(e)?;
-        stored
+        self.without_foreign_keys(|store| stream_chunks(store, batch_id, lines, per_commit, now, committed))
     }
 
     /// Gives every request of the batch the batch's stored result, unless
@@ -118,10 +113,20 @@ impl Store {
         // Every result id written comes from the row just read in the same
         // transaction: checking it against `results` again cost two random
         // page reads of that large table per request.
+        self.without_foreign_keys(|store| store.settle_slices(batch_id, now))
+    }
+
+    /// Runs `work` with foreign-key checks off, for writes whose references
+    /// the caller has already checked; they are on again afterwards, even
+    /// when `work` failed.
+    fn without_foreign_keys<T>(
+        &mut self,
+        work: impl FnOnce(&mut Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         self.conn.execute_batch("PRAGMA foreign_keys = OFF;").map_err(|e| self.err(e))?;
-        let settled = self.settle_slices(batch_id, now);
+        let done = work(self);
         self.conn.execute_batch("PRAGMA foreign_keys = ON;").map_err(|e| self.err(e))?;
-        settled
+        done
     }
 
     fn settle_slices(&mut self, batch_id: i64, now: DateTime<Utc>) -> Result<u64, StoreError> {
