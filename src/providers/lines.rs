@@ -30,6 +30,12 @@ impl LineStream {
         LineStream { stream: Box::pin(response.bytes_stream()), buffer: BytesMut::new(), scanned: 0, done: false }
     }
 
+    /// The lines of a stream of body chunks (a download made up by a test).
+    #[cfg(test)]
+    pub(crate) fn from_chunks(chunks: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static) -> LineStream {
+        LineStream { stream: Box::pin(chunks), buffer: BytesMut::new(), scanned: 0, done: false }
+    }
+
     /// The next non-empty line, `None` at the end. A last line cut short
     /// (no newline and not valid JSON) is an error: the stream was truncated.
     pub async fn next_line(&mut self) -> Result<Option<String>, ProviderError> {

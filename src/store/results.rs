@@ -85,23 +85,23 @@ impl Store {
         Ok(counts)
     }
 
-    /// Stores result lines as they arrive on `lines` until it closes, up to
-    /// `per_commit` per transaction, leaving the requests' states alone
+    /// Stores chunks of result lines as they arrive on `chunks` until it
+    /// closes, one transaction per chunk, leaving the requests' states alone
     /// until [`Store::settle_batch_results`]; calls `committed` after each
-    /// commit. A transaction also ends as soon as no line is waiting, so the
-    /// write lock is never held while the network is slow. Idempotent.
+    /// commit. The sender decides how many lines a transaction holds; waiting
+    /// for a chunk happens outside any transaction, so the write lock is
+    /// never held while the network is slow. Idempotent.
     pub fn store_batch_stream(
         &mut self,
         batch_id: i64,
-        lines: &mut tokio::sync::mpsc::Receiver<IncomingResult>,
-        per_commit: usize,
+        chunks: &mut tokio::sync::mpsc::Receiver<Vec<IncomingResult>>,
         now: DateTime<Utc>,
         committed: &mut dyn FnMut(),
     ) -> Result<ResultCounts, StoreError> {
         // A line is stored only once its batch membership is found, and
         // `batch_requests` already references the request and the batch:
         // checking both again cost a random page read of `requests` per result.
-        self.without_foreign_keys(|store| stream_chunks(store, batch_id, lines, per_commit, now, committed))
+        self.without_foreign_keys(|store| stream_chunks(store, batch_id, chunks, now, committed))
     }
 
     /// Gives every request of the batch the batch's stored result, unless
@@ -252,36 +252,27 @@ impl Store {
     }
 }
 
-/// The loop of [`Store::store_batch_stream`]: a transaction per chunk of
-/// waiting lines, each chunk stored in key order so that consecutive lines
-/// find their index pages already in the cache.
+/// The loop of [`Store::store_batch_stream`]: a transaction per chunk,
+/// each stored in key order so that consecutive lines find their index
+/// pages already in the cache.
 fn stream_chunks(
     store: &mut Store,
     batch_id: i64,
-    lines: &mut tokio::sync::mpsc::Receiver<IncomingResult>,
-    per_commit: usize,
+    chunks: &mut tokio::sync::mpsc::Receiver<Vec<IncomingResult>>,
     now: DateTime<Utc>,
     committed: &mut dyn FnMut(),
 ) -> Result<ResultCounts, StoreError> {
     let path = store.path.clone();
     let e = |source| super::sqlite(&path, source);
     let mut total = ResultCounts::default();
-    let mut chunk = Vec::with_capacity(per_commit.min(8192));
-    // Waiting for the first line of each transaction happens outside it.
-    while let Some(first) = lines.blocking_recv() {
-        chunk.push(first);
-        while chunk.len() < per_commit {
-            match lines.try_recv() {
-                Ok(line) => chunk.push(line),
-                Err(_) => break,
-            }
-        }
+    while let Some(mut chunk) = chunks.blocking_recv() {
         chunk.sort_unstable_by(|a, b| a.custom_id.cmp(&b.custom_id));
         let tx = store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
-        for IncomingResult { custom_id, outcome, price } in chunk.drain(..) {
-            store_line(&tx, batch_id, (&custom_id, &outcome, price.as_ref()), now, &mut total).map_err(e)?;
+        for IncomingResult { custom_id, outcome, price } in &chunk {
+            store_line(&tx, batch_id, (custom_id, outcome, price.as_ref()), now, &mut total).map_err(e)?;
         }
         tx.commit().map_err(e)?;
+        tracing::trace!(batch = batch_id, lines = chunk.len(), "committed a chunk of results");
         committed();
     }
     Ok(total)

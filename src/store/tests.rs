@@ -290,13 +290,13 @@ fn streamed_results_wait_for_the_settle_and_a_sync_result_in_between_wins() {
     let (_dir, mut store) = open();
     let (run, ids, batch) = submitted_batch(&mut store, 3);
     let (sender, mut receiver) = tokio::sync::mpsc::channel(8);
-    for id in &ids {
-        sender.try_send(IncomingResult { custom_id: id.clone(), outcome: success("batch"), price: None }).unwrap();
-    }
+    let incoming = |id: &String| IncomingResult { custom_id: id.clone(), outcome: success("batch"), price: None };
+    sender.try_send(ids[..2].iter().map(incoming).collect()).unwrap();
+    sender.try_send(ids[2..].iter().map(incoming).collect()).unwrap();
     drop(sender);
     let mut commits = 0;
-    let counts = store.store_batch_stream(batch.id, &mut receiver, 2, at(3), &mut || commits += 1).unwrap();
-    assert_eq!((counts.stored, commits), (3, 2), "two lines per transaction");
+    let counts = store.store_batch_stream(batch.id, &mut receiver, at(3), &mut || commits += 1).unwrap();
+    assert_eq!((counts.stored, commits), (3, 2), "a transaction per chunk");
     assert_eq!(store.request_counts(run.id).unwrap()["in_flight"], 3, "states wait for the settle");
     // The fallback finished the first request before the settle: it keeps its sync result.
     let attempt = store.record_attempt(&NewAttempt::started("sync", "create_message", at(4))).unwrap();
@@ -323,12 +323,11 @@ fn a_batch_success_priced_as_it_is_stored_loses_its_saving_once_it_is_a_duplicat
         sync_cost_micros: 60,
     };
     let (sender, mut receiver) = tokio::sync::mpsc::channel(8);
-    for id in &ids {
-        let incoming = IncomingResult { custom_id: id.clone(), outcome: success("batch"), price: Some(price.clone()) };
-        sender.try_send(incoming).unwrap();
-    }
+    let incoming =
+        |id: &String| IncomingResult { custom_id: id.clone(), outcome: success("batch"), price: Some(price.clone()) };
+    sender.try_send(ids.iter().map(incoming).collect()).unwrap();
     drop(sender);
-    store.store_batch_stream(batch.id, &mut receiver, 10, at(3), &mut || {}).unwrap();
+    store.store_batch_stream(batch.id, &mut receiver, at(3), &mut || {}).unwrap();
     assert!(store.unpriced_results(10).unwrap().is_empty(), "nothing is left to price");
     // The first request was answered by the sync lane before the settle.
     let attempt = store.record_attempt(&NewAttempt::started("sync", "create_message", at(4))).unwrap();
