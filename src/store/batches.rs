@@ -398,8 +398,8 @@ impl Store {
     pub fn batch_payload_size(&self, batch_id: i64) -> Result<PayloadSize, StoreError> {
         self.conn
             .query_row(
-                "SELECT COUNT(*), COALESCE(SUM(octet_length(r.custom_id)), 0), COALESCE(SUM(octet_length(r.params)), 0)
-                 FROM batch_requests b JOIN request_bodies r ON r.custom_id = b.custom_id WHERE b.batch_id = ?1",
+                "SELECT COUNT(*), COALESCE(SUM(octet_length(r.custom_id)), 0), COALESCE(SUM(r.params_len), 0)
+                 FROM batch_requests b JOIN requests r ON r.custom_id = b.custom_id WHERE b.batch_id = ?1",
                 [batch_id],
                 |row| {
                     Ok(PayloadSize { requests: row.get(0)?, custom_id_bytes: row.get(1)?, params_bytes: row.get(2)? })

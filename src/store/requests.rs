@@ -77,16 +77,23 @@ impl Store {
         {
             let mut state = tx
                 .prepare_cached(
-                    "INSERT INTO requests (custom_id, run_id, seq, state, updated_at)
-                     VALUES (?1, ?2, ?3, 'pending', ?4) ON CONFLICT (custom_id) DO NOTHING",
+                    "INSERT INTO requests (custom_id, run_id, seq, state, updated_at, params_len)
+                     VALUES (?1, ?2, ?3, 'pending', ?4, ?5) ON CONFLICT (custom_id) DO NOTHING",
                 )
                 .map_err(e)?;
             let mut body = tx
                 .prepare_cached("INSERT INTO request_bodies (custom_id, item, params) VALUES (?1, ?2, ?3)")
                 .map_err(e)?;
             for request in requests {
-                let new =
-                    state.execute(params![request.custom_id, run_id, request.seq as i64, to_millis(now)]).map_err(e)?;
+                let new = state
+                    .execute(params![
+                        request.custom_id,
+                        run_id,
+                        request.seq as i64,
+                        to_millis(now),
+                        request.params.len()
+                    ])
+                    .map_err(e)?;
                 if new == 1 {
                     body.execute(params![request.custom_id, request.item, request.params]).map_err(e)?;
                 }
@@ -186,8 +193,8 @@ impl Store {
         let mut statement = self
             .conn
             .prepare_cached(
-                "SELECT q.custom_id, octet_length(b.params), q.state = 'retryable_failed'
-                 FROM requests q JOIN request_bodies b ON b.custom_id = q.custom_id
+                "SELECT q.custom_id, q.params_len, q.state = 'retryable_failed'
+                 FROM requests q
                  WHERE q.run_id = ?1 AND (q.state = 'pending' OR (q.state = 'retryable_failed' AND q.attempts < ?2))
                  ORDER BY q.seq",
             )
@@ -198,6 +205,17 @@ impl Store {
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Whether [`Store::waiting_requests`] would return any, without reading them.
+    pub fn has_waiting_requests(&self, run_id: i64, max_attempts: u32) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT 1 FROM requests
+                 WHERE run_id = ?1 AND (state = 'pending' OR (state = 'retryable_failed' AND attempts < ?2))",
+            )
+            .and_then(|mut s| s.exists(params![run_id, max_attempts]))
+            .map_err(|e| self.err(e))
     }
 
     /// Whether `provider_batch_id` is already one of ours.
@@ -234,12 +252,7 @@ impl Store {
     pub fn token_averages(&self, run_id: i64, job: &str) -> Result<TokenAverages, StoreError> {
         let input: Option<f64> = self
             .conn
-            .query_row(
-                "SELECT AVG(octet_length(b.params)) FROM requests q JOIN request_bodies b ON b.custom_id = q.custom_id
-                 WHERE q.run_id = ?1",
-                [run_id],
-                |row| row.get(0),
-            )
+            .query_row("SELECT AVG(params_len) FROM requests WHERE run_id = ?1", [run_id], |row| row.get(0))
             .map_err(|e| self.err(e))?;
         let output: Option<f64> = self
             .conn

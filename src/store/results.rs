@@ -333,9 +333,12 @@ struct Unsettled {
 
 /// The next slice of the batch's unsettled results after `after`, in custom_id order.
 fn unsettled(tx: &Transaction<'_>, batch_id: i64, after: &str) -> rusqlite::Result<Vec<Unsettled>> {
+    // Only a failure can be superseded (a success always settles, see
+    // `settle`): successes, nearly every result, skip the extra lookup.
     let mut statement = tx.prepare_cached(
         "SELECT r.id, r.custom_id, q.state, r.status, r.error_type,
-                EXISTS (SELECT 1 FROM results n WHERE n.custom_id = r.custom_id AND n.id > r.id)
+                CASE WHEN r.status = 'succeeded' THEN 0
+                     ELSE EXISTS (SELECT 1 FROM results n WHERE n.custom_id = r.custom_id AND n.id > r.id) END
          FROM batch_requests m
          JOIN results r ON r.custom_id = m.custom_id AND r.batch_id = m.batch_id
          JOIN requests q ON q.custom_id = m.custom_id

@@ -4,7 +4,7 @@
 //! never edited once released; changes are new entries.
 
 /// Migrations in order; entry `i` moves the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14];
 
 /// Times are integer milliseconds since the Unix epoch (UTC).
 const V1: &str = r#"
@@ -375,4 +375,14 @@ UPDATE runs SET upstream_run_id = (
         ON u.job = json_extract(e.detail, '$.upstream_job') AND u.run_key = json_extract(e.detail, '$.upstream_run')
      WHERE e.run_id = runs.id AND e.kind = 'stage_input' ORDER BY e.id DESC LIMIT 1);
 CREATE INDEX runs_by_upstream ON runs (upstream_run_id) WHERE upstream_run_id IS NOT NULL;
+"#;
+
+/// Each request keeps the byte length of its params beside its state. The
+/// lane splits a run's waiting requests into batches by bytes, and the
+/// fallback planner averages them on every tick: read from the bodies, that
+/// was a random page read of `request_bodies` per request, each time.
+const V14: &str = r#"
+ALTER TABLE requests ADD COLUMN params_len INTEGER NOT NULL DEFAULT 0;
+UPDATE requests SET params_len = (SELECT octet_length(b.params) FROM request_bodies b WHERE b.custom_id = requests.custom_id)
+ WHERE EXISTS (SELECT 1 FROM request_bodies b WHERE b.custom_id = requests.custom_id);
 "#;

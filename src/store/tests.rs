@@ -412,6 +412,33 @@ fn migrating_to_v5_prepares_every_run_but_an_open_one_without_requests() {
 }
 
 #[test]
+fn migrating_to_v14_gives_every_stored_request_its_params_length_in_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v13.db");
+    let params = "{\"prompt\":\"Größe über 5 €\"}";
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for migration in &schema::MIGRATIONS[..13] {
+            conn.execute_batch(migration).unwrap();
+        }
+        conn.execute_batch(&format!(
+            "PRAGMA user_version = 13;
+             INSERT INTO runs (id, job, scheduled_for, run_key, tier, deadline_at, state, created_at, lane, prepared_at)
+                 VALUES (1, 'feed', 0, 'feed-a', 'batch', 1000, 'open', 10, 'batch', 10);
+             INSERT INTO requests (custom_id, run_id, seq, state, updated_at)
+                 VALUES ('feed-a-1', 1, 1, 'pending', 0), ('feed-a-2', 1, 2, 'pending', 0);
+             INSERT INTO request_bodies (custom_id, item, params) VALUES ('feed-a-1', '{{}}', '{params}'), ('feed-a-2', '{{}}', '{{}}');"
+        ))
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let lengths: Vec<usize> = store.waiting_requests(1, 3).unwrap().iter().map(|w| w.params_len).collect();
+    assert_eq!(lengths, [params.len(), 2], "bytes of the stored params");
+    let averages = store.token_averages(1, "feed").unwrap();
+    assert_eq!(averages.input_tokens, (params.len() + 2) as f64 / 2.0 / 4.0);
+}
+
+#[test]
 fn sync_candidates_come_a_window_at_a_time_in_sequence_order() {
     let (_dir, store) = {
         let (dir, mut store) = open();
