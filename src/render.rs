@@ -109,6 +109,10 @@ pub struct Renderer<'job> {
     model_id: String,
     /// The provider whose API the requests are for (another one on failover).
     provider: String,
+    /// The context's `vars` and `job`, the same for every request: converted
+    /// to template values once, not once per template per request.
+    vars: minijinja::Value,
+    job_info: minijinja::Value,
 }
 
 /// Request parameters that mean the same on every provider, by provider:
@@ -151,7 +155,18 @@ impl<'job> Renderer<'job> {
         }
         add(PROMPT, &job.templates.prompt)?;
         let provider = job.manifest.provider.clone();
-        Ok(Renderer { job, env, has_system: job.templates.system.is_some(), model_id: model_id.to_owned(), provider })
+        let vars = minijinja::Value::from(minijinja::value::Serde(&job.manifest.vars));
+        let job_info =
+            minijinja::Value::from(minijinja::value::Serde(json!({ "name": job.name, "tags": job.manifest.tags })));
+        Ok(Renderer {
+            job,
+            env,
+            has_system: job.templates.system.is_some(),
+            model_id: model_id.to_owned(),
+            provider,
+            vars,
+            job_info,
+        })
     }
 
     /// Like [`Renderer::new`], for `model` on another `provider` (a
@@ -166,12 +181,12 @@ impl<'job> Renderer<'job> {
     /// Renders the request for the `seq`-th item (1-based) of `run`.
     pub fn request(&self, run: &RunInfo, seq: usize, item: &Item) -> Result<BatchRequest, RenderError> {
         let manifest = &self.job.manifest;
-        let context = json!({
-            "item": item,
-            "vars": manifest.vars,
-            "job": { "name": self.job.name, "tags": manifest.tags },
-            "run": run,
-        });
+        let context = minijinja::context! {
+            item => minijinja::Value::from(minijinja::value::Serde(item)),
+            vars => self.vars.clone(),
+            job => self.job_info.clone(),
+            run => minijinja::Value::from(minijinja::value::Serde(run)),
+        };
         let system = if self.has_system { Some(self.render(SYSTEM, &context)?) } else { None };
         let prompt = self.render(PROMPT, &context)?;
         let mut params = match self.provider.as_str() {
@@ -256,12 +271,10 @@ impl<'job> Renderer<'job> {
         params
     }
 
-    fn render(&self, key: &str, context: &Value) -> Result<String, RenderError> {
+    fn render(&self, key: &str, context: &minijinja::Value) -> Result<String, RenderError> {
         let template =
             self.env.get_template(key).map_err(|source| RenderError::Template { name: key.to_owned(), source })?;
-        template
-            .render(minijinja::value::Serde(context))
-            .map_err(|source| RenderError::Template { name: self.template_name(key), source })
+        template.render(context).map_err(|source| RenderError::Template { name: self.template_name(key), source })
     }
 
     fn template_name(&self, key: &str) -> String {
