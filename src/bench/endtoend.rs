@@ -19,12 +19,13 @@ use super::{Scratch, project};
 
 /// Items of the run: one full batch.
 pub const ITEMS: u64 = 100_000;
-const METRICS: [Metric; 4] = [
+const METRICS: [Metric; 5] = [
     Metric { name: "items end to end, items/s", target: None },
     Metric { name: "wall time, s", target: None },
+    Metric { name: "wall less batch latency, s", target: None },
     Metric { name: "CPU (user + sys), s", target: None },
-    // Issue 7's bound for submitting a 100,000-request batch, held for the whole run.
-    Metric { name: "peak RSS, MiB", target: Some(Target::at_most(128.0)) },
+    // Issue 18's bound for a whole run of 100,000 items.
+    Metric { name: "peak RSS, MiB", target: Some(Target::at_most(64.0)) },
 ];
 
 /// Runs the job `repeats` times, each on a fresh state database and sink.
@@ -36,7 +37,13 @@ pub async fn run(items: u64, repeats: u32) -> anyhow::Result<Sampled> {
     let mut repeats_out = Vec::new();
     for _ in 0..repeats {
         let run = measure(scratch.path(), sim.base_url(), items).await?;
-        repeats_out.push(vec![items as f64 / run.secs, run.secs, run.cpu_secs, run.peak_kb as f64 / 1024.0]);
+        repeats_out.push(vec![
+            items as f64 / run.secs,
+            run.secs,
+            run.secs - run.batch_latency_secs,
+            run.cpu_secs,
+            run.peak_kb as f64 / 1024.0,
+        ]);
     }
     let setup = format!(
         "`orchestrator run` on {items} items of about 1 KB: read, rendered, stored, one batch, ingested, \
@@ -83,6 +90,9 @@ pub(super) struct RunFigures {
     pub cpu_secs: f64,
     /// Peak RSS, KiB.
     pub peak_kb: u64,
+    /// From the create call's answer to the end the simulator reported:
+    /// time the run spent waiting for the provider, not working.
+    pub batch_latency_secs: f64,
 }
 
 /// One run from a clean state.
@@ -110,5 +120,19 @@ pub(super) async fn measure(root: &Path, base_url: &str, items: u64) -> anyhow::
     ensure!(lines == items, "{lines} of {items} results reached the sink");
     let Some(peak_kb) = measured.peak_rss_kb else { bail!("this kernel does not report peak RSS") };
     let Some(cpu_secs) = measured.cpu_secs else { bail!("this kernel does not report CPU time") };
-    Ok(RunFigures { secs, cpu_secs, peak_kb })
+    let batch_latency_secs = batch_latency_secs(&root.join("state").join("orchestrator.db"))?;
+    Ok(RunFigures { secs, cpu_secs, peak_kb, batch_latency_secs })
+}
+
+/// How long the run's batch took at the simulator: from our record of its
+/// create call's answer to the `ended_at` the simulator reported (both on
+/// this machine's clock).
+fn batch_latency_secs(state: &Path) -> anyhow::Result<f64> {
+    let store = crate::store::Store::open_read_only(state)?;
+    let batches = store.all_batches(None)?;
+    let [batch] = batches.as_slice() else { bail!("the run made {} batches, not one", batches.len()) };
+    let (Some(submitted), Some(ended)) = (batch.submitted_at, batch.ended_at) else {
+        bail!("batch {} has no submitted and end time", batch.id)
+    };
+    Ok((ended - submitted).num_milliseconds().max(0) as f64 / 1000.0)
 }
