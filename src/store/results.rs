@@ -86,22 +86,25 @@ impl Store {
     }
 
     /// Stores chunks of result lines as they arrive on `chunks` until it
-    /// closes, one transaction per chunk, leaving the requests' states alone
-    /// until [`Store::settle_batch_results`]; calls `committed` after each
-    /// commit. The sender decides how many lines a transaction holds; waiting
-    /// for a chunk happens outside any transaction, so the write lock is
-    /// never held while the network is slow. Idempotent.
+    /// closes, leaving the requests' states alone until
+    /// [`Store::settle_batch_results`]. A transaction takes chunks until it
+    /// holds `per_commit` lines, an empty chunk comes (the sender asks for a
+    /// commit: its stream is slow) or `chunks` closes; `committed` is called
+    /// after each commit. Waiting for a transaction's first chunk happens
+    /// outside it, so the write lock is not held while nothing arrives.
+    /// Idempotent.
     pub fn store_batch_stream(
         &mut self,
         batch_id: i64,
         chunks: &mut tokio::sync::mpsc::Receiver<Vec<IncomingResult>>,
+        per_commit: usize,
         now: DateTime<Utc>,
         committed: &mut dyn FnMut(),
     ) -> Result<ResultCounts, StoreError> {
         // A line is stored only once its batch membership is found, and
         // `batch_requests` already references the request and the batch:
         // checking both again cost a random page read of `requests` per result.
-        self.without_foreign_keys(|store| stream_chunks(store, batch_id, chunks, now, committed))
+        self.without_foreign_keys(|store| stream_chunks(store, batch_id, chunks, per_commit, now, committed))
     }
 
     /// Gives every request of the batch the batch's stored result, unless
@@ -252,13 +255,14 @@ impl Store {
     }
 }
 
-/// The loop of [`Store::store_batch_stream`]: a transaction per chunk,
-/// each stored in key order so that consecutive lines find their index
-/// pages already in the cache.
+/// The loop of [`Store::store_batch_stream`]: a transaction per run of
+/// chunks, each chunk stored in key order so that consecutive lines find
+/// their index pages already in the cache.
 fn stream_chunks(
     store: &mut Store,
     batch_id: i64,
     chunks: &mut tokio::sync::mpsc::Receiver<Vec<IncomingResult>>,
+    per_commit: usize,
     now: DateTime<Utc>,
     committed: &mut dyn FnMut(),
 ) -> Result<ResultCounts, StoreError> {
@@ -266,13 +270,27 @@ fn stream_chunks(
     let e = |source| super::sqlite(&path, source);
     let mut total = ResultCounts::default();
     while let Some(mut chunk) = chunks.blocking_recv() {
-        chunk.sort_unstable_by(|a, b| a.custom_id.cmp(&b.custom_id));
+        if chunk.is_empty() {
+            continue;
+        }
         let tx = store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
-        for IncomingResult { custom_id, outcome, price } in &chunk {
-            store_line(&tx, batch_id, (custom_id, outcome, price.as_ref()), now, &mut total).map_err(e)?;
+        let mut lines = 0;
+        loop {
+            chunk.sort_unstable_by(|a, b| a.custom_id.cmp(&b.custom_id));
+            for IncomingResult { custom_id, outcome, price } in &chunk {
+                store_line(&tx, batch_id, (custom_id, outcome, price.as_ref()), now, &mut total).map_err(e)?;
+            }
+            lines += chunk.len();
+            if lines >= per_commit {
+                break;
+            }
+            match chunks.blocking_recv() {
+                Some(next) if !next.is_empty() => chunk = next,
+                _ => break,
+            }
         }
         tx.commit().map_err(e)?;
-        tracing::trace!(batch = batch_id, lines = chunk.len(), "committed a chunk of results");
+        tracing::trace!(batch = batch_id, lines, "committed results");
         committed();
     }
     Ok(total)

@@ -291,12 +291,13 @@ fn streamed_results_wait_for_the_settle_and_a_sync_result_in_between_wins() {
     let (run, ids, batch) = submitted_batch(&mut store, 3);
     let (sender, mut receiver) = tokio::sync::mpsc::channel(8);
     let incoming = |id: &String| IncomingResult { custom_id: id.clone(), outcome: success("batch"), price: None };
-    sender.try_send(ids[..2].iter().map(incoming).collect()).unwrap();
+    sender.try_send(ids[..1].iter().map(incoming).collect()).unwrap();
+    sender.try_send(ids[1..2].iter().map(incoming).collect()).unwrap();
     sender.try_send(ids[2..].iter().map(incoming).collect()).unwrap();
     drop(sender);
     let mut commits = 0;
-    let counts = store.store_batch_stream(batch.id, &mut receiver, at(3), &mut || commits += 1).unwrap();
-    assert_eq!((counts.stored, commits), (3, 2), "a transaction per chunk");
+    let counts = store.store_batch_stream(batch.id, &mut receiver, 2, at(3), &mut || commits += 1).unwrap();
+    assert_eq!((counts.stored, commits), (3, 2), "two lines per transaction, then the rest");
     assert_eq!(store.request_counts(run.id).unwrap()["in_flight"], 3, "states wait for the settle");
     // The fallback finished the first request before the settle: it keeps its sync result.
     let attempt = store.record_attempt(&NewAttempt::started("sync", "create_message", at(4))).unwrap();
@@ -308,6 +309,26 @@ fn streamed_results_wait_for_the_settle_and_a_sync_result_in_between_wins() {
         store.undelivered_results(run.id, 100).unwrap().into_iter().map(|r| r.message).collect();
     assert_eq!(delivered.len(), 3);
     assert!(delivered[0].contains("sync") && delivered[1].contains("batch"), "{delivered:?}");
+}
+
+#[test]
+fn an_empty_chunk_commits_what_the_stream_has_sent_so_far() {
+    let (_dir, mut store) = open();
+    let (_, ids, batch) = submitted_batch(&mut store, 2);
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(8);
+    let incoming = |id: &String| IncomingResult { custom_id: id.clone(), outcome: success("batch"), price: None };
+    sender.try_send(vec![incoming(&ids[0])]).unwrap();
+    sender.try_send(Vec::new()).unwrap();
+    sender.try_send(Vec::new()).unwrap();
+    sender.try_send(vec![incoming(&ids[1])]).unwrap();
+    drop(sender);
+    let mut commits = 0;
+    let counts = store.store_batch_stream(batch.id, &mut receiver, 100, at(3), &mut || commits += 1).unwrap();
+    assert_eq!(
+        (counts.stored, commits),
+        (2, 2),
+        "one commit asked for, one at the end; a second ask finds nothing open"
+    );
 }
 
 /// Batch successes priced as they are stored need no pricing pass; one
@@ -327,7 +348,7 @@ fn a_batch_success_priced_as_it_is_stored_loses_its_saving_once_it_is_a_duplicat
         |id: &String| IncomingResult { custom_id: id.clone(), outcome: success("batch"), price: Some(price.clone()) };
     sender.try_send(ids.iter().map(incoming).collect()).unwrap();
     drop(sender);
-    store.store_batch_stream(batch.id, &mut receiver, at(3), &mut || {}).unwrap();
+    store.store_batch_stream(batch.id, &mut receiver, 10, at(3), &mut || {}).unwrap();
     assert!(store.unpriced_results(10).unwrap().is_empty(), "nothing is left to price");
     // The first request was answered by the sync lane before the settle.
     let attempt = store.record_attempt(&NewAttempt::started("sync", "create_message", at(4))).unwrap();
