@@ -579,8 +579,9 @@ impl BatchLane {
 
     /// Streams the results into the store: lines are read and parsed here,
     /// gathered into chunks, while a blocking thread with its own connection
-    /// writes them, a chunk per transaction. Only a few chunks are held in
-    /// memory, so the footprint is the same for 10,000 lines or 100,000.
+    /// writes them, up to [`INGEST_TRANSACTION`] lines per transaction. Only
+    /// a few chunks are held in memory, so the footprint is the same for
+    /// 1,000 lines or 100,000.
     async fn ingest_once(&self, lane: &ProviderLane, batch_id: i64, url: &str) -> Result<ResultCounts, LaneError> {
         let mut reader = lane.client.results(url).await?;
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<Vec<IncomingResult>>(INGEST_QUEUE);
@@ -598,7 +599,7 @@ impl BatchLane {
                 })
                 .map_err(LaneError::Store)
         });
-        let mut chunks = Gathering::new(sender);
+        let mut chunks = Gathering::new(sender, INGEST_GATHER);
         // Requests named by their input line (a failed validation) are looked
         // up in the batch's order, read only when a result needs it.
         let mut by_line: Option<Vec<String>> = None;
@@ -664,14 +665,16 @@ struct Gathering {
     chunk: Vec<IncomingResult>,
     /// When to stop waiting for the stream: send what is gathered and commit.
     due: Option<tokio::time::Instant>,
+    /// How long the stream may keep the writer waiting ([`INGEST_GATHER`]).
+    patience: std::time::Duration,
     sender: tokio::sync::mpsc::Sender<Vec<IncomingResult>>,
     /// The writer has stopped (it failed): nothing more is sent.
     closed: bool,
 }
 
 impl Gathering {
-    fn new(sender: tokio::sync::mpsc::Sender<Vec<IncomingResult>>) -> Gathering {
-        Gathering { chunk: Vec::with_capacity(INGEST_CHUNK), due: None, sender, closed: false }
+    fn new(sender: tokio::sync::mpsc::Sender<Vec<IncomingResult>>, patience: std::time::Duration) -> Gathering {
+        Gathering { chunk: Vec::with_capacity(INGEST_CHUNK), due: None, patience, sender, closed: false }
     }
 
     /// The next line of the stream; meanwhile, if waiting for it falls due,
@@ -685,6 +688,9 @@ impl Gathering {
         loop {
             let Some(due) = self.due else { return next.await };
             tokio::select! {
+                // A line that is there already wins over the timer: only a
+                // stream that keeps the writer waiting is a stalled one.
+                biased;
                 line = &mut next => return line,
                 () = tokio::time::sleep_until(due) => self.commit().await,
             }
@@ -695,12 +701,12 @@ impl Gathering {
     /// writer has stopped.
     async fn push(&mut self, line: IncomingResult) -> bool {
         if self.due.is_none() {
-            self.due = Some(tokio::time::Instant::now() + INGEST_GATHER);
+            self.due = Some(tokio::time::Instant::now() + self.patience);
         }
         self.chunk.push(line);
         if self.chunk.len() >= INGEST_CHUNK {
             self.send().await;
-            self.due = Some(tokio::time::Instant::now() + INGEST_GATHER);
+            self.due = Some(tokio::time::Instant::now() + self.patience);
         }
         !self.closed
     }
@@ -849,7 +855,8 @@ mod tests {
         let lines = (0..INGEST_CHUNK * 2 + 3).map(|i| named(&format!("r{i}")).unwrap()).collect();
         let mut reader = ResultsReader::new().known(lines);
         let (sender, mut receiver) = tokio::sync::mpsc::channel(INGEST_QUEUE);
-        let mut chunks = Gathering::new(sender);
+        // Patient enough that a slow machine never makes this a stalled stream.
+        let mut chunks = Gathering::new(sender, std::time::Duration::from_secs(3600));
         let mut lengths = Vec::new();
         while let Some(line) = chunks.next_line(&mut reader).await.unwrap() {
             assert!(chunks.push(incoming(line.unwrap())).await);
@@ -871,7 +878,7 @@ mod tests {
         let stalled = futures_util::StreamExt::chain(first, futures_util::stream::pending());
         let mut reader = ResultsReader::new().lines(crate::providers::LineStream::from_chunks(stalled), named);
         let (sender, mut receiver) = tokio::sync::mpsc::channel(INGEST_QUEUE);
-        let mut chunks = Gathering::new(sender);
+        let mut chunks = Gathering::new(sender, INGEST_GATHER);
         for _ in 0..2 {
             let line = chunks.next_line(&mut reader).await.unwrap().unwrap().unwrap();
             assert!(chunks.push(incoming(line)).await);
