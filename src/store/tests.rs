@@ -51,6 +51,11 @@ fn run_with_requests(store: &mut Store, n: usize) -> RunRow {
     run
 }
 
+/// A streamed batch success for `custom_id`, unpriced.
+fn batch_success(custom_id: &str) -> IncomingResult {
+    IncomingResult { custom_id: custom_id.to_owned(), outcome: success("batch"), price: None }
+}
+
 fn success(text: &str) -> Outcome {
     Outcome::Succeeded {
         message: format!("{{\"content\":[{{\"type\":\"text\",\"text\":\"{text}\"}}]}}"),
@@ -290,10 +295,9 @@ fn streamed_results_wait_for_the_settle_and_a_sync_result_in_between_wins() {
     let (_dir, mut store) = open();
     let (run, ids, batch) = submitted_batch(&mut store, 3);
     let (sender, mut receiver) = tokio::sync::mpsc::channel(8);
-    let incoming = |id: &String| IncomingResult { custom_id: id.clone(), outcome: success("batch"), price: None };
-    sender.try_send(ids[..1].iter().map(incoming).collect()).unwrap();
-    sender.try_send(ids[1..2].iter().map(incoming).collect()).unwrap();
-    sender.try_send(ids[2..].iter().map(incoming).collect()).unwrap();
+    sender.try_send(vec![batch_success(&ids[0])]).unwrap();
+    sender.try_send(vec![batch_success(&ids[1])]).unwrap();
+    sender.try_send(vec![batch_success(&ids[2])]).unwrap();
     drop(sender);
     let mut commits = 0;
     let counts = store.store_batch_stream(batch.id, &mut receiver, 2, at(3), &mut || commits += 1).unwrap();
@@ -312,15 +316,72 @@ fn streamed_results_wait_for_the_settle_and_a_sync_result_in_between_wins() {
 }
 
 #[test]
+fn whether_any_request_waits_agrees_with_the_list_of_those_that_wait() {
+    let (_dir, mut store) = open();
+    let run = run_with_requests(&mut store, 3);
+    let listed = |store: &Store, max_attempts| -> Vec<String> {
+        store.waiting_requests(run.id, max_attempts).unwrap().into_iter().map(|w| w.custom_id).collect()
+    };
+    let ids = listed(&store, 3);
+    assert_eq!(
+        ids,
+        ["feed-2026-11-22-001", "feed-2026-11-22-002", "feed-2026-11-22-003"],
+        "pending, in sequence order"
+    );
+    assert!(store.has_waiting_requests(run.id, 3).unwrap());
+    let batch = store.record_batch_intent(run.id, "anthropic", &ids, at(1)).unwrap();
+    store.mark_batch_submitted(batch.id, "msgbatch_1", at(2)).unwrap();
+    assert!(listed(&store, 3).is_empty() && !store.has_waiting_requests(run.id, 3).unwrap(), "all in flight");
+    let api_error = Outcome::Errored { error_type: "api_error".into(), message: String::new() };
+    let lines = [(ids[0].clone(), api_error), (ids[1].clone(), success("a")), (ids[2].clone(), success("b"))];
+    store.ingest_batch_results(batch.id, &lines, at(30)).unwrap();
+    // The failure used up one attempt: it waits only while more are allowed.
+    for (max_attempts, waiting) in [(1, vec![]), (2, vec![ids[0].clone()])] {
+        assert_eq!(listed(&store, max_attempts), waiting, "max_attempts {max_attempts}");
+        assert_eq!(store.has_waiting_requests(run.id, max_attempts).unwrap(), !waiting.is_empty());
+    }
+}
+
+#[test]
+fn the_output_estimate_averages_the_winning_successes_of_the_jobs_runs() {
+    let (_dir, mut store) = open();
+    let answered = |output_tokens| Outcome::Succeeded {
+        message: "{}".into(),
+        stop_reason: None,
+        usage: Usage { input_tokens: 10, output_tokens, ..Usage::default() },
+    };
+    // An older run: one request answered with 10 output tokens by the batch.
+    let (older, ids, batch) = submitted_batch(&mut store, 2);
+    store.ingest_batch_results(batch.id, &[(ids[0].clone(), answered(10))], at(30)).unwrap();
+    // A newer run: 30 tokens from the sync lane, then a late batch duplicate of 1,000 that won nothing.
+    let newer = NewRun { scheduled_for: at(60), run_key: "feed-20261122T0700", ..feed_run() };
+    let (newer, _) = store.create_run(&newer, at(60)).unwrap();
+    let request =
+        NewRequest { custom_id: "feed-20261122T0700-001".into(), seq: 1, item: "{}".into(), params: "{}".into() };
+    store.insert_requests(newer.id, &[request.clone()], at(60)).unwrap();
+    let late = store.record_batch_intent(newer.id, "anthropic", &[request.custom_id.clone()], at(61)).unwrap();
+    store.mark_batch_submitted(late.id, "msgbatch_2", at(62)).unwrap();
+    let attempt = store.record_attempt(&NewAttempt::started("sync", "create_message", at(63))).unwrap();
+    store.record_sync_result(&request.custom_id, attempt, &answered(30), at(63)).unwrap();
+    let counts = store.ingest_batch_results(late.id, &[(request.custom_id.clone(), answered(1000))], at(64)).unwrap();
+    assert_eq!(counts.duplicates, 1);
+    assert_eq!(store.token_averages(newer.id, "feed").unwrap().output_tokens, Some(20.0), "(10 + 30) / 2");
+    assert_eq!(
+        store.token_averages(older.id, "other").unwrap().output_tokens,
+        None,
+        "another job's results are not its own"
+    );
+}
+
+#[test]
 fn an_empty_chunk_commits_what_the_stream_has_sent_so_far() {
     let (_dir, mut store) = open();
     let (_, ids, batch) = submitted_batch(&mut store, 2);
     let (sender, mut receiver) = tokio::sync::mpsc::channel(8);
-    let incoming = |id: &String| IncomingResult { custom_id: id.clone(), outcome: success("batch"), price: None };
-    sender.try_send(vec![incoming(&ids[0])]).unwrap();
+    sender.try_send(vec![batch_success(&ids[0])]).unwrap();
     sender.try_send(Vec::new()).unwrap();
     sender.try_send(Vec::new()).unwrap();
-    sender.try_send(vec![incoming(&ids[1])]).unwrap();
+    sender.try_send(vec![batch_success(&ids[1])]).unwrap();
     drop(sender);
     let mut commits = 0;
     let counts = store.store_batch_stream(batch.id, &mut receiver, 100, at(3), &mut || commits += 1).unwrap();
