@@ -358,8 +358,9 @@ fn the_output_estimate_averages_the_winning_successes_of_the_jobs_runs() {
     let (newer, _) = store.create_run(&newer, at(60)).unwrap();
     let request =
         NewRequest { custom_id: "feed-20261122T0700-001".into(), seq: 1, item: "{}".into(), params: "{}".into() };
-    store.insert_requests(newer.id, &[request.clone()], at(60)).unwrap();
-    let late = store.record_batch_intent(newer.id, "anthropic", &[request.custom_id.clone()], at(61)).unwrap();
+    store.insert_requests(newer.id, std::slice::from_ref(&request), at(60)).unwrap();
+    let late =
+        store.record_batch_intent(newer.id, "anthropic", std::slice::from_ref(&request.custom_id), at(61)).unwrap();
     store.mark_batch_submitted(late.id, "msgbatch_2", at(62)).unwrap();
     let attempt = store.record_attempt(&NewAttempt::started("sync", "create_message", at(63))).unwrap();
     store.record_sync_result(&request.custom_id, attempt, &answered(30), at(63)).unwrap();
