@@ -48,6 +48,49 @@ pub struct StatusReport {
     pub queues: Vec<QueueStatus>,
     /// Each job's queue of posted items (`enqueue:`) with items waiting for a flush.
     pub enqueued: Vec<EnqueuedStatus>,
+    /// The process that drives the state database, as last recorded.
+    pub leader: Option<LeaderStatus>,
+}
+
+/// A leader whose row is older than this has stopped renewing it (it
+/// renews at least every 30 s while it runs).
+const LEADER_STALE_SECS: i64 = 90;
+
+/// Who leads, and whether it still says so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaderStatus {
+    /// The recorded leader.
+    #[serde(flatten)]
+    pub leader: crate::store::Leader,
+    /// Seconds since it last renewed its row.
+    pub renewed_secs_ago: i64,
+    /// Whether that was in the last 90 s (a leader that stopped or crashed
+    /// stops renewing; a standby takes over when its lock is free).
+    pub renewing: bool,
+}
+
+impl LeaderStatus {
+    /// The recorded `leader` as seen at `now` (real time: the row is).
+    pub fn new(leader: crate::store::Leader, now: DateTime<Utc>) -> LeaderStatus {
+        let renewed_secs_ago = (now - leader.renewed_at).num_seconds().max(0);
+        LeaderStatus { leader, renewed_secs_ago, renewing: renewed_secs_ago <= LEADER_STALE_SECS }
+    }
+
+    /// One line: `pid 12 on host-a (epoch 3) since …, renewed 4 s ago`.
+    pub fn describe(&self) -> String {
+        let (l, ago) = (&self.leader, self.renewed_secs_ago);
+        let renewal = match self.renewing {
+            true => format!("renewed {ago} s ago"),
+            false => format!("not renewed for {ago} s: no process leads now?"),
+        };
+        format!(
+            "pid {} on {} (epoch {}) since {}, {renewal}",
+            l.pid,
+            l.host,
+            l.epoch,
+            l.since.format("%Y-%m-%d %H:%M:%S UTC")
+        )
+    }
 }
 
 /// What waits in one job's queue of posted items.
@@ -426,13 +469,17 @@ pub fn collect(
         .filter(|(name, _, _)| wanted(name))
         .map(|(job, waiting, oldest_at)| EnqueuedStatus { job, waiting, oldest_at })
         .collect();
-    Ok(StatusReport { now, runs, schedules, recent, queues, enqueued })
+    let leader = store.leader()?.map(|leader| LeaderStatus::new(leader, Utc::now()));
+    Ok(StatusReport { now, runs, schedules, recent, queues, enqueued, leader })
 }
 
 /// The report as text for a terminal.
 pub fn render_text(report: &StatusReport) -> String {
     let mut out = String::new();
     let time = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    if let Some(leader) = &report.leader {
+        out.push_str(&format!("leader: {}\n", leader.describe()));
+    }
     if report.runs.is_empty() {
         out.push_str("no open runs\n");
     }
@@ -564,6 +611,7 @@ mod tests {
             recent: vec![],
             queues: vec![queue("anthropic", 4500, Some(100_000)), queue("openai", 20, None), queue("gemini", 0, None)],
             enqueued: vec![EnqueuedStatus { job: "tickets".into(), waiting: 12, oldest_at: at(0) }],
+            leader: None,
         };
         let text = render_text(&report);
         assert!(text.contains("batch queue: anthropic 4500 of 100000 requests\n"), "{text}");
@@ -573,6 +621,17 @@ mod tests {
         );
         assert!(text.contains("batch queue: openai 20 requests\n"), "{text}");
         assert!(!text.contains("gemini"), "an empty queue is not shown: {text}");
+    }
+
+    #[test]
+    fn the_leader_line_says_whether_the_leader_still_renews() {
+        let leader =
+            crate::store::Leader { epoch: 3, pid: 42, host: "host-a".into(), since: at(0), renewed_at: at(10) };
+        let fresh = LeaderStatus::new(leader.clone(), at(10) + Duration::seconds(90));
+        assert_eq!(fresh.describe(), "pid 42 on host-a (epoch 3) since 2027-01-15 08:00:00 UTC, renewed 90 s ago");
+        let stale = LeaderStatus::new(leader, at(10) + Duration::seconds(91));
+        assert!(!stale.renewing);
+        assert!(stale.describe().ends_with("not renewed for 91 s: no process leads now?"), "{}", stale.describe());
     }
 
     #[test]

@@ -243,3 +243,36 @@ async fn overlap_allow_starts_every_instant_while_earlier_runs_are_open() {
     assert_eq!(h.count("SELECT COUNT(*) FROM requests"), 10);
     h.sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_finds_another_epoch_in_the_leadership_row_steps_down() {
+    let h = harness_at(
+        "schedule: { cron: '0 6 * * *' }\ntier: soft\ndeadline: 1h\n",
+        1,
+        SimConfig::default(),
+        at("2026-11-22T00:00:00Z"),
+    )
+    .await;
+    let daemon = Daemon::new(h.engine.clone(), Notifier::disabled()).with_max_sleep(Duration::from_secs(60));
+    let (control, _reload) = orchestrator::daemon::Control::new();
+    let options = orchestrator::daemon::Options { run_now: false, grace: Duration::from_secs(1) };
+    let keep = || None;
+    let served = daemon.run_until(options, control, &keep, orchestrator::daemon::Services::default());
+    let usurper = async {
+        crate::support::wait_until("the daemon's lead", Duration::from_secs(30), || {
+            h.count("SELECT COUNT(*) FROM leadership WHERE epoch = 1") == 1
+        })
+        .await;
+        // Another process records itself as leader, as only a bypassed lock allows.
+        let store = orchestrator::store::Store::open(&h.dir.path().join("state/orchestrator.db")).unwrap();
+        store.take_leadership(999_999, "elsewhere", Utc::now()).unwrap()
+    };
+    let (served, usurper) =
+        tokio::time::timeout(Duration::from_secs(60), futures_util::future::join(served, usurper)).await.unwrap();
+    assert_eq!(usurper.epoch, 2);
+    match served {
+        Err(orchestrator::store::StoreError::Superseded { epoch: 1, .. }) => {}
+        other => panic!("the replaced leader stepped down with Superseded, not {other:?}"),
+    }
+    assert_eq!(h.count("SELECT pid FROM leadership"), 999_999, "it wrote nothing over the new leader's row");
+}

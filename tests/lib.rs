@@ -29,6 +29,7 @@ mod sharing;
 mod shutdown;
 mod sim;
 mod stages;
+mod standby;
 mod support;
 mod systemd;
 mod validate;

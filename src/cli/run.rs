@@ -89,11 +89,11 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     settings.poll_initial = args.poll_interval.unwrap_or(settings.poll_initial.min(std::time::Duration::from_secs(2)));
     let runtime = super::engine_runtime()?;
     runtime.block_on(async {
-        let backend = match backend(&args.state, Arc::clone(&clock), settings, vec![job.clone()], args.simulate).await?
-        {
-            Ok(backend) => backend,
-            Err(code) => return Ok(code),
-        };
+        let backend =
+            match backend(&args.state, Arc::clone(&clock), settings, vec![job.clone()], args.simulate, false).await? {
+                Ok(backend) => backend,
+                Err(code) => return Ok(code),
+            };
         let engine = Arc::clone(&backend.engine);
         let scheduled_for = which_run(&engine, args, &job.name).await?;
         let deadline_at = scheduled_for + chrono::Duration::from_std(deadline).context("deadline too long")?;

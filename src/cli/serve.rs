@@ -39,6 +39,11 @@ pub struct Args {
     /// A rehearsal clock (with `--simulate`).
     #[command(flatten)]
     pub rehearsal: Rehearsal,
+    /// When another process drives the state: serve the dashboard, the API
+    /// and the enqueue endpoint as a standby, and take over when it stops
+    /// (instead of exiting with 75).
+    #[arg(long, env = "ORCHESTRATOR_STANDBY")]
+    pub standby: bool,
     /// Daemon configuration file (lane limits, fallback margins, polling).
     #[arg(long, env = "ORCHESTRATOR_CONFIG")]
     pub config: Option<std::path::PathBuf>,
@@ -84,10 +89,11 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     }
     let runtime = super::engine_runtime()?;
     runtime.block_on(async {
-        let backend = match backend(&args.state, args.rehearsal.clock(), settings, jobs, args.simulate).await? {
-            Ok(backend) => backend,
-            Err(code) => return Ok(code),
-        };
+        let backend =
+            match backend(&args.state, args.rehearsal.clock(), settings, jobs, args.simulate, args.standby).await? {
+                Ok(backend) => backend,
+                Err(code) => return Ok(code),
+            };
         let (control, reload) = Control::new();
         signals::listen(control.stop.clone(), reload)?;
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -104,7 +110,8 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
             },
         };
         tracing::info!(%listen, jobs = backend.engine.jobs().len(), simulate = args.simulate, "serving");
-        let daemon = Daemon::new(Arc::clone(&backend.engine), Notifier::from_env());
+        let daemon =
+            Daemon::new(Arc::clone(&backend.engine), Notifier::from_env()).with_state_lock(Arc::clone(&backend.lock));
         // A reload may not bring in a provider the process has no client for.
         let reload_jobs = || {
             let jobs = load_jobs(&args.project, &catalog)?;

@@ -8,6 +8,7 @@ use anyhow::Context;
 
 use super::{EXIT_BUSY, EXIT_CONFIG};
 use crate::clock::Clock;
+use crate::daemon::leadership::StateLock;
 use crate::engine::{Engine, EngineSettings};
 use crate::job::Job;
 use crate::lanes::{BatchLane, SyncLane};
@@ -61,8 +62,9 @@ pub(super) struct Backend {
     pub simulator: Option<SimHandle>,
     /// The providers the process has clients for.
     pub providers: Vec<&'static str>,
-    /// Held while the process drives the state database (released on exit, even by `kill -9`).
-    _lock: std::fs::File,
+    /// The state database's lock: held while the process drives the state
+    /// (released on exit, even by `kill -9`); a standby waits for it.
+    pub lock: Arc<StateLock>,
 }
 
 impl Backend {
@@ -90,23 +92,28 @@ pub(super) fn missing_providers(jobs: &[Job], known: &[&str]) -> Vec<String> {
 /// with `simulate`, else each provider some job uses with its key from the
 /// environment (and any other whose key is there, for jobs a reload adds).
 /// A used provider without a key is an operator error: it is printed and
-/// becomes `Err(EXIT_CONFIG)`.
+/// becomes `Err(EXIT_CONFIG)`. When another process holds the state lock,
+/// a `standby` backend waits for it (the daemon takes it); any other
+/// becomes `Err(EXIT_BUSY)`.
 pub(super) async fn backend(
     state: &Path,
     clock: Arc<dyn Clock>,
     mut settings: EngineSettings,
     jobs: Vec<Job>,
     simulate: bool,
+    standby: bool,
 ) -> anyhow::Result<Result<Backend, u8>> {
     let store = SharedStore::new(Store::open(state)?);
-    let Some(lock) = lock_state(state)? else {
+    let lock = Arc::new(StateLock::open(state)?);
+    let held = lock.try_take().with_context(|| format!("cannot lock {}", lock.path()))?;
+    if !held && !standby {
         eprintln!(
             "error: another orchestrator process (serve or run) is driving {}; two would submit the same \
-             requests twice. Stop it, or use another --state.",
+             requests twice. Stop it, use another --state, or start `serve --standby` to take over when it stops.",
             state.display()
         );
         return Ok(Err(EXIT_BUSY));
-    };
+    }
     // The simulator keeps the engine's time: a rehearsal clock moves its batches too.
     let simulator = match simulate {
         true => Some(
@@ -136,7 +143,7 @@ pub(super) async fn backend(
     let batch = BatchLane::with_pacing(providers.clone(), store.clone(), Arc::clone(&clock), &settings.batch_pacing);
     let sync = SyncLane::new(providers, store.clone(), Arc::clone(&clock), settings.sync);
     let engine = Arc::new(Engine::new(store, batch, sync, clock, settings, jobs));
-    Ok(Ok(Backend { engine, simulator, providers: names, _lock: lock }))
+    Ok(Ok(Backend { engine, simulator, providers: names, lock }))
 }
 
 /// A client for each provider whose key is configured; an error for the
@@ -156,22 +163,6 @@ fn real_clients(jobs: &[Job]) -> Result<Vec<Client>, String> {
         }
     }
     Ok(clients)
-}
-
-/// Takes the exclusive lock on `<state>.lock`; `None` if another process holds it.
-fn lock_state(state: &Path) -> anyhow::Result<Option<std::fs::File>> {
-    let path = format!("{}.lock", state.display());
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open the lock file {path}"))?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-        Err(std::fs::TryLockError::Error(error)) => Err(error).with_context(|| format!("cannot lock {path}")),
-    }
 }
 
 /// The simulator `--simulate` starts: any free loopback port, default knobs

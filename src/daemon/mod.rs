@@ -6,6 +6,7 @@
 //! [`Control`] ([`signals`]) and calls it, and tests call it the same way.
 
 pub mod config;
+pub mod leadership;
 pub mod sdnotify;
 pub mod signals;
 
@@ -15,11 +16,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+use self::leadership::StateLock;
 use self::sdnotify::Notifier;
 use crate::engine::{Engine, EngineError, until};
 use crate::job::Job;
 use crate::schedule::Scheduler;
-use crate::store::StoreError;
+use crate::store::{Leader, StoreError};
 
 /// Longest sleep of the loop, so the watchdog and status line stay fresh.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
@@ -30,12 +32,16 @@ const AFTER_FAILED_STEP: Duration = Duration::from_secs(5);
 /// How long the services (web server, notifier) get to finish after the stop.
 const SERVICES_GRACE: Duration = Duration::from_secs(5);
 
+/// How often the leader renews its row (at most; a step may sleep longer).
+const RENEW_EVERY: Duration = Duration::from_secs(5);
+
 /// The scheduler and the engine of one `serve` process.
 pub struct Daemon {
     engine: Arc<Engine>,
     scheduler: Scheduler<Engine>,
     notifier: Notifier,
     max_sleep: Duration,
+    lock: Option<Arc<StateLock>>,
 }
 
 /// How the daemon is told to stop or to reload.
@@ -81,7 +87,15 @@ impl Daemon {
     pub fn new(engine: Arc<Engine>, notifier: Notifier) -> Daemon {
         let watchdog = sdnotify::watchdog_interval().map(|interval| interval / 2);
         let max_sleep = watchdog.map_or(MAX_SLEEP, |half| half.min(MAX_SLEEP));
-        Daemon { scheduler: Scheduler::new(Arc::clone(&engine)), engine, notifier, max_sleep }
+        Daemon { scheduler: Scheduler::new(Arc::clone(&engine)), engine, notifier, max_sleep, lock: None }
+    }
+
+    /// Leads only while holding `lock` (the state database's): when another
+    /// process holds it, the daemon is a standby until it is released.
+    /// Without a lock (tests that own their database) it leads at once.
+    pub fn with_state_lock(mut self, lock: Arc<StateLock>) -> Daemon {
+        self.lock = Some(lock);
+        self
     }
 
     /// Sleeps at most `max` between steps (tests that move a manual clock
@@ -102,12 +116,15 @@ impl Daemon {
     }
 
     /// Runs the daemon until `control.stop` is cancelled: starts the
-    /// services, resumes (catch-up, `--run-now`), then steps the loop,
-    /// reloading the manifests with `reload` on each request. On stop every
-    /// wait of the loop ends at once (a step is dropped where it waits: its
-    /// state is in the store, as after a crash), the sync lane takes no new
-    /// work and its calls in flight get `options.grace`, and the services
-    /// are stopped and awaited.
+    /// services, waits for the state lock when another process holds it (a
+    /// standby serves the web meanwhile), records the lead, resumes
+    /// (catch-up, `--run-now`), then steps the loop, reloading the manifests
+    /// with `reload` on each request. On stop every wait of the loop ends at
+    /// once (a step is dropped where it waits: its state is in the store, as
+    /// after a crash), the sync lane takes no new work and its calls in
+    /// flight get `options.grace`, and the services are stopped and awaited.
+    /// A leader that finds another process recorded as leader steps down
+    /// with [`StoreError::Superseded`].
     pub async fn run_until(
         &self,
         options: Options,
@@ -115,40 +132,158 @@ impl Daemon {
         reload: Reload<'_>,
         services: Services,
     ) -> Result<(), StoreError> {
-        self.engine.resume();
-        let running = self.start_services(services, &control.stop);
+        let Services { web, alerts } = services;
+        let mut running = Vec::new();
+        if let Some(web) = web {
+            running.push(tokio::spawn(web.serve(Arc::clone(&self.engine), control.stop.clone())));
+        }
         let clock = Arc::clone(self.engine.clock());
         let _presence = clock.enter();
+        let led = match self.lead(&control.stop).await {
+            Ok(Some(leader)) => {
+                // Alerts only from the leader: a standby would send each one a second time.
+                if let Some(alerts) = alerts {
+                    running.push(tokio::spawn(alerts.run(Arc::clone(&self.engine), control.stop.clone())));
+                }
+                self.lead_until(&leader, options, &mut control, reload, clock.as_ref()).await
+            }
+            Ok(None) => Ok(()),
+            Err(error) => Err(error),
+        };
+        self.stop(options.grace, running).await;
+        led
+    }
+
+    /// Waits for the state lock (if the daemon has one) and records this
+    /// process as the leader; `None` when stopped first.
+    async fn lead(&self, stop: &CancellationToken) -> Result<Option<Leader>, StoreError> {
+        if let Some(lock) = &self.lock
+            && !self.wait_for_lock(lock, stop).await
+        {
+            return Ok(None);
+        }
+        let (pid, host) = (std::process::id(), crate::store::leadership::host_name());
+        let leader = self.engine.store().call(move |s| s.take_leadership(pid, &host, Utc::now())).await?;
+        tracing::info!(epoch = leader.epoch, pid, host = %leader.host, "leading: this process drives the state database");
+        Ok(Some(leader))
+    }
+
+    /// As a standby: polls the lock until it is ours (`true`) or the stop comes (`false`).
+    async fn wait_for_lock(&self, lock: &StateLock, stop: &CancellationToken) -> bool {
+        if lock.try_take().unwrap_or(false) {
+            return true;
+        }
+        let leader = self.engine.store().call(|s| s.leader()).await.ok().flatten();
+        let who = leader.map_or_else(
+            || "another process".to_owned(),
+            |l| {
+                format!(
+                    "pid {} on {} (epoch {}, since {})",
+                    l.pid,
+                    l.host,
+                    l.epoch,
+                    l.since.format("%Y-%m-%d %H:%M:%S UTC")
+                )
+            },
+        );
+        tracing::info!(lock = lock.path(), "standby: {who} leads; serving the web and taking over when it stops");
+        self.notifier.ready();
+        self.notifier.status(&format!("standby: {who} leads"));
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return false,
+                () = tokio::time::sleep(leadership::STANDBY_POLL) => {}
+            }
+            self.notifier.watchdog();
+            match lock.try_take() {
+                Ok(true) => {
+                    tracing::info!("the leader released the state lock: taking over");
+                    return true;
+                }
+                Ok(false) => failing = false,
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::error!(%error, lock = lock.path(), "cannot try the state lock; trying again");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Leads until stopped: resumes, starts and steps the loop.
+    async fn lead_until(
+        &self,
+        leader: &Leader,
+        options: Options,
+        control: &mut Control,
+        reload: Reload<'_>,
+        clock: &dyn crate::clock::Clock,
+    ) -> Result<(), StoreError> {
+        self.engine.resume();
         let started = tokio::select! {
             started = self.start(options.run_now) => Some(started),
             () = control.stop.cancelled() => None,
         };
-        if let Some(started) = started {
-            started?;
-            self.run_loop(&mut control, reload, clock.as_ref()).await;
+        match started {
+            Some(started) => {
+                started?;
+                self.run_loop(leader, control, reload, clock).await
+            }
+            None => Ok(()),
         }
-        self.stop(options.grace, running).await;
-        Ok(())
     }
 
     /// Steps until stopped. A stop ends a step wherever it waits; a reload
     /// waits for the step to end and cuts only the sleep after it short.
-    async fn run_loop(&self, control: &mut Control, reload: Reload<'_>, clock: &dyn crate::clock::Clock) {
+    async fn run_loop(
+        &self,
+        leader: &Leader,
+        control: &mut Control,
+        reload: Reload<'_>,
+        clock: &dyn crate::clock::Clock,
+    ) -> Result<(), StoreError> {
+        let mut renewed = clock.now();
         loop {
             let sleep = tokio::select! {
                 biased;
-                () = control.stop.cancelled() => return,
+                () = control.stop.cancelled() => return Ok(()),
                 stepped = self.step() => stepped.unwrap_or_else(|error| {
                     tracing::error!(%error, "tick failed; trying again in 5 s");
                     AFTER_FAILED_STEP
                 }),
             };
+            if (clock.now() - renewed).to_std().unwrap_or_default() >= RENEW_EVERY {
+                self.renew(leader).await?;
+                renewed = clock.now();
+            }
             tokio::select! {
                 biased;
-                () = control.stop.cancelled() => return,
+                () = control.stop.cancelled() => return Ok(()),
                 Some(()) = control.reload.recv() => self.reload(reload).await,
                 () = self.engine.posted() => {}
                 () = clock.sleep(sleep) => {}
+            }
+        }
+    }
+
+    /// Renews the leadership row; an error when another process took over
+    /// (it can only if the lock was bypassed: a deleted lock file, a state
+    /// on a network file system). A store that fails is logged, not fatal:
+    /// the lock, not the row, decides who leads.
+    async fn renew(&self, leader: &Leader) -> Result<(), StoreError> {
+        let epoch = leader.epoch;
+        match self.engine.store().call(move |s| s.renew_leadership(epoch, Utc::now())).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                let path = self.engine.store().call(|s| Ok(s.path().to_owned())).await?;
+                tracing::error!(epoch, "another process took over as leader: stepping down");
+                Err(StoreError::Superseded { path, epoch })
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not renew the leadership row; trying again at the next step");
+                Ok(())
             }
         }
     }
@@ -165,17 +300,6 @@ impl Daemon {
             None => tracing::error!("reload refused: the manifests have errors; keeping the previous set"),
         }
         self.notifier.ready();
-    }
-
-    fn start_services(&self, services: Services, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut running = Vec::new();
-        if let Some(web) = services.web {
-            running.push(tokio::spawn(web.serve(Arc::clone(&self.engine), stop.clone())));
-        }
-        if let Some(alerts) = services.alerts {
-            running.push(tokio::spawn(alerts.run(Arc::clone(&self.engine), stop.clone())));
-        }
-        running
     }
 
     /// Stops taking work, lets sync calls in flight finish for at most

@@ -12,6 +12,7 @@ mod batches;
 mod costs;
 mod dashboard;
 mod events;
+pub mod leadership;
 mod queue;
 mod report;
 mod requests;
@@ -32,6 +33,7 @@ pub use dashboard::{
     BatchListing, CarriedRun, ErrorGroup, Labelled, MetricFigures, RunFilter, RunSummary, TokenEfficiency,
 };
 pub use events::EventRow;
+pub use leadership::Leader;
 pub use queue::{NewQueueItem, QueueItemResult, QueueItemView, QueueSummary, QueueTake};
 pub use report::{GroupBy, KpiFigures, Scope, SpendRow};
 pub use requests::{NewRequest, RequestState, TokenAverages, Waiting};
@@ -84,6 +86,17 @@ pub enum StoreError {
         found: usize,
         /// Newest version this build knows.
         supported: usize,
+    },
+    /// Another process recorded itself as the leader of this database.
+    #[error(
+        "state database {path}: another process took over as leader (epoch {epoch} is no longer ours); \
+         stepping down so that nothing is done twice"
+    )]
+    Superseded {
+        /// The database file.
+        path: PathBuf,
+        /// The epoch this process led with.
+        epoch: i64,
     },
 }
 

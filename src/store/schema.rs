@@ -4,7 +4,7 @@
 //! never edited once released; changes are new entries.
 
 /// Migrations in order; entry `i` moves the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15];
 
 /// Times are integer milliseconds since the Unix epoch (UTC).
 const V1: &str = r#"
@@ -385,4 +385,17 @@ const V14: &str = r#"
 ALTER TABLE requests ADD COLUMN params_len INTEGER NOT NULL DEFAULT 0;
 UPDATE requests SET params_len = (SELECT octet_length(b.params) FROM request_bodies b WHERE b.custom_id = requests.custom_id)
  WHERE EXISTS (SELECT 1 FROM request_bodies b WHERE b.custom_id = requests.custom_id);
+"#;
+
+/// The process that leads: one row, written on each takeover (the epoch
+/// goes up by one) and renewed on every step of the daemon.
+const V15: &str = r#"
+CREATE TABLE leadership (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch       INTEGER NOT NULL,
+    pid         INTEGER NOT NULL,
+    host        TEXT    NOT NULL,
+    since       INTEGER NOT NULL,
+    renewed_at  INTEGER NOT NULL
+);
 "#;

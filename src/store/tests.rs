@@ -559,3 +559,17 @@ fn a_waiting_requests_length_is_its_bytes_as_batch_limits_count_them() {
     let averages = store.token_averages(run.id, "feed").unwrap();
     assert_eq!(averages.input_tokens, params.len() as f64 / 4.0);
 }
+
+#[test]
+fn each_takeover_raises_the_epoch_and_a_replaced_leader_renews_nothing() {
+    let (_dir, store) = open();
+    assert_eq!(store.leader().unwrap(), None, "nobody has led a new database");
+    let first = store.take_leadership(100, "host-a", at(0)).unwrap();
+    assert_eq!((first.epoch, first.pid, first.host.as_str(), first.since), (1, 100, "host-a", at(0)));
+    assert!(store.renew_leadership(1, at(1)).unwrap());
+    assert_eq!(store.leader().unwrap().unwrap().renewed_at, at(1));
+    let second = store.take_leadership(200, "host-b", at(2)).unwrap();
+    assert_eq!((second.epoch, second.pid, second.since, second.renewed_at), (2, 200, at(2), at(2)));
+    assert!(!store.renew_leadership(1, at(3)).unwrap(), "the first leader was replaced");
+    assert_eq!(store.leader().unwrap().unwrap(), second, "its renewal wrote nothing");
+}

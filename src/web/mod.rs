@@ -152,7 +152,19 @@ impl Web {
         self.store.call(move |store| f(store)).await.map_err(internal)
     }
 
-    fn page(&self, name: &str, page: &impl serde::Serialize, chart: Option<String>, view: View) -> Response {
+    /// Renders page `name`; its footer says who leads, and whether this
+    /// process is a standby.
+    async fn page(&self, name: &str, page: &impl serde::Serialize, chart: Option<String>, mut view: View) -> Response {
+        let leader = match self.read(|s| s.leader()).await {
+            Ok(leader) => leader,
+            Err(response) => return response,
+        };
+        view.leader = leader.map(|leader| {
+            let standby = !leader.is_this_process();
+            let status = crate::status::LeaderStatus::new(leader, chrono::Utc::now());
+            let role = if standby { " · this process is a standby" } else { "" };
+            format!("led by {}{role}", status.describe())
+        });
         match self.pages.render(name, page, chart, view) {
             Ok(html) => Html(html).into_response(),
             Err(error) => internal(format!("rendering {name}: {error:#}")),
@@ -172,7 +184,7 @@ impl PageQuery {
     /// How to show a page taken at `now`; it reloads while `open` unless the viewer paused that.
     fn view(&self, now: chrono::DateTime<chrono::Utc>, open: bool) -> View {
         let paused = self.refresh.as_deref() == Some("off");
-        View { now, tz: self.tz, refresh_secs: open.then_some(REFRESH_SECS), paused }
+        View { now, tz: self.tz, refresh_secs: open.then_some(REFRESH_SECS), paused, leader: None }
     }
 }
 
@@ -187,14 +199,14 @@ async fn overview(State(web): State<Web>, Query(query): Query<PageQuery>) -> Res
         Err(response) => return response,
     };
     let chart = chart::spend_chart(&page.spend_by_job);
-    web.page("batches", &page, Some(chart), query.view(now, page.strip.open_runs > 0))
+    web.page("batches", &page, Some(chart), query.view(now, page.strip.open_runs > 0)).await
 }
 
 async fn run_page(State(web): State<Web>, Path(id): Path<i64>, Query(query): Query<PageQuery>) -> Response {
     let now = web.now();
     let zones = model::zones(&web.engine.jobs());
     match web.read(move |s| model::run_detail(s, id, &zones, now)).await {
-        Ok(Some(detail)) => web.page("run", &detail, None, query.view(now, detail.run.state == "open")),
+        Ok(Some(detail)) => web.page("run", &detail, None, query.view(now, detail.run.state == "open")).await,
         Ok(None) => not_found(format!("no run with id {id}")),
         Err(response) => response,
     }
@@ -204,7 +216,7 @@ async fn jobs_page(State(web): State<Web>, Query(query): Query<PageQuery>) -> Re
     let now = web.now();
     let jobs = web.engine.jobs();
     match web.read(move |s| Ok((model::jobs(s, &jobs, now)?, s.open_runs()?.len()))).await {
-        Ok((items, open)) => web.page("jobs", &items, None, query.view(now, open > 0)),
+        Ok((items, open)) => web.page("jobs", &items, None, query.view(now, open > 0)).await,
         Err(response) => response,
     }
 }

@@ -84,12 +84,13 @@ impl Pages {
             q => view.query(),
             paused => view.paused,
             refresh => view.refresh_secs.filter(|_| !view.paused),
+            leader => view.leader,
         })
     }
 }
 
 /// How a page is shown.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct View {
     /// When the page is taken.
     pub now: DateTime<Utc>,
@@ -99,6 +100,8 @@ pub struct View {
     pub refresh_secs: Option<u32>,
     /// The viewer turned reloading off (`?refresh=off`).
     pub paused: bool,
+    /// Who leads the state database, for the footer.
+    pub leader: Option<String>,
 }
 
 impl View {
@@ -182,7 +185,7 @@ mod tests {
             "decisions": [{ "at": "2026-11-22T00:00:00Z", "kind": "run_failed", "detail": { "reason": hostile } }],
             "errors": [{ "source": "result", "what": hostile, "error_type": hostile, "message": hostile, "count": 1 }],
         });
-        let view = View { now: Utc::now(), tz: TimeMode::Utc, refresh_secs: None, paused: false };
+        let view = View { now: Utc::now(), tz: TimeMode::Utc, refresh_secs: None, paused: false, leader: None };
         let html = Pages::new().render("run", &page, None, view).unwrap();
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)"), "{html}");
@@ -190,7 +193,7 @@ mod tests {
 
     #[test]
     fn links_keep_the_viewers_choices() {
-        let view = View { now: Utc::now(), tz: TimeMode::Job, refresh_secs: Some(10), paused: true };
+        let view = View { now: Utc::now(), tz: TimeMode::Job, refresh_secs: Some(10), paused: true, leader: None };
         let html = Pages::new().render("jobs", &serde_json::json!([]), None, view).unwrap();
         assert!(html.contains(r#"href="/batches?tz=job&amp;refresh=off""#), "{html}");
         assert!(!html.contains("http-equiv=\"refresh\""), "paused pages do not reload");

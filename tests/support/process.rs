@@ -16,7 +16,14 @@ pub fn serve(dir: &Path, sim: &SimHandle, args: &[&str], stderr: Stdio) -> Child
 
 /// `serve` in `dir` against the provider at `base_url` (which need not answer).
 pub fn serve_against(dir: &Path, base_url: &str, args: &[&str], stderr: Stdio) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+    serve_command(dir, base_url, args).stderr(stderr).spawn().unwrap()
+}
+
+/// The command `serve_against` runs, for a test to add to (its environment)
+/// before spawning; standard error is inherited unless the test sets it.
+pub fn serve_command(dir: &Path, base_url: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    command
         .args(["serve", "--listen", "127.0.0.1:0", "--config", "orchestrator.yaml"])
         .args(args)
         .current_dir(dir)
@@ -28,10 +35,8 @@ pub fn serve_against(dir: &Path, base_url: &str, args: &[&str], stderr: Stdio) -
             std::env::var("TEST_SERVE_LOG").unwrap_or_else(|_| "info,orchestrator::notify=debug".into()),
         )
         .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap()
+        .stdout(Stdio::null());
+    command
 }
 
 /// Sends signal `name` (`TERM`, `HUP`, `KILL`, ...) to `child`.

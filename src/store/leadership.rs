@@ -1,0 +1,90 @@
+//! Who drives the state database. The process holding the state lock (see
+//! `daemon::leadership`) records itself here when it takes over and renews
+//! the row on every step, so `status`, the JSON API and the dashboard of
+//! every process (a standby's too) say who leads, since when, and whether
+//! it still renews. Each takeover raises the epoch: a leader that finds
+//! another epoch in the row has been replaced and must stop writing.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::{Store, StoreError, from_millis, to_millis};
+
+/// The process that leads, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Leader {
+    /// Raised by one on every takeover.
+    pub epoch: i64,
+    /// The leader's process id.
+    pub pid: u32,
+    /// The leader's host name.
+    pub host: String,
+    /// When it took over.
+    pub since: DateTime<Utc>,
+    /// When it last said it still leads.
+    pub renewed_at: DateTime<Utc>,
+}
+
+impl Leader {
+    /// Whether the row names the process asking (same pid on the same host).
+    pub fn is_this_process(&self) -> bool {
+        self.pid == std::process::id() && self.host == host_name()
+    }
+}
+
+/// This machine's name, as the leadership row shows it.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+impl Store {
+    /// Records that the process `pid` on `host` leads from `now` on, with
+    /// the next epoch; returns the row as written.
+    pub fn take_leadership(&self, pid: u32, host: &str, now: DateTime<Utc>) -> Result<Leader, StoreError> {
+        let at = to_millis(now);
+        self.conn
+            .execute(
+                "INSERT INTO leadership (id, epoch, pid, host, since, renewed_at) VALUES (1, 1, ?1, ?2, ?3, ?3)
+                 ON CONFLICT (id) DO UPDATE SET epoch = epoch + 1, pid = excluded.pid, host = excluded.host,
+                     since = excluded.since, renewed_at = excluded.renewed_at",
+                params![pid, host, at],
+            )
+            .map_err(|e| self.err(e))?;
+        self.leader()?.ok_or_else(|| self.err(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    /// Says that the leader of `epoch` still leads at `now`; `false` when
+    /// another process has taken over since (nothing is written then).
+    pub fn renew_leadership(&self, epoch: i64, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE leadership SET renewed_at = ?2 WHERE id = 1 AND epoch = ?1",
+                params![epoch, to_millis(now)],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(changed == 1)
+    }
+
+    /// The leader as recorded, if any process ever led this database.
+    pub fn leader(&self) -> Result<Option<Leader>, StoreError> {
+        self.conn
+            .query_row("SELECT epoch, pid, host, since, renewed_at FROM leadership WHERE id = 1", [], |row| {
+                Ok(Leader {
+                    epoch: row.get(0)?,
+                    pid: row.get(1)?,
+                    host: row.get(2)?,
+                    since: from_millis(row.get(3)?),
+                    renewed_at: from_millis(row.get(4)?),
+                })
+            })
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+}

@@ -1,0 +1,150 @@
+//! `serve --standby` as real processes on one state database: the standby
+//! serves the dashboard, the JSON API and the enqueue endpoint while another
+//! process leads, takes over when the leader is killed, and finishes its
+//! work with nothing lost or done twice.
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use orchestrator::sim::SimConfig;
+use serde_json::{Value, json};
+
+use crate::support::db::{count, delivered};
+use crate::support::process::{serve_command, signal, wait_exit};
+use crate::support::{project, simulator_on, wait_until};
+
+const TOKEN: &str = "standby-test-token";
+const ITEMS: usize = 40;
+
+/// `bulk` (40 items, batch tier, in a batch that ends only when the test
+/// moves the simulator's clock) and `triage`, a realtime queue that flushes
+/// at three posted items.
+fn two_jobs() -> tempfile::TempDir {
+    let dir = project::empty();
+    let root = dir.path();
+    project::write_job(root, "bulk", "schedule: { cron: '0 6 * * *' }\ntier: batch\ndeadline: 2h\n", ITEMS, "");
+    let triage = "enqueue: { max_items: 3, max_wait: 1d }\ntier: realtime\ndeadline: 1h\nmodel: claude-haiku-4-5\n\
+                  max_tokens: 64\nprompt: { inline: 'Triage {{ item.subject }}' }\nsink: { jsonl: out/triage.jsonl }\n";
+    std::fs::write(root.join("jobs/triage.yaml"), triage).unwrap();
+    project::write_config(root, "batch: { poll_initial: 1s }\nfallback: { assumed_sync_latency: 1s }\n");
+    dir
+}
+
+/// `serve ARGS` in `dir` with the API token, logging to `log`.
+fn serve(dir: &Path, base_url: &str, args: &[&str], log: &Path) -> Child {
+    serve_command(dir, base_url, args)
+        .env("ORCHESTRATOR_API_TOKEN", TOKEN)
+        .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
+        .spawn()
+        .unwrap()
+}
+
+fn logged(log: &Path, text: &str) -> bool {
+    std::fs::read_to_string(log).unwrap_or_default().contains(text)
+}
+
+/// The address a process logged in its `serving` line.
+fn listen_address(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap();
+    let line = text.lines().find(|line| line.contains(" serving")).expect("a serving line");
+    let field = line.split_whitespace().find_map(|word| word.strip_prefix("listen=")).expect("listen=");
+    format!("http://{field}")
+}
+
+async fn get(url: &str) -> reqwest::Response {
+    reqwest::Client::new().get(url).bearer_auth(TOKEN).send().await.unwrap()
+}
+
+async fn get_json(url: &str) -> Value {
+    get(url).await.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_serves_and_queues_while_another_leads_then_takes_over_a_killed_leader() {
+    let clock = orchestrator::clock::ManualClock::new(chrono::Utc::now());
+    let sim =
+        simulator_on(SimConfig { batch_median_secs: 3.0, batch_p95_secs: 3.5, ..SimConfig::default() }, &clock).await;
+    let dir = two_jobs();
+    let (lead_log, standby_log) = (dir.path().join("lead.log"), dir.path().join("standby.log"));
+    let leader = serve(dir.path(), &sim.base_url(), &["--run-now"], &lead_log);
+    let batch_created = "SELECT COUNT(*) FROM batches WHERE provider_batch_id IS NOT NULL";
+    wait_until("the leader's batch", Duration::from_secs(30), || count(dir.path(), batch_created) == 1).await;
+
+    let standby = serve(dir.path(), &sim.base_url(), &["--standby"], &standby_log);
+    wait_until("the standby's web", Duration::from_secs(30), || {
+        logged(&standby_log, " serving") && logged(&standby_log, "standby:")
+    })
+    .await;
+    let base = listen_address(&standby_log);
+    let status = get_json(&format!("{base}/api/v1/status")).await;
+    assert_eq!(status["leader"]["pid"], json!(leader.id()), "the standby names the leader: {status}");
+    assert_eq!(status["leader"]["epoch"], json!(1));
+    let page = get(&format!("{base}/batches")).await.text().await.unwrap();
+    assert!(page.contains("this process is a standby"), "the dashboard footer says so");
+
+    // The leader stops answering (its lock stays held): the standby still takes posted items.
+    signal(&leader, "STOP");
+    let posted: String = (0..3)
+        .map(|n| {
+            format!(
+                "{}\n",
+                json!({ "item": { "subject": format!("ticket {n}") }, "idempotency_key": format!("k-{n}") })
+            )
+        })
+        .collect();
+    let answer = reqwest::Client::new()
+        .post(format!("{base}/api/v1/jobs/triage/items"))
+        .bearer_auth(TOKEN)
+        .body(posted)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 202, "a standby commits posted items");
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM queue_items WHERE run_id IS NULL"), 3, "stored, not run");
+
+    signal(&leader, "KILL");
+    wait_exit(leader, Duration::from_secs(10)).await;
+    wait_until("the takeover", Duration::from_secs(15), || logged(&standby_log, "released the state lock")).await;
+    // The batch ends at the provider; the new leader polls, ingests and delivers it.
+    clock.advance(Duration::from_secs(60));
+    let completed = "SELECT COUNT(*) FROM runs WHERE state = 'completed'";
+    wait_until("both runs completed", Duration::from_secs(60), || count(dir.path(), completed) == 2).await;
+
+    let status = get_json(&format!("{base}/api/v1/status")).await;
+    assert_eq!(status["leader"]["pid"], json!(standby.id()), "{status}");
+    assert_eq!(status["leader"]["epoch"], json!(2), "one takeover");
+    let bulk = delivered(&dir.path().join("out/bulk.jsonl"));
+    assert_eq!(bulk.len(), ITEMS, "every item of the killed leader's run reached the sink");
+    assert!(bulk.values().all(|&n| n == 1), "nothing was delivered twice");
+    let triage = delivered(&dir.path().join("out/triage.jsonl"));
+    assert_eq!((triage.len(), triage.values().all(|&n| n == 1)), (3, true), "the posted items ran once");
+    assert_eq!(sim.stats().batches_created, 1, "the batch was adopted, not submitted again");
+    assert_eq!(sim.stats().custom_ids_submitted_more_than_once, 0);
+
+    signal(&standby, "TERM");
+    let (code, _) = wait_exit(standby, Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "{}", std::fs::read_to_string(&standby_log).unwrap());
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_told_to_stop_before_it_leads_exits_cleanly_having_written_nothing() {
+    let clock = orchestrator::clock::ManualClock::new(chrono::Utc::now());
+    let sim = simulator_on(SimConfig::default(), &clock).await;
+    let dir = two_jobs();
+    let (lead_log, standby_log) = (dir.path().join("lead.log"), dir.path().join("standby.log"));
+    let leader = serve(dir.path(), &sim.base_url(), &[], &lead_log);
+    wait_until("the leader", Duration::from_secs(30), || logged(&lead_log, "leading:")).await;
+    let standby = serve(dir.path(), &sim.base_url(), &["--standby", "--run-now"], &standby_log);
+    wait_until("the standby", Duration::from_secs(30), || logged(&standby_log, "standby:")).await;
+    signal(&standby, "TERM");
+    let (code, _) = wait_exit(standby, Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "{}", std::fs::read_to_string(&standby_log).unwrap());
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM runs"), 0, "the standby's --run-now fired nothing");
+    assert_eq!(count(dir.path(), "SELECT epoch FROM leadership"), 1, "it never took the lead");
+    signal(&leader, "TERM");
+    let (code, _) = wait_exit(leader, Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0));
+    sim.shutdown().await;
+}
