@@ -148,3 +148,30 @@ async fn a_standby_told_to_stop_before_it_leads_exits_cleanly_having_written_not
     assert_eq!(code, Some(0));
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_may_not_lead_never_migrates_the_state_under_the_leader() {
+    let dir = two_jobs();
+    let state = dir.path().join("state/orchestrator.db");
+    // A database one schema version behind this build, and a leader holding its lock.
+    drop(orchestrator::store::Store::open(&state).unwrap());
+    let behind = orchestrator::store::Store::supported_version() - 1;
+    rusqlite::Connection::open(&state).unwrap().pragma_update(None, "user_version", behind).unwrap();
+    let lock = orchestrator::daemon::leadership::StateLock::open(&state).unwrap();
+    assert!(lock.try_take().unwrap());
+    let version = || orchestrator::store::Store::stored_version(&state).unwrap();
+
+    let log = dir.path().join("standby.log");
+    let standby = serve(dir.path(), "http://127.0.0.1:9", &["--standby"], &log);
+    let (code, _) = wait_exit(standby, Duration::from_secs(30)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(code, Some(75), "{text}");
+    assert!(text.contains("a standby must run the leader's version"), "{text}");
+    assert_eq!(version(), behind, "the standby left the schema alone");
+
+    let busy = serve(dir.path(), "http://127.0.0.1:9", &[], &log);
+    let (code, _) = wait_exit(busy, Duration::from_secs(30)).await;
+    assert_eq!(code, Some(75), "{}", std::fs::read_to_string(&log).unwrap());
+    assert_eq!(version(), behind, "so did a second process refused as busy");
+    drop(lock);
+}

@@ -103,7 +103,7 @@ pub(super) async fn backend(
     simulate: bool,
     standby: bool,
 ) -> anyhow::Result<Result<Backend, u8>> {
-    let store = SharedStore::new(Store::open(state)?);
+    // The lock first: a process that may not drive the state must not migrate it under the one that does.
     let lock = Arc::new(StateLock::open(state)?);
     let held = lock.try_take().with_context(|| format!("cannot lock {}", lock.path()))?;
     if !held && !standby {
@@ -114,6 +114,11 @@ pub(super) async fn backend(
         );
         return Ok(Err(EXIT_BUSY));
     }
+    if !held && let Some(refusal) = standby_version_refusal(state)? {
+        eprintln!("error: {refusal}");
+        return Ok(Err(EXIT_BUSY));
+    }
+    let store = SharedStore::new(Store::open(state)?);
     // The simulator keeps the engine's time: a rehearsal clock moves its batches too.
     let simulator = match simulate {
         true => Some(
@@ -144,6 +149,21 @@ pub(super) async fn backend(
     let sync = SyncLane::new(providers, store.clone(), Arc::clone(&clock), settings.sync);
     let engine = Arc::new(Engine::new(store, batch, sync, clock, settings, jobs));
     Ok(Ok(Backend { engine, simulator, providers: names, lock }))
+}
+
+/// Why a standby may not wait on `state`: its schema is older than this
+/// build's, and migrating it would change the tables under the leader.
+/// (A newer one is refused by `Store::open`.)
+fn standby_version_refusal(state: &Path) -> anyhow::Result<Option<String>> {
+    let (found, supported) = (Store::stored_version(state)?, Store::supported_version());
+    Ok((found < supported).then(|| {
+        format!(
+            "{} has schema version {found} and this build migrates it to {supported}: a standby must run the \
+             leader's version. Start this one after the leader has stopped (it migrates then), or run the \
+             leader's version as the standby.",
+            state.display()
+        )
+    }))
 }
 
 /// A client for each provider whose key is configured; an error for the

@@ -26,6 +26,9 @@ impl StateLock {
     /// Opens (creating) `<state>.lock`; takes nothing yet.
     pub fn open(state: &Path) -> anyhow::Result<StateLock> {
         let path = format!("{}.lock", state.display());
+        if let Some(dir) = state.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)

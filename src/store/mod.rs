@@ -195,6 +195,22 @@ impl Store {
         Ok(())
     }
 
+    /// The schema version of the database at `path` (0 when there is none
+    /// yet), read without creating, migrating or writing anything.
+    pub fn stored_version(path: &Path) -> Result<usize, StoreError> {
+        if !path.exists() {
+            return Ok(0);
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|source| sqlite(path, source))?;
+        conn.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(|source| sqlite(path, source))
+    }
+
+    /// The newest schema version this build knows (and migrates to).
+    pub fn supported_version() -> usize {
+        schema::MIGRATIONS.len()
+    }
+
     /// The schema version of the open database.
     pub fn schema_version(&self) -> Result<usize, StoreError> {
         self.conn.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(|e| self.err(e))
