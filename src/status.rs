@@ -539,8 +539,14 @@ pub fn render_text(report: &StatusReport) -> String {
         }
     }
     for schedule in &report.schedules {
-        let next = schedule.next_at.map_or("never".to_owned(), time);
-        out.push_str(&format!("job {}: next firing {next}\n", schedule.job));
+        match schedule.next_at {
+            Some(next) => out.push_str(&format!("job {}: next firing {}\n", schedule.job, time(next))),
+            // A stage fires on its upstream's runs and a queue on its posted items, not on a clock.
+            None => out.push_str(&format!(
+                "job {}: no firing on a schedule (a stage fires when its upstream completes, a queue when items are posted)\n",
+                schedule.job
+            )),
+        }
         if let Some(at) = schedule.start_failed_for {
             let error = schedule.start_error.as_deref().unwrap_or("");
             out.push_str(&format!("  could not start the run for {} (tried again every minute): {error}\n", time(at)));
@@ -621,6 +627,30 @@ mod tests {
         );
         assert!(text.contains("batch queue: openai 20 requests\n"), "{text}");
         assert!(!text.contains("gemini"), "an empty queue is not shown: {text}");
+    }
+
+    #[test]
+    fn a_job_off_the_clock_is_not_said_to_fire_never() {
+        let schedule = |job: &str, next_at| ScheduleStatus {
+            job: job.into(),
+            next_at,
+            last_fired_for: None,
+            start_failed_for: None,
+            start_error: None,
+        };
+        let report = StatusReport {
+            now: at(0),
+            runs: vec![],
+            schedules: vec![schedule("nightly", Some(at(3600))), schedule("digest", None)],
+            recent: vec![],
+            queues: vec![],
+            enqueued: vec![],
+            leader: None,
+        };
+        let text = render_text(&report);
+        assert!(text.contains("job nightly: next firing 2027-01-15 09:00:00 UTC\n"), "{text}");
+        assert!(text.contains("job digest: no firing on a schedule (a stage fires when its upstream"), "{text}");
+        assert!(!text.contains("never"), "{text}");
     }
 
     #[test]
