@@ -88,9 +88,9 @@ codes! {
     TemplateOutsidePrompts = "E053", Error, "the template path leaves the prompts directory";
     ItemsSourceCount = "E060", Error, "items needs exactly one of jsonl, glob, command, from";
     EmptyItemsCommand = "E061", Error, "items.command is empty";
-    SinkTargetCount = "E062", Error, "sink needs exactly one of jsonl, dir, sqlite, command";
+    SinkTargetCount = "E062", Error, "sink needs exactly one of jsonl, dir, sqlite, postgres, command";
     SharedSinkPath = "W063", Warning, "two jobs write the same sink path";
-    InvalidSinkTable = "E064", Error, "the sqlite sink table name is not a plain identifier";
+    InvalidSinkTable = "E064", Error, "a sqlite or postgres sink table name is not a plain identifier";
     EmptySinkValue = "E065", Error, "a sink path or command is empty";
     UnknownUpstream = "E066", Error, "items.from names no job in jobs/";
     StageCycle = "E067", Error, "stages read each other's results in a cycle";
@@ -100,6 +100,7 @@ codes! {
     InvalidBudget = "E071", Error, "budget.monthly_usd is not a positive amount";
     InvalidBatchSize = "E072", Error, "max_batch_requests is outside 1 to the provider's limit per batch";
     InvalidEnqueue = "E073", Error, "enqueue.max_items is 0 or enqueue.max_wait is not a positive duration";
+    SinkDatabaseUrlMissing = "W074", Warning, "the postgres sink has no database URL where validate runs";
     BatchEligible = "N080", Note, "a realtime job whose deadline allows the batch lane at half price";
 }
 

@@ -7,6 +7,8 @@
 //! have written after that point (results already there are recognised, not
 //! written again) instead of the whole file. A directory gets one file per
 //! result, through a temporary file that is removed when the write fails.
+//! A SQLite or PostgreSQL table is upserted by custom_id, one transaction a
+//! round, so a round written again after a crash leaves one row each.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
@@ -17,6 +19,7 @@ use serde::Serialize;
 
 use crate::manifest::Sink;
 use crate::outcome::Usage;
+use crate::store::postgres_sink;
 use crate::store::sink_table::{self, SinkRow};
 
 /// A result as every sink receives it.
@@ -71,6 +74,15 @@ pub enum SinkError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The PostgreSQL sink failed.
+    #[error("postgres sink table {table}: {source}")]
+    Postgres {
+        /// The table.
+        table: String,
+        /// What failed (never the database URL).
+        #[source]
+        source: crate::store::postgres_sink::PostgresSinkError,
+    },
     /// The sink command failed.
     #[error("sink command `{command}` failed: {reason}")]
     Command {
@@ -89,6 +101,8 @@ pub fn describe(sink: &Sink) -> (&'static str, String) {
         ("dir", dir.clone())
     } else if let Some(sqlite) = &sink.sqlite {
         ("sqlite", format!("{}#{}", sqlite.path, sqlite.table))
+    } else if let Some(postgres) = &sink.postgres {
+        ("postgres", postgres.table.clone())
     } else if let Some(command) = &sink.command {
         ("command", command.clone())
     } else {
@@ -118,6 +132,8 @@ pub fn deliver(sink: &Sink, results: &[DeliveredResult], mark: SinkMark) -> Resu
         write_dir(Path::new(dir), results)?;
     } else if let Some(sqlite) = &sink.sqlite {
         write_sqlite(Path::new(&sqlite.path), &sqlite.table, results)?;
+    } else if let Some(postgres) = &sink.postgres {
+        write_postgres(&postgres.table, results)?;
     } else if let Some(command) = &sink.command {
         pipe_command(command, results)?;
     }
@@ -277,10 +293,25 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
 }
 
 fn write_sqlite(path: &Path, table: &str, results: &[DeliveredResult]) -> Result<(), SinkError> {
-    let json: Vec<String> = results.iter().map(|r| serde_json::to_string(r).expect("results serialize")).collect();
-    let rows: Vec<SinkRow<'_>> =
-        results.iter().zip(&json).map(|(r, j)| SinkRow { custom_id: &r.custom_id, text: &r.text, result: j }).collect();
+    let json = as_json(results);
+    let rows = table_rows(results, &json);
     sink_table::upsert(path, table, &rows).map_err(|source| SinkError::Sqlite { path: path.to_owned(), source })
+}
+
+fn write_postgres(table: &str, results: &[DeliveredResult]) -> Result<(), SinkError> {
+    let json = as_json(results);
+    let rows = table_rows(results, &json);
+    postgres_sink::upsert(table, &rows).map_err(|source| SinkError::Postgres { table: table.to_owned(), source })
+}
+
+/// Each result as the JSON a table sink stores.
+fn as_json(results: &[DeliveredResult]) -> Vec<String> {
+    results.iter().map(|r| serde_json::to_string(r).expect("results serialize")).collect()
+}
+
+/// A table sink's rows: the key, the text and the whole result (`json`, in the same order).
+fn table_rows<'a>(results: &'a [DeliveredResult], json: &'a [String]) -> Vec<SinkRow<'a>> {
+    results.iter().zip(json).map(|(r, j)| SinkRow { custom_id: &r.custom_id, text: &r.text, result: j }).collect()
 }
 
 /// Runs the command once with every result as a JSON line on stdin. The

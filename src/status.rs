@@ -538,7 +538,21 @@ pub fn render_text(report: &StatusReport) -> String {
             ));
         }
     }
-    for schedule in &report.schedules {
+    render_schedules(&report.schedules, &mut out);
+    if !report.recent.is_empty() {
+        out.push_str("recent:\n");
+    }
+    for event in &report.recent {
+        let who = event.run_key.clone().or_else(|| event.job.clone()).unwrap_or_default();
+        out.push_str(&format!("  {} {} {} {}\n", time(event.at), event.kind, who, event.detail));
+    }
+    out
+}
+
+/// Each job's next firing, or the trigger it fires on instead, and an instant that could not start.
+fn render_schedules(schedules: &[ScheduleStatus], out: &mut String) {
+    let time = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+    for schedule in schedules {
         match schedule.next_at {
             Some(next) => out.push_str(&format!("job {}: next firing {}\n", schedule.job, time(next))),
             // A stage fires on its upstream's runs and a queue on its posted items, not on a clock.
@@ -552,14 +566,6 @@ pub fn render_text(report: &StatusReport) -> String {
             out.push_str(&format!("  could not start the run for {} (tried again every minute): {error}\n", time(at)));
         }
     }
-    if !report.recent.is_empty() {
-        out.push_str("recent:\n");
-    }
-    for event in &report.recent {
-        let who = event.run_key.clone().or_else(|| event.job.clone()).unwrap_or_default();
-        out.push_str(&format!("  {} {} {} {}\n", time(event.at), event.kind, who, event.detail));
-    }
-    out
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ mod estimate;
 mod fallback;
 mod full_disk;
 mod memory;
+mod postgres_sink;
 mod prepare;
 mod providers;
 mod render;

@@ -318,3 +318,32 @@ fn stages_name_jobs_that_exist_and_never_read_their_own_results() {
     assert_eq!((errors[0]["code"].as_str(), errors[0]["file"].as_str()), (Some("E005"), Some("jobs/only.yaml")));
     assert!(errors[0]["help"].as_str().unwrap().contains("`items: { from: JOB }`"), "{diagnostics:#?}");
 }
+
+#[test]
+fn a_postgres_sink_needs_a_plain_table_name_and_says_when_its_database_url_is_missing() {
+    let job = "schedule: { cron: '0 6 * * *' }\nmodel: claude-haiku-4-5\nmax_tokens: 100\nprompt: { inline: hi }\n\
+               sink: { postgres: { table: answers } }\n";
+    let validate = |manifest: &str, url: Option<&str>| {
+        let dir = project_with(manifest);
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+        command.args(["validate", "--format", "json"]).current_dir(dir.path());
+        command.env_remove("ORCHESTRATOR_DATABASE_URL").env_remove("CREDENTIALS_DIRECTORY");
+        if let Some(url) = url {
+            command.env("ORCHESTRATOR_DATABASE_URL", url);
+        }
+        let output = command.output().unwrap();
+        let found: Vec<serde_json::Value> = serde_json::from_str(&stdout(&output)).unwrap();
+        (code(&output), found)
+    };
+    let (status, found) = validate(job, Some("postgres://writer@db.internal/results"));
+    assert_eq!((status, found.len()), (0, 0), "{found:#?}");
+    let (status, found) = validate(job, None);
+    assert_eq!(status, 0, "a warning: {found:#?}");
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!((found[0]["code"].as_str(), found[0]["line"].as_i64()), (Some("W074"), Some(5)));
+    assert!(found[0]["help"].as_str().unwrap().contains("orchestrator-database-url"), "{found:#?}");
+    let (status, found) = validate(&job.replace("table: answers", "table: 'answers; drop'"), Some("postgres://x/y"));
+    assert_eq!(status, 78);
+    let error = found.iter().find(|d| d["code"] == "E064").unwrap_or_else(|| panic!("{found:#?}"));
+    assert_eq!(error["message"], "table name `answers; drop` is not a plain identifier");
+}

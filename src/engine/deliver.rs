@@ -106,6 +106,7 @@ fn rendered_sink(job: &Job, info: &RunInfo) -> Result<Sink, RenderError> {
             Some(s) => Some(SqliteSink { path: render_path(job, info, &s.path)?, table: s.table.clone() }),
             None => None,
         },
+        postgres: sink.postgres.clone(),
     })
 }
 

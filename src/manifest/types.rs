@@ -303,9 +303,22 @@ pub struct Sink {
     /// Upsert each result into a SQLite table, keyed by custom_id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sqlite: Option<SqliteSink>,
+    /// Upsert each result into a PostgreSQL table, keyed by custom_id, in the
+    /// database at `ORCHESTRATOR_DATABASE_URL` (or the systemd credential
+    /// `orchestrator-database-url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSink>,
     /// Pipe each result as a JSON line to this shell command's standard input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
+}
+
+/// A PostgreSQL table that receives results.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSink {
+    /// Table name (letters, digits, underscores); created if missing.
+    pub table: String,
 }
 
 /// A SQLite table that receives results.

@@ -13,6 +13,7 @@ mod costs;
 mod dashboard;
 mod events;
 pub mod leadership;
+pub mod postgres_sink;
 mod queue;
 mod report;
 mod requests;

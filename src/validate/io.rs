@@ -84,12 +84,18 @@ fn check_sink(job: &Parsed, out: &mut Vec<Diagnostic>) {
     let Some(sink) = &job.manifest.sink else {
         return;
     };
-    let targets = [sink.jsonl.is_some(), sink.dir.is_some(), sink.sqlite.is_some(), sink.command.is_some()];
+    let targets = [
+        sink.jsonl.is_some(),
+        sink.dir.is_some(),
+        sink.sqlite.is_some(),
+        sink.postgres.is_some(),
+        sink.command.is_some(),
+    ];
     let set = targets.iter().filter(|t| **t).count();
     if set != 1 {
         out.push(
             job.at_key(Code::SinkTargetCount, "sink", format!("sink has {set} targets; it needs exactly one")).help(
-                "write one of `{ jsonl: PATH }`, `{ dir: PATH }`, `{ sqlite: { path, table } }`, `{ command: CMD }`",
+                "write one of `{ jsonl: PATH }`, `{ dir: PATH }`, `{ sqlite: { path, table } }`, `{ postgres: { table } }`, `{ command: CMD }`",
             ),
         );
     }
@@ -107,14 +113,34 @@ fn check_sink(job: &Parsed, out: &mut Vec<Diagnostic>) {
             );
         }
     }
-    if let Some(sqlite) = sink.sqlite.as_ref().filter(|s| !is_identifier(&s.table)) {
+    let tables = [
+        ("sink.sqlite.table", sink.sqlite.as_ref().map(|s| s.table.as_str())),
+        ("sink.postgres.table", sink.postgres.as_ref().map(|s| s.table.as_str())),
+    ];
+    for (path, table) in tables {
+        if let Some(table) = table.filter(|table| !is_identifier(table)) {
+            out.push(
+                job.at_value(Code::InvalidSinkTable, path, format!("table name `{table}` is not a plain identifier"))
+                    .help("use letters, digits and underscores, starting with a letter, e.g. `results`"),
+            );
+        }
+    }
+    if sink.postgres.is_some() && crate::store::postgres_sink::database_url().is_none() {
         out.push(
-            job.at_value(
-                Code::InvalidSinkTable,
-                "sink.sqlite.table",
-                format!("table name `{}` is not a plain identifier", sqlite.table),
+            job.at_key(
+                Code::SinkDatabaseUrlMissing,
+                "sink.postgres",
+                format!(
+                    "the postgres sink writes to the database at {}, which is not set here",
+                    crate::store::postgres_sink::URL_ENV
+                ),
             )
-            .help("use letters, digits and underscores, starting with a letter, e.g. `results`"),
+            .help(format!(
+                "set {} (e.g. postgres://writer@db.internal:5432/results) where the daemon runs, or pass the systemd \
+                 credential `{}`; until then every delivery fails and is retried",
+                crate::store::postgres_sink::URL_ENV,
+                crate::store::postgres_sink::URL_CREDENTIAL
+            )),
         );
     }
 }
@@ -216,6 +242,9 @@ fn sink_target(sink: &Sink) -> Option<(String, &'static str)> {
     }
     if let Some(path) = &sink.dir {
         return Some((format!("directory {path}"), "sink.dir"));
+    }
+    if let Some(postgres) = &sink.postgres {
+        return Some((format!("postgres table {}", postgres.table), "sink.postgres.table"));
     }
     sink.sqlite.as_ref().map(|s| (format!("table {} in {}", s.table, s.path), "sink.sqlite.path"))
 }

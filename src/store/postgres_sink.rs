@@ -1,0 +1,154 @@
+//! The PostgreSQL sink: results upserted into a user's table, keyed by
+//! custom_id, in the database at `ORCHESTRATOR_DATABASE_URL` (or the systemd
+//! credential `orchestrator-database-url`). One connection and one
+//! transaction per delivery round: a round is in the table whole or not at
+//! all, and a round written again after a crash (before its deliveries were
+//! recorded) leaves one row per custom_id.
+//!
+//! TLS follows the URL's `sslmode` (`prefer` by default: TLS when the
+//! server offers it, verified against the system's roots). The URL holds a
+//! password: it is never logged, and errors name the table, not the URL.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::sink_table::SinkRow;
+
+/// The environment variable holding the database URL.
+pub const URL_ENV: &str = "ORCHESTRATOR_DATABASE_URL";
+
+/// Its file name in `$CREDENTIALS_DIRECTORY`.
+pub const URL_CREDENTIAL: &str = "orchestrator-database-url";
+
+/// How long connecting may take before the round fails (and is retried).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The database URL from the environment or the credential, if set.
+pub fn database_url() -> Option<String> {
+    crate::secrets::read(URL_ENV, URL_CREDENTIAL)
+}
+
+/// Why a round did not reach the table.
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresSinkError {
+    /// No URL is configured.
+    #[error("no database URL: set {URL_ENV} (or the systemd credential `{URL_CREDENTIAL}`)")]
+    NoUrl,
+    /// The URL does not parse.
+    #[error("the database URL in {URL_ENV} does not parse ({0}); write e.g. postgres://user@host:5432/dbname")]
+    BadUrl(String),
+    /// The TLS set-up failed.
+    #[error("cannot set up TLS for the database connection: {0}")]
+    Tls(String),
+    /// PostgreSQL (or the connection to it) failed: the server's message,
+    /// or the connection's error with its causes.
+    #[error("{0}")]
+    Postgres(String),
+}
+
+impl From<postgres::Error> for PostgresSinkError {
+    fn from(error: postgres::Error) -> PostgresSinkError {
+        // `postgres::Error` shows only "db error"; the server's words are in its source.
+        let text = match error.as_db_error() {
+            Some(db) => {
+                let hint = db.hint().map_or(String::new(), |hint| format!(" ({hint})"));
+                format!("{} {}: {}{hint}", db.severity(), db.code().code(), db.message())
+            }
+            None => {
+                let mut text = error.to_string();
+                let mut cause = std::error::Error::source(&error);
+                while let Some(inner) = cause {
+                    text.push_str(&format!(": {inner}"));
+                    cause = inner.source();
+                }
+                text
+            }
+        };
+        PostgresSinkError::Postgres(text)
+    }
+}
+
+/// Upserts `rows` into `table` in one transaction, creating the table if
+/// needed. The last row of a custom_id that appears twice wins.
+pub fn upsert(table: &str, rows: &[SinkRow<'_>]) -> Result<(), PostgresSinkError> {
+    let url = database_url().ok_or(PostgresSinkError::NoUrl)?;
+    upsert_at(&url, table, rows)
+}
+
+/// [`upsert`] into the database at `url`.
+pub fn upsert_at(url: &str, table: &str, rows: &[SinkRow<'_>]) -> Result<(), PostgresSinkError> {
+    let mut config: postgres::Config =
+        url.parse().map_err(|e: postgres::Error| PostgresSinkError::BadUrl(e.to_string()))?;
+    config.connect_timeout(CONNECT_TIMEOUT);
+    config.application_name("orchestrator");
+    let mut client = config.connect(tls()?)?;
+    // The table name was checked by `validate` (E064); quote it anyway.
+    let table = format!("\"{}\"", table.replace('"', "\"\""));
+    let mut tx = client.transaction()?;
+    tx.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {table} (custom_id TEXT PRIMARY KEY, text TEXT NOT NULL, result JSONB NOT NULL)"
+    ))?;
+    let (ids, texts, results) = columns(rows);
+    tx.execute(
+        &format!(
+            "INSERT INTO {table} (custom_id, text, result)
+             SELECT c, t, r::jsonb FROM unnest($1::text[], $2::text[], $3::text[]) AS u (c, t, r)
+             ON CONFLICT (custom_id) DO UPDATE SET text = excluded.text, result = excluded.result"
+        ),
+        &[&ids, &texts, &results],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// The rows as three columns, one entry per custom_id (its last row):
+/// one statement may not update a row twice.
+fn columns<'a>(rows: &[SinkRow<'a>]) -> (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>) {
+    let last: HashMap<&str, usize> = rows.iter().enumerate().map(|(i, row)| (row.custom_id, i)).collect();
+    let kept = rows.iter().enumerate().filter(|(i, row)| last[row.custom_id] == *i).map(|(_, row)| row);
+    let mut columns = (Vec::new(), Vec::new(), Vec::new());
+    for row in kept {
+        columns.0.push(row.custom_id);
+        columns.1.push(row.text);
+        columns.2.push(row.result);
+    }
+    columns
+}
+
+fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, PostgresSinkError> {
+    use rustls_platform_verifier::ConfigVerifierExt;
+    let config = rustls::ClientConfig::with_platform_verifier().map_err(|e| PostgresSinkError::Tls(e.to_string()))?;
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row<'a>(custom_id: &'a str, text: &'a str) -> SinkRow<'a> {
+        SinkRow { custom_id, text, result: "{}" }
+    }
+
+    #[test]
+    fn a_custom_id_repeated_in_a_round_is_written_once_with_its_last_row() {
+        let (ids, texts, _) = columns(&[row("a", "1"), row("b", "2"), row("a", "3")]);
+        assert_eq!(ids, ["b", "a"]);
+        assert_eq!(texts, ["2", "3"]);
+    }
+
+    #[test]
+    fn a_failed_connection_never_shows_the_password() {
+        let url = "postgres://writer:hunter2-secret@127.0.0.1:9/results?connect_timeout=2";
+        let error = upsert_at(url, "answers", &[row("a", "1")]).unwrap_err();
+        let text = format!("{error} {error:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(matches!(error, PostgresSinkError::Postgres(_)), "{text}");
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_is_said_so_without_echoing_it() {
+        let error = upsert_at("postgres://writer:hunter2@host:notaport/db", "answers", &[]).unwrap_err();
+        assert!(matches!(error, PostgresSinkError::BadUrl(_)), "{error}");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+    }
+}
