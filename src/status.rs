@@ -73,15 +73,17 @@ impl LeaderStatus {
     /// The recorded `leader` as seen at `now` (real time: the row is).
     pub fn new(leader: crate::store::Leader, now: DateTime<Utc>) -> LeaderStatus {
         let renewed_secs_ago = (now - leader.renewed_at).num_seconds().max(0);
-        LeaderStatus { leader, renewed_secs_ago, renewing: renewed_secs_ago <= LEADER_STALE_SECS }
+        let renewing = leader.stopped_at.is_none() && renewed_secs_ago <= LEADER_STALE_SECS;
+        LeaderStatus { leader, renewed_secs_ago, renewing }
     }
 
     /// One line: `pid 12 on host-a (epoch 3) since …, renewed 4 s ago`.
     pub fn describe(&self) -> String {
         let (l, ago) = (&self.leader, self.renewed_secs_ago);
-        let renewal = match self.renewing {
-            true => format!("renewed {ago} s ago"),
-            false => format!("not renewed for {ago} s: no process leads now?"),
+        let renewal = match (self.renewing, l.stopped_at) {
+            (_, Some(at)) => format!("stopped cleanly at {}", at.format("%Y-%m-%d %H:%M:%S UTC")),
+            (true, None) => format!("renewed {ago} s ago"),
+            (false, None) => format!("not renewed for {ago} s: no process leads now?"),
         };
         format!(
             "pid {} on {} (epoch {}) since {}, {renewal}",
@@ -661,13 +663,22 @@ mod tests {
 
     #[test]
     fn the_leader_line_says_whether_the_leader_still_renews() {
-        let leader =
-            crate::store::Leader { epoch: 3, pid: 42, host: "host-a".into(), since: at(0), renewed_at: at(10) };
+        let leader = crate::store::Leader {
+            epoch: 3,
+            pid: 42,
+            host: "host-a".into(),
+            since: at(0),
+            renewed_at: at(10),
+            stopped_at: None,
+        };
         let fresh = LeaderStatus::new(leader.clone(), at(10) + Duration::seconds(90));
         assert_eq!(fresh.describe(), "pid 42 on host-a (epoch 3) since 2027-01-15 08:00:00 UTC, renewed 90 s ago");
-        let stale = LeaderStatus::new(leader, at(10) + Duration::seconds(91));
+        let stale = LeaderStatus::new(leader.clone(), at(10) + Duration::seconds(91));
         assert!(!stale.renewing);
         assert!(stale.describe().ends_with("not renewed for 91 s: no process leads now?"), "{}", stale.describe());
+        let stopped = LeaderStatus::new(crate::store::Leader { stopped_at: Some(at(20)), ..leader }, at(21));
+        assert!(!stopped.renewing);
+        assert!(stopped.describe().ends_with("stopped cleanly at 2027-01-15 08:00:20 UTC"), "{}", stopped.describe());
     }
 
     #[test]

@@ -253,7 +253,9 @@ async fn a_leader_that_finds_another_epoch_in_the_leadership_row_steps_down() {
         at("2026-11-22T00:00:00Z"),
     )
     .await;
-    let daemon = Daemon::new(h.engine.clone(), Notifier::disabled()).with_max_sleep(Duration::from_secs(60));
+    let daemon = Daemon::new(h.engine.clone(), Notifier::disabled())
+        .with_max_sleep(Duration::from_secs(60))
+        .with_renewal_every(Duration::ZERO);
     let (control, _reload) = orchestrator::daemon::Control::new();
     let options = orchestrator::daemon::Options { run_now: false, grace: Duration::from_secs(1) };
     let keep = || None;

@@ -103,6 +103,7 @@ async fn a_standby_serves_and_queues_while_another_leads_then_takes_over_a_kille
     assert_eq!(answer.status().as_u16(), 202, "a standby commits posted items");
     assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM queue_items WHERE run_id IS NULL"), 3, "stored, not run");
 
+    assert_eq!(sim.stats().batches_created, 1, "the standby created nothing while it waited");
     signal(&leader, "KILL");
     wait_exit(leader, Duration::from_secs(10)).await;
     wait_until("the takeover", Duration::from_secs(15), || logged(&standby_log, "released the state lock")).await;
@@ -133,11 +134,17 @@ async fn a_standby_told_to_stop_before_it_leads_exits_cleanly_having_written_not
     let clock = orchestrator::clock::ManualClock::new(chrono::Utc::now());
     let sim = simulator_on(SimConfig::default(), &clock).await;
     let dir = two_jobs();
+    // A cron that cannot come due while the test runs (the standby's --run-now would fire it).
+    let bulk = dir.path().join("jobs/bulk.yaml");
+    std::fs::write(&bulk, std::fs::read_to_string(&bulk).unwrap().replace("'0 6 * * *'", "'0 6 1 1 *'")).unwrap();
     let (lead_log, standby_log) = (dir.path().join("lead.log"), dir.path().join("standby.log"));
     let leader = serve(dir.path(), &sim.base_url(), &[], &lead_log);
     wait_until("the leader", Duration::from_secs(30), || logged(&lead_log, "leading:")).await;
     let standby = serve(dir.path(), &sim.base_url(), &["--standby", "--run-now"], &standby_log);
     wait_until("the standby", Duration::from_secs(30), || logged(&standby_log, "standby:")).await;
+    // A standby reloads its manifests when asked: its enqueue endpoint checks posts against them.
+    signal(&standby, "HUP");
+    wait_until("the standby's reload", Duration::from_secs(30), || logged(&standby_log, "manifests reloaded")).await;
     signal(&standby, "TERM");
     let (code, _) = wait_exit(standby, Duration::from_secs(15)).await;
     assert_eq!(code, Some(0), "{}", std::fs::read_to_string(&standby_log).unwrap());
@@ -150,28 +157,44 @@ async fn a_standby_told_to_stop_before_it_leads_exits_cleanly_having_written_not
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_process_that_may_not_lead_never_migrates_the_state_under_the_leader() {
+async fn only_the_process_holding_the_lock_migrates_and_a_newer_standby_waits_to() {
     let dir = two_jobs();
     let state = dir.path().join("state/orchestrator.db");
-    // A database one schema version behind this build, and a leader holding its lock.
+    // A database as version 14 left it (15 added the leadership table), and a
+    // leader of that older build holding its lock.
     drop(orchestrator::store::Store::open(&state).unwrap());
-    let behind = orchestrator::store::Store::supported_version() - 1;
-    rusqlite::Connection::open(&state).unwrap().pragma_update(None, "user_version", behind).unwrap();
+    let behind = 14;
+    rusqlite::Connection::open(&state)
+        .unwrap()
+        .execute_batch("DROP TABLE leadership; PRAGMA user_version = 14;")
+        .unwrap();
     let lock = orchestrator::daemon::leadership::StateLock::open(&state).unwrap();
     assert!(lock.try_take().unwrap());
     let version = || orchestrator::store::Store::stored_version(&state).unwrap();
 
-    let log = dir.path().join("standby.log");
-    let standby = serve(dir.path(), "http://127.0.0.1:9", &["--standby"], &log);
-    let (code, _) = wait_exit(standby, Duration::from_secs(30)).await;
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(code, Some(75), "{text}");
-    assert!(text.contains("a standby must run the leader's version"), "{text}");
-    assert_eq!(version(), behind, "the standby left the schema alone");
-
+    let log = dir.path().join("serve.log");
     let busy = serve(dir.path(), "http://127.0.0.1:9", &[], &log);
     let (code, _) = wait_exit(busy, Duration::from_secs(30)).await;
     assert_eq!(code, Some(75), "{}", std::fs::read_to_string(&log).unwrap());
-    assert_eq!(version(), behind, "so did a second process refused as busy");
+    assert_eq!(version(), behind, "a process refused as busy left the schema alone");
+    let status = crate::support::run_in(dir.path(), &["status"]);
+    assert_eq!(crate::support::code(&status), 1);
+    assert!(crate::support::stderr(&status).contains("only the process holding its lock may migrate it"));
+    assert_eq!(version(), behind, "so did status");
+
+    let standby_log = dir.path().join("standby.log");
+    let standby = serve(dir.path(), "http://127.0.0.1:9", &["--standby"], &standby_log);
+    wait_until("the waiting standby", Duration::from_secs(30), || logged(&standby_log, "waits for it to stop")).await;
+    assert_eq!(version(), behind, "the newer standby waits before it migrates");
     drop(lock);
+    wait_until("the lead", Duration::from_secs(30), || logged(&standby_log, "leading:")).await;
+    assert_eq!(version(), orchestrator::store::Store::supported_version(), "migrated once it held the lock");
+    signal(&standby, "TERM");
+    let (code, _) = wait_exit(standby, Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "{}", std::fs::read_to_string(&standby_log).unwrap());
+    assert_eq!(
+        count(dir.path(), "SELECT COUNT(*) FROM leadership WHERE stopped_at IS NOT NULL"),
+        1,
+        "a clean stop is marked"
+    );
 }

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use crate::catalog::Catalog;
 use crate::cost::report::{CostReport, Kpi, Kpis, Totals, build};
 use crate::cost::{Pricer, month_start, price_pending};
-use crate::store::{GroupBy, Scope, Store};
+use crate::store::{GroupBy, Scope};
 
 /// Arguments of `cost`.
 #[derive(Debug, clap::Args)]
@@ -85,11 +85,12 @@ pub enum Format {
 pub use crate::clock::parse_instant;
 
 pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
+    crate::store::refuse_url(&args.state)?;
     if !args.state.exists() {
         eprintln!("error: no state database at {} (nothing has run yet, or pass --state)", args.state.display());
         return Ok(1);
     }
-    let mut store = Store::open(&args.state)?;
+    let mut store = super::setup::open_beside_daemon(&args.state, false)?;
     let pricer = Pricer::new(Catalog::load(args.catalog.as_deref())?);
     if args.reprice {
         store.clear_result_costs()?;

@@ -13,7 +13,6 @@ use crate::cost::Pricer;
 use crate::cost::estimate::{Estimate, JobEstimate, Totals, advice, inputs, project, runs_per_month, totals};
 use crate::job::Job;
 use crate::render::{Renderer, RunInfo};
-use crate::store::Store;
 
 /// Arguments of `estimate`.
 #[derive(Debug, clap::Args)]
@@ -49,8 +48,9 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     let catalog = Catalog::load(args.project.catalog.as_deref())?;
     let now = Utc::now();
     let report = args.project.validate(&catalog, now);
+    crate::store::refuse_url(&args.state)?;
     let store = match args.state.exists() {
-        true => Some(Store::open(&args.state)?),
+        true => Some(super::setup::open_beside_daemon(&args.state, false)?),
         false => None,
     };
     let pricer = Pricer::new(catalog.clone());

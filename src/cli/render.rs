@@ -11,7 +11,6 @@ use crate::catalog::Catalog;
 use crate::engine::{read_run_items, read_stage_items};
 use crate::render::{Renderer, RunInfo};
 use crate::sources::Item;
-use crate::store::Store;
 use crate::suggest;
 
 /// Arguments of `render`.
@@ -85,7 +84,7 @@ fn stage_items(job: &crate::job::Job, state: &Path) -> anyhow::Result<Vec<Item>>
             state.display()
         );
     }
-    let store = Store::open_read_only(state)?;
+    let store = super::setup::open_beside_daemon(state, true)?;
     match read_stage_items(&store, job, None)? {
         Some((_, items)) => Ok(items),
         None => {

@@ -42,7 +42,9 @@ pub struct Args {
     /// When another process drives the state: serve the dashboard, the API
     /// and the enqueue endpoint as a standby, and take over when it stops
     /// (instead of exiting with 75).
-    #[arg(long, env = "ORCHESTRATOR_STANDBY")]
+    /// Not with `--simulate`: each process would talk to a simulator of its
+    /// own, whose batches the other cannot see.
+    #[arg(long, env = "ORCHESTRATOR_STANDBY", conflicts_with = "simulate")]
     pub standby: bool,
     /// Daemon configuration file (lane limits, fallback margins, polling).
     #[arg(long, env = "ORCHESTRATOR_CONFIG")]

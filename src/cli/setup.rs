@@ -114,9 +114,10 @@ pub(super) async fn backend(
         );
         return Ok(Err(EXIT_BUSY));
     }
-    if !held && let Some(refusal) = standby_version_refusal(state)? {
-        eprintln!("error: {refusal}");
-        return Ok(Err(EXIT_BUSY));
+    if !held && Store::stored_version(state)? < Store::supported_version() {
+        // A newer build as a standby could neither read the older tables nor
+        // migrate them under the leader: it waits for the lock first.
+        crate::daemon::leadership::wait_to_migrate(&lock, state).await;
     }
     let store = SharedStore::new(Store::open(state)?);
     // The simulator keeps the engine's time: a rehearsal clock moves its batches too.
@@ -151,19 +152,23 @@ pub(super) async fn backend(
     Ok(Ok(Backend { engine, simulator, providers: names, lock }))
 }
 
-/// Why a standby may not wait on `state`: its schema is older than this
-/// build's, and migrating it would change the tables under the leader.
-/// (A newer one is refused by `Store::open`.)
-fn standby_version_refusal(state: &Path) -> anyhow::Result<Option<String>> {
-    let (found, supported) = (Store::stored_version(state)?, Store::supported_version());
-    Ok((found < supported).then(|| {
-        format!(
-            "{} has schema version {found} and this build migrates it to {supported}: a standby must run the \
-             leader's version. Start this one after the leader has stopped (it migrates then), or run the \
-             leader's version as the standby.",
-            state.display()
-        )
-    }))
+/// Opens the state for a command that reads beside a running daemon
+/// (`status`, `cost`, `estimate`, `render`) at this build's schema version:
+/// an older one is migrated only while no other process drives it (the
+/// lock is taken for the migration), and refused otherwise.
+pub(super) fn open_beside_daemon(state: &Path, read_only: bool) -> anyhow::Result<Store> {
+    if Store::stored_version(state)? != Store::supported_version() {
+        let lock = StateLock::open(state)?;
+        if lock.try_take().with_context(|| format!("cannot lock {}", lock.path()))? {
+            drop(Store::open(state)?);
+        }
+    }
+    // At this build's version now, or refused: another process drives an older one.
+    let reader = Store::open_read_only(state)?;
+    Ok(match read_only {
+        true => reader,
+        false => Store::open(state)?,
+    })
 }
 
 /// A client for each provider whose key is configured; an error for the

@@ -4,8 +4,6 @@ use std::io::Write;
 
 use anyhow::Context;
 
-use crate::store::Store;
-
 /// Arguments of `status`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -29,11 +27,12 @@ pub enum Format {
 }
 
 pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
+    crate::store::refuse_url(&args.state)?;
     if !args.state.exists() {
         eprintln!("error: no state database at {} (nothing has run yet, or pass --state)", args.state.display());
         return Ok(1);
     }
-    let store = Store::open(&args.state)?;
+    let store = super::setup::open_beside_daemon(&args.state, false)?;
     // No manifests are read here: times of runs are in UTC.
     let report = crate::status::collect(&store, args.job.as_deref(), &Default::default(), chrono::Utc::now())?;
     let text = match args.format {

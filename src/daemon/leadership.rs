@@ -8,6 +8,8 @@
 //! who leads.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,41 +17,103 @@ use anyhow::Context;
 /// How often a standby tries the lock.
 pub const STANDBY_POLL: Duration = Duration::from_millis(250);
 
+/// How long a standby may fail to try the lock before it stops feeding the
+/// watchdog (and the service manager restarts it).
+pub const STANDBY_GIVE_UP: Duration = Duration::from_secs(60);
+
 /// The lock file of one state database.
 #[derive(Debug)]
 pub struct StateLock {
-    file: std::fs::File,
+    /// The open lock file; replaced when the file at the path is another one.
+    file: Mutex<std::fs::File>,
     path: String,
+    held: AtomicBool,
 }
 
 impl StateLock {
     /// Opens (creating) `<state>.lock`; takes nothing yet.
     pub fn open(state: &Path) -> anyhow::Result<StateLock> {
+        crate::store::refuse_url(state)?;
         let path = format!("{}.lock", state.display());
         if let Some(dir) = state.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot open the lock file {path}"))?;
-        Ok(StateLock { file, path })
+        let file = open_lock_file(&path).with_context(|| format!("cannot open the lock file {path}"))?;
+        Ok(StateLock { file: Mutex::new(file), path, held: AtomicBool::new(false) })
     }
 
-    /// Takes the lock if it is free (or ours already); `false` while another process holds it.
+    /// Takes the lock if it is free (or ours already); `false` while another
+    /// process holds it. A waiter whose file was deleted or replaced opens
+    /// the one at the path now, which is the one a new process would lock.
     pub fn try_take(&self) -> std::io::Result<bool> {
-        match self.file.try_lock() {
-            Ok(()) => Ok(true),
+        if self.held.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        if !same_file(&file, &self.path) {
+            *file = open_lock_file(&self.path)?;
+        }
+        match file.try_lock() {
+            Ok(()) => {
+                self.held.store(true, Ordering::Relaxed);
+                Ok(true)
+            }
             Err(std::fs::TryLockError::WouldBlock) => Ok(false),
             Err(std::fs::TryLockError::Error(error)) => Err(error),
         }
     }
 
+    /// Whether the lock is held and the path still names the file it is
+    /// held on: a deleted or replaced lock file would let another process
+    /// take a lock of its own.
+    pub fn still_held(&self) -> bool {
+        self.held.load(Ordering::Relaxed)
+            && same_file(&self.file.lock().unwrap_or_else(PoisonError::into_inner), &self.path)
+    }
+
     /// The lock file.
     pub fn path(&self) -> &str {
         &self.path
+    }
+}
+
+/// For a standby of a newer build than the state's schema: waits until
+/// the lock is ours (the leader of the older build has stopped), telling
+/// the service manager it is up meanwhile. Nothing is served until then;
+/// the caller opens (and so migrates) the state after. A stop signal ends
+/// the process where it waits (no handler is installed yet).
+pub async fn wait_to_migrate(lock: &StateLock, state: &Path) {
+    let (found, supported) =
+        (crate::store::Store::stored_version(state).unwrap_or(0), crate::store::Store::supported_version());
+    tracing::info!(
+        lock = lock.path(),
+        "standby: this build reads schema version {supported} and {} is at {found}; another process drives it, \
+         so this one waits for it to stop, then migrates and leads (the web starts then)",
+        state.display()
+    );
+    let notifier = super::sdnotify::Notifier::from_env();
+    notifier.ready();
+    notifier.status(&format!("standby (newer build): waiting to migrate {} from version {found}", state.display()));
+    loop {
+        match lock.try_take() {
+            Ok(true) => return,
+            Ok(false) => notifier.watchdog(),
+            Err(error) => tracing::error!(%error, lock = lock.path(), "cannot try the state lock; trying again"),
+        }
+        tokio::time::sleep(STANDBY_POLL).await;
+    }
+}
+
+fn open_lock_file(path: &str) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)
+}
+
+/// Whether `path` names the file `file` has open.
+fn same_file(file: &std::fs::File, path: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
     }
 }
 
@@ -68,5 +132,20 @@ mod tests {
         assert!(!second.try_take().unwrap(), "the other opener waits");
         drop(first);
         assert!(second.try_take().unwrap(), "released with its holder");
+        assert!(second.still_held());
+    }
+
+    #[test]
+    fn a_deleted_lock_file_is_noticed_by_its_holder_and_reopened_by_a_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("orchestrator.db");
+        let holder = StateLock::open(&state).unwrap();
+        let waiter = StateLock::open(&state).unwrap();
+        assert!(holder.try_take().unwrap());
+        assert!(!waiter.try_take().unwrap());
+        std::fs::remove_file(holder.path()).unwrap();
+        assert!(!holder.still_held(), "the path no longer names the locked file");
+        assert!(waiter.try_take().unwrap(), "the waiter locks the file at the path now");
+        assert!(waiter.still_held());
     }
 }

@@ -35,6 +35,9 @@ const SERVICES_GRACE: Duration = Duration::from_secs(5);
 /// How often the leader renews its row (at most; a step may sleep longer).
 const RENEW_EVERY: Duration = Duration::from_secs(5);
 
+/// How often a leader looks for items posted through another process.
+const POSTED_ELSEWHERE_POLL: Duration = Duration::from_secs(1);
+
 /// The scheduler and the engine of one `serve` process.
 pub struct Daemon {
     engine: Arc<Engine>,
@@ -42,6 +45,7 @@ pub struct Daemon {
     notifier: Notifier,
     max_sleep: Duration,
     lock: Option<Arc<StateLock>>,
+    renew_every: Duration,
 }
 
 /// How the daemon is told to stop or to reload.
@@ -87,7 +91,14 @@ impl Daemon {
     pub fn new(engine: Arc<Engine>, notifier: Notifier) -> Daemon {
         let watchdog = sdnotify::watchdog_interval().map(|interval| interval / 2);
         let max_sleep = watchdog.map_or(MAX_SLEEP, |half| half.min(MAX_SLEEP));
-        Daemon { scheduler: Scheduler::new(Arc::clone(&engine)), engine, notifier, max_sleep, lock: None }
+        Daemon {
+            scheduler: Scheduler::new(Arc::clone(&engine)),
+            engine,
+            notifier,
+            max_sleep,
+            lock: None,
+            renew_every: RENEW_EVERY,
+        }
     }
 
     /// Leads only while holding `lock` (the state database's): when another
@@ -102,6 +113,13 @@ impl Daemon {
     /// over days use long sleeps; the default keeps the watchdog fed).
     pub fn with_max_sleep(mut self, max: Duration) -> Daemon {
         self.max_sleep = max;
+        self
+    }
+
+    /// Renews the leadership row after a step once `every` has passed
+    /// since the last renewal (5 s by default).
+    pub fn with_renewal_every(mut self, every: Duration) -> Daemon {
+        self.renew_every = every;
         self
     }
 
@@ -139,13 +157,17 @@ impl Daemon {
         }
         let clock = Arc::clone(self.engine.clock());
         let _presence = clock.enter();
-        let led = match self.lead(&control.stop).await {
+        let led = match self.lead(&mut control, reload).await {
             Ok(Some(leader)) => {
                 // Alerts only from the leader: a standby would send each one a second time.
                 if let Some(alerts) = alerts {
                     running.push(tokio::spawn(alerts.run(Arc::clone(&self.engine), control.stop.clone())));
                 }
-                self.lead_until(&leader, options, &mut control, reload, clock.as_ref()).await
+                let led = self.lead_until(&leader, options, &mut control, reload, clock.as_ref()).await;
+                if led.is_ok() {
+                    self.release(&leader).await;
+                }
+                led
             }
             Ok(None) => Ok(()),
             Err(error) => Err(error),
@@ -154,22 +176,29 @@ impl Daemon {
         led
     }
 
-    /// Waits for the state lock (if the daemon has one) and records this
-    /// process as the leader; `None` when stopped first.
-    async fn lead(&self, stop: &CancellationToken) -> Result<Option<Leader>, StoreError> {
+    /// Waits for the state lock (if the daemon has one), brings the schema
+    /// up to this build's (a process of another version may have led until
+    /// now) and records this process as the leader; `None` when stopped first.
+    async fn lead(&self, control: &mut Control, reload: Reload<'_>) -> Result<Option<Leader>, StoreError> {
         if let Some(lock) = &self.lock
-            && !self.wait_for_lock(lock, stop).await
+            && !self.wait_for_lock(lock, control, reload).await
         {
             return Ok(None);
         }
+        self.engine.store().call(|s| s.migrate_to_current()).await?;
         let (pid, host) = (std::process::id(), crate::store::leadership::host_name());
         let leader = self.engine.store().call(move |s| s.take_leadership(pid, &host, Utc::now())).await?;
         tracing::info!(epoch = leader.epoch, pid, host = %leader.host, "leading: this process drives the state database");
+        self.notifier.status(&format!("leading (epoch {}); resuming", leader.epoch));
         Ok(Some(leader))
     }
 
-    /// As a standby: polls the lock until it is ours (`true`) or the stop comes (`false`).
-    async fn wait_for_lock(&self, lock: &StateLock, stop: &CancellationToken) -> bool {
+    /// As a standby: polls the lock until it is ours (`true`) or the stop
+    /// comes (`false`), reloading the manifests (which the web and the
+    /// enqueue endpoint use) when asked. A lock that cannot be tried for
+    /// [`leadership::STANDBY_GIVE_UP`] stops feeding the watchdog, so the
+    /// service manager restarts the process.
+    async fn wait_for_lock(&self, lock: &StateLock, control: &mut Control, reload: Reload<'_>) -> bool {
         if lock.try_take().unwrap_or(false) {
             return true;
         }
@@ -186,28 +215,32 @@ impl Daemon {
                 )
             },
         );
-        tracing::info!(lock = lock.path(), "standby: {who} leads; serving the web and taking over when it stops");
+        tracing::info!(lock = lock.path(), "standby: {who} leads; serving the web until its lock is released");
         self.notifier.ready();
         self.notifier.status(&format!("standby: {who} leads"));
-        let mut failing = false;
+        let mut failing_since: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 biased;
-                () = stop.cancelled() => return false,
+                () = control.stop.cancelled() => return false,
+                Some(()) = control.reload.recv() => self.reload(reload).await,
                 () = tokio::time::sleep(leadership::STANDBY_POLL) => {}
             }
-            self.notifier.watchdog();
             match lock.try_take() {
                 Ok(true) => {
                     tracing::info!("the leader released the state lock: taking over");
                     return true;
                 }
-                Ok(false) => failing = false,
-                Err(error) if !failing => {
-                    failing = true;
-                    tracing::error!(%error, lock = lock.path(), "cannot try the state lock; trying again");
+                Ok(false) => failing_since = None,
+                Err(error) => {
+                    if failing_since.is_none() {
+                        tracing::error!(%error, lock = lock.path(), "cannot try the state lock; trying again");
+                    }
+                    failing_since.get_or_insert_with(std::time::Instant::now);
                 }
-                Err(_) => {}
+            }
+            if failing_since.is_none_or(|since| since.elapsed() < leadership::STANDBY_GIVE_UP) {
+                self.notifier.watchdog();
             }
         }
     }
@@ -237,6 +270,7 @@ impl Daemon {
 
     /// Steps until stopped. A stop ends a step wherever it waits; a reload
     /// waits for the step to end and cuts only the sleep after it short.
+    /// Items posted through another process wake the loop too.
     async fn run_loop(
         &self,
         leader: &Leader,
@@ -244,7 +278,8 @@ impl Daemon {
         reload: Reload<'_>,
         clock: &dyn crate::clock::Clock,
     ) -> Result<(), StoreError> {
-        let mut renewed = clock.now();
+        let mut renewed = std::time::Instant::now();
+        let mut newest_item = self.engine.store().call(|s| s.newest_queue_item()).await?;
         loop {
             let sleep = tokio::select! {
                 biased;
@@ -254,37 +289,72 @@ impl Daemon {
                     AFTER_FAILED_STEP
                 }),
             };
-            if (clock.now() - renewed).to_std().unwrap_or_default() >= RENEW_EVERY {
+            if renewed.elapsed() >= self.renew_every {
                 self.renew(leader).await?;
-                renewed = clock.now();
+                renewed = std::time::Instant::now();
             }
             tokio::select! {
                 biased;
                 () = control.stop.cancelled() => return Ok(()),
                 Some(()) = control.reload.recv() => self.reload(reload).await,
                 () = self.engine.posted() => {}
+                () = self.posted_elsewhere(&mut newest_item) => {}
                 () = clock.sleep(sleep) => {}
             }
         }
     }
 
+    /// Returns once an item newer than `newest` is stored (posted through a
+    /// standby's endpoint, which cannot wake this process), looking every
+    /// second while some job takes posted items; never otherwise.
+    async fn posted_elsewhere(&self, newest: &mut i64) {
+        loop {
+            tokio::time::sleep(POSTED_ELSEWHERE_POLL).await;
+            if !self.engine.jobs().values().any(|job| job.queue.is_some()) {
+                continue;
+            }
+            match self.engine.store().call(|s| s.newest_queue_item()).await {
+                Ok(id) if id > *newest => {
+                    *newest = id;
+                    return;
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "could not look for posted items"),
+            }
+        }
+    }
+
     /// Renews the leadership row; an error when another process took over
-    /// (it can only if the lock was bypassed: a deleted lock file, a state
-    /// on a network file system). A store that fails is logged, not fatal:
-    /// the lock, not the row, decides who leads.
+    /// or the lock file no longer is the one locked (either means the lock
+    /// was bypassed: a deleted lock file, a state on a network file
+    /// system). A store that fails is logged, not fatal: the lock, not the
+    /// row, decides who leads.
     async fn renew(&self, leader: &Leader) -> Result<(), StoreError> {
         let epoch = leader.epoch;
+        let path = || self.engine.store().call(|s| Ok(s.path().to_owned()));
+        if self.lock.as_ref().is_some_and(|lock| !lock.still_held()) {
+            tracing::error!(epoch, "the state lock file was deleted or replaced: stepping down");
+            return Err(StoreError::Superseded { path: path().await?, epoch });
+        }
         match self.engine.store().call(move |s| s.renew_leadership(epoch, Utc::now())).await {
             Ok(true) => Ok(()),
             Ok(false) => {
-                let path = self.engine.store().call(|s| Ok(s.path().to_owned())).await?;
                 tracing::error!(epoch, "another process took over as leader: stepping down");
-                Err(StoreError::Superseded { path, epoch })
+                Err(StoreError::Superseded { path: path().await?, epoch })
             }
             Err(error) => {
                 tracing::error!(%error, "could not renew the leadership row; trying again at the next step");
                 Ok(())
             }
+        }
+    }
+
+    /// Marks the lead as ended cleanly (so `status` does not take the
+    /// leader for stuck); best effort.
+    async fn release(&self, leader: &Leader) {
+        let epoch = leader.epoch;
+        if let Err(error) = self.engine.store().call(move |s| s.release_leadership(epoch, Utc::now())).await {
+            tracing::warn!(%error, "could not mark the leadership as ended");
         }
     }
 

@@ -2,8 +2,11 @@
 //! `daemon::leadership`) records itself here when it takes over and renews
 //! the row on every step, so `status`, the JSON API and the dashboard of
 //! every process (a standby's too) say who leads, since when, and whether
-//! it still renews. Each takeover raises the epoch: a leader that finds
-//! another epoch in the row has been replaced and must stop writing.
+//! it still renews, or that it stopped. Each takeover raises the epoch: a
+//! leader that finds another epoch in the row has been replaced and must
+//! stop writing.
+
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
@@ -24,12 +27,18 @@ pub struct Leader {
     pub since: DateTime<Utc>,
     /// When it last said it still leads.
     pub renewed_at: DateTime<Utc>,
+    /// When it stopped leading cleanly (`None` while it leads, or after a crash).
+    pub stopped_at: Option<DateTime<Utc>>,
 }
 
+/// The epoch this process leads with (0: it does not lead).
+static LEADING_EPOCH: AtomicI64 = AtomicI64::new(0);
+
 impl Leader {
-    /// Whether the row names the process asking (same pid on the same host).
+    /// Whether the row names the process asking: the epoch it took (a pid
+    /// alone could be another process's after a reboot).
     pub fn is_this_process(&self) -> bool {
-        self.pid == std::process::id() && self.host == host_name()
+        self.epoch == LEADING_EPOCH.load(Ordering::Relaxed) && self.pid == std::process::id()
     }
 }
 
@@ -52,11 +61,27 @@ impl Store {
             .execute(
                 "INSERT INTO leadership (id, epoch, pid, host, since, renewed_at) VALUES (1, 1, ?1, ?2, ?3, ?3)
                  ON CONFLICT (id) DO UPDATE SET epoch = epoch + 1, pid = excluded.pid, host = excluded.host,
-                     since = excluded.since, renewed_at = excluded.renewed_at",
+                     since = excluded.since, renewed_at = excluded.renewed_at, stopped_at = NULL",
                 params![pid, host, at],
             )
             .map_err(|e| self.err(e))?;
-        self.leader()?.ok_or_else(|| self.err(rusqlite::Error::QueryReturnedNoRows))
+        let leader = self.leader()?.ok_or_else(|| self.err(rusqlite::Error::QueryReturnedNoRows))?;
+        if pid == std::process::id() {
+            LEADING_EPOCH.store(leader.epoch, Ordering::Relaxed);
+        }
+        Ok(leader)
+    }
+
+    /// Marks the leader of `epoch` as stopped cleanly at `now` (nothing when
+    /// another process leads by then).
+    pub fn release_leadership(&self, epoch: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE leadership SET stopped_at = ?2 WHERE id = 1 AND epoch = ?1",
+                params![epoch, to_millis(now)],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
     }
 
     /// Says that the leader of `epoch` still leads at `now`; `false` when
@@ -75,15 +100,20 @@ impl Store {
     /// The leader as recorded, if any process ever led this database.
     pub fn leader(&self) -> Result<Option<Leader>, StoreError> {
         self.conn
-            .query_row("SELECT epoch, pid, host, since, renewed_at FROM leadership WHERE id = 1", [], |row| {
-                Ok(Leader {
-                    epoch: row.get(0)?,
-                    pid: row.get(1)?,
-                    host: row.get(2)?,
-                    since: from_millis(row.get(3)?),
-                    renewed_at: from_millis(row.get(4)?),
-                })
-            })
+            .query_row(
+                "SELECT epoch, pid, host, since, renewed_at, stopped_at FROM leadership WHERE id = 1",
+                [],
+                |row| {
+                    Ok(Leader {
+                        epoch: row.get(0)?,
+                        pid: row.get(1)?,
+                        host: row.get(2)?,
+                        since: from_millis(row.get(3)?),
+                        renewed_at: from_millis(row.get(4)?),
+                        stopped_at: row.get::<_, Option<i64>>(5)?.map(from_millis),
+                    })
+                },
+            )
             .optional()
             .map_err(|e| self.err(e))
     }

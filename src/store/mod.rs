@@ -88,6 +88,30 @@ pub enum StoreError {
         /// Newest version this build knows.
         supported: usize,
     },
+    /// `--state` names a database URL: the state is a SQLite file.
+    #[error(
+        "--state names a PostgreSQL database (…@{given}): the state database is a SQLite file path here; \
+         PostgreSQL state is not supported yet (a `sink: {{ postgres: {{ table }} }}` writes results to one)"
+    )]
+    NotAFile {
+        /// What was given, after any credentials.
+        given: String,
+    },
+    /// The database is at an older schema version than this build's, and
+    /// this process may not migrate it (another process drives it).
+    #[error(
+        "state database {path} has schema version {found} and this build reads version {supported}; another \
+         process (of an older orchestrator) drives it, and only the process holding its lock may migrate it: use \
+         that version's orchestrator, or stop that process first"
+    )]
+    OtherVersion {
+        /// The database file.
+        path: PathBuf,
+        /// Version found in the file.
+        found: usize,
+        /// The version this build reads.
+        supported: usize,
+    },
     /// Another process recorded itself as the leader of this database.
     #[error(
         "state database {path}: another process took over as leader (epoch {epoch} is no longer ours); \
@@ -124,6 +148,7 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (creating if needed, mode 0600) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        refuse_url(path)?;
         create_private(path)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|source| sqlite(path, source))?;
@@ -146,7 +171,16 @@ impl Store {
 
     /// Opens the database at `path` for reading only (the dashboard, the
     /// alert detector): SQLite refuses any write through this connection.
+    /// It must be at this build's schema version already: a reader never
+    /// migrates (another process may be driving it).
     pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        let (found, supported) = (Store::stored_version(path)?, Store::supported_version());
+        if found != supported {
+            return Err(match found > supported {
+                true => StoreError::TooNew { path: path.to_owned(), found, supported },
+                false => StoreError::OtherVersion { path: path.to_owned(), found, supported },
+            });
+        }
         let store = Store::open(path)?;
         store.conn.execute_batch("PRAGMA query_only = 1;").map_err(|e| store.err(e))?;
         Ok(store)
@@ -155,6 +189,13 @@ impl Store {
     fn configure(&self) -> Result<(), StoreError> {
         self.conn.busy_timeout(Duration::from_secs(10)).map_err(|e| self.err(e))?;
         self.conn.execute_batch(PRAGMAS).map_err(|e| self.err(e))
+    }
+
+    /// Migrates the open database to this build's schema if it is older
+    /// (a process that has just taken the state lock, which another
+    /// version's process may have held); refuses a newer one.
+    pub fn migrate_to_current(&mut self) -> Result<(), StoreError> {
+        self.migrate()
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
@@ -199,6 +240,7 @@ impl Store {
     /// The schema version of the database at `path` (0 when there is none
     /// yet), read without creating, migrating or writing anything.
     pub fn stored_version(path: &Path) -> Result<usize, StoreError> {
+        refuse_url(path)?;
         if !path.exists() {
             return Ok(0);
         }
@@ -224,6 +266,16 @@ impl Store {
 
 fn sqlite(path: &Path, source: rusqlite::Error) -> StoreError {
     StoreError::Sqlite { path: path.to_owned(), source }
+}
+
+/// A database URL where a file is expected: the state is a SQLite file;
+/// creating `postgres:/...` directories instead would help nobody.
+pub fn refuse_url(path: &Path) -> Result<(), StoreError> {
+    let text = path.to_string_lossy();
+    match ["postgres://", "postgresql://"].iter().any(|scheme| text.starts_with(scheme)) {
+        true => Err(StoreError::NotAFile { given: text.split('@').next_back().unwrap_or_default().to_owned() }),
+        false => Ok(()),
+    }
 }
 
 /// Creates the file with mode 0600 before SQLite does, so it is never

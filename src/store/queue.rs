@@ -77,6 +77,14 @@ pub struct QueueItemResult {
 }
 
 impl Store {
+    /// The id of the newest posted item (0 when none): a leader watches it
+    /// for items another process (a standby's enqueue endpoint) posted.
+    pub fn newest_queue_item(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM queue_items", [], |row| row.get(0))
+            .map_err(|e| self.err(e))
+    }
+
     /// Commits `items` to `job`'s queue in one transaction and returns
     /// their ids in order. An item whose idempotency key the job has seen
     /// is not added again: its id is the first post's.

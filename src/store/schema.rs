@@ -388,7 +388,7 @@ UPDATE requests SET params_len = (SELECT octet_length(b.params) FROM request_bod
 "#;
 
 /// The process that leads: one row, written on each takeover (the epoch
-/// goes up by one) and renewed on every step of the daemon.
+/// goes up by one), renewed while it leads, and marked when it stops cleanly.
 const V15: &str = r#"
 CREATE TABLE leadership (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
@@ -396,6 +396,7 @@ CREATE TABLE leadership (
     pid         INTEGER NOT NULL,
     host        TEXT    NOT NULL,
     since       INTEGER NOT NULL,
-    renewed_at  INTEGER NOT NULL
+    renewed_at  INTEGER NOT NULL,
+    stopped_at  INTEGER
 );
 "#;

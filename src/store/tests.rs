@@ -571,5 +571,19 @@ fn each_takeover_raises_the_epoch_and_a_replaced_leader_renews_nothing() {
     let second = store.take_leadership(200, "host-b", at(2)).unwrap();
     assert_eq!((second.epoch, second.pid, second.since, second.renewed_at), (2, 200, at(2), at(2)));
     assert!(!store.renew_leadership(1, at(3)).unwrap(), "the first leader was replaced");
-    assert_eq!(store.leader().unwrap().unwrap(), second, "its renewal wrote nothing");
+    store.release_leadership(1, at(3)).unwrap();
+    assert_eq!(store.leader().unwrap().unwrap(), second, "its renewal and release wrote nothing");
+    store.release_leadership(2, at(4)).unwrap();
+    assert_eq!(store.leader().unwrap().unwrap().stopped_at, Some(at(4)));
+    let third = store.take_leadership(300, "host-c", at(5)).unwrap();
+    assert_eq!((third.epoch, third.stopped_at), (3, None), "a takeover clears the stop");
+}
+
+#[test]
+fn a_database_url_as_the_state_is_refused_without_showing_its_password() {
+    let error = Store::open(Path::new("postgres://writer:hunter2@db.internal:5432/state")).unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(error, StoreError::NotAFile { .. }), "{text}");
+    assert!(text.contains("db.internal:5432/state") && !text.contains("hunter2"), "{text}");
+    assert!(!Path::new("postgres:").exists(), "nothing was created for it");
 }
