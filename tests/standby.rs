@@ -31,10 +31,12 @@ fn two_jobs() -> tempfile::TempDir {
     dir
 }
 
-/// `serve ARGS` in `dir` with the API token, logging to `log`.
+/// `serve ARGS` in `dir` with the API token, logging to `log` (the
+/// daemon's loop at debug, for its evidence).
 fn serve(dir: &Path, base_url: &str, args: &[&str], log: &Path) -> Child {
     serve_command(dir, base_url, args)
         .env("ORCHESTRATOR_API_TOKEN", TOKEN)
+        .env("ORCHESTRATOR_LOG", "info,orchestrator::daemon=debug")
         .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
         .spawn()
         .unwrap()
@@ -85,14 +87,7 @@ async fn a_standby_serves_and_queues_while_another_leads_then_takes_over_a_kille
 
     // The leader stops answering (its lock stays held): the standby still takes posted items.
     signal(&leader, "STOP");
-    let posted: String = (0..3)
-        .map(|n| {
-            format!(
-                "{}\n",
-                json!({ "item": { "subject": format!("ticket {n}") }, "idempotency_key": format!("k-{n}") })
-            )
-        })
-        .collect();
+    let posted = three_items("k");
     let answer = reqwest::Client::new()
         .post(format!("{base}/api/v1/jobs/triage/items"))
         .bearer_auth(TOKEN)
@@ -126,6 +121,53 @@ async fn a_standby_serves_and_queues_while_another_leads_then_takes_over_a_kille
     signal(&standby, "TERM");
     let (code, _) = wait_exit(standby, Duration::from_secs(15)).await;
     assert_eq!(code, Some(0), "{}", std::fs::read_to_string(&standby_log).unwrap());
+    sim.shutdown().await;
+}
+
+/// Three triage items as JSON Lines, keyed `prefix-N`.
+fn three_items(prefix: &str) -> String {
+    (0..3)
+        .map(|n| json!({ "item": { "subject": format!("ticket {n}") }, "idempotency_key": format!("{prefix}-{n}") }))
+        .map(|entry| format!("{entry}\n"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_posted_to_a_standby_are_flushed_by_the_running_leader() {
+    let sim = crate::support::simulator(SimConfig::default()).await;
+    let dir = two_jobs();
+    let (lead_log, standby_log) = (dir.path().join("lead.log"), dir.path().join("standby.log"));
+    let leader = serve(dir.path(), &sim.base_url(), &[], &lead_log);
+    wait_until("the leader", Duration::from_secs(30), || logged(&lead_log, "leading:")).await;
+    let standby = serve(dir.path(), &sim.base_url(), &["--standby"], &standby_log);
+    wait_until("the standby", Duration::from_secs(30), || {
+        logged(&standby_log, " serving") && logged(&standby_log, "standby:")
+    })
+    .await;
+    let base = listen_address(&standby_log);
+    let answer = reqwest::Client::new()
+        .post(format!("{base}/api/v1/jobs/triage/items"))
+        .bearer_auth(TOKEN)
+        .body(three_items("p"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 202);
+    // The leader's loop notices the items (the standby's endpoint cannot wake it) and runs them.
+    wait_until("the leader's wake", Duration::from_secs(30), || {
+        logged(&lead_log, "items were posted through another process")
+    })
+    .await;
+    let completed = "SELECT COUNT(*) FROM runs WHERE job = 'triage' AND state = 'completed'";
+    wait_until("the triage run", Duration::from_secs(30), || count(dir.path(), completed) == 1).await;
+    let triage = delivered(&dir.path().join("out/triage.jsonl"));
+    assert_eq!((triage.len(), triage.values().all(|&n| n == 1)), (3, true));
+    assert!(!logged(&standby_log, "released the state lock"), "the standby never led");
+    for child in [standby, leader] {
+        signal(&child, "TERM");
+        let (code, _) = wait_exit(child, Duration::from_secs(15)).await;
+        assert_eq!(code, Some(0));
+    }
     sim.shutdown().await;
 }
 

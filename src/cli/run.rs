@@ -11,6 +11,7 @@ use super::setup::{Rehearsal, backend};
 use super::{EXIT_CONFIG, EXIT_USAGE, ProjectArgs};
 use crate::catalog::Catalog;
 use crate::daemon::config::Config;
+use crate::daemon::leadership::{Lead, RENEW_EVERY};
 use crate::engine::{Engine, EngineSettings, RunOutcome};
 use crate::store::{RunRow, RunState};
 
@@ -95,7 +96,8 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
                 Err(code) => return Ok(code),
             };
         let engine = Arc::clone(&backend.engine);
-        let lead = Lead::take(&engine).await?;
+        // Recorded as the leader while it drives (status and a standby's pages name it).
+        let lead = Lead::take(engine.store(), None, RENEW_EVERY).await?;
         let scheduled_for = which_run(&engine, args, &job.name).await?;
         let deadline_at = scheduled_for + chrono::Duration::from_std(deadline).context("deadline too long")?;
         let run = match job.queue {
@@ -107,7 +109,9 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         let progress = std::io::stderr().is_terminal().then(Progress::start);
         let outcome = engine
             .drive(run.id, async |run| {
-                lead.renew_if_due(&engine).await;
+                if let Err(error) = lead.renew_if_due(engine.store()).await {
+                    tracing::error!(%error, "the leadership row names another process");
+                }
                 match &progress {
                     Some(line) => show_progress(&engine, run, line).await,
                     None => Ok(()),
@@ -115,7 +119,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
             })
             .await;
         drop(progress);
-        lead.release(&engine).await;
+        lead.release(engine.store()).await;
         let outcome = outcome
             .with_context(|| format!("run of `{}` stopped; run the same command again to resume it", job.name))?;
         print_summary(&outcome);
@@ -225,44 +229,5 @@ fn exit_code(outcome: &RunOutcome) -> u8 {
         RunState::Failed => 1,
         _ if outcome.is_complete() => 0,
         _ => EXIT_REQUESTS_FAILED,
-    }
-}
-
-/// `run` drives the state while it holds the lock: it records itself as the
-/// leader (so `status` and a standby's dashboard name it), renews the row
-/// as the run goes, and marks it ended when the run returns.
-struct Lead {
-    epoch: i64,
-    renewed: std::sync::Mutex<std::time::Instant>,
-}
-
-impl Lead {
-    const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
-    async fn take(engine: &Engine) -> anyhow::Result<Lead> {
-        let (pid, host) = (std::process::id(), crate::store::leadership::host_name());
-        let leader = engine.store().call(move |s| s.take_leadership(pid, &host, Utc::now())).await?;
-        Ok(Lead { epoch: leader.epoch, renewed: std::sync::Mutex::new(std::time::Instant::now()) })
-    }
-
-    async fn renew_if_due(&self, engine: &Engine) {
-        {
-            let mut renewed = self.renewed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if renewed.elapsed() < Self::RENEW_EVERY {
-                return;
-            }
-            *renewed = std::time::Instant::now();
-        }
-        let epoch = self.epoch;
-        if let Err(error) = engine.store().call(move |s| s.renew_leadership(epoch, Utc::now())).await {
-            tracing::warn!(%error, "could not renew the leadership row");
-        }
-    }
-
-    async fn release(&self, engine: &Engine) {
-        let epoch = self.epoch;
-        if let Err(error) = engine.store().call(move |s| s.release_leadership(epoch, Utc::now())).await {
-            tracing::warn!(%error, "could not mark the leadership as ended");
-        }
     }
 }

@@ -9,10 +9,13 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use chrono::Utc;
+
+use crate::store::{SharedStore, StoreError};
 
 /// How often a standby tries the lock.
 pub const STANDBY_POLL: Duration = Duration::from_millis(250);
@@ -74,6 +77,77 @@ impl StateLock {
     /// The lock file.
     pub fn path(&self) -> &str {
         &self.path
+    }
+}
+
+/// How often a leader renews its row (after a step; a step may take longer).
+pub const RENEW_EVERY: Duration = Duration::from_secs(5);
+
+/// This process's lead, as `serve` and `run` hold it: taken when the
+/// state lock is, renewed as work goes on, released on a clean stop.
+#[derive(Debug)]
+pub struct Lead {
+    epoch: i64,
+    lock: Option<Arc<StateLock>>,
+    every: Duration,
+    renewed: Mutex<Instant>,
+}
+
+impl Lead {
+    /// Records this process as the leader (the epoch goes up by one); it
+    /// holds `lock` (the daemon's; `None` where the caller holds it itself).
+    pub async fn take(store: &SharedStore, lock: Option<Arc<StateLock>>, every: Duration) -> Result<Lead, StoreError> {
+        let (pid, host) = (std::process::id(), crate::store::leadership::host_name());
+        let leader = store.call(move |s| s.take_leadership(pid, &host, Utc::now())).await?;
+        Ok(Lead { epoch: leader.epoch, lock, every, renewed: Mutex::new(Instant::now()) })
+    }
+
+    /// The epoch of this lead.
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    /// Renews the row once `every` has passed since the last renewal. An
+    /// error when another process took over or the lock file is no longer
+    /// the one locked (either means the lock was bypassed: a deleted lock
+    /// file, a state on a network file system). A store that fails is
+    /// logged, not fatal: the lock, not the row, decides who leads.
+    pub async fn renew_if_due(&self, store: &SharedStore) -> Result<(), StoreError> {
+        {
+            let mut renewed = self.renewed.lock().unwrap_or_else(PoisonError::into_inner);
+            if renewed.elapsed() < self.every {
+                return Ok(());
+            }
+            *renewed = Instant::now();
+        }
+        let epoch = self.epoch;
+        let superseded = async || {
+            Ok::<_, StoreError>(StoreError::Superseded { path: store.call(|s| Ok(s.path().to_owned())).await?, epoch })
+        };
+        if self.lock.as_ref().is_some_and(|lock| !lock.still_held()) {
+            tracing::error!(epoch, "the state lock file was deleted or replaced: stepping down");
+            return Err(superseded().await?);
+        }
+        match store.call(move |s| s.renew_leadership(epoch, Utc::now())).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                tracing::error!(epoch, "another process took over as leader: stepping down");
+                Err(superseded().await?)
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not renew the leadership row; trying again at the next step");
+                Ok(())
+            }
+        }
+    }
+
+    /// Marks the lead as ended cleanly (so `status` does not take the
+    /// leader for stuck); best effort.
+    pub async fn release(&self, store: &SharedStore) {
+        let epoch = self.epoch;
+        if let Err(error) = store.call(move |s| s.release_leadership(epoch, Utc::now())).await {
+            tracing::warn!(%error, "could not mark the leadership as ended");
+        }
     }
 }
 

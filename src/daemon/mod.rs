@@ -16,12 +16,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use self::leadership::StateLock;
+use self::leadership::{Lead, StateLock};
 use self::sdnotify::Notifier;
 use crate::engine::{Engine, EngineError, until};
 use crate::job::Job;
 use crate::schedule::Scheduler;
-use crate::store::{Leader, StoreError};
+use crate::store::StoreError;
 
 /// Longest sleep of the loop, so the watchdog and status line stay fresh.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
@@ -31,9 +31,6 @@ const AFTER_FAILED_STEP: Duration = Duration::from_secs(5);
 
 /// How long the services (web server, notifier) get to finish after the stop.
 const SERVICES_GRACE: Duration = Duration::from_secs(5);
-
-/// How often the leader renews its row (at most; a step may sleep longer).
-const RENEW_EVERY: Duration = Duration::from_secs(5);
 
 /// How often a leader looks for items posted through another process.
 const POSTED_ELSEWHERE_POLL: Duration = Duration::from_secs(1);
@@ -97,7 +94,7 @@ impl Daemon {
             notifier,
             max_sleep,
             lock: None,
-            renew_every: RENEW_EVERY,
+            renew_every: leadership::RENEW_EVERY,
         }
     }
 
@@ -165,7 +162,7 @@ impl Daemon {
                 }
                 let led = self.lead_until(&leader, options, &mut control, reload, clock.as_ref()).await;
                 if led.is_ok() {
-                    self.release(&leader).await;
+                    leader.release(self.engine.store()).await;
                 }
                 led
             }
@@ -179,18 +176,21 @@ impl Daemon {
     /// Waits for the state lock (if the daemon has one), brings the schema
     /// up to this build's (a process of another version may have led until
     /// now) and records this process as the leader; `None` when stopped first.
-    async fn lead(&self, control: &mut Control, reload: Reload<'_>) -> Result<Option<Leader>, StoreError> {
+    async fn lead(&self, control: &mut Control, reload: Reload<'_>) -> Result<Option<Lead>, StoreError> {
         if let Some(lock) = &self.lock
             && !self.wait_for_lock(lock, control, reload).await
         {
             return Ok(None);
         }
         self.engine.store().call(|s| s.migrate_to_current()).await?;
-        let (pid, host) = (std::process::id(), crate::store::leadership::host_name());
-        let leader = self.engine.store().call(move |s| s.take_leadership(pid, &host, Utc::now())).await?;
-        tracing::info!(epoch = leader.epoch, pid, host = %leader.host, "leading: this process drives the state database");
-        self.notifier.status(&format!("leading (epoch {}); resuming", leader.epoch));
-        Ok(Some(leader))
+        let lead = Lead::take(self.engine.store(), self.lock.clone(), self.renew_every).await?;
+        tracing::info!(
+            epoch = lead.epoch(),
+            pid = std::process::id(),
+            "leading: this process drives the state database"
+        );
+        self.notifier.status(&format!("leading (epoch {}); resuming", lead.epoch()));
+        Ok(Some(lead))
     }
 
     /// As a standby: polls the lock until it is ours (`true`) or the stop
@@ -248,7 +248,7 @@ impl Daemon {
     /// Leads until stopped: resumes, starts and steps the loop.
     async fn lead_until(
         &self,
-        leader: &Leader,
+        leader: &Lead,
         options: Options,
         control: &mut Control,
         reload: Reload<'_>,
@@ -273,12 +273,11 @@ impl Daemon {
     /// Items posted through another process wake the loop too.
     async fn run_loop(
         &self,
-        leader: &Leader,
+        leader: &Lead,
         control: &mut Control,
         reload: Reload<'_>,
         clock: &dyn crate::clock::Clock,
     ) -> Result<(), StoreError> {
-        let mut renewed = std::time::Instant::now();
         let mut newest_item = self.engine.store().call(|s| s.newest_queue_item()).await?;
         loop {
             let sleep = tokio::select! {
@@ -289,10 +288,7 @@ impl Daemon {
                     AFTER_FAILED_STEP
                 }),
             };
-            if renewed.elapsed() >= self.renew_every {
-                self.renew(leader).await?;
-                renewed = std::time::Instant::now();
-            }
+            leader.renew_if_due(self.engine.store()).await?;
             tokio::select! {
                 biased;
                 () = control.stop.cancelled() => return Ok(()),
@@ -315,46 +311,13 @@ impl Daemon {
             }
             match self.engine.store().call(|s| s.newest_queue_item()).await {
                 Ok(id) if id > *newest => {
+                    tracing::debug!(newest = id, "items were posted through another process");
                     *newest = id;
                     return;
                 }
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "could not look for posted items"),
             }
-        }
-    }
-
-    /// Renews the leadership row; an error when another process took over
-    /// or the lock file no longer is the one locked (either means the lock
-    /// was bypassed: a deleted lock file, a state on a network file
-    /// system). A store that fails is logged, not fatal: the lock, not the
-    /// row, decides who leads.
-    async fn renew(&self, leader: &Leader) -> Result<(), StoreError> {
-        let epoch = leader.epoch;
-        let path = || self.engine.store().call(|s| Ok(s.path().to_owned()));
-        if self.lock.as_ref().is_some_and(|lock| !lock.still_held()) {
-            tracing::error!(epoch, "the state lock file was deleted or replaced: stepping down");
-            return Err(StoreError::Superseded { path: path().await?, epoch });
-        }
-        match self.engine.store().call(move |s| s.renew_leadership(epoch, Utc::now())).await {
-            Ok(true) => Ok(()),
-            Ok(false) => {
-                tracing::error!(epoch, "another process took over as leader: stepping down");
-                Err(StoreError::Superseded { path: path().await?, epoch })
-            }
-            Err(error) => {
-                tracing::error!(%error, "could not renew the leadership row; trying again at the next step");
-                Ok(())
-            }
-        }
-    }
-
-    /// Marks the lead as ended cleanly (so `status` does not take the
-    /// leader for stuck); best effort.
-    async fn release(&self, leader: &Leader) {
-        let epoch = leader.epoch;
-        if let Err(error) = self.engine.store().call(move |s| s.release_leadership(epoch, Utc::now())).await {
-            tracing::warn!(%error, "could not mark the leadership as ended");
         }
     }
 
