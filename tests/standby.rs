@@ -84,6 +84,11 @@ async fn a_standby_serves_and_queues_while_another_leads_then_takes_over_a_kille
     assert_eq!(status["leader"]["epoch"], json!(1));
     let page = get(&format!("{base}/batches")).await.text().await.unwrap();
     assert!(page.contains("this process is a standby"), "the dashboard footer says so");
+    let metrics = get(&format!("{base}/metrics")).await.text().await.unwrap();
+    assert!(
+        metrics.contains("orchestrator_leading 0\n") && metrics.contains("orchestrator_leader_epoch 1\n"),
+        "{metrics}"
+    );
 
     // The leader stops answering (its lock stays held): the standby still takes posted items.
     signal(&leader, "STOP");
@@ -110,6 +115,8 @@ async fn a_standby_serves_and_queues_while_another_leads_then_takes_over_a_kille
     let status = get_json(&format!("{base}/api/v1/status")).await;
     assert_eq!(status["leader"]["pid"], json!(standby.id()), "{status}");
     assert_eq!(status["leader"]["epoch"], json!(2), "one takeover");
+    let metrics = get(&format!("{base}/metrics")).await.text().await.unwrap();
+    assert!(metrics.contains("orchestrator_leading 1\n"), "{metrics}");
     let bulk = delivered(&dir.path().join("out/bulk.jsonl"));
     assert_eq!(bulk.len(), ITEMS, "every item of the killed leader's run reached the sink");
     assert!(bulk.values().all(|&n| n == 1), "nothing was delivered twice");

@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::status::LeaderStatus;
 use crate::store::MetricFigures;
 
 /// The content type of the OpenMetrics text format, which Prometheus scrapes.
@@ -57,7 +58,12 @@ type FloatCounter = Counter<f64, AtomicU64>;
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// The figures as OpenMetrics text.
-pub fn encode(figures: &MetricFigures, endpoints: &[BatchEndpoints], now: DateTime<Utc>) -> String {
+pub fn encode(
+    figures: &MetricFigures,
+    endpoints: &[BatchEndpoints],
+    leader: Option<&LeaderStatus>,
+    now: DateTime<Utc>,
+) -> String {
     let mut registry = Registry::with_prefix("orchestrator");
     requests(&mut registry, figures);
     turnaround(&mut registry, figures);
@@ -69,6 +75,7 @@ pub fn encode(figures: &MetricFigures, endpoints: &[BatchEndpoints], now: DateTi
     gauges(&mut registry, figures, now);
     batch_endpoints(&mut registry, figures, endpoints);
     queued_items(&mut registry, figures, now);
+    leadership(&mut registry, leader);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).expect("writing to a String cannot fail");
     text
@@ -149,6 +156,40 @@ fn gauges(registry: &mut Registry, figures: &MetricFigures, now: DateTime<Utc>) 
     );
 }
 
+/// Who leads the state database: its epoch, how long ago it renewed its
+/// row, whether it stopped cleanly, and whether this process is the one
+/// (a standby's `/metrics` says 0), so an alert can fire when no process
+/// leads. Nothing before any process has led.
+fn leadership(registry: &mut Registry, leader: Option<&LeaderStatus>) {
+    let Some(status) = leader else { return };
+    let gauge = |value: i64| {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(value);
+        gauge
+    };
+    registry.register(
+        "leader_epoch",
+        "Takeovers of the state database so far (the leader's epoch)",
+        gauge(status.leader.epoch),
+    );
+    registry.register_with_unit(
+        "leader_renewal_age",
+        "Time since the leader last renewed its row",
+        Unit::Seconds,
+        gauge(status.renewed_secs_ago),
+    );
+    registry.register(
+        "leader_stopped",
+        "1 when the last leader stopped cleanly and none has taken over",
+        gauge(i64::from(status.leader.stopped_at.is_some())),
+    );
+    registry.register(
+        "leading",
+        "1 when this process leads, 0 on a standby",
+        gauge(i64::from(status.leader.is_this_process())),
+    );
+}
+
 /// Each provider's processing queue (what we hold in it, and its limit)
 /// and the pace of its batch endpoints.
 fn batch_endpoints(registry: &mut Registry, figures: &MetricFigures, endpoints: &[BatchEndpoints]) {
@@ -222,7 +263,20 @@ mod tests {
             BatchEndpoints { provider: "anthropic".into(), queue_limit: Some(100_000), pace_per_minute: 25.0 },
             BatchEndpoints { provider: "openai".into(), queue_limit: None, pace_per_minute: 100.0 },
         ];
-        let text = encode(&figures, &endpoints, now);
+        let leader = crate::store::Leader {
+            epoch: 3,
+            pid: 1,
+            host: "elsewhere".into(),
+            since: base,
+            renewed_at: now - chrono::Duration::seconds(12),
+            stopped_at: None,
+        };
+        let text = encode(&figures, &endpoints, Some(&LeaderStatus::new(leader, now)), now);
+        assert!(text.contains("orchestrator_leader_epoch 3\n"), "{text}");
+        assert!(text.contains("orchestrator_leader_renewal_age_seconds 12\n"), "{text}");
+        assert!(text.contains("orchestrator_leader_stopped 0\n"), "{text}");
+        assert!(text.contains("orchestrator_leading 0\n"), "another process leads: {text}");
+        assert!(!encode(&figures, &endpoints, None, now).contains("leader"), "no series before any lead");
         assert!(text.contains(r#"orchestrator_batch_queue_requests{provider="anthropic"} 4500"#), "{text}");
         assert!(text.contains(r#"orchestrator_batch_queue_requests{provider="openai"} 0"#), "{text}");
         assert!(text.contains(r#"orchestrator_batch_queue_limit{provider="anthropic"} 100000"#), "{text}");

@@ -228,9 +228,11 @@ async fn stylesheet() -> Response {
 async fn metrics_text(State(web): State<Web>) -> Response {
     let now = web.now();
     let endpoints = web.engine.batch_endpoints();
-    match web.read(|s| s.metric_figures()).await {
-        Ok(figures) => {
-            let text = metrics::encode(&figures, &endpoints, now);
+    match web.read(|s| Ok((s.metric_figures()?, s.leader()?))).await {
+        Ok((figures, leader)) => {
+            // The leadership row is kept in real time, whatever the engine's clock.
+            let leader = leader.map(|leader| crate::status::LeaderStatus::new(leader, chrono::Utc::now()));
+            let text = metrics::encode(&figures, &endpoints, leader.as_ref(), now);
             ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response()
         }
         Err(response) => response,
