@@ -156,3 +156,47 @@ async fn keys_and_the_dashboard_token_come_from_systemd_credentials_and_stay_out
     assert!(!logged.contains(KEY) && !logged.contains(TOKEN), "no secret in a debug log:\n{logged}");
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_is_ready_and_pings_the_watchdog_while_it_waits_then_says_it_leads() {
+    let sim = crate::support::simulator(SimConfig::default()).await;
+    let dir = crate::support::project::empty();
+    crate::support::project::write_job(dir.path(), "bulk", "schedule: { cron: '0 6 1 1 *' }\ndeadline: 12h\n", 1, "");
+    crate::support::project::write_config(dir.path(), "batch: { poll_initial: 1s }\n");
+    let leader = crate::support::process::serve(dir.path(), &sim, &[], Stdio::null());
+    wait_until("the leader's row", Duration::from_secs(30), || {
+        count(dir.path(), "SELECT COUNT(*) FROM leadership WHERE epoch = 1") == 1
+    })
+    .await;
+    let socket_path = dir.path().join("notify.sock");
+    let rx = service_manager(UnixDatagram::bind(&socket_path).unwrap(), dir.path());
+    let standby = crate::support::process::serve_command(dir.path(), &sim.base_url(), &["--standby"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "2000000")
+        .env_remove("WATCHDOG_PID")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let mut before = Vec::new();
+    let ready = until_line(&rx, "READY=1", &mut before);
+    let waiting: Vec<&String> = ready.lines.iter().chain(before.iter().flat_map(|r| &r.lines)).collect();
+    let mut seen = Vec::new();
+    // Pings while it waits, so a watchdog does not restart a healthy standby.
+    until_line(&rx, "WATCHDOG=1", &mut seen);
+    until_line(&rx, "WATCHDOG=1", &mut seen);
+    let statuses: Vec<&String> =
+        seen.iter().flat_map(|r| &r.lines).chain(waiting).filter(|l| l.starts_with("STATUS=")).collect();
+    assert!(statuses.iter().any(|s| s.starts_with("STATUS=standby:")), "{statuses:?}");
+    assert!(statuses.iter().all(|s| !s.contains("leading")), "it does not lead yet: {statuses:?}");
+
+    signal(&leader, "KILL");
+    wait_exit(leader, Duration::from_secs(10)).await;
+    let mut taking_over = Vec::new();
+    until_line(&rx, "STATUS=leading (epoch 2); resuming", &mut taking_over);
+    signal(&standby, "TERM");
+    until_line(&rx, "STOPPING=1", &mut taking_over);
+    let (code, _) = wait_exit(standby, Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0));
+    sim.shutdown().await;
+}
