@@ -91,6 +91,11 @@ async fn a_standby_serves_and_queues_while_another_leads_then_takes_over_a_kille
     );
 
     // The leader stops answering (its lock stays held): the standby still takes posted items.
+    // It is stopped between two steps, where it holds no write transaction that would keep the
+    // standby's commit waiting.
+    let steps = || std::fs::read_to_string(&lead_log).unwrap_or_default().matches("step done; sleeping").count();
+    let before = steps();
+    wait_until("the leader between steps", Duration::from_secs(30), || steps() > before).await;
     signal(&leader, "STOP");
     let posted = three_items("k");
     let answer = reqwest::Client::new()

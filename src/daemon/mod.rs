@@ -289,6 +289,8 @@ impl Daemon {
                 }),
             };
             leader.renew_if_due(self.engine.store()).await?;
+            // Evidence for tests (and a debugging operator) that the loop is between steps.
+            tracing::debug!(sleep_ms = sleep.as_millis() as u64, "step done; sleeping");
             tokio::select! {
                 biased;
                 () = control.stop.cancelled() => return Ok(()),
