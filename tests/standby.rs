@@ -252,3 +252,66 @@ async fn only_the_process_holding_the_lock_migrates_and_a_newer_standby_waits_to
         "a clean stop is marked"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_finishes_a_leader_killed_at_each_crash_point_with_nothing_lost_or_done_twice() {
+    // More items than one ingest chunk, so `mid_ingest` is reached.
+    const MANY: usize = 4500;
+    let items: String = (0..MANY)
+        .map(|n| json!({ "item": { "subject": format!("ticket {n}") }, "idempotency_key": format!("m-{n}") }))
+        .map(|entry| format!("{entry}\n"))
+        .collect();
+    for point in ["after_intent", "after_create", "mid_ingest", "after_sink_write"] {
+        let sim = crate::support::simulator(SimConfig {
+            batch_median_secs: 1.0,
+            batch_p95_secs: 2.0,
+            ..SimConfig::default()
+        })
+        .await;
+        let dir = project::empty();
+        // A batch-tier queue that flushes at MANY items: the leader's run starts only when they are
+        // posted, by which time the standby waits beside it.
+        let queue = format!(
+            "enqueue: {{ max_items: {MANY}, max_wait: 1d }}\ntier: batch\ndeadline: 2h\nmodel: claude-haiku-4-5\n\
+             max_tokens: 64\nprompt: {{ inline: 'Triage {{{{ item.subject }}}}' }}\nsink: {{ jsonl: out/bulk.jsonl }}\n"
+        );
+        std::fs::write(dir.path().join("jobs/bulk.yaml"), queue).unwrap();
+        project::write_config(dir.path(), "batch: { poll_initial: 1s }\n");
+        let (lead_log, standby_log) = (dir.path().join("lead.log"), dir.path().join("standby.log"));
+        let leader = serve_command(dir.path(), &sim.base_url(), &[])
+            .env("ORCHESTRATOR_API_TOKEN", TOKEN)
+            .env("ORCHESTRATOR_FAILPOINT", point)
+            .stderr(Stdio::from(std::fs::File::create(&lead_log).unwrap()))
+            .spawn()
+            .unwrap();
+        wait_until("the leader", Duration::from_secs(30), || logged(&lead_log, "leading:")).await;
+        let standby = serve(dir.path(), &sim.base_url(), &["--standby"], &standby_log);
+        wait_until("the standby", Duration::from_secs(30), || {
+            logged(&standby_log, " serving") && logged(&standby_log, "standby:")
+        })
+        .await;
+        let base = listen_address(&standby_log);
+        let posted = reqwest::Client::new()
+            .post(format!("{base}/api/v1/jobs/bulk/items"))
+            .bearer_auth(TOKEN)
+            .body(items.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(posted.status().as_u16(), 202, "{point}");
+        let (code, _) = wait_exit(leader, Duration::from_secs(120)).await;
+        assert_eq!(code, None, "{point}: the leader was killed at its failpoint");
+        wait_until("the takeover", Duration::from_secs(15), || logged(&standby_log, "released the state lock")).await;
+        let completed = "SELECT COUNT(*) FROM runs WHERE state = 'completed'";
+        wait_until("the run completed", Duration::from_secs(120), || count(dir.path(), completed) == 1).await;
+        let bulk = delivered(&dir.path().join("out/bulk.jsonl"));
+        assert_eq!(bulk.len(), MANY, "{point}: nothing lost");
+        assert!(bulk.values().all(|&n| n == 1), "{point}: nothing delivered twice");
+        assert_eq!(sim.stats().batches_created, 1, "{point}: the batch was adopted or resumed, not submitted again");
+        assert_eq!(sim.stats().custom_ids_submitted_more_than_once, 0, "{point}");
+        signal(&standby, "TERM");
+        let (code, _) = wait_exit(standby, Duration::from_secs(15)).await;
+        assert_eq!(code, Some(0), "{point}");
+        sim.shutdown().await;
+    }
+}
