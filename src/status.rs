@@ -31,6 +31,7 @@ const NOTABLE: &[&str] = &[
     "batch_adopted",
     "budget_exceeded",
     "alert_failed",
+    "leader_took_over",
 ];
 
 /// The whole report (a public JSON shape: fields are only ever added).

@@ -266,7 +266,7 @@ async fn a_leader_that_finds_another_epoch_in_the_leadership_row_steps_down() {
         })
         .await;
         // Another process records itself as leader, as only a bypassed lock allows.
-        let store = orchestrator::store::Store::open(&h.dir.path().join("state/orchestrator.db")).unwrap();
+        let mut store = orchestrator::store::Store::open(&h.dir.path().join("state/orchestrator.db")).unwrap();
         store.take_leadership(999_999, "elsewhere", Utc::now()).unwrap()
     };
     let (served, usurper) =

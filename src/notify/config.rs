@@ -16,6 +16,7 @@
 //!     fallback: false          # opt-in: every sync fallback that fires
 //!     failover: true           # a run's requests moved to another provider
 //!     batch_submit_failing: true
+//!     takeover: true           # a process took the lead from one that never stopped cleanly
 //!   retries: 5                 # after the first try, with doubling waits from retry_backoff
 //!   retry_backoff: 2s
 //!   timeout: 10s
@@ -101,6 +102,9 @@ pub struct EventRules {
     pub failover: bool,
     /// Batch create calls failing.
     pub batch_submit_failing: bool,
+    /// A process took the lead of the state from one that did not stop
+    /// cleanly (a crash, `kill -9`, a dead machine; a restart after one too).
+    pub takeover: bool,
 }
 
 impl Default for EventRules {
@@ -115,6 +119,7 @@ impl Default for EventRules {
             fallback: false,
             failover: true,
             batch_submit_failing: true,
+            takeover: true,
         }
     }
 }

@@ -102,6 +102,7 @@ impl Detector {
             ("budget_exceeded", rules.budget),
             ("fallback_started", rules.fallback),
             ("failover_started", rules.failover),
+            ("leader_took_over", rules.takeover),
         ]
         .into_iter()
         .filter_map(|(kind, on)| on.then_some(kind))
@@ -188,6 +189,7 @@ fn event_alert(event: &EventRow, run: Option<&RunRow>) -> Option<Alert> {
         ("failover_started", Some(run)) => Some(failover_alert(event, run)),
         ("budget_exceeded", run) => Some(budget_exceeded(event, run, reason)),
         ("run_start_failed", None) => Some(start_failed(event)),
+        ("leader_took_over", None) => Some(takeover_alert(event)),
         _ => None,
     }
 }
@@ -250,6 +252,34 @@ fn start_failed(event: &EventRow) -> Alert {
         run_id: None,
         run_key: None,
         text: format!("the run of {job} for {instant} could not start (tried again every minute): {error}"),
+        detail: event.detail.clone(),
+    }
+}
+
+fn takeover_alert(event: &EventRow) -> Alert {
+    let text = |pointer: &str| match event.detail.pointer(pointer) {
+        Some(serde_json::Value::String(text)) => text.clone(),
+        Some(other) => other.to_string(),
+        None => "?".to_owned(),
+    };
+    Alert {
+        key: format!("leader_took_over:{}", text("/epoch")),
+        kind: "leader_took_over",
+        severity: "warning",
+        at: event.at,
+        job: None,
+        run_id: None,
+        run_key: None,
+        text: format!(
+            "pid {} on {} took over the state (epoch {}) from pid {} on {}, which stopped without a clean stop \
+             (last renewed {}); open runs resume where they were",
+            text("/pid"),
+            text("/host"),
+            text("/epoch"),
+            text("/previous/pid"),
+            text("/previous/host"),
+            text("/previous/renewed_at")
+        ),
         detail: event.detail.clone(),
     }
 }
@@ -510,5 +540,31 @@ mod tests {
         );
         let stored = store.run(run.id).unwrap().unwrap();
         assert_eq!(stored.failover, Some(("openai".to_owned(), "gpt-4o-mini".to_owned())));
+    }
+
+    #[test]
+    fn a_lead_taken_from_a_leader_that_never_stopped_alerts_and_a_clean_handover_does_not() {
+        let (_dir, mut store) = store_with_runs();
+        let (rules, jobs) = (EventRules::default(), BTreeMap::new());
+        let mut detector = Detector::start(&store, at("2026-11-22T06:00:00Z"), Duration::zero()).unwrap();
+        store.take_leadership(100, "host-a", at("2026-11-22T06:01:00Z")).unwrap();
+        store.release_leadership(1, at("2026-11-22T06:02:00Z")).unwrap();
+        store.take_leadership(200, "host-a", at("2026-11-22T06:03:00Z")).unwrap();
+        // The leader of epoch 2 is killed; another process takes over.
+        store.take_leadership(300, "host-b", at("2026-11-22T06:04:00Z")).unwrap();
+        let alerts = detector.scan(&store, &context(&rules, &jobs, None), at("2026-11-22T06:05:00Z")).unwrap();
+        let takeovers: Vec<&Alert> = alerts.iter().filter(|a| a.kind == "leader_took_over").collect();
+        assert_eq!(takeovers.len(), 1, "the clean handover did not alert: {alerts:?}");
+        assert_eq!(takeovers[0].key, "leader_took_over:3");
+        assert!(
+            takeovers[0].text.starts_with("pid 300 on host-b took over the state (epoch 3) from pid 200 on host-a"),
+            "{}",
+            takeovers[0].text
+        );
+        let quiet = EventRules { takeover: false, ..EventRules::default() };
+        let mut detector = Detector::start(&store, at("2026-11-22T06:00:00Z"), Duration::zero()).unwrap();
+        store.take_leadership(400, "host-c", at("2026-11-22T06:06:00Z")).unwrap();
+        let alerts = detector.scan(&store, &context(&quiet, &jobs, None), at("2026-11-22T06:07:00Z")).unwrap();
+        assert!(alerts.iter().all(|a| a.kind != "leader_took_over"), "turned off: {alerts:?}");
     }
 }

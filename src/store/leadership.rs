@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use super::{Store, StoreError, from_millis, to_millis};
+use super::{Store, StoreError, from_millis, sqlite, to_millis};
 
 /// The process that leads, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -55,17 +55,33 @@ pub fn host_name() -> String {
 impl Store {
     /// Records that the process `pid` on `host` leads from `now` on, with
     /// the next epoch; returns the row as written.
-    pub fn take_leadership(&self, pid: u32, host: &str, now: DateTime<Utc>) -> Result<Leader, StoreError> {
+    /// A lead taken from a leader that did not stop cleanly (it crashed,
+    /// was killed, or its machine died) is a `leader_took_over` event: the
+    /// alerts say so, and `status` lists it.
+    pub fn take_leadership(&mut self, pid: u32, host: &str, now: DateTime<Utc>) -> Result<Leader, StoreError> {
+        let tx = self.conn.transaction().map_err(|e| sqlite(&self.path, e))?;
+        let previous = leader_in(&tx).map_err(|e| sqlite(&self.path, e))?;
         let at = to_millis(now);
-        self.conn
-            .execute(
-                "INSERT INTO leadership (id, epoch, pid, host, since, renewed_at) VALUES (1, 1, ?1, ?2, ?3, ?3)
-                 ON CONFLICT (id) DO UPDATE SET epoch = epoch + 1, pid = excluded.pid, host = excluded.host,
-                     since = excluded.since, renewed_at = excluded.renewed_at, stopped_at = NULL",
-                params![pid, host, at],
-            )
-            .map_err(|e| self.err(e))?;
-        let leader = self.leader()?.ok_or_else(|| self.err(rusqlite::Error::QueryReturnedNoRows))?;
+        tx.execute(
+            "INSERT INTO leadership (id, epoch, pid, host, since, renewed_at) VALUES (1, 1, ?1, ?2, ?3, ?3)
+             ON CONFLICT (id) DO UPDATE SET epoch = epoch + 1, pid = excluded.pid, host = excluded.host,
+                 since = excluded.since, renewed_at = excluded.renewed_at, stopped_at = NULL",
+            params![pid, host, at],
+        )
+        .map_err(|e| sqlite(&self.path, e))?;
+        let leader = leader_in(&tx)
+            .map_err(|e| sqlite(&self.path, e))?
+            .ok_or_else(|| sqlite(&self.path, rusqlite::Error::QueryReturnedNoRows))?;
+        if let Some(previous) = previous.filter(|previous| previous.stopped_at.is_none()) {
+            let detail = serde_json::json!({
+                "epoch": leader.epoch, "pid": pid, "host": host,
+                "previous": { "epoch": previous.epoch, "pid": previous.pid, "host": previous.host,
+                              "renewed_at": previous.renewed_at.to_rfc3339() },
+            });
+            super::events::insert(&tx, None, None, "leader_took_over", &detail, now)
+                .map_err(|e| sqlite(&self.path, e))?;
+        }
+        tx.commit().map_err(|e| sqlite(&self.path, e))?;
         if pid == std::process::id() {
             LEADING_EPOCH.store(leader.epoch, Ordering::Relaxed);
         }
@@ -99,22 +115,20 @@ impl Store {
 
     /// The leader as recorded, if any process ever led this database.
     pub fn leader(&self) -> Result<Option<Leader>, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT epoch, pid, host, since, renewed_at, stopped_at FROM leadership WHERE id = 1",
-                [],
-                |row| {
-                    Ok(Leader {
-                        epoch: row.get(0)?,
-                        pid: row.get(1)?,
-                        host: row.get(2)?,
-                        since: from_millis(row.get(3)?),
-                        renewed_at: from_millis(row.get(4)?),
-                        stopped_at: row.get::<_, Option<i64>>(5)?.map(from_millis),
-                    })
-                },
-            )
-            .optional()
-            .map_err(|e| self.err(e))
+        leader_in(&self.conn).map_err(|e| self.err(e))
     }
+}
+
+fn leader_in(conn: &rusqlite::Connection) -> rusqlite::Result<Option<Leader>> {
+    conn.query_row("SELECT epoch, pid, host, since, renewed_at, stopped_at FROM leadership WHERE id = 1", [], |row| {
+        Ok(Leader {
+            epoch: row.get(0)?,
+            pid: row.get(1)?,
+            host: row.get(2)?,
+            since: from_millis(row.get(3)?),
+            renewed_at: from_millis(row.get(4)?),
+            stopped_at: row.get::<_, Option<i64>>(5)?.map(from_millis),
+        })
+    })
+    .optional()
 }

@@ -562,7 +562,7 @@ fn a_waiting_requests_length_is_its_bytes_as_batch_limits_count_them() {
 
 #[test]
 fn each_takeover_raises_the_epoch_and_a_replaced_leader_renews_nothing() {
-    let (_dir, store) = open();
+    let (_dir, mut store) = open();
     assert_eq!(store.leader().unwrap(), None, "nobody has led a new database");
     let first = store.take_leadership(100, "host-a", at(0)).unwrap();
     assert_eq!((first.epoch, first.pid, first.host.as_str(), first.since), (1, 100, "host-a", at(0)));
@@ -577,6 +577,10 @@ fn each_takeover_raises_the_epoch_and_a_replaced_leader_renews_nothing() {
     assert_eq!(store.leader().unwrap().unwrap().stopped_at, Some(at(4)));
     let third = store.take_leadership(300, "host-c", at(5)).unwrap();
     assert_eq!((third.epoch, third.stopped_at), (3, None), "a takeover clears the stop");
+    let takeovers = store.recent_events(&["leader_took_over"], at(-60), 10).unwrap();
+    assert_eq!(takeovers.len(), 1, "only the lead taken from a leader that never stopped: {takeovers:?}");
+    assert_eq!(takeovers[0].detail["previous"]["pid"], 100);
+    assert_eq!((takeovers[0].detail["epoch"].as_i64(), takeovers[0].at), (Some(2), at(2)));
 }
 
 #[test]
