@@ -56,3 +56,45 @@ fn an_unknown_job_is_a_usage_error_with_a_suggestion() {
     assert_eq!(code(&output), 2);
     assert!(stderr(&output).contains("did you mean `feed-classify`?"), "{}", stderr(&output));
 }
+
+#[test]
+fn a_queue_renders_the_items_waiting_in_it_and_says_what_to_do_when_none_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("orchestrator.db");
+    let args = |extra: &[&str]| {
+        let mut all = vec!["render", "support-tickets", "--state", state.to_str().unwrap()];
+        all.extend_from_slice(extra);
+        all.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let render = |extra: &[&str]| run(&args(extra).iter().map(String::as_str).collect::<Vec<_>>());
+    let none = render(&[]);
+    assert_eq!(code(&none), 1);
+    assert!(
+        stderr(&none).contains("there is no state database at") && stderr(&none).contains("--item"),
+        "{}",
+        stderr(&none)
+    );
+
+    let mut store = orchestrator::store::Store::open(&state).unwrap();
+    let empty = render(&[]);
+    assert!(stderr(&empty).contains("no items wait in the queue of job `support-tickets`"), "{}", stderr(&empty));
+    let posted = |subject: &str| orchestrator::store::NewQueueItem {
+        item: serde_json::json!({ "subject": subject, "body": "b", "customer": "c" }).to_string(),
+        idempotency_key: None,
+        deadline_at: None,
+        flush_by: None,
+        sync: false,
+    };
+    store
+        .enqueue_items("support-tickets", &[posted("first ticket"), posted("second ticket")], chrono::Utc::now())
+        .unwrap();
+    // No --scheduled-for: a queue is off the clock, its run would be for this minute.
+    let output = render(&[]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let requests = lines(&output);
+    assert_eq!(requests.len(), 2, "the waiting items, oldest first");
+    let content = |n: usize| requests[n]["params"]["messages"][0]["content"].as_str().unwrap().to_owned();
+    assert!(content(0).contains("Subject: first ticket") && content(1).contains("Subject: second ticket"));
+    assert!(requests[0]["custom_id"].as_str().unwrap().starts_with("support-tickets-"), "{requests:?}");
+    assert_eq!(lines(&render(&["--limit", "1"])).len(), 1);
+}

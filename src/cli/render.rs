@@ -59,6 +59,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     let items = match &args.item {
         Some(text) => vec![serde_json::from_str::<Item>(text).context("--item must be a JSON object")?],
         None if is_stage(job) => stage_items(job, &args.state)?,
+        None if job.queue.is_some() => queued_items(job, &args.state, args.limit)?,
         None => read_run_items(job, &run).with_context(|| format!("cannot read the items of job `{}`", job.name))?,
     };
     let renderer = Renderer::new(job, job.model_for(job.manifest.tier.lane()))?;
@@ -93,9 +94,33 @@ fn stage_items(job: &crate::job::Job, state: &Path) -> anyhow::Result<Vec<Item>>
     }
 }
 
+/// The instant a run would be for: the next firing, or, for a job off the
+/// clock (a stage without `schedule:`, a queue), this minute, as when it
+/// fired now.
 fn next_firing(job: &crate::job::Job, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
+    if job.manifest.schedule.is_none() {
+        return Ok(chrono::DurationRound::duration_trunc(now, chrono::Duration::minutes(1))?);
+    }
     match job.schedule.next_after(now) {
         Some(next) => Ok(next),
         None => bail!("job `{}` never fires", job.name),
     }
+}
+
+/// A queue's items as its next flush would take them: the posted items
+/// waiting in the state (at most `limit`).
+fn queued_items(job: &crate::job::Job, state: &Path, limit: Option<usize>) -> anyhow::Result<Vec<Item>> {
+    let hint = "pass `--item '{...}'` to render one item of your own";
+    if !state.exists() {
+        bail!("job `{}` takes posted items, and there is no state database at {} ({hint})", job.name, state.display());
+    }
+    let store = super::setup::open_beside_daemon(state, true)?;
+    let waiting = store.waiting_queue_items(&job.name, limit.unwrap_or(usize::MAX))?;
+    if waiting.is_empty() {
+        bail!("no items wait in the queue of job `{}` ({hint})", job.name);
+    }
+    waiting
+        .iter()
+        .map(|text| serde_json::from_str::<Item>(text).context("a stored queue item is not a JSON object"))
+        .collect()
 }

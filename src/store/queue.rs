@@ -231,6 +231,18 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
+    /// The items waiting in `job`'s queue, oldest first, at most `limit`:
+    /// what its next flush takes.
+    pub fn waiting_queue_items(&self, job: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached("SELECT item FROM queue_items WHERE job = ?1 AND run_id IS NULL ORDER BY id LIMIT ?2")
+            .map_err(|e| self.err(e))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = statement.query_map(params![job, limit], |row| row.get(0)).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
     /// The items a flush moved into `run_id`, in their order there.
     pub fn queued_items_of_run(&self, run_id: i64) -> Result<Vec<String>, StoreError> {
         let mut statement = self
