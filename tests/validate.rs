@@ -347,3 +347,30 @@ fn a_postgres_sink_needs_a_plain_table_name_and_says_when_its_database_url_is_mi
     let error = found.iter().find(|d| d["code"] == "E064").unwrap_or_else(|| panic!("{found:#?}"));
     assert_eq!(error["message"], "table name `answers; drop` is not a plain identifier");
 }
+
+#[test]
+fn overlap_and_catch_up_on_a_job_off_the_clock_are_said_to_do_nothing() {
+    let queue = "enqueue: { max_items: 10, max_wait: 5m }\nmodel: claude-haiku-4-5\nmax_tokens: 100\n\
+                 prompt: { inline: hi }\ncatch_up: all\noverlap: skip\n";
+    let dir = project_with(queue);
+    let output = run_in(dir.path(), &["validate", "--format", "json"]);
+    assert_eq!(code(&output), 0, "warnings only: {}", stdout(&output));
+    let found: Vec<serde_json::Value> = serde_json::from_str(&stdout(&output)).unwrap();
+    let w075: Vec<(i64, &str)> = found
+        .iter()
+        .filter(|d| d["code"] == "W075")
+        .map(|d| (d["line"].as_i64().unwrap(), d["message"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        w075,
+        [
+            (5, "`catch_up` applies at the instants of a `schedule:`, and this job has none"),
+            (6, "`overlap` applies at the instants of a `schedule:`, and this job has none"),
+        ],
+        "{found:#?}"
+    );
+    let scheduled =
+        project_with(&queue.replace("enqueue: { max_items: 10, max_wait: 5m }", "schedule: { cron: '0 6 * * *' }"));
+    let output = run_in(scheduled.path(), &["validate", "--format", "json"]);
+    assert!(!stdout(&output).contains("W075"), "{}", stdout(&output));
+}

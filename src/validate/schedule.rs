@@ -28,6 +28,7 @@ pub(super) fn check(job: &Parsed, catalog: &Catalog, now: DateTime<Utc>, out: &m
                  or `enqueue: { max_items: 1000, max_wait: 30m }` for items posted to the daemon",
             ));
         }
+        check_policies_off_the_clock(job, out);
         check_deadline(job, catalog, None, out);
         return;
     };
@@ -57,6 +58,26 @@ pub(super) fn check(job: &Parsed, catalog: &Catalog, now: DateTime<Utc>, out: &m
         }
     }
     check_deadline(job, catalog, cadence, out);
+}
+
+/// W075: `overlap` and `catch_up` rule what happens at a cron instant; a
+/// stage without a schedule starts a run for each completed upstream run,
+/// and a queue for each flush, whatever they say.
+fn check_policies_off_the_clock(job: &Parsed, out: &mut Vec<Diagnostic>) {
+    for key in ["overlap", "catch_up"] {
+        if job.spans.get(key).is_some() {
+            out.push(
+                job.at_key(
+                    Code::PolicyWithoutSchedule,
+                    key,
+                    format!("`{key}` applies at the instants of a `schedule:`, and this job has none"),
+                )
+                .help(format!(
+                    "remove `{key}` (a stage runs once per completed upstream run, a queue once per flush), or add a `schedule:`"
+                )),
+            );
+        }
+    }
 }
 
 /// E069 and E073: a queue's items come from the enqueue endpoint alone,
