@@ -240,6 +240,17 @@ async fn only_the_process_holding_the_lock_migrates_and_a_newer_standby_waits_to
     let standby = serve(dir.path(), "http://127.0.0.1:9", &["--standby"], &standby_log);
     wait_until("the waiting standby", Duration::from_secs(30), || logged(&standby_log, "waits for it to stop")).await;
     assert_eq!(version(), behind, "the newer standby waits before it migrates");
+    // A reload asked while it waits is ignored (it has loaded nothing yet), not fatal.
+    signal(&standby, "HUP");
+    wait_until("the ignored reload", Duration::from_secs(30), || logged(&standby_log, "reload ignored")).await;
+    // A second one told to stop while it waits exits cleanly.
+    let second_log = dir.path().join("second.log");
+    let second = serve(dir.path(), "http://127.0.0.1:9", &["--standby"], &second_log);
+    wait_until("the second waiting standby", Duration::from_secs(30), || logged(&second_log, "waits for it to stop"))
+        .await;
+    signal(&second, "TERM");
+    let (code, _) = wait_exit(second, Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "{}", std::fs::read_to_string(&second_log).unwrap());
     drop(lock);
     wait_until("the lead", Duration::from_secs(30), || logged(&standby_log, "leading:")).await;
     assert_eq!(version(), orchestrator::store::Store::supported_version(), "migrated once it held the lock");

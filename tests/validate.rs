@@ -346,6 +346,10 @@ fn a_postgres_sink_needs_a_plain_table_name_and_says_when_its_database_url_is_mi
     assert_eq!(status, 78);
     let error = found.iter().find(|d| d["code"] == "E064").unwrap_or_else(|| panic!("{found:#?}"));
     assert_eq!(error["message"], "table name `answers; drop` is not a plain identifier");
+    let (status, found) = validate(&job.replace("table: answers", "table: Answers"), Some("postgres://x/y"));
+    assert_eq!(status, 78);
+    let error = found.iter().find(|d| d["code"] == "E064").unwrap_or_else(|| panic!("{found:#?}"));
+    assert_eq!(error["help"], "write `answers`");
 }
 
 #[test]

@@ -96,36 +96,47 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
                 Err(code) => return Ok(code),
             };
         let engine = Arc::clone(&backend.engine);
-        // Recorded as the leader while it drives (status and a standby's pages name it).
-        let lead = Lead::take(engine.store(), None, RENEW_EVERY).await?;
-        let scheduled_for = which_run(&engine, args, &job.name).await?;
-        let deadline_at = scheduled_for + chrono::Duration::from_std(deadline).context("deadline too long")?;
-        let run = match job.queue {
-            // A queue's run takes the items waiting in it.
-            Some(_) => engine.start_queue_run(&job, scheduled_for, deadline_at).await?,
-            None => engine.start_run(&job, scheduled_for, deadline_at).await?,
-        };
-        // A progress line on a terminal, below the log; logs alone otherwise.
-        let progress = std::io::stderr().is_terminal().then(Progress::start);
-        let outcome = engine
-            .drive(run.id, async |run| {
-                if let Err(error) = lead.renew_if_due(engine.store()).await {
-                    tracing::error!(%error, "the leadership row names another process");
-                }
-                match &progress {
-                    Some(line) => show_progress(&engine, run, line).await,
-                    None => Ok(()),
-                }
-            })
-            .await;
-        drop(progress);
+        // Recorded as the leader while it drives (status and a standby's pages name it),
+        // and marked stopped on every way out but a kill.
+        let lead = Lead::take(engine.store(), Some(Arc::clone(&backend.lock)), RENEW_EVERY).await?;
+        let outcome = drive(&engine, &job, args, deadline, &lead).await;
         lead.release(engine.store()).await;
-        let outcome = outcome
-            .with_context(|| format!("run of `{}` stopped; run the same command again to resume it", job.name))?;
+        let outcome = outcome?;
         print_summary(&outcome);
         backend.shutdown().await;
         Ok(exit_code(&outcome))
     })
+}
+
+/// Starts (or resumes) the run and drives it to its end, renewing `lead`
+/// as it goes: a lead another process took stops it.
+async fn drive(
+    engine: &Engine,
+    job: &crate::job::Job,
+    args: &Args,
+    deadline: std::time::Duration,
+    lead: &Lead,
+) -> anyhow::Result<RunOutcome> {
+    let scheduled_for = which_run(engine, args, &job.name).await?;
+    let deadline_at = scheduled_for + chrono::Duration::from_std(deadline).context("deadline too long")?;
+    let run = match job.queue {
+        // A queue's run takes the items waiting in it.
+        Some(_) => engine.start_queue_run(job, scheduled_for, deadline_at).await?,
+        None => engine.start_run(job, scheduled_for, deadline_at).await?,
+    };
+    // A progress line on a terminal, below the log; logs alone otherwise.
+    let progress = std::io::stderr().is_terminal().then(Progress::start);
+    let outcome = engine
+        .drive(run.id, async |run| {
+            lead.renew_if_due(engine.store()).await?;
+            match &progress {
+                Some(line) => show_progress(engine, run, line).await,
+                None => Ok(()),
+            }
+        })
+        .await;
+    drop(progress);
+    outcome.with_context(|| format!("run of `{}` stopped; run the same command again to resume it", job.name))
 }
 
 /// The instant of the run to drive: `--scheduled-for`; else, unless

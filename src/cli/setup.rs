@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use super::{EXIT_BUSY, EXIT_CONFIG};
 use crate::clock::Clock;
-use crate::daemon::leadership::StateLock;
+use crate::daemon::leadership::{StateLock, Waited};
 use crate::engine::{Engine, EngineSettings};
 use crate::job::Job;
 use crate::lanes::{BatchLane, SyncLane};
@@ -117,7 +117,10 @@ pub(super) async fn backend(
     if !held && Store::stored_version(state)? < Store::supported_version() {
         // A newer build as a standby could neither read the older tables nor
         // migrate them under the leader: it waits for the lock first.
-        crate::daemon::leadership::wait_to_migrate(&lock, state).await;
+        if crate::daemon::leadership::wait_to_migrate(&lock, state).await? == Waited::Stopped {
+            tracing::info!("stopped before this process could open the state");
+            return Ok(Err(0));
+        }
     }
     let store = SharedStore::new(Store::open(state)?);
     // The simulator keeps the engine's time: a rehearsal clock moves its batches too.

@@ -151,14 +151,31 @@ impl Lead {
     }
 }
 
+/// How a standby's wait before it opens the state ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    /// The lock is ours: open (and migrate) the state and lead.
+    Lead,
+    /// The leader brought the schema to this build's version: open the
+    /// state as a standby of the same version.
+    SameVersion,
+    /// SIGTERM or SIGINT came first.
+    Stopped,
+}
+
 /// For a standby of a newer build than the state's schema: waits until
-/// the lock is ours (the leader of the older build has stopped), telling
-/// the service manager it is up meanwhile. Nothing is served until then;
-/// the caller opens (and so migrates) the state after. A stop signal ends
-/// the process where it waits (no handler is installed yet).
-pub async fn wait_to_migrate(lock: &StateLock, state: &Path) {
-    let (found, supported) =
-        (crate::store::Store::stored_version(state).unwrap_or(0), crate::store::Store::supported_version());
+/// the lock is ours (the leader of the older build has stopped), or until
+/// the schema is this build's (a leader of the same build that had not yet
+/// created or migrated the state when this one started), telling the
+/// service manager it is up meanwhile. Nothing is served until then.
+/// SIGHUP is ignored here (there is nothing to reload yet); SIGTERM and
+/// SIGINT end the wait.
+pub async fn wait_to_migrate(lock: &StateLock, state: &Path) -> anyhow::Result<Waited> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int, mut hup) =
+        (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?, signal(SignalKind::hangup())?);
+    let supported = crate::store::Store::supported_version();
+    let found = crate::store::Store::stored_version(state).unwrap_or(0);
     tracing::info!(
         lock = lock.path(),
         "standby: this build reads schema version {supported} and {} is at {found}; another process drives it, \
@@ -170,11 +187,20 @@ pub async fn wait_to_migrate(lock: &StateLock, state: &Path) {
     notifier.status(&format!("standby (newer build): waiting to migrate {} from version {found}", state.display()));
     loop {
         match lock.try_take() {
-            Ok(true) => return,
+            Ok(true) => return Ok(Waited::Lead),
             Ok(false) => notifier.watchdog(),
             Err(error) => tracing::error!(%error, lock = lock.path(), "cannot try the state lock; trying again"),
         }
-        tokio::time::sleep(STANDBY_POLL).await;
+        if crate::store::Store::stored_version(state).is_ok_and(|version| version == supported) {
+            tracing::info!("the leader brought the state to this build's schema: a standby of the same version now");
+            return Ok(Waited::SameVersion);
+        }
+        tokio::select! {
+            _ = term.recv() => return Ok(Waited::Stopped),
+            _ = int.recv() => return Ok(Waited::Stopped),
+            _ = hup.recv() => tracing::info!("reload ignored: nothing is loaded until this process can open the state"),
+            () = tokio::time::sleep(STANDBY_POLL) => {}
+        }
     }
 }
 

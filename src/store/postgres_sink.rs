@@ -9,6 +9,7 @@
 //! server offers it, verified against the system's roots). The URL holds a
 //! password: it is never logged, and errors name the table, not the URL.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -103,21 +104,62 @@ pub fn upsert_at(url: &str, table: &str, rows: &[SinkRow<'_>]) -> Result<(), Pos
 
 /// The rows as three columns, one entry per custom_id (its last row):
 /// one statement may not update a row twice.
-fn columns<'a>(rows: &[SinkRow<'a>]) -> (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>) {
+fn columns<'a>(rows: &[SinkRow<'a>]) -> (Vec<&'a str>, Vec<Cow<'a, str>>, Vec<Cow<'a, str>>) {
     let last: HashMap<&str, usize> = rows.iter().enumerate().map(|(i, row)| (row.custom_id, i)).collect();
     let kept = rows.iter().enumerate().filter(|(i, row)| last[row.custom_id] == *i).map(|(_, row)| row);
     let mut columns = (Vec::new(), Vec::new(), Vec::new());
     for row in kept {
         columns.0.push(row.custom_id);
-        columns.1.push(row.text);
-        columns.2.push(row.result);
+        columns.1.push(without_nul(row.text));
+        columns.2.push(json_without_nul(row.result));
     }
     columns
 }
 
+/// PostgreSQL's `text` cannot hold U+0000, which a model's text or an item
+/// may: it becomes U+FFFD, so that one result never blocks the rest.
+fn without_nul(text: &str) -> Cow<'_, str> {
+    match text.contains('\0') {
+        true => Cow::Owned(text.replace('\0', "\u{FFFD}")),
+        false => Cow::Borrowed(text),
+    }
+}
+
+/// The same for `jsonb`, which refuses the escape `\u0000` in any string.
+fn json_without_nul(json: &str) -> Cow<'_, str> {
+    if !json.contains("\\u0000") {
+        return Cow::Borrowed(json);
+    }
+    fn clean(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(text) => *text = without_nul(text).into_owned(),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(clean),
+            serde_json::Value::Object(fields) => fields.values_mut().for_each(clean),
+            _ => {}
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(mut value) => {
+            clean(&mut value);
+            Cow::Owned(value.to_string())
+        }
+        Err(_) => Cow::Borrowed(json),
+    }
+}
+
+/// The TLS connector: the system's roots, and aws-lc-rs named explicitly
+/// (the process-wide default would panic if another crate ever enabled a
+/// second crypto provider).
 fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, PostgresSinkError> {
-    use rustls_platform_verifier::ConfigVerifierExt;
-    let config = rustls::ClientConfig::with_platform_verifier().map_err(|e| PostgresSinkError::Tls(e.to_string()))?;
+    use rustls_platform_verifier::BuilderVerifierExt;
+    let tls = |e: rustls::Error| PostgresSinkError::Tls(e.to_string());
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls)?
+        .with_platform_verifier()
+        .map_err(tls)?
+        .with_no_client_auth();
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
@@ -134,6 +176,17 @@ mod tests {
         let (ids, texts, _) = columns(&[row("a", "1"), row("b", "2"), row("a", "3")]);
         assert_eq!(ids, ["b", "a"]);
         assert_eq!(texts, ["2", "3"]);
+    }
+
+    #[test]
+    fn a_nul_in_the_text_or_the_json_becomes_a_replacement_character() {
+        let json = serde_json::json!({ "text": "a\u{0}b", "item": { "note": ["x\u{0}"] } }).to_string();
+        let rows = [SinkRow { custom_id: "a", text: "a\u{0}b", result: &json }];
+        let (_, texts, results) = columns(&rows);
+        assert_eq!(texts, ["a\u{FFFD}b"]);
+        let cleaned: serde_json::Value = serde_json::from_str(&results[0]).unwrap();
+        assert_eq!(cleaned, serde_json::json!({ "text": "a\u{FFFD}b", "item": { "note": ["x\u{FFFD}"] } }));
+        assert!(matches!(json_without_nul(r#"{"a":"plain"}"#), Cow::Borrowed(_)), "untouched without one");
     }
 
     #[test]

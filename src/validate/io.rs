@@ -125,6 +125,22 @@ fn check_sink(job: &Parsed, out: &mut Vec<Diagnostic>) {
             );
         }
     }
+    // Quoted, `Results` would be a table apart from the `results` a user's unquoted SQL names.
+    if let Some(table) = sink
+        .postgres
+        .as_ref()
+        .map(|s| &s.table)
+        .filter(|t| is_identifier(t) && t.chars().any(|c| c.is_ascii_uppercase()))
+    {
+        out.push(
+            job.at_value(
+                Code::InvalidSinkTable,
+                "sink.postgres.table",
+                format!("table name `{table}` has capitals, which PostgreSQL folds away in unquoted names"),
+            )
+            .help(format!("write `{}`", table.to_ascii_lowercase())),
+        );
+    }
     if sink.postgres.is_some() && crate::store::postgres_sink::database_url().is_none() {
         out.push(
             job.at_key(
