@@ -54,6 +54,21 @@ fn listen_address(log: &Path) -> String {
     format!("http://{field}")
 }
 
+/// `serve --standby` in `dir`, logging to `log`, once it waits and serves;
+/// the process and the base URL of its web.
+async fn standby_beside(dir: &Path, base_url: &str, log: &Path) -> (Child, String) {
+    let standby = serve(dir, base_url, &["--standby"], log);
+    wait_until("the standby's web", Duration::from_secs(30), || logged(log, " serving") && logged(log, "standby:"))
+        .await;
+    (standby, listen_address(log))
+}
+
+/// Posts `body` (JSON Lines) to `job`'s queue at `base`; the status code.
+async fn post_items(base: &str, job: &str, body: String) -> u16 {
+    let url = format!("{base}/api/v1/jobs/{job}/items");
+    reqwest::Client::new().post(url).bearer_auth(TOKEN).body(body).send().await.unwrap().status().as_u16()
+}
+
 async fn get(url: &str) -> reqwest::Response {
     reqwest::Client::new().get(url).bearer_auth(TOKEN).send().await.unwrap()
 }
@@ -73,12 +88,7 @@ async fn a_standby_serves_and_queues_while_another_leads_then_takes_over_a_kille
     let batch_created = "SELECT COUNT(*) FROM batches WHERE provider_batch_id IS NOT NULL";
     wait_until("the leader's batch", Duration::from_secs(30), || count(dir.path(), batch_created) == 1).await;
 
-    let standby = serve(dir.path(), &sim.base_url(), &["--standby"], &standby_log);
-    wait_until("the standby's web", Duration::from_secs(30), || {
-        logged(&standby_log, " serving") && logged(&standby_log, "standby:")
-    })
-    .await;
-    let base = listen_address(&standby_log);
+    let (standby, base) = standby_beside(dir.path(), &sim.base_url(), &standby_log).await;
     let status = get_json(&format!("{base}/api/v1/status")).await;
     assert_eq!(status["leader"]["pid"], json!(leader.id()), "the standby names the leader: {status}");
     assert_eq!(status["leader"]["epoch"], json!(1));
@@ -97,15 +107,7 @@ async fn a_standby_serves_and_queues_while_another_leads_then_takes_over_a_kille
     let before = steps();
     wait_until("the leader between steps", Duration::from_secs(30), || steps() > before).await;
     signal(&leader, "STOP");
-    let posted = three_items("k");
-    let answer = reqwest::Client::new()
-        .post(format!("{base}/api/v1/jobs/triage/items"))
-        .bearer_auth(TOKEN)
-        .body(posted)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status().as_u16(), 202, "a standby commits posted items");
+    assert_eq!(post_items(&base, "triage", three_items("k")).await, 202, "a standby commits posted items");
     assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM queue_items WHERE run_id IS NULL"), 3, "stored, not run");
 
     assert_eq!(sim.stats().batches_created, 1, "the standby created nothing while it waited");
@@ -151,20 +153,8 @@ async fn items_posted_to_a_standby_are_flushed_by_the_running_leader() {
     let (lead_log, standby_log) = (dir.path().join("lead.log"), dir.path().join("standby.log"));
     let leader = serve(dir.path(), &sim.base_url(), &[], &lead_log);
     wait_until("the leader", Duration::from_secs(30), || logged(&lead_log, "leading:")).await;
-    let standby = serve(dir.path(), &sim.base_url(), &["--standby"], &standby_log);
-    wait_until("the standby", Duration::from_secs(30), || {
-        logged(&standby_log, " serving") && logged(&standby_log, "standby:")
-    })
-    .await;
-    let base = listen_address(&standby_log);
-    let answer = reqwest::Client::new()
-        .post(format!("{base}/api/v1/jobs/triage/items"))
-        .bearer_auth(TOKEN)
-        .body(three_items("p"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status().as_u16(), 202);
+    let (standby, base) = standby_beside(dir.path(), &sim.base_url(), &standby_log).await;
+    assert_eq!(post_items(&base, "triage", three_items("p")).await, 202);
     // The leader's loop notices the items (the standby's endpoint cannot wake it) and runs them.
     wait_until("the leader's wake", Duration::from_secs(30), || {
         logged(&lead_log, "items were posted through another process")
@@ -296,20 +286,8 @@ async fn a_standby_finishes_a_leader_killed_at_each_crash_point_with_nothing_los
             .spawn()
             .unwrap();
         wait_until("the leader", Duration::from_secs(30), || logged(&lead_log, "leading:")).await;
-        let standby = serve(dir.path(), &sim.base_url(), &["--standby"], &standby_log);
-        wait_until("the standby", Duration::from_secs(30), || {
-            logged(&standby_log, " serving") && logged(&standby_log, "standby:")
-        })
-        .await;
-        let base = listen_address(&standby_log);
-        let posted = reqwest::Client::new()
-            .post(format!("{base}/api/v1/jobs/bulk/items"))
-            .bearer_auth(TOKEN)
-            .body(items.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(posted.status().as_u16(), 202, "{point}");
+        let (standby, base) = standby_beside(dir.path(), &sim.base_url(), &standby_log).await;
+        assert_eq!(post_items(&base, "bulk", items.clone()).await, 202, "{point}");
         let (code, _) = wait_exit(leader, Duration::from_secs(120)).await;
         assert_eq!(code, None, "{point}: the leader was killed at its failpoint");
         wait_until("the takeover", Duration::from_secs(15), || logged(&standby_log, "released the state lock")).await;
