@@ -54,7 +54,7 @@ pub struct StatusReport {
 }
 
 /// A leader whose row is older than this has stopped renewing it (it
-/// renews at least every 30 s while it runs).
+/// renews every 5 s while it leads).
 const LEADER_STALE_SECS: i64 = 90;
 
 /// Who leads, and whether it still says so.

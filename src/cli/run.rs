@@ -126,15 +126,14 @@ async fn drive(
     };
     // A progress line on a terminal, below the log; logs alone otherwise.
     let progress = std::io::stderr().is_terminal().then(Progress::start);
-    let outcome = engine
-        .drive(run.id, async |run| {
-            lead.renew_if_due(engine.store()).await?;
-            match &progress {
-                Some(line) => show_progress(engine, run, line).await,
-                None => Ok(()),
-            }
-        })
-        .await;
+    let driven = engine.drive(run.id, async |run| match &progress {
+        Some(line) => show_progress(engine, run, line).await,
+        None => Ok(()),
+    });
+    let outcome = tokio::select! {
+        outcome = driven => outcome,
+        lost = lead.renew_until_lost(engine.store()) => Err(lost.into()),
+    };
     drop(progress);
     outcome.with_context(|| format!("run of `{}` stopped; run the same command again to resume it", job.name))
 }

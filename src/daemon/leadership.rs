@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
@@ -80,7 +80,7 @@ impl StateLock {
     }
 }
 
-/// How often a leader renews its row (after a step; a step may take longer).
+/// How often a leader renews its row, beside its work.
 pub const RENEW_EVERY: Duration = Duration::from_secs(5);
 
 /// This process's lead, as `serve` and `run` hold it: taken when the
@@ -90,7 +90,6 @@ pub struct Lead {
     epoch: i64,
     lock: Option<Arc<StateLock>>,
     every: Duration,
-    renewed: Mutex<Instant>,
 }
 
 impl Lead {
@@ -99,7 +98,7 @@ impl Lead {
     pub async fn take(store: &SharedStore, lock: Option<Arc<StateLock>>, every: Duration) -> Result<Lead, StoreError> {
         let (pid, host) = (std::process::id(), crate::store::leadership::host_name());
         let leader = store.call(move |s| s.take_leadership(pid, &host, Utc::now())).await?;
-        Ok(Lead { epoch: leader.epoch, lock, every, renewed: Mutex::new(Instant::now()) })
+        Ok(Lead { epoch: leader.epoch, lock, every })
     }
 
     /// The epoch of this lead.
@@ -107,19 +106,12 @@ impl Lead {
         self.epoch
     }
 
-    /// Renews the row once `every` has passed since the last renewal. An
-    /// error when another process took over or the lock file is no longer
-    /// the one locked (either means the lock was bypassed: a deleted lock
-    /// file, a state on a network file system). A store that fails is
-    /// logged, not fatal: the lock, not the row, decides who leads.
-    pub async fn renew_if_due(&self, store: &SharedStore) -> Result<(), StoreError> {
-        {
-            let mut renewed = self.renewed.lock().unwrap_or_else(PoisonError::into_inner);
-            if renewed.elapsed() < self.every {
-                return Ok(());
-            }
-            *renewed = Instant::now();
-        }
+    /// Renews the row. An error when another process took over or the lock
+    /// file is no longer the one locked (either means the lock was
+    /// bypassed: a deleted lock file, a state on a network file system). A
+    /// store that fails is logged, not fatal: the lock, not the row,
+    /// decides who leads.
+    async fn renew(&self, store: &SharedStore) -> Result<(), StoreError> {
         let epoch = self.epoch;
         let superseded = async || {
             Ok::<_, StoreError>(StoreError::Superseded { path: store.call(|s| Ok(s.path().to_owned())).await?, epoch })
@@ -137,6 +129,19 @@ impl Lead {
             Err(error) => {
                 tracing::error!(%error, "could not renew the leadership row; trying again at the next step");
                 Ok(())
+            }
+        }
+    }
+
+    /// Renews the row every `every` (real time) for as long as it is
+    /// polled, beside the work rather than between its steps, so a long
+    /// step (a large ingest, a slow download) never looks like a dead
+    /// leader. Returns only when the lead was lost.
+    pub async fn renew_until_lost(&self, store: &SharedStore) -> StoreError {
+        loop {
+            tokio::time::sleep(self.every.max(Duration::from_millis(100))).await;
+            if let Err(error) = self.renew(store).await {
+                return error;
             }
         }
     }
@@ -233,6 +238,28 @@ mod tests {
         drop(first);
         assert!(second.try_take().unwrap(), "released with its holder");
         assert!(second.still_held());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_lead_is_renewed_while_a_step_is_still_running_and_lost_once_another_takes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SharedStore::new(crate::store::Store::open(&dir.path().join("orchestrator.db")).unwrap());
+        let lead = Lead::take(&store, None, Duration::from_millis(100)).await.unwrap();
+        let since = store.call(|s| s.leader()).await.unwrap().unwrap().renewed_at;
+        let renewed = || async { store.call(|s| s.leader()).await.unwrap().unwrap().renewed_at };
+        // A step that takes a long time: the renewals go on beside it.
+        let long_step = async {
+            while renewed().await <= since {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            () = long_step => {}
+            lost = lead.renew_until_lost(&store) => panic!("the lead was not lost: {lost}"),
+        }
+        store.call(|s| s.take_leadership(1, "elsewhere", Utc::now())).await.unwrap();
+        let lost = tokio::time::timeout(Duration::from_secs(30), lead.renew_until_lost(&store)).await.unwrap();
+        assert!(matches!(lost, StoreError::Superseded { epoch: 1, .. }), "{lost}");
     }
 
     #[test]

@@ -113,8 +113,8 @@ impl Daemon {
         self
     }
 
-    /// Renews the leadership row after a step once `every` has passed
-    /// since the last renewal (5 s by default).
+    /// Renews the leadership row every `every` (5 s by default; at least
+    /// every 100 ms), beside the loop's steps.
     pub fn with_renewal_every(mut self, every: Duration) -> Daemon {
         self.renew_every = every;
         self
@@ -262,7 +262,11 @@ impl Daemon {
         match started {
             Some(started) => {
                 started?;
-                self.run_loop(leader, control, reload, clock).await
+                // A lost lead ends the loop wherever it waits, as a stop does.
+                tokio::select! {
+                    stepped = self.run_loop(control, reload, clock) => stepped,
+                    lost = leader.renew_until_lost(self.engine.store()) => Err(lost),
+                }
             }
             None => Ok(()),
         }
@@ -273,7 +277,6 @@ impl Daemon {
     /// Items posted through another process wake the loop too.
     async fn run_loop(
         &self,
-        leader: &Lead,
         control: &mut Control,
         reload: Reload<'_>,
         clock: &dyn crate::clock::Clock,
@@ -288,7 +291,6 @@ impl Daemon {
                     AFTER_FAILED_STEP
                 }),
             };
-            leader.renew_if_due(self.engine.store()).await?;
             // Evidence for tests (and a debugging operator) that the loop is between steps.
             tracing::debug!(sleep_ms = sleep.as_millis() as u64, "step done; sleeping");
             tokio::select! {
