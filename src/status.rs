@@ -82,17 +82,11 @@ impl LeaderStatus {
     pub fn describe(&self) -> String {
         let (l, ago) = (&self.leader, self.renewed_secs_ago);
         let renewal = match (self.renewing, l.stopped_at) {
-            (_, Some(at)) => format!("stopped cleanly at {}", at.format("%Y-%m-%d %H:%M:%S UTC")),
+            (_, Some(at)) => format!("stopped cleanly at {}", time(at)),
             (true, None) => format!("renewed {ago} s ago"),
             (false, None) => format!("not renewed for {ago} s: no process leads now?"),
         };
-        format!(
-            "pid {} on {} (epoch {}) since {}, {renewal}",
-            l.pid,
-            l.host,
-            l.epoch,
-            l.since.format("%Y-%m-%d %H:%M:%S UTC")
-        )
+        format!("pid {} on {} (epoch {}) since {}, {renewal}", l.pid, l.host, l.epoch, time(l.since))
     }
 }
 
@@ -476,10 +470,14 @@ pub fn collect(
     Ok(StatusReport { now, runs, schedules, recent, queues, enqueued, leader })
 }
 
+/// An instant as the terminal report shows it.
+fn time(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
 /// The report as text for a terminal.
 pub fn render_text(report: &StatusReport) -> String {
     let mut out = String::new();
-    let time = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
     if let Some(leader) = &report.leader {
         out.push_str(&format!("leader: {}\n", leader.describe()));
     }
@@ -554,7 +552,6 @@ pub fn render_text(report: &StatusReport) -> String {
 
 /// Each job's next firing, or the trigger it fires on instead, and an instant that could not start.
 fn render_schedules(schedules: &[ScheduleStatus], out: &mut String) {
-    let time = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
     for schedule in schedules {
         match schedule.next_at {
             Some(next) => out.push_str(&format!("job {}: next firing {}\n", schedule.job, time(next))),
@@ -677,6 +674,16 @@ mod tests {
         let stale = LeaderStatus::new(leader.clone(), at(10) + Duration::seconds(91));
         assert!(!stale.renewing);
         assert!(stale.describe().ends_with("not renewed for 91 s: no process leads now?"), "{}", stale.describe());
+        let report = StatusReport {
+            now: at(100),
+            runs: vec![],
+            schedules: vec![],
+            recent: vec![],
+            queues: vec![],
+            enqueued: vec![],
+            leader: Some(fresh.clone()),
+        };
+        assert!(render_text(&report).starts_with(&format!("leader: {}\n", fresh.describe())), "the first line");
         let stopped = LeaderStatus::new(crate::store::Leader { stopped_at: Some(at(20)), ..leader }, at(21));
         assert!(!stopped.renewing);
         assert!(stopped.describe().ends_with("stopped cleanly at 2027-01-15 08:00:20 UTC"), "{}", stopped.describe());

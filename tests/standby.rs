@@ -46,6 +46,13 @@ fn logged(log: &Path, text: &str) -> bool {
     std::fs::read_to_string(log).unwrap_or_default().contains(text)
 }
 
+/// SIGTERM to `child`, which must exit 0 (its log, `log`, says why not).
+async fn stop_cleanly(child: Child, log: &Path) {
+    signal(&child, "TERM");
+    let (code, _) = wait_exit(child, Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "{}", std::fs::read_to_string(log).unwrap_or_default());
+}
+
 /// The address a process logged in its `serving` line.
 fn listen_address(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap();
@@ -124,6 +131,9 @@ async fn a_standby_serves_and_queues_while_another_leads_then_takes_over_a_kille
     assert_eq!(status["leader"]["epoch"], json!(2), "one takeover");
     let metrics = get(&format!("{base}/metrics")).await.text().await.unwrap();
     assert!(metrics.contains("orchestrator_leading 1\n"), "{metrics}");
+    let page = get(&format!("{base}/batches")).await.text().await.unwrap();
+    assert!(page.contains(&format!("led by pid {} on", standby.id())), "the footer names the new leader");
+    assert!(!page.contains("this process is a standby"), "and no longer calls this process a standby");
     let bulk = delivered(&dir.path().join("out/bulk.jsonl"));
     assert_eq!(bulk.len(), ITEMS, "every item of the killed leader's run reached the sink");
     assert!(bulk.values().all(|&n| n == 1), "nothing was delivered twice");
@@ -132,9 +142,7 @@ async fn a_standby_serves_and_queues_while_another_leads_then_takes_over_a_kille
     assert_eq!(sim.stats().batches_created, 1, "the batch was adopted, not submitted again");
     assert_eq!(sim.stats().custom_ids_submitted_more_than_once, 0);
 
-    signal(&standby, "TERM");
-    let (code, _) = wait_exit(standby, Duration::from_secs(15)).await;
-    assert_eq!(code, Some(0), "{}", std::fs::read_to_string(&standby_log).unwrap());
+    stop_cleanly(standby, &standby_log).await;
     sim.shutdown().await;
 }
 
@@ -165,11 +173,8 @@ async fn items_posted_to_a_standby_are_flushed_by_the_running_leader() {
     let triage = delivered(&dir.path().join("out/triage.jsonl"));
     assert_eq!((triage.len(), triage.values().all(|&n| n == 1)), (3, true));
     assert!(!logged(&standby_log, "released the state lock"), "the standby never led");
-    for child in [standby, leader] {
-        signal(&child, "TERM");
-        let (code, _) = wait_exit(child, Duration::from_secs(15)).await;
-        assert_eq!(code, Some(0));
-    }
+    stop_cleanly(standby, &standby_log).await;
+    stop_cleanly(leader, &lead_log).await;
     sim.shutdown().await;
 }
 
@@ -189,14 +194,10 @@ async fn a_standby_told_to_stop_before_it_leads_exits_cleanly_having_written_not
     // A standby reloads its manifests when asked: its enqueue endpoint checks posts against them.
     signal(&standby, "HUP");
     wait_until("the standby's reload", Duration::from_secs(30), || logged(&standby_log, "manifests reloaded")).await;
-    signal(&standby, "TERM");
-    let (code, _) = wait_exit(standby, Duration::from_secs(15)).await;
-    assert_eq!(code, Some(0), "{}", std::fs::read_to_string(&standby_log).unwrap());
+    stop_cleanly(standby, &standby_log).await;
     assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM runs"), 0, "the standby's --run-now fired nothing");
     assert_eq!(count(dir.path(), "SELECT epoch FROM leadership"), 1, "it never took the lead");
-    signal(&leader, "TERM");
-    let (code, _) = wait_exit(leader, Duration::from_secs(15)).await;
-    assert_eq!(code, Some(0));
+    stop_cleanly(leader, &lead_log).await;
     sim.shutdown().await;
 }
 
@@ -238,15 +239,11 @@ async fn only_the_process_holding_the_lock_migrates_and_a_newer_standby_waits_to
     let second = serve(dir.path(), "http://127.0.0.1:9", &["--standby"], &second_log);
     wait_until("the second waiting standby", Duration::from_secs(30), || logged(&second_log, "waits for it to stop"))
         .await;
-    signal(&second, "TERM");
-    let (code, _) = wait_exit(second, Duration::from_secs(15)).await;
-    assert_eq!(code, Some(0), "{}", std::fs::read_to_string(&second_log).unwrap());
+    stop_cleanly(second, &second_log).await;
     drop(lock);
     wait_until("the lead", Duration::from_secs(30), || logged(&standby_log, "leading:")).await;
     assert_eq!(version(), orchestrator::store::Store::supported_version(), "migrated once it held the lock");
-    signal(&standby, "TERM");
-    let (code, _) = wait_exit(standby, Duration::from_secs(15)).await;
-    assert_eq!(code, Some(0), "{}", std::fs::read_to_string(&standby_log).unwrap());
+    stop_cleanly(standby, &standby_log).await;
     assert_eq!(
         count(dir.path(), "SELECT COUNT(*) FROM leadership WHERE stopped_at IS NOT NULL"),
         1,
@@ -298,9 +295,7 @@ async fn a_standby_finishes_a_leader_killed_at_each_crash_point_with_nothing_los
         assert!(bulk.values().all(|&n| n == 1), "{point}: nothing delivered twice");
         assert_eq!(sim.stats().batches_created, 1, "{point}: the batch was adopted or resumed, not submitted again");
         assert_eq!(sim.stats().custom_ids_submitted_more_than_once, 0, "{point}");
-        signal(&standby, "TERM");
-        let (code, _) = wait_exit(standby, Duration::from_secs(15)).await;
-        assert_eq!(code, Some(0), "{point}");
+        stop_cleanly(standby, &standby_log).await;
         sim.shutdown().await;
     }
 }

@@ -167,10 +167,9 @@ pub(super) fn open_beside_daemon(state: &Path, read_only: bool) -> anyhow::Resul
         }
     }
     // At this build's version now, or refused: another process drives an older one.
-    let reader = Store::open_read_only(state)?;
     Ok(match read_only {
-        true => reader,
-        false => Store::open(state)?,
+        true => Store::open_read_only(state)?,
+        false => Store::open_current(state)?,
     })
 }
 

@@ -205,15 +205,7 @@ impl Daemon {
         let leader = self.engine.store().call(|s| s.leader()).await.ok().flatten();
         let who = leader.map_or_else(
             || "another process".to_owned(),
-            |l| {
-                format!(
-                    "pid {} on {} (epoch {}, since {})",
-                    l.pid,
-                    l.host,
-                    l.epoch,
-                    l.since.format("%Y-%m-%d %H:%M:%S UTC")
-                )
-            },
+            |l| crate::status::LeaderStatus::new(l, Utc::now()).describe(),
         );
         tracing::info!(lock = lock.path(), "standby: {who} leads; serving the web until its lock is released");
         self.notifier.ready();

@@ -174,14 +174,7 @@ impl Store {
     /// It must be at this build's schema version already: a reader never
     /// migrates (another process may be driving it).
     pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
-        let (found, supported) = (Store::stored_version(path)?, Store::supported_version());
-        if found != supported {
-            return Err(match found > supported {
-                true => StoreError::TooNew { path: path.to_owned(), found, supported },
-                false => StoreError::OtherVersion { path: path.to_owned(), found, supported },
-            });
-        }
-        let store = Store::open(path)?;
+        let store = Store::open_current(path)?;
         store.conn.execute_batch("PRAGMA query_only = 1;").map_err(|e| store.err(e))?;
         Ok(store)
     }
@@ -247,6 +240,19 @@ impl Store {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|source| sqlite(path, source))?;
         conn.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(|source| sqlite(path, source))
+    }
+
+    /// Opens the database at `path`, which must be at this build's schema
+    /// version already: nothing is migrated (another process may drive it).
+    pub fn open_current(path: &Path) -> Result<Store, StoreError> {
+        let (found, supported) = (Store::stored_version(path)?, Store::supported_version());
+        if found != supported {
+            return Err(match found > supported {
+                true => StoreError::TooNew { path: path.to_owned(), found, supported },
+                false => StoreError::OtherVersion { path: path.to_owned(), found, supported },
+            });
+        }
+        Store::open(path)
     }
 
     /// The newest schema version this build knows (and migrates to).
