@@ -7,6 +7,7 @@
 
 mod alerts;
 mod backpressure;
+mod bench;
 mod browser;
 mod budget;
 mod cost;

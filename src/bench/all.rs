@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use super::figures::figures_table;
 use super::{
-    Figure, Report, Target, build_profile, endtoend, enqueue, fallback, idle, ingest, jobs, reference, schedule,
-    submit, validate,
+    Figure, Report, Target, build_profile, deliver, endtoend, enqueue, fallback, idle, ingest, jobs, reference,
+    schedule, submit, validate,
 };
 
 /// What to run.
@@ -99,6 +99,8 @@ pub async fn run(options: &Options) -> anyhow::Result<AllReport> {
     all.add(&submit::run(submit::REQUESTS, repeats).await?)?;
     eprintln!("bench: run ({} items end to end)", endtoend::ITEMS);
     all.add(&endtoend::run(endtoend::ITEMS, repeats).await?)?;
+    eprintln!("bench: deliver ({} results to each sink kind)", deliver::RESULTS);
+    all.add(&deliver::run(deliver::RESULTS, repeats).await?)?;
     for jobs in [jobs::JOBS, jobs::MANY_JOBS] {
         eprintln!("bench: jobs ({jobs} jobs of {} items firing at once)", jobs::ITEMS);
         all.add(&jobs::run(jobs, jobs::ITEMS, repeats).await?)?;

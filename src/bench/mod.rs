@@ -8,6 +8,7 @@
 
 pub mod all;
 pub mod cpu;
+pub mod deliver;
 pub mod endtoend;
 pub mod enqueue;
 pub mod fallback;

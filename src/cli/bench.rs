@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::bench::{
-    Report, Sampled, all, endtoend, enqueue, fallback, idle, ingest, jobs, reference, schedule, submit, validate,
+    Report, Sampled, all, deliver, endtoend, enqueue, fallback, idle, ingest, jobs, reference, schedule, submit,
+    validate,
 };
 
 /// Arguments of `bench`.
@@ -44,6 +45,8 @@ pub enum Scenario {
     Enqueue(SizedArgs),
     /// `orchestrator run` end to end on 100,000 items (read, rendered, stored, one batch, ingested, delivered): wall time and peak RSS.
     Run(SizedArgs),
+    /// A run's 100,000 stored results delivered to JSON Lines (into an empty file and into one holding a run), a directory and a SQLite table: results/s.
+    Deliver(SizedArgs),
     /// One measured `orchestrator run`, in a process of its own (started by `bench run`).
     #[command(hide = true)]
     RunWorker(RunWorkerArgs),
@@ -53,6 +56,9 @@ pub enum Scenario {
     /// One measured submit, in a process of its own (started by `bench submit`).
     #[command(hide = true)]
     SubmitWorker(SubmitWorkerArgs),
+    /// One measured delivery, in a process of its own (started by `bench deliver`).
+    #[command(hide = true)]
+    DeliverWorker(DeliverWorkerArgs),
 }
 
 /// Arguments of `bench all`.
@@ -137,6 +143,18 @@ pub struct SubmitWorkerArgs {
 /// Arguments of the hidden `bench run-worker`: the generated project is the current directory.
 #[derive(Debug, clap::Args)]
 pub struct RunWorkerArgs {
+    /// The run's scheduled instant.
+    #[arg(long)]
+    pub scheduled_for: chrono::DateTime<chrono::Utc>,
+}
+
+/// Arguments of the hidden `bench deliver-worker`: the generated project and
+/// its state are in the current directory.
+#[derive(Debug, clap::Args)]
+pub struct DeliverWorkerArgs {
+    /// The sink to deliver to.
+    #[arg(long, value_enum)]
+    pub sink: deliver::SinkKind,
     /// The run's scheduled instant.
     #[arg(long)]
     pub scheduled_for: chrono::DateTime<chrono::Utc>,
@@ -236,6 +254,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         | Scenario::Validate(_)
         | Scenario::Schedule(_)
         | Scenario::Run(_)
+        | Scenario::Deliver(_)
         | Scenario::Jobs(_)
         | Scenario::Enqueue(_)
         | Scenario::Reference(_) => {
@@ -247,6 +266,10 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         }
         Scenario::SubmitWorker(a) => {
             let measured = runtime.block_on(submit::worker(&a.project, &a.state, &a.base_url, a.requests))?;
+            println!("{}", serde_json::to_string(&measured)?);
+        }
+        Scenario::DeliverWorker(a) => {
+            let measured = runtime.block_on(deliver::worker(a.sink, a.scheduled_for))?;
             println!("{}", serde_json::to_string(&measured)?);
         }
     }
@@ -300,6 +323,9 @@ fn sized(runtime: &tokio::runtime::Runtime, scenario: &Scenario) -> anyhow::Resu
         }
         Scenario::Schedule(a) => (schedule::run(a.count.map_or(schedule::JOBS, |n| n as usize), a.repeat)?, &a.output),
         Scenario::Run(a) => (runtime.block_on(endtoend::run(a.count.unwrap_or(endtoend::ITEMS), a.repeat))?, &a.output),
+        Scenario::Deliver(a) => {
+            (runtime.block_on(deliver::run(a.count.unwrap_or(deliver::RESULTS), a.repeat))?, &a.output)
+        }
         Scenario::Reference(a) => {
             (runtime.block_on(reference::run(a.count.unwrap_or(endtoend::ITEMS), a.repeat))?, &a.output)
         }

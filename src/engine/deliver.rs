@@ -30,8 +30,9 @@ pub enum DeliverError {
 /// peak memory, and smaller rounds cost no more CPU.
 const DELIVERY_CHUNK: usize = 2000;
 
-/// Delivers every successful, undelivered result of the run; returns how many.
-pub(super) async fn deliver_pending(
+/// Delivers every successful, undelivered result of the run; returns how
+/// many. The daemon's ticks call it, and so does `bench deliver`.
+pub async fn deliver_pending(
     store: &SharedStore,
     job: &Job,
     info: &RunInfo,

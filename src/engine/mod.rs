@@ -14,6 +14,7 @@ mod queue;
 mod settings;
 mod stage;
 
+pub use deliver::{DeliverError, deliver_pending};
 use driver::max_attempts;
 pub use driver::{Engine, until};
 pub use error::EngineError;
