@@ -1,16 +1,18 @@
 //! The `deliver` scenario: a run's 100,000 stored results handed to its
 //! sink by the engine's own delivery code (rounds read from the state
 //! database, written to the sink, recorded), in a fresh worker process per
-//! sink kind: JSON Lines into an empty file, JSON Lines into a file that
-//! already holds one run's delivery, a directory, a SQLite table.
+//! sink kind: JSON Lines, a directory, a SQLite table.
 //!
 //! The parent sets up once: the `run` scenario's job is run against the
 //! simulator and killed (`ORCHESTRATOR_FAILPOINT=after_sink_write`) once
 //! its first round reached the sink, before the round was recorded, so the
 //! state holds every result and no delivery. Each measurement starts from
-//! a copy of that database. The file that already holds a run is the
-//! issue's "cost per round independent of the file's size": a sink that
-//! copied or re-read its file per round would be slower in proportion.
+//! a copy of that database. Issue 18's "cost per round independent of the
+//! file's size" is read from the rounds of one delivery into an empty
+//! file: the later half of them, written while the file holds half the
+//! run already, against the earlier half (timed from the worker's log of
+//! each round). A sink that copied or re-read its file per round would
+//! slow down round after round.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -32,20 +34,20 @@ use crate::store::{SharedStore, Store};
 pub const RESULTS: u64 = endtoend::ITEMS;
 /// Issue 18's target for JSON Lines.
 const TARGET_JSONL_PER_SEC: f64 = 200_000.0;
-/// How much slower rounds into a file holding a run may be than into an
-/// empty one before the cost of a round is said to grow with the file.
-const GROWN_SPREAD_PERCENT: f64 = 10.0;
-const METRICS: [Metric; 8] = [
+/// How much slower the later rounds of a delivery may be than the earlier
+/// ones before the cost of a round is said to grow with the file.
+const LATER_ROUNDS_PERCENT: f64 = 10.0;
+/// The log line the engine writes after each recorded round.
+const ROUND_LOGGED: &str = "results delivered";
+const METRICS: [Metric; 6] = [
     Metric { name: "JSON Lines, results/s", target: Some(Target::at_least(TARGET_JSONL_PER_SEC)) },
-    Metric { name: "JSON Lines into a file of one run, results/s", target: None },
     Metric {
-        name: "into a file of one run vs an empty one, % slower",
-        target: Some(Target::at_most(GROWN_SPREAD_PERCENT)),
+        name: "later half of the rounds vs the earlier, % slower",
+        target: Some(Target::at_most(LATER_ROUNDS_PERCENT)),
     },
     Metric { name: "dir, results/s", target: None },
     Metric { name: "sqlite, results/s", target: None },
     Metric { name: "JSON Lines CPU (user + sys), s", target: None },
-    Metric { name: "JSON Lines into a file of one run CPU, s", target: None },
     Metric { name: "peak RSS, MiB", target: None },
 ];
 
@@ -96,13 +98,9 @@ pub async fn run(results: u64, repeats: u32) -> anyhow::Result<Sampled> {
     let scheduled_for = Utc::now().duration_trunc(chrono::Duration::minutes(1))?;
     let base = root.join("undelivered.db");
     store_results_undelivered(root, results, scheduled_for, &base).await?;
-    // One run's delivery, untimed: the file the "full file" measurements start from.
-    let first = measure(root, &base, scheduled_for, SinkKind::Jsonl, None).await?;
-    ensure!(first.delivered == results, "{} of {results} results delivered", first.delivered);
-    let full = keep_delivered_file(root)?;
     let mut repeats_out = Vec::new();
     for _ in 0..repeats {
-        repeats_out.push(measure_each_sink(root, &base, scheduled_for, results, (&full.0, &full.1)).await?);
+        repeats_out.push(measure_each_sink(root, &base, scheduled_for, results).await?);
     }
     let setup = format!(
         "{results} stored results of `orchestrator run`'s job (items of about 1 KB) delivered by the engine's rounds \
@@ -157,67 +155,34 @@ async fn measure_each_sink(
     base: &Path,
     scheduled_for: DateTime<Utc>,
     results: u64,
-    full: (&str, &Path),
 ) -> anyhow::Result<Vec<f64>> {
-    let grown = measure(root, base, scheduled_for, SinkKind::Jsonl, Some(full)).await?;
-    let empty = measure(root, base, scheduled_for, SinkKind::Jsonl, None).await?;
-    let dir = measure(root, base, scheduled_for, SinkKind::Dir, None).await?;
-    let sqlite = measure(root, base, scheduled_for, SinkKind::Sqlite, None).await?;
-    for (kind, m) in [("jsonl", &empty), ("jsonl into a full file", &grown), ("dir", &dir), ("sqlite", &sqlite)] {
+    let jsonl = measure(root, base, scheduled_for, SinkKind::Jsonl).await?;
+    let dir = measure(root, base, scheduled_for, SinkKind::Dir).await?;
+    let sqlite = measure(root, base, scheduled_for, SinkKind::Sqlite).await?;
+    for (kind, m) in [("jsonl", &jsonl), ("dir", &dir), ("sqlite", &sqlite)] {
         ensure!(m.delivered == results, "{kind}: {} of {results} results delivered", m.delivered);
     }
     let rate = |m: &Measured| results as f64 / m.secs.max(1e-9);
-    let peak = [&empty, &grown, &dir, &sqlite].iter().filter_map(|m| m.peak_rss_kb).max();
+    let peak = [&jsonl, &dir, &sqlite].iter().filter_map(|m| m.peak_rss_kb).max();
     Ok(vec![
-        rate(&empty),
-        rate(&grown),
-        (grown.secs / empty.secs.max(1e-9) - 1.0) * 100.0,
+        rate(&jsonl),
+        later_rounds_slower_percent(&jsonl.rounds_at).unwrap_or(f64::NAN),
         rate(&dir),
         rate(&sqlite),
-        empty.cpu_secs.context("this kernel does not report CPU time")?,
-        grown.cpu_secs.context("this kernel does not report CPU time")?,
+        jsonl.cpu_secs.context("this kernel does not report CPU time")?,
         peak.context("this kernel does not report peak RSS")? as f64 / 1024.0,
     ])
 }
 
-/// The JSON Lines file just delivered, moved aside, with the sink target
-/// it was delivered as: the next measurement starts with it in place.
-fn keep_delivered_file(root: &Path) -> anyhow::Result<(String, PathBuf)> {
-    let db = root.join("state").join("orchestrator.db");
-    let conn = rusqlite::Connection::open(&db)?;
-    let (target, length): (String, u64) =
-        conn.query_row("SELECT target, length FROM sink_files", [], |row| Ok((row.get(0)?, row.get(1)?)))?;
-    let file = root.join(&target);
-    let on_disk = std::fs::metadata(&file).with_context(|| format!("no sink file {}", file.display()))?.len();
-    ensure!(on_disk == length, "the sink file holds {on_disk} bytes, its last recorded length is {length}");
-    let kept = root.join("one-run.jsonl");
-    std::fs::rename(&file, &kept)?;
-    Ok((target, kept))
-}
-
-/// One delivery from a fresh copy of `base`. With `full`, the JSON Lines
-/// target starts as a copy of that file, recorded as delivered before.
-async fn measure(
-    root: &Path,
-    base: &Path,
-    scheduled_for: DateTime<Utc>,
-    kind: SinkKind,
-    full: Option<(&str, &Path)>,
-) -> anyhow::Result<Measured> {
+/// One delivery from a fresh copy of `base`.
+async fn measure(root: &Path, base: &Path, scheduled_for: DateTime<Utc>, kind: SinkKind) -> anyhow::Result<Timed> {
     let state_dir = root.join("state");
     let _ = std::fs::remove_dir_all(&state_dir);
     let _ = std::fs::remove_dir_all(root.join("out"));
     std::fs::create_dir_all(&state_dir)?;
     let state = state_dir.join("orchestrator.db");
     std::fs::copy(base, &state).context("cannot copy the undelivered state")?;
-    if let Some((target, file)) = full {
-        let path = root.join(target);
-        std::fs::create_dir_all(path.parent().context("a sink file has a directory")?)?;
-        let length = write_copy(file, &path)?;
-        let mut store = Store::open(&state)?;
-        store.record_deliveries(&[], "jsonl", target, Some(length), Utc::now())?;
-    }
-    // The copies just made (hundreds of MB) would otherwise still be
+    // The copy just made (hundreds of MB) would otherwise still be
     // written back while the worker runs, and be counted against it.
     let synced = tokio::process::Command::new("sync").status().await.context("cannot run sync")?;
     ensure!(synced.success(), "sync failed: {synced}");
@@ -229,29 +194,59 @@ async fn measure(
     let output = super::worker_command()?
         .args(["bench", "deliver-worker", "--sink", kind_arg, "--scheduled-for", &scheduled_for.to_rfc3339()])
         .current_dir(root)
-        .env("ORCHESTRATOR_LOG", "warn")
+        .env("ORCHESTRATOR_LOG", "warn,orchestrator::engine::deliver=info")
+        .env("ORCHESTRATOR_LOG_FORMAT", "json")
         .output()
         .await
         .context("cannot start the deliver worker")?;
-    super::worker_report("deliver", &output)
+    let measured: Measured = super::worker_report("deliver", &output)?;
+    Ok(Timed { measured, rounds_at: rounds_logged(&String::from_utf8_lossy(&output.stderr)) })
 }
 
-/// Copies `from` to `to` with plain writes, as a sink appends. (`fs::copy`
-/// makes the kernel copy the file itself, and appending to such a copy was
-/// several times slower in the kernel than appending to a file built by
-/// writes: it measured the copy, not the sink.)
-fn write_copy(from: &Path, to: &Path) -> anyhow::Result<u64> {
-    use std::io::{Read as _, Write as _};
-    let (mut source, mut target) = (std::fs::File::open(from)?, std::fs::File::create(to)?);
-    let (mut buffer, mut length) = (vec![0; 1 << 20], 0);
-    loop {
-        let read = source.read(&mut buffer)?;
-        if read == 0 {
-            return Ok(length);
-        }
-        target.write_all(&buffer[..read])?;
-        length += read as u64;
+/// A worker's report, with when each of its rounds was recorded.
+#[derive(Debug)]
+struct Timed {
+    measured: Measured,
+    rounds_at: Vec<DateTime<Utc>>,
+}
+
+impl std::ops::Deref for Timed {
+    type Target = Measured;
+    fn deref(&self) -> &Measured {
+        &self.measured
     }
+}
+
+/// The instants of the worker's JSON log lines that say a round was recorded.
+fn rounds_logged(log: &str) -> Vec<DateTime<Utc>> {
+    #[derive(Deserialize)]
+    struct Line {
+        timestamp: DateTime<Utc>,
+        fields: Fields,
+    }
+    #[derive(Deserialize)]
+    struct Fields {
+        message: String,
+    }
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<Line>(line).ok())
+        .filter(|line| line.fields.message == ROUND_LOGGED)
+        .map(|line| line.timestamp)
+        .collect()
+}
+
+/// How much longer the later half of the rounds took, per round, than the
+/// earlier half (a round's time is from the previous round's record to
+/// its own); `None` with fewer than four rounds.
+fn later_rounds_slower_percent(rounds_at: &[DateTime<Utc>]) -> Option<f64> {
+    let secs: Vec<f64> =
+        rounds_at.windows(2).map(|pair| (pair[1] - pair[0]).num_microseconds().unwrap_or(0) as f64 / 1e6).collect();
+    if secs.len() < 3 {
+        return None;
+    }
+    let (earlier, later) = secs.split_at(secs.len() / 2);
+    let mean = |part: &[f64]| part.iter().sum::<f64>() / part.len() as f64;
+    Some((mean(later) / mean(earlier).max(1e-9) - 1.0) * 100.0)
 }
 
 /// The worker: delivers the run of the generated project in the current
@@ -274,4 +269,37 @@ pub async fn worker(kind: SinkKind, scheduled_for: DateTime<Utc>) -> anyhow::Res
         cpu_secs: super::cpu::cpu_secs(),
         peak_rss_kb: super::rss::peak_rss_kb(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(millis: &[i64]) -> Vec<DateTime<Utc>> {
+        millis.iter().map(|&ms| DateTime::from_timestamp_millis(1_800_000_000_000 + ms).unwrap()).collect()
+    }
+
+    #[test]
+    fn rounds_are_read_from_the_engines_log_lines_only() {
+        let log = concat!(
+            r#"{"timestamp":"2026-12-03T14:00:00.100000Z","level":"INFO","fields":{"message":"results delivered","delivered":2000},"target":"orchestrator::engine::deliver"}"#,
+            "\n",
+            r#"{"timestamp":"2026-12-03T14:00:00.200000Z","level":"WARN","fields":{"message":"something else"}}"#,
+            "\nnot json\n",
+            r#"{"timestamp":"2026-12-03T14:00:00.350000Z","level":"INFO","fields":{"message":"results delivered"}}"#,
+        );
+        let rounds = rounds_logged(log);
+        assert_eq!(rounds.len(), 2);
+        assert_eq!((rounds[1] - rounds[0]).num_milliseconds(), 250);
+    }
+
+    #[test]
+    fn later_rounds_are_compared_with_earlier_ones_per_round() {
+        // Rounds of 10 ms, then of 15 ms: the later half is 50% slower.
+        let slowing = at(&[0, 10, 20, 30, 45, 60, 75]);
+        assert!((later_rounds_slower_percent(&slowing).unwrap() - 50.0).abs() < 1e-9);
+        let steady = at(&[0, 10, 20, 30, 40]);
+        assert!(later_rounds_slower_percent(&steady).unwrap().abs() < 1e-9);
+        assert_eq!(later_rounds_slower_percent(&at(&[0, 10, 20])), None, "two rounds say nothing");
+    }
 }
