@@ -14,6 +14,7 @@
 //! each round). A sink that copied or re-read its file per round would
 //! slow down round after round.
 
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -52,7 +53,7 @@ const METRICS: [Metric; 6] = [
 ];
 
 /// The sink a measurement delivers to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SinkKind {
     /// One JSON line per result, appended to a file.
     Jsonl,
@@ -128,7 +129,6 @@ async fn store_results_undelivered(
         .output()
         .await
         .context("cannot start the run worker")?;
-    use std::os::unix::process::ExitStatusExt as _;
     if output.status.signal() != Some(9) {
         bail!(
             "the run was to be killed at its first delivery, but ended {}: {}",
@@ -159,6 +159,8 @@ async fn measure_each_sink(
     let jsonl = measure(root, base, scheduled_for, SinkKind::Jsonl).await?;
     let dir = measure(root, base, scheduled_for, SinkKind::Dir).await?;
     let sqlite = measure(root, base, scheduled_for, SinkKind::Sqlite).await?;
+    let rounds_at = jsonl.rounds_at;
+    let (jsonl, dir, sqlite) = (jsonl.measured, dir.measured, sqlite.measured);
     for (kind, m) in [("jsonl", &jsonl), ("dir", &dir), ("sqlite", &sqlite)] {
         ensure!(m.delivered == results, "{kind}: {} of {results} results delivered", m.delivered);
     }
@@ -166,7 +168,7 @@ async fn measure_each_sink(
     let peak = [&jsonl, &dir, &sqlite].iter().filter_map(|m| m.peak_rss_kb).max();
     Ok(vec![
         rate(&jsonl),
-        later_rounds_slower_percent(&jsonl.rounds_at).unwrap_or(f64::NAN),
+        later_rounds_slower_percent(&rounds_at).unwrap_or(f64::NAN),
         rate(&dir),
         rate(&sqlite),
         jsonl.cpu_secs.context("this kernel does not report CPU time")?,
@@ -186,13 +188,9 @@ async fn measure(root: &Path, base: &Path, scheduled_for: DateTime<Utc>, kind: S
     // written back while the worker runs, and be counted against it.
     let synced = tokio::process::Command::new("sync").status().await.context("cannot run sync")?;
     ensure!(synced.success(), "sync failed: {synced}");
-    let kind_arg = match kind {
-        SinkKind::Jsonl => "jsonl",
-        SinkKind::Dir => "dir",
-        SinkKind::Sqlite => "sqlite",
-    };
+    let kind = clap::ValueEnum::to_possible_value(&kind).expect("every sink kind has a name");
     let output = super::worker_command()?
-        .args(["bench", "deliver-worker", "--sink", kind_arg, "--scheduled-for", &scheduled_for.to_rfc3339()])
+        .args(["bench", "deliver-worker", "--sink", kind.get_name(), "--scheduled-for", &scheduled_for.to_rfc3339()])
         .current_dir(root)
         .env("ORCHESTRATOR_LOG", "warn,orchestrator::engine::deliver=info")
         .env("ORCHESTRATOR_LOG_FORMAT", "json")
@@ -208,13 +206,6 @@ async fn measure(root: &Path, base: &Path, scheduled_for: DateTime<Utc>, kind: S
 struct Timed {
     measured: Measured,
     rounds_at: Vec<DateTime<Utc>>,
-}
-
-impl std::ops::Deref for Timed {
-    type Target = Measured;
-    fn deref(&self) -> &Measured {
-        &self.measured
-    }
 }
 
 /// The instants of the worker's JSON log lines that say a round was recorded.

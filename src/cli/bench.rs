@@ -45,7 +45,7 @@ pub enum Scenario {
     Enqueue(SizedArgs),
     /// `orchestrator run` end to end on 100,000 items (read, rendered, stored, one batch, ingested, delivered): wall time and peak RSS.
     Run(SizedArgs),
-    /// A run's 100,000 stored results delivered to JSON Lines (into an empty file and into one holding a run), a directory and a SQLite table: results/s.
+    /// A run's 100,000 stored results delivered by the engine's rounds to JSON Lines, a directory and a SQLite table: results/s, and whether later rounds cost more.
     Deliver(SizedArgs),
     /// One measured `orchestrator run`, in a process of its own (started by `bench run`).
     #[command(hide = true)]

@@ -531,39 +531,30 @@ impl Store {
         file_length: Option<u64>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.without_foreign_keys(|store| store.insert_deliveries(delivered, sink, target, file_length, now))
-    }
-
-    fn insert_deliveries(
-        &mut self,
-        delivered: &[(String, i64)],
-        sink: &str,
-        target: &str,
-        file_length: Option<u64>,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let e = |source| super::sqlite(&path, source);
-        let tx = self.conn.transaction().map_err(e)?;
-        if let Some(length) = file_length {
-            tx.execute(
-                "INSERT INTO sink_files (target, length, updated_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (target) DO UPDATE SET length = ?2, updated_at = ?3",
-                params![target, length, to_millis(now)],
-            )
-            .map_err(e)?;
-        }
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO deliveries (custom_id, result_id, sink, target, delivered_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (custom_id) DO NOTHING",
+        self.without_foreign_keys(|store| {
+            let path = store.path.clone();
+            let e = |source| super::sqlite(&path, source);
+            let tx = store.conn.transaction().map_err(e)?;
+            if let Some(length) = file_length {
+                tx.execute(
+                    "INSERT INTO sink_files (target, length, updated_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (target) DO UPDATE SET length = ?2, updated_at = ?3",
+                    params![target, length, to_millis(now)],
                 )
                 .map_err(e)?;
-            for (custom_id, result_id) in delivered {
-                insert.execute(params![custom_id, result_id, sink, target, to_millis(now)]).map_err(e)?;
             }
-        }
-        tx.commit().map_err(e)
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO deliveries (custom_id, result_id, sink, target, delivered_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (custom_id) DO NOTHING",
+                    )
+                    .map_err(e)?;
+                for (custom_id, result_id) in delivered {
+                    insert.execute(params![custom_id, result_id, sink, target, to_millis(now)]).map_err(e)?;
+                }
+            }
+            tx.commit().map_err(e)
+        })
     }
 }
