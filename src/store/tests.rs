@@ -236,6 +236,27 @@ fn deliveries_are_recorded_once() {
 }
 
 #[test]
+fn a_round_of_deliveries_is_recorded_once_with_its_file_length_and_the_reference_checks_come_back_on() {
+    let (_dir, mut store) = open();
+    let (run, ids, batch) = submitted_batch(&mut store, 2);
+    store
+        .ingest_batch_results(batch.id, &[(ids[0].clone(), success("a")), (ids[1].clone(), success("b"))], at(3))
+        .unwrap();
+    let round: Vec<(String, i64)> =
+        store.undelivered_results(run.id, 100).unwrap().into_iter().map(|r| (r.custom_id, r.result_id)).collect();
+    assert_eq!(round.len(), 2);
+    store.record_deliveries(&round, "jsonl", "out/a.jsonl", Some(120), at(4)).unwrap();
+    // A round recorded again (a retry after a failed commit was in fact committed) changes nothing.
+    store.record_deliveries(&round, "jsonl", "out/a.jsonl", Some(240), at(5)).unwrap();
+    assert_eq!(store.delivery_count(run.id).unwrap(), 2);
+    assert!(store.undelivered_results(run.id, 100).unwrap().is_empty());
+    assert_eq!(store.sink_file_length("out/a.jsonl").unwrap(), Some(240));
+    // The checks are off only while the round is written.
+    let fk: i64 = store.conn.query_row("PRAGMA foreign_keys", [], |row| row.get(0)).unwrap();
+    assert_eq!(fk, 1);
+}
+
+#[test]
 fn an_abandoned_intent_returns_its_requests_to_pending() {
     let (_dir, mut store) = open();
     let run = run_with_requests(&mut store, 2);
