@@ -48,8 +48,7 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
     let catalog = Catalog::load(args.project.catalog.as_deref())?;
     let now = Utc::now();
     let report = args.project.validate(&catalog, now);
-    crate::store::refuse_url(&args.state)?;
-    let store = match args.state.exists() {
+    let store = match crate::store::state_exists(&args.state) {
         true => Some(super::setup::open_beside_daemon(&args.state, false)?),
         false => None,
     };

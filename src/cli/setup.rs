@@ -160,7 +160,8 @@ pub(super) async fn backend(
 /// an older one is migrated only while no other process drives it (the
 /// lock is taken for the migration), and refused otherwise.
 pub(super) fn open_beside_daemon(state: &Path, read_only: bool) -> anyhow::Result<Store> {
-    if Store::stored_version(state)? != Store::supported_version() {
+    // PostgreSQL migrates under the writers' lock; a file needs the state lock.
+    if crate::store::database_url(state).is_none() && Store::stored_version(state)? != Store::supported_version() {
         let lock = StateLock::open(state)?;
         if lock.try_take().with_context(|| format!("cannot lock {}", lock.path()))? {
             drop(Store::open(state)?);

@@ -27,8 +27,7 @@ pub enum Format {
 }
 
 pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
-    crate::store::refuse_url(&args.state)?;
-    if !args.state.exists() {
+    if !crate::store::state_exists(&args.state) {
         eprintln!("error: no state database at {} (nothing has run yet, or pass --state)", args.state.display());
         return Ok(1);
     }

@@ -36,7 +36,9 @@ pub struct StateLock {
 impl StateLock {
     /// Opens (creating) `<state>.lock`; takes nothing yet.
     pub fn open(state: &Path) -> anyhow::Result<StateLock> {
-        crate::store::refuse_url(state)?;
+        if crate::store::database_url(state).is_some() {
+            anyhow::bail!("the state lock is a file beside a SQLite state; PostgreSQL state is led through its lease");
+        }
         let path = format!("{}.lock", state.display());
         if let Some(dir) = state.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

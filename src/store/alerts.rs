@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use super::sql::params;
 use chrono::{DateTime, Utc};
-use rusqlite::params;
 
 use super::events::from_row as event_from_row;
 use super::{EventRow, Store, StoreError, from_millis, to_millis};
@@ -37,10 +37,11 @@ impl Store {
     pub fn events_after(&self, after: i64, kinds: &[&str], limit: u32) -> Result<Vec<(i64, EventRow)>, StoreError> {
         let mut statement = self
             .conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT at, run_id, job, kind, detail, id FROM events
-                 WHERE id > ?1 AND kind IN (SELECT value FROM json_each(?2)) ORDER BY id LIMIT ?3",
-            )
+                 WHERE id > ?1 AND kind IN (SELECT k.value FROM {}) ORDER BY id LIMIT ?3",
+                self.conn.dialect().json_values("?2", "k")
+            ))
             .map_err(|e| self.err(e))?;
         let kinds = serde_json::to_string(kinds).expect("strings serialize");
         let rows = statement
@@ -91,10 +92,11 @@ impl Store {
     pub fn sent_alerts_since(&self, since: DateTime<Utc>) -> Result<HashSet<(String, String)>, StoreError> {
         let mut statement = self
             .conn
-            .prepare(
-                "SELECT json_extract(detail, '$.key'), json_extract(detail, '$.target') FROM events
-                 WHERE kind = 'alert_sent' AND at >= ?1",
-            )
+            .prepare(&format!(
+                "SELECT {}, {} FROM events WHERE kind = 'alert_sent' AND at >= ?1",
+                self.conn.dialect().json_text("detail", "key"),
+                self.conn.dialect().json_text("detail", "target")
+            ))
             .map_err(|e| self.err(e))?;
         let rows = statement
             .query_map([to_millis(since)], |row| {

@@ -1,7 +1,7 @@
 //! Attempts: every provider call, with what it was for, when, and how it ended.
 
+use super::sql::params;
 use chrono::{DateTime, Utc};
-use rusqlite::params;
 
 use super::{Store, StoreError, to_millis};
 
@@ -81,7 +81,7 @@ impl Store {
                 ])
             })
             .map_err(|e| self.err(e))?;
-        Ok(self.conn.last_insert_rowid())
+        self.conn.last_insert_rowid().map_err(|e| self.err(e))
     }
 }
 

@@ -1,8 +1,8 @@
 //! Batches: the intent is committed before the create call, the provider's
 //! id the moment it returns.
 
+use super::sql::{Row, params};
 use chrono::{DateTime, Utc};
-use rusqlite::{Row, params};
 
 use super::{Store, StoreError, from_millis, to_millis};
 
@@ -84,7 +84,7 @@ pub struct PayloadSize {
 
 pub(super) const COLUMNS: &str = "id, run_id, provider, provider_batch_id, state, request_count, intent_at, submitted_at, ended_at, results_url, results_ingested";
 
-pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<BatchRow> {
+pub(super) fn from_row(row: &Row<'_>) -> super::sql::Result<BatchRow> {
     Ok(BatchRow {
         id: row.get(0)?,
         run_id: row.get(1)?,
@@ -102,14 +102,14 @@ pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<BatchRow> {
 
 /// Appends an event about `batch_id` to the log of every run it carries, inside `tx`.
 fn batch_event(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &super::sql::Transaction<'_>,
     batch_id: i64,
     kind: &str,
     detail: &serde_json::Value,
     now: DateTime<Utc>,
-) -> rusqlite::Result<()> {
+) -> super::sql::Result<()> {
     let mut runs = tx.prepare_cached("SELECT run_id FROM batch_runs WHERE batch_id = ?1 ORDER BY run_id")?;
-    let run_ids = runs.query_map([batch_id], |row| row.get::<_, i64>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+    let run_ids = runs.query_map([batch_id], |row| row.get::<_, i64>(0))?.collect::<super::sql::Result<Vec<_>>>()?;
     for run_id in run_ids {
         super::events::insert(tx, Some(run_id), None, kind, detail, now)?;
     }
@@ -152,7 +152,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<BatchRow, StoreError> {
         let path = self.path.clone();
-        let e = |source| super::sqlite(&path, source);
+        let e = |source| super::database(&path, source);
         let opener = parts.first().map(|p| p.run_id).expect("a batch intent names at least one run");
         let total: usize = parts.iter().map(|p| p.custom_ids.len()).sum();
         let tx = self.conn.transaction().map_err(e)?;
@@ -161,7 +161,7 @@ impl Store {
             params![opener, provider, total as i64, to_millis(now)],
         )
         .map_err(e)?;
-        let batch_id = tx.last_insert_rowid();
+        let batch_id = tx.last_insert_rowid().map_err(e)?;
         {
             let mut carried = tx
                 .prepare_cached("INSERT INTO batch_runs (batch_id, run_id, request_count) VALUES (?1, ?2, ?3)")
@@ -219,7 +219,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
-        let e = |source| super::sqlite(&path, source);
+        let e = |source| super::database(&path, source);
         let tx = self.conn.transaction().map_err(e)?;
         tx.execute(
             "UPDATE batches SET provider_batch_id = ?2, state = 'in_progress', submitted_at = ?3 WHERE id = ?1",
@@ -241,7 +241,7 @@ impl Store {
     /// requests go back to `pending` for another batch or the sync lane.
     pub fn abandon_batch(&mut self, batch_id: i64, reason: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
         let path = self.path.clone();
-        let e = |source| super::sqlite(&path, source);
+        let e = |source| super::database(&path, source);
         let tx = self.conn.transaction().map_err(e)?;
         tx.execute("UPDATE batches SET state = 'abandoned', error = ?2 WHERE id = ?1", params![batch_id, reason])
             .map_err(e)?;
@@ -264,7 +264,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let path = self.path.clone();
-        let e = |source| super::sqlite(&path, source);
+        let e = |source| super::database(&path, source);
         let tx = self.conn.transaction().map_err(e)?;
         let first = tx
             .execute(
@@ -329,7 +329,7 @@ impl Store {
     /// Marks a batch's results as fully committed. Set last, after every result line.
     pub fn mark_results_ingested(&mut self, batch_id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
         let path = self.path.clone();
-        let e = |source| super::sqlite(&path, source);
+        let e = |source| super::database(&path, source);
         let tx = self.conn.transaction().map_err(e)?;
         tx.execute("UPDATE batches SET results_ingested = 1 WHERE id = ?1", [batch_id]).map_err(e)?;
         // Requests of the batch without any result line (a provider that
@@ -352,7 +352,7 @@ impl Store {
 
     /// The batch with database id `id`.
     pub fn batch(&self, id: i64) -> Result<Option<BatchRow>, StoreError> {
-        use rusqlite::OptionalExtension;
+        use super::sql::OptionalExtension;
         self.conn
             .query_row(&format!("SELECT {COLUMNS} FROM batches WHERE id = ?1"), [id], from_row)
             .optional()
@@ -372,7 +372,7 @@ impl Store {
             .prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM batches
                  WHERE (state IN ('submitting', 'in_progress', 'canceling') OR (state = 'ended' AND results_ingested = 0))
-                   AND (?1 IS NULL OR id IN (SELECT batch_id FROM batch_runs WHERE run_id = ?1))
+                   AND (CAST(?1 AS BIGINT) IS NULL OR id IN (SELECT batch_id FROM batch_runs WHERE run_id = ?1))
                  ORDER BY id"
             ))
             .map_err(|e| self.err(e))?;
@@ -386,7 +386,7 @@ impl Store {
             .conn
             .prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM batches
-                 WHERE ?1 IS NULL OR id IN (SELECT batch_id FROM batch_runs WHERE run_id = ?1) ORDER BY id"
+                 WHERE CAST(?1 AS BIGINT) IS NULL OR id IN (SELECT batch_id FROM batch_runs WHERE run_id = ?1) ORDER BY id"
             ))
             .map_err(|e| self.err(e))?;
         let rows = statement.query_map([run_id], from_row).map_err(|e| self.err(e))?;
@@ -429,12 +429,11 @@ impl Store {
                  WHERE b.batch_id = ?1 ORDER BY b.custom_id",
             )
             .map_err(|e| self.err(e))?;
-        let mut rows = statement.query([batch_id]).map_err(|e| self.err(e))?;
-        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
-            let custom_id = row.get_ref(0).and_then(|v| v.as_str().map_err(Into::into)).map_err(|e| self.err(e))?;
-            let params = row.get_ref(1).and_then(|v| v.as_str().map_err(Into::into)).map_err(|e| self.err(e))?;
-            each(custom_id, params);
-        }
-        Ok(())
+        statement
+            .for_each([batch_id], |row| {
+                each(row.get_str(0)?, row.get_str(1)?);
+                Ok(())
+            })
+            .map_err(|e| self.err(e))
     }
 }

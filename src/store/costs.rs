@@ -1,8 +1,8 @@
 //! The money columns of results: which model answered, what it cost and
 //! what the synchronous API would have charged for the same usage.
 
+use super::sql::params;
 use chrono::{DateTime, Utc};
-use rusqlite::params;
 
 use super::{Store, StoreError, to_millis};
 use crate::outcome::Usage;
@@ -64,13 +64,14 @@ impl Store {
     pub fn unpriced_results(&self, limit: usize) -> Result<Vec<UnpricedResult>, StoreError> {
         let mut statement = self
             .conn
-            .prepare_cached(
-                "SELECT r.id, r.lane, r.status, r.duplicate,
-                        COALESCE(json_extract(r.message, '$.model'), json_extract(q.params, '$.model')),
+            .prepare_cached(&format!(
+                "SELECT r.id, r.lane, r.status, r.duplicate, COALESCE({}, {}),
                         r.input_tokens, r.output_tokens, r.cache_write_5m, r.cache_write_1h, r.cache_read
                  FROM results r JOIN request_bodies q ON q.custom_id = r.custom_id
                  WHERE r.cost_micros IS NULL ORDER BY r.id LIMIT ?1",
-            )
+                self.conn.dialect().json_text("r.message", "model"),
+                self.conn.dialect().json_text("q.params", "model")
+            ))
             .map_err(|e| self.err(e))?;
         let rows = statement
             .query_map([limit as i64], |row| {
@@ -89,20 +90,20 @@ impl Store {
 
     /// Stores computed costs in one transaction.
     pub fn set_result_costs(&mut self, costs: &[ResultCost]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction().map_err(|e| super::sqlite(&self.path, e))?;
+        let tx = self.conn.transaction().map_err(|e| super::database(&self.path, e))?;
         {
             let mut update = tx
                 .prepare_cached(
                     "UPDATE results SET model = ?2, cost_micros = ?3, sync_cost_micros = ?4, provider = ?5 WHERE id = ?1",
                 )
-                .map_err(|e| super::sqlite(&self.path, e))?;
+                .map_err(|e| super::database(&self.path, e))?;
             for cost in costs {
                 update
                     .execute(params![cost.id, cost.model, cost.cost_micros, cost.sync_cost_micros, cost.provider])
-                    .map_err(|e| super::sqlite(&self.path, e))?;
+                    .map_err(|e| super::database(&self.path, e))?;
             }
         }
-        tx.commit().map_err(|e| super::sqlite(&self.path, e))
+        tx.commit().map_err(|e| super::database(&self.path, e))
     }
 
     /// Forgets every computed cost, so the next pricing pass uses current prices.
@@ -118,7 +119,7 @@ impl Store {
             .query_row(
                 "SELECT COALESCE(SUM(r.cost_micros), 0) FROM results r
                  JOIN requests q ON q.custom_id = r.custom_id JOIN runs u ON u.id = q.run_id
-                 WHERE r.received_at >= ?1 AND (?2 IS NULL OR u.job = ?2)",
+                 WHERE r.received_at >= ?1 AND (CAST(?2 AS TEXT) IS NULL OR u.job = ?2)",
                 params![to_millis(since), job],
                 |row| row.get(0),
             )
@@ -165,7 +166,7 @@ impl Store {
                         AVG(cache_read)
                  FROM (SELECT r.input_tokens, r.output_tokens, r.cache_write_5m, r.cache_write_1h, r.cache_read
                        FROM results r JOIN requests q ON q.custom_id = r.custom_id JOIN runs u ON u.id = q.run_id
-                       WHERE u.job = ?1 AND r.status = 'succeeded' ORDER BY r.id DESC LIMIT 500)",
+                       WHERE u.job = ?1 AND r.status = 'succeeded' ORDER BY r.id DESC LIMIT 500) recent",
                 [job],
                 |row| {
                     let count: i64 = row.get(0)?;
@@ -200,7 +201,7 @@ impl Store {
         self.conn
             .query_row(
                 "SELECT AVG(n) FROM (SELECT COUNT(q.custom_id) AS n FROM runs u JOIN requests q ON q.run_id = u.id
-                                     WHERE u.job = ?1 GROUP BY u.id ORDER BY u.scheduled_for DESC LIMIT 10)",
+                                     WHERE u.job = ?1 GROUP BY u.id ORDER BY u.scheduled_for DESC LIMIT 10) recent",
                 [job],
                 |row| row.get(0),
             )

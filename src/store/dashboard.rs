@@ -2,8 +2,8 @@
 //! runs with their progress and cost, errors grouped by type, per-job
 //! token efficiency, and the aggregates exported to Prometheus.
 
+use super::sql::params;
 use chrono::{DateTime, Utc};
-use rusqlite::params;
 
 use super::runs::{COLUMNS as RUN_COLUMNS, from_row as run_from_row};
 use super::{RunRow, Store, StoreError, from_millis, to_millis};
@@ -105,7 +105,7 @@ pub struct MetricFigures {
     pub queued_items: Vec<(String, u64, DateTime<Utc>)>,
 }
 
-fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
+fn summary_from_row(row: &super::sql::Row<'_>) -> super::sql::Result<RunSummary> {
     let base = RUN_COLUMNS.split(", ").count(); // the run's columns come first
     Ok(RunSummary {
         run: run_from_row(row)?,
@@ -138,7 +138,9 @@ impl Store {
     pub fn run_summaries(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
         let sql = format!(
             "{} ORDER BY state = 'open' DESC, scheduled_for DESC, id DESC LIMIT ?4",
-            summary_sql("(?1 IS NULL OR job = ?1) AND (?2 IS NULL OR state = ?2) AND scheduled_for >= ?3")
+            summary_sql(
+                "(CAST(?1 AS TEXT) IS NULL OR job = ?1) AND (CAST(?2 AS TEXT) IS NULL OR state = ?2) AND scheduled_for >= ?3"
+            )
         );
         let since = filter.since.map_or(i64::MIN, to_millis);
         let mut statement = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
@@ -150,7 +152,7 @@ impl Store {
 
     /// One run with its progress and cost.
     pub fn run_summary(&self, id: i64) -> Result<Option<RunSummary>, StoreError> {
-        use rusqlite::OptionalExtension;
+        use super::sql::OptionalExtension;
         self.conn.query_row(&summary_sql("id = ?1"), [id], summary_from_row).optional().map_err(|e| self.err(e))
     }
 
@@ -288,7 +290,7 @@ impl Store {
                  WHERE error_type IS NOT NULL AND error_type NOT IN ('state_database', 'stopped') GROUP BY 1, 2
                  UNION ALL
                  SELECT lane, COALESCE(error_type, status), COUNT(*) FROM results
-                 WHERE lane = 'batch' AND status IN ('errored', 'expired') GROUP BY 1, 2)
+                 WHERE lane = 'batch' AND status IN ('errored', 'expired') GROUP BY 1, 2) errors
              GROUP BY 1, 2",
         )
     }
@@ -346,7 +348,7 @@ impl Store {
     pub fn batch_listings(&self, run_id: Option<i64>, limit: u32) -> Result<Vec<BatchListing>, StoreError> {
         let sql = format!(
             "SELECT {}, u.job, u.run_key FROM batches JOIN runs u ON u.id = batches.run_id
-             WHERE ?1 IS NULL OR batches.id IN (SELECT batch_id FROM batch_runs WHERE run_id = ?1)
+             WHERE CAST(?1 AS BIGINT) IS NULL OR batches.id IN (SELECT batch_id FROM batch_runs WHERE run_id = ?1)
              ORDER BY batches.id DESC LIMIT ?2",
             super::batches::COLUMNS.split(", ").map(|c| format!("batches.{c}")).collect::<Vec<_>>().join(", ")
         );

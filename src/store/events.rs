@@ -1,7 +1,7 @@
 //! The append-only event log: every decision and every notable thing that happened.
 
+use super::sql::{Connection, params};
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, params};
 
 use super::{Store, StoreError, from_millis, to_millis};
 
@@ -20,7 +20,7 @@ pub struct EventRow {
     pub detail: serde_json::Value,
 }
 
-pub(super) fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+pub(super) fn from_row(row: &super::sql::Row<'_>) -> super::sql::Result<EventRow> {
     let detail: String = row.get(4)?;
     Ok(EventRow {
         at: from_millis(row.get(0)?),
@@ -38,7 +38,7 @@ pub(super) fn insert(
     kind: &str,
     detail: &serde_json::Value,
     at: DateTime<Utc>,
-) -> rusqlite::Result<usize> {
+) -> super::sql::Result<usize> {
     conn.execute(
         "INSERT INTO events (at, run_id, job, kind, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![to_millis(at), run_id, job, kind, detail.to_string()],
@@ -62,7 +62,7 @@ impl Store {
     pub fn events(&self, run_id: Option<i64>) -> Result<Vec<EventRow>, StoreError> {
         let mut statement = self
             .conn
-            .prepare("SELECT at, run_id, job, kind, detail FROM events WHERE ?1 IS NULL OR run_id = ?1 ORDER BY id")
+            .prepare("SELECT at, run_id, job, kind, detail FROM events WHERE CAST(?1 AS BIGINT) IS NULL OR run_id = ?1 ORDER BY id")
             .map_err(|e| self.err(e))?;
         let rows = statement.query_map([run_id], from_row).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))

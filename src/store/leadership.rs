@@ -8,11 +8,11 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use super::sql::{OptionalExtension, params};
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use super::{Store, StoreError, from_millis, sqlite, to_millis};
+use super::{Store, StoreError, database, from_millis, to_millis};
 
 /// The process that leads, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -59,19 +59,19 @@ impl Store {
     /// was killed, or its machine died) is a `leader_took_over` event: the
     /// alerts say so, and `status` lists it.
     pub fn take_leadership(&mut self, pid: u32, host: &str, now: DateTime<Utc>) -> Result<Leader, StoreError> {
-        let tx = self.conn.transaction().map_err(|e| sqlite(&self.path, e))?;
-        let previous = leader_in(&tx).map_err(|e| sqlite(&self.path, e))?;
+        let tx = self.conn.transaction().map_err(|e| database(&self.path, e))?;
+        let previous = leader_in(&tx).map_err(|e| database(&self.path, e))?;
         let at = to_millis(now);
         tx.execute(
             "INSERT INTO leadership (id, epoch, pid, host, since, renewed_at) VALUES (1, 1, ?1, ?2, ?3, ?3)
-             ON CONFLICT (id) DO UPDATE SET epoch = epoch + 1, pid = excluded.pid, host = excluded.host,
+             ON CONFLICT (id) DO UPDATE SET epoch = leadership.epoch + 1, pid = excluded.pid, host = excluded.host,
                  since = excluded.since, renewed_at = excluded.renewed_at, stopped_at = NULL",
             params![pid, host, at],
         )
-        .map_err(|e| sqlite(&self.path, e))?;
+        .map_err(|e| database(&self.path, e))?;
         let leader = leader_in(&tx)
-            .map_err(|e| sqlite(&self.path, e))?
-            .ok_or_else(|| sqlite(&self.path, rusqlite::Error::QueryReturnedNoRows))?;
+            .map_err(|e| database(&self.path, e))?
+            .ok_or_else(|| database(&self.path, super::sql::Error::QueryReturnedNoRows))?;
         if let Some(previous) = previous.filter(|previous| previous.stopped_at.is_none()) {
             let detail = serde_json::json!({
                 "epoch": leader.epoch, "pid": pid, "host": host,
@@ -79,9 +79,9 @@ impl Store {
                               "renewed_at": previous.renewed_at.to_rfc3339() },
             });
             super::events::insert(&tx, None, None, "leader_took_over", &detail, now)
-                .map_err(|e| sqlite(&self.path, e))?;
+                .map_err(|e| database(&self.path, e))?;
         }
-        tx.commit().map_err(|e| sqlite(&self.path, e))?;
+        tx.commit().map_err(|e| database(&self.path, e))?;
         if pid == std::process::id() {
             LEADING_EPOCH.store(leader.epoch, Ordering::Relaxed);
         }
@@ -119,7 +119,7 @@ impl Store {
     }
 }
 
-fn leader_in(conn: &rusqlite::Connection) -> rusqlite::Result<Option<Leader>> {
+fn leader_in(conn: &super::sql::Connection) -> super::sql::Result<Option<Leader>> {
     conn.query_row("SELECT epoch, pid, host, since, renewed_at, stopped_at FROM leadership WHERE id = 1", [], |row| {
         Ok(Leader {
             epoch: row.get(0)?,

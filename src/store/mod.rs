@@ -21,8 +21,10 @@ mod results;
 mod runs;
 mod schedules;
 mod schema;
+mod schema_postgres;
 pub mod shared;
 pub mod sink_table;
+pub mod sql;
 mod stages;
 mod sync;
 
@@ -49,7 +51,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{OpenFlags, OptionalExtension};
+
+use sql::Connection;
 
 /// Default database file, relative to the working directory.
 pub const DEFAULT_PATH: &str = "state/orchestrator.db";
@@ -57,14 +61,14 @@ pub const DEFAULT_PATH: &str = "state/orchestrator.db";
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// SQLite failed.
+    /// The database failed.
     #[error("state database {path}: {source}")]
-    Sqlite {
-        /// The database file.
+    Database {
+        /// The database file (or URL, without its password).
         path: PathBuf,
-        /// SQLite's error.
+        /// The engine's error.
         #[source]
-        source: rusqlite::Error,
+        source: sql::Error,
     },
     /// The database or its directory could not be created.
     #[error("cannot create state database {path}")]
@@ -88,14 +92,13 @@ pub enum StoreError {
         /// Newest version this build knows.
         supported: usize,
     },
-    /// `--state` names a database URL: the state is a SQLite file.
-    #[error(
-        "--state names a PostgreSQL database (…@{given}): the state database is a SQLite file path here; \
-         PostgreSQL state is not supported yet (a `sink: {{ postgres: {{ table }} }}` writes results to one)"
-    )]
-    NotAFile {
-        /// What was given, after any credentials.
-        given: String,
+    /// The PostgreSQL server could not be reached or refused the login.
+    #[error("state database {path}: cannot connect: {reason}")]
+    Connect {
+        /// The URL, without its password.
+        path: PathBuf,
+        /// Why.
+        reason: String,
     },
     /// The database is at an older schema version than this build's, and
     /// this process may not migrate it (another process drives it).
@@ -148,25 +151,81 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (creating if needed, mode 0600) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        refuse_url(path)?;
+        if let Some(url) = database_url(path) {
+            return Store::open_postgres(path, url);
+        }
         create_private(path)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(|source| sqlite(path, source))?;
-        let mut store = Store { conn, path: path.to_owned() };
+        let conn = rusqlite::Connection::open_with_flags(path, flags).map_err(|source| sqlite(path, source))?;
         // Several connections write (the engine's, the ingest writer's): a
         // deferred transaction that reads and then writes would fail at once
         // with SQLITE_BUSY_SNAPSHOT if another one committed in between, and
-        // the busy timeout does not cover that. Immediate ones take the write
-        // lock first and wait for it instead.
-        store.conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+        // the busy timeout does not cover that. Every transaction of
+        // `sql::Connection` is an immediate one: it takes the write lock
+        // first and waits for it instead.
+        let mut store = Store { conn: Connection::sqlite(conn), path: path.to_owned() };
         store.configure()?;
         store.migrate()?;
         Ok(store)
     }
 
-    /// The database file.
+    /// The database file, or the PostgreSQL URL (with its password: it
+    /// opens further connections; errors show [`shown`] of it).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Which engine holds the state.
+    pub fn dialect(&self) -> sql::Dialect {
+        self.conn.dialect()
+    }
+
+    /// Connects to the PostgreSQL database at `url` and creates or
+    /// migrates its schema. A session that stays idle inside a transaction
+    /// (its process stopped, or paused) is ended by the server after 10 s,
+    /// so it cannot hold the writers' lock, and with it every other
+    /// process, for longer.
+    fn open_postgres(path: &Path, url: &str) -> Result<Store, StoreError> {
+        let connect_error = |reason: String| StoreError::Connect { path: shown(path), reason };
+        let client = postgres_sink::connect(url).map_err(|e| connect_error(e.to_string()))?;
+        let mut store = Store { conn: Connection::postgres(client), path: path.to_owned() };
+        store
+            .conn
+            .execute_batch("SET idle_in_transaction_session_timeout = '10s'; SET TIME ZONE 'UTC';")
+            .map_err(|e| store.err(e))?;
+        store.migrate_postgres()?;
+        Ok(store)
+    }
+
+    /// Creates the schema on an empty PostgreSQL database, or applies the
+    /// migrations it lacks, in one transaction under the writers' lock (two
+    /// processes starting at once create it once).
+    fn migrate_postgres(&mut self) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let e = |source| database(&path, source);
+        let tx = self.conn.transaction().map_err(e)?;
+        let found = postgres_version(&tx).map_err(e)?;
+        let supported = Store::supported_version();
+        if found > supported {
+            return Err(StoreError::TooNew { path: shown(&path), found, supported });
+        }
+        if found == 0 {
+            tx.execute_batch(schema_postgres::BASELINE).map_err(e)?;
+            tx.execute(
+                "INSERT INTO orchestrator_schema (id, version) VALUES (1, ?1)",
+                [schema_postgres::BASELINE_VERSION],
+            )
+            .map_err(e)?;
+        }
+        let from = found.max(schema_postgres::BASELINE_VERSION);
+        for (step, migration) in
+            schema_postgres::MIGRATIONS.iter().enumerate().skip(from - schema_postgres::BASELINE_VERSION)
+        {
+            tx.execute_batch(migration).map_err(e)?;
+            let version = schema_postgres::BASELINE_VERSION + step + 1;
+            tx.execute("UPDATE orchestrator_schema SET version = ?1", [version]).map_err(e)?;
+        }
+        tx.commit().map_err(e)
     }
 
     /// Opens the database at `path` for reading only (the dashboard, the
@@ -175,13 +234,23 @@ impl Store {
     /// migrates (another process may be driving it).
     pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
         let store = Store::open_current(path)?;
-        store.conn.execute_batch("PRAGMA query_only = 1;").map_err(|e| store.err(e))?;
+        let read_only = match store.conn.dialect() {
+            sql::Dialect::Sqlite => "PRAGMA query_only = 1;",
+            sql::Dialect::Postgres => "SET default_transaction_read_only = on;",
+        };
+        store.conn.execute_batch(read_only).map_err(|e| store.err(e))?;
         Ok(store)
     }
 
     fn configure(&self) -> Result<(), StoreError> {
-        self.conn.busy_timeout(Duration::from_secs(10)).map_err(|e| self.err(e))?;
-        self.conn.execute_batch(PRAGMAS).map_err(|e| self.err(e))
+        let conn = self.sqlite_conn();
+        conn.busy_timeout(Duration::from_secs(10)).map_err(|e| sqlite(&self.path, e))?;
+        conn.execute_batch(PRAGMAS).map_err(|e| sqlite(&self.path, e))
+    }
+
+    /// The SQLite connection underneath (PRAGMAs, migrations).
+    fn sqlite_conn(&self) -> &rusqlite::Connection {
+        self.conn.as_sqlite().expect("a SQLite store")
     }
 
     /// Migrates the open database to this build's schema if it is older
@@ -192,7 +261,7 @@ impl Store {
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let found: usize = self.conn.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(|e| self.err(e))?;
+        let found = self.schema_version()?;
         let supported = schema::MIGRATIONS.len();
         if found > supported {
             return Err(StoreError::TooNew { path: self.path.clone(), found, supported });
@@ -211,7 +280,7 @@ impl Store {
 
     fn apply_migrations(&mut self, found: usize) -> Result<(), StoreError> {
         for (version, sql) in schema::MIGRATIONS.iter().enumerate().skip(found) {
-            let tx = self.conn.transaction().map_err(|e| sqlite(&self.path, e))?;
+            let tx = self.sqlite_conn().unchecked_transaction().map_err(|e| sqlite(&self.path, e))?;
             tx.execute_batch(sql).map_err(|e| sqlite(&self.path, e))?;
             let broken: Option<String> = tx
                 .query_row("SELECT \"table\" FROM pragma_foreign_key_check LIMIT 1", [], |row| row.get(0))
@@ -233,12 +302,16 @@ impl Store {
     /// The schema version of the database at `path` (0 when there is none
     /// yet), read without creating, migrating or writing anything.
     pub fn stored_version(path: &Path) -> Result<usize, StoreError> {
-        refuse_url(path)?;
+        if let Some(url) = database_url(path) {
+            let connect_error = |reason: String| StoreError::Connect { path: shown(path), reason };
+            let client = postgres_sink::connect(url).map_err(|e| connect_error(e.to_string()))?;
+            return postgres_version(&Connection::postgres(client)).map_err(|e| database(path, e));
+        }
         if !path.exists() {
             return Ok(0);
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(|source| sqlite(path, source))?;
+        let conn = rusqlite::Connection::open_with_flags(path, flags).map_err(|source| sqlite(path, source))?;
         conn.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(|source| sqlite(path, source))
     }
 
@@ -248,8 +321,8 @@ impl Store {
         let (found, supported) = (Store::stored_version(path)?, Store::supported_version());
         if found != supported {
             return Err(match found > supported {
-                true => StoreError::TooNew { path: path.to_owned(), found, supported },
-                false => StoreError::OtherVersion { path: path.to_owned(), found, supported },
+                true => StoreError::TooNew { path: shown(path), found, supported },
+                false => StoreError::OtherVersion { path: shown(path), found, supported },
             });
         }
         Store::open(path)
@@ -262,26 +335,56 @@ impl Store {
 
     /// The schema version of the open database.
     pub fn schema_version(&self) -> Result<usize, StoreError> {
-        self.conn.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(|e| self.err(e))
+        if self.conn.dialect() == sql::Dialect::Postgres {
+            return postgres_version(&self.conn).map_err(|e| self.err(e));
+        }
+        self.sqlite_conn().query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(|e| sqlite(&self.path, e))
     }
 
-    fn err(&self, source: rusqlite::Error) -> StoreError {
-        sqlite(&self.path, source)
+    fn err(&self, source: sql::Error) -> StoreError {
+        database(&self.path, source)
+    }
+}
+
+fn database(path: &Path, source: sql::Error) -> StoreError {
+    StoreError::Database { path: shown(path), source }
+}
+
+/// The schema version a PostgreSQL database is at (0: no schema yet).
+fn postgres_version(conn: &Connection) -> sql::Result<usize> {
+    let exists: bool = conn.query_row("SELECT to_regclass('orchestrator_schema') IS NOT NULL", [], |row| row.get(0))?;
+    match exists {
+        true => conn.query_row("SELECT version FROM orchestrator_schema", [], |row| row.get(0)),
+        false => Ok(0),
+    }
+}
+
+/// The URL when `path` names a PostgreSQL database.
+pub fn database_url(path: &Path) -> Option<&str> {
+    path.to_str().filter(|text| ["postgres://", "postgresql://"].iter().any(|scheme| text.starts_with(scheme)))
+}
+
+/// Whether there is state to read at `path`: a file that exists, or a
+/// database URL (connecting tells the rest).
+pub fn state_exists(path: &Path) -> bool {
+    database_url(path).is_some() || path.exists()
+}
+
+/// `path` as errors and logs show it: a URL loses its password.
+pub fn shown(path: &Path) -> PathBuf {
+    let Some(url) = database_url(path) else { return path.to_owned() };
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    match rest.split_once('@') {
+        Some((user, host)) => {
+            let user = user.split(':').next().unwrap_or_default();
+            PathBuf::from(format!("{scheme}://{user}@{host}"))
+        }
+        None => path.to_owned(),
     }
 }
 
 fn sqlite(path: &Path, source: rusqlite::Error) -> StoreError {
-    StoreError::Sqlite { path: path.to_owned(), source }
-}
-
-/// A database URL where a file is expected: the state is a SQLite file;
-/// creating `postgres:/...` directories instead would help nobody.
-pub fn refuse_url(path: &Path) -> Result<(), StoreError> {
-    let text = path.to_string_lossy();
-    match ["postgres://", "postgresql://"].iter().any(|scheme| text.starts_with(scheme)) {
-        true => Err(StoreError::NotAFile { given: text.split('@').next_back().unwrap_or_default().to_owned() }),
-        false => Ok(()),
-    }
+    database(path, sql::Error::Sqlite(source))
 }
 
 /// Creates the file with mode 0600 before SQLite does, so it is never
@@ -308,5 +411,7 @@ pub(crate) fn from_millis(millis: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(millis).single().unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
+#[cfg(test)]
+pub(crate) mod test_postgres;
 #[cfg(test)]
 mod tests;

@@ -3,8 +3,8 @@
 //! into a run (in the same transaction that creates the run), and can be
 //! looked up by its id until its result is delivered.
 
+use super::sql::{OptionalExtension, params};
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, params};
 
 use super::{NewRun, RunRow, Store, StoreError, from_millis, to_millis};
 use crate::outcome::Usage;
@@ -95,7 +95,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Vec<i64>, StoreError> {
         let path = self.path.clone();
-        let e = |source| super::sqlite(&path, source);
+        let e = |source| super::database(&path, source);
         let tx = self.conn.transaction().map_err(e)?;
         let mut ids = Vec::with_capacity(items.len());
         {
@@ -121,7 +121,7 @@ impl Store {
                     .map_err(e)?;
                 let id = match (inserted, &item.idempotency_key) {
                     (0, Some(key)) => existing.query_row(params![job, key], |row| row.get(0)).map_err(e)?,
-                    _ => tx.last_insert_rowid(),
+                    _ => tx.last_insert_rowid().map_err(e)?,
                 };
                 ids.push(id);
             }
@@ -177,7 +177,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Option<(RunRow, usize)>, StoreError> {
         let path = self.path.clone();
-        let e = |source| super::sqlite(&path, source);
+        let e = |source| super::database(&path, source);
         let tx = self.conn.transaction().map_err(e)?;
         let taken: Vec<(i64, Option<i64>)> = {
             let mut waiting = tx
@@ -200,7 +200,7 @@ impl Store {
             // The instant has its run already; the items stay queued (the transaction rolls back).
             return Ok(None);
         }
-        let run_id = tx.last_insert_rowid();
+        let run_id = tx.last_insert_rowid().map_err(e)?;
         {
             let mut assign =
                 tx.prepare_cached("UPDATE queue_items SET run_id = ?2, seq = ?3 WHERE id = ?1").map_err(e)?;
@@ -275,7 +275,7 @@ impl Store {
     }
 }
 
-fn item_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<QueueItemView> {
+fn item_view(row: &super::sql::Row<'_>) -> super::sql::Result<QueueItemView> {
     let run_key: Option<String> = row.get(1)?;
     let run_state: Option<String> = row.get(2)?;
     let request_state: Option<String> = row.get(5)?;

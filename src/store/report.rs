@@ -1,8 +1,8 @@
 //! Aggregates for `orchestrator cost` and the dashboard: spend and tokens
 //! grouped one way or another, and the raw figures of the five KPIs.
 
+use super::sql::{Dialect, params};
 use chrono::{DateTime, Utc};
-use rusqlite::params;
 
 use super::{Store, StoreError, to_millis};
 
@@ -36,15 +36,16 @@ impl GroupBy {
         }
     }
 
-    fn key_sql(self) -> &'static str {
+    fn key_sql(self, dialect: Dialect) -> String {
         match self {
             GroupBy::Job => "u.job",
             GroupBy::Tag => "COALESCE(t.value, '(untagged)')",
             GroupBy::Model => "COALESCE(r.model, '(unknown)')",
             GroupBy::Provider => "COALESCE(r.provider, '(unknown)')",
             GroupBy::Lane => "r.lane",
-            GroupBy::Day => "date(r.received_at / 1000, 'unixepoch')",
+            GroupBy::Day => return dialect.utc_day("r.received_at"),
         }
+        .to_owned()
     }
 }
 
@@ -117,7 +118,8 @@ const FAILOVER: &str = "(r.lane = 'sync' AND u.failover_provider IS NOT NULL AND
 
 const TOKENS: &str = "(r.input_tokens + r.output_tokens + r.cache_write_5m + r.cache_write_1h + r.cache_read)";
 
-fn spend_sql(key: &str, tag_join: &str) -> String {
+fn spend_sql(key: &str, tag_join: &str, dialect: Dialect) -> String {
+    let tag_filter = tag_filter(dialect);
     format!(
         "SELECT {key},
            COALESCE(SUM(r.cost_micros), 0), COALESCE(SUM(r.sync_cost_micros), 0),
@@ -136,12 +138,20 @@ fn spend_sql(key: &str, tag_join: &str) -> String {
            COALESCE(SUM(CASE WHEN u.tier != 'realtime' AND r.lane = 'batch' THEN {TOKENS} END), 0),
            COALESCE(SUM(CASE WHEN {FAILOVER} THEN r.cost_micros END), 0)
          FROM results r JOIN requests q ON q.custom_id = r.custom_id JOIN runs u ON u.id = q.run_id {tag_join}
-         WHERE r.received_at >= ?1 AND r.received_at < ?2 AND (?3 IS NULL OR u.job = ?3)
-           AND (?4 IS NULL OR EXISTS (SELECT 1 FROM json_each(u.tags) f WHERE f.value = ?4))"
+         WHERE r.received_at >= ?1 AND r.received_at < ?2 AND (CAST(?3 AS TEXT) IS NULL OR u.job = ?3)
+           AND {tag_filter}"
     )
 }
 
-fn spend_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SpendRow> {
+/// Runs tagged `?4`, or all when it is NULL.
+fn tag_filter(dialect: Dialect) -> String {
+    format!(
+        "(CAST(?4 AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM {} WHERE f.value = ?4))",
+        dialect.json_values("u.tags", "f")
+    )
+}
+
+fn spend_row(row: &super::sql::Row<'_>) -> super::sql::Result<SpendRow> {
     Ok(SpendRow {
         key: row.get(0)?,
         cost_micros: row.get(1)?,
@@ -185,12 +195,16 @@ impl Store {
     pub fn spend(&self, scope: &Scope, by: Option<GroupBy>) -> Result<(SpendRow, Vec<SpendRow>), StoreError> {
         let (since, until) = scope.bounds();
         let args = params![since, until, scope.job, scope.tag];
-        let total = self.conn.query_row(&spend_sql("NULL", ""), args, spend_row).map_err(|e| self.err(e))?;
+        let dialect = self.conn.dialect();
+        let total = self.conn.query_row(&spend_sql("NULL", "", dialect), args, spend_row).map_err(|e| self.err(e))?;
         let Some(by) = by else {
             return Ok((total, Vec::new()));
         };
-        let tag_join = if by == GroupBy::Tag { "LEFT JOIN json_each(u.tags) t" } else { "" };
-        let sql = format!("{} GROUP BY 1 ORDER BY 1", spend_sql(by.key_sql(), tag_join));
+        let tag_join = match by {
+            GroupBy::Tag => format!("LEFT JOIN {} ON true", dialect.json_values("u.tags", "t")),
+            _ => String::new(),
+        };
+        let sql = format!("{} GROUP BY 1 ORDER BY 1", spend_sql(&by.key_sql(dialect), &tag_join, dialect));
         let mut statement = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
         let rows = statement.query_map(args, spend_row).map_err(|e| self.err(e))?;
         Ok((total, rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?))
@@ -199,8 +213,7 @@ impl Store {
     /// The raw figures of the five KPIs for `scope`.
     pub fn kpi_figures(&self, scope: &Scope) -> Result<KpiFigures, StoreError> {
         let (since, until) = scope.bounds();
-        let run_filter = "(?3 IS NULL OR u.job = ?3)
-             AND (?4 IS NULL OR EXISTS (SELECT 1 FROM json_each(u.tags) f WHERE f.value = ?4))";
+        let run_filter = format!("(CAST(?3 AS TEXT) IS NULL OR u.job = ?3) AND {}", tag_filter(self.conn.dialect()));
         let args = params![since, until, scope.job, scope.tag];
         let mut statement = self
             .conn

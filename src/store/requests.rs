@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use super::sql::params;
 use chrono::{DateTime, Utc};
-use rusqlite::params;
 
 use super::{Store, StoreError, to_millis};
 
@@ -71,7 +71,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
         let path = self.path.clone();
-        let e = |source| super::sqlite(&path, source);
+        let e = |source| super::database(&path, source);
         let tx = self.conn.transaction().map_err(e)?;
         let mut inserted = 0;
         {
@@ -109,7 +109,7 @@ impl Store {
     /// left. A prepared run's requests are never touched. Returns how many.
     pub fn discard_unprepared_requests(&mut self, run_id: i64) -> Result<usize, StoreError> {
         let path = self.path.clone();
-        let e = |source| super::sqlite(&path, source);
+        let e = |source| super::database(&path, source);
         let tx = self.conn.transaction().map_err(e)?;
         let unprepared: bool = tx
             .query_row("SELECT prepared_at IS NULL FROM runs WHERE id = ?1", [run_id], |row| row.get(0))
@@ -237,7 +237,7 @@ impl Store {
 impl Store {
     /// The run that owns `custom_id`, if any.
     pub fn custom_id_owner(&self, custom_id: &str) -> Result<Option<i64>, StoreError> {
-        use rusqlite::OptionalExtension;
+        use super::sql::OptionalExtension;
         self.conn
             .query_row("SELECT run_id FROM requests WHERE custom_id = ?1", [custom_id], |row| row.get(0))
             .optional()
@@ -270,7 +270,7 @@ impl Store {
             .prepare_cached(
                 "SELECT AVG(params_len) FROM (
                    SELECT params_len FROM requests INDEXED BY requests_by_run_seq
-                   WHERE run_id = ?1 ORDER BY seq LIMIT ?2)",
+                   WHERE run_id = ?1 ORDER BY seq LIMIT ?2) sample",
             )
             .and_then(|mut s| s.query_row(params![run_id, TOKEN_SAMPLE], |row| row.get(0)))
             .map_err(|e| self.err(e))?;
@@ -281,7 +281,7 @@ impl Store {
                    SELECT r.output_tokens FROM runs u
                    JOIN requests q INDEXED BY requests_by_run_state ON q.run_id = u.id AND q.state = 'succeeded'
                    JOIN results r ON r.id = q.result_id
-                   WHERE u.job = ?1 ORDER BY u.scheduled_for DESC LIMIT ?2)",
+                   WHERE u.job = ?1 ORDER BY u.scheduled_for DESC LIMIT ?2) sample",
             )
             .and_then(|mut s| s.query_row(params![job, OUTPUT_SAMPLE], |row| row.get(0)))
             .map_err(|e| self.err(e))?;

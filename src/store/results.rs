@@ -1,7 +1,7 @@
 //! Results: every outcome received, the winner per request, and deliveries.
 
+use super::sql::{Transaction, params};
 use chrono::{DateTime, Utc};
-use rusqlite::{Transaction, TransactionBehavior, params};
 
 use super::costs::AnswerPrice;
 use super::{Store, StoreError, from_millis, to_millis};
@@ -79,9 +79,9 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<ResultCounts, StoreError> {
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(|e| super::sqlite(&path, e))?;
-        let counts = store_lines(&tx, batch_id, lines, now).map_err(|e| super::sqlite(&path, e))?;
-        tx.commit().map_err(|e| super::sqlite(&path, e))?;
+        let tx = self.conn.transaction().map_err(|e| super::database(&path, e))?;
+        let counts = store_lines(&tx, batch_id, lines, now).map_err(|e| super::database(&path, e))?;
+        tx.commit().map_err(|e| super::database(&path, e))?;
         Ok(counts)
     }
 
@@ -126,6 +126,11 @@ impl Store {
         &mut self,
         work: impl FnOnce(&mut Store) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        // PostgreSQL keeps its checks: they cost an index probe there, not
+        // a random page read of a file.
+        if self.conn.dialect() == super::sql::Dialect::Postgres {
+            return work(self);
+        }
         self.conn.execute_batch("PRAGMA foreign_keys = OFF;").map_err(|e| self.err(e))?;
         let done = work(self);
         self.conn.execute_batch("PRAGMA foreign_keys = ON;").map_err(|e| self.err(e))?;
@@ -134,7 +139,7 @@ impl Store {
 
     fn settle_slices(&mut self, batch_id: i64, now: DateTime<Utc>) -> Result<u64, StoreError> {
         let path = self.path.clone();
-        let e = |source| super::sqlite(&path, source);
+        let e = |source| super::database(&path, source);
         let (mut after, mut duplicates) = (String::new(), 0);
         loop {
             let tx = self.conn.transaction().map_err(e)?;
@@ -267,13 +272,13 @@ fn stream_chunks(
     committed: &mut dyn FnMut(),
 ) -> Result<ResultCounts, StoreError> {
     let path = store.path.clone();
-    let e = |source| super::sqlite(&path, source);
+    let e = |source| super::database(&path, source);
     let mut total = ResultCounts::default();
     while let Some(mut chunk) = chunks.blocking_recv() {
         if chunk.is_empty() {
             continue;
         }
-        let tx = store.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
+        let tx = store.conn.transaction().map_err(e)?;
         let mut lines = 0;
         loop {
             chunk.sort_unstable_by(|a, b| a.custom_id.cmp(&b.custom_id));
@@ -301,7 +306,7 @@ fn store_lines(
     batch_id: i64,
     lines: &[(String, Outcome)],
     now: DateTime<Utc>,
-) -> rusqlite::Result<ResultCounts> {
+) -> super::sql::Result<ResultCounts> {
     let mut counts = ResultCounts::default();
     // In key order, consecutive lines find their index pages already in the cache.
     let mut order: Vec<&(String, Outcome)> = lines.iter().collect();
@@ -319,7 +324,7 @@ fn store_line(
     (custom_id, outcome, price): (&str, &Outcome, Option<&AnswerPrice>),
     now: DateTime<Utc>,
     counts: &mut ResultCounts,
-) -> rusqlite::Result<()> {
+) -> super::sql::Result<()> {
     let mut member = tx.prepare_cached("SELECT 1 FROM batch_requests WHERE batch_id = ?1 AND custom_id = ?2")?;
     if !member.exists(params![batch_id, custom_id])? {
         counts.unknown += 1;
@@ -350,17 +355,17 @@ struct Unsettled {
 }
 
 /// The next slice of the batch's unsettled results after `after`, in custom_id order.
-fn unsettled(tx: &Transaction<'_>, batch_id: i64, after: &str) -> rusqlite::Result<Vec<Unsettled>> {
+fn unsettled(tx: &Transaction<'_>, batch_id: i64, after: &str) -> super::sql::Result<Vec<Unsettled>> {
     // Only a failure can be superseded (a success always settles, see
     // `settle`): successes, nearly every result, skip the extra lookup.
     let mut statement = tx.prepare_cached(
         "SELECT r.id, r.custom_id, q.state, r.status, r.error_type,
-                CASE WHEN r.status = 'succeeded' THEN 0
+                CASE WHEN r.status = 'succeeded' THEN false
                      ELSE EXISTS (SELECT 1 FROM results n WHERE n.custom_id = r.custom_id AND n.id > r.id) END
          FROM batch_requests m
          JOIN results r ON r.custom_id = m.custom_id AND r.batch_id = m.batch_id
          JOIN requests q ON q.custom_id = m.custom_id
-         WHERE m.batch_id = ?1 AND m.custom_id > ?2 AND r.duplicate = 0 AND q.result_id IS NOT r.id
+         WHERE m.batch_id = ?1 AND m.custom_id > ?2 AND r.duplicate = 0 AND q.result_id IS DISTINCT FROM r.id
          ORDER BY m.custom_id LIMIT ?3",
     )?;
     let rows = statement.query_map(params![batch_id, after, SETTLE_SLICE as i64], |row| {
@@ -389,7 +394,7 @@ fn next_state(status: &str, error_type: Option<&str>) -> &'static str {
 }
 
 /// Applies a slice: first final result wins; returns the duplicates flagged.
-fn settle(tx: &Transaction<'_>, slice: &[Unsettled], now: DateTime<Utc>) -> rusqlite::Result<u64> {
+fn settle(tx: &Transaction<'_>, slice: &[Unsettled], now: DateTime<Utc>) -> super::sql::Result<u64> {
     let mut take = tx.prepare_cached(
         "UPDATE requests SET state = ?2, result_id = ?3, updated_at = ?4, attempts = attempts + ?5 WHERE custom_id = ?1",
     )?;
@@ -451,7 +456,7 @@ pub(super) fn insert_result(
     row: &NewResult<'_>,
     outcome: &Outcome,
     now: DateTime<Utc>,
-) -> rusqlite::Result<usize> {
+) -> super::sql::Result<usize> {
     let (error_type, error_message, message, stop_reason, usage) = columns(outcome);
     tx.prepare_cached(
         "INSERT INTO results (custom_id, lane, batch_id, attempt_id, status, error_type, error_message, message,
@@ -486,7 +491,7 @@ pub(super) fn insert_result(
 
 /// The five usage columns (`input_tokens, output_tokens, cache_write_5m,
 /// cache_write_1h, cache_read`), selected in that order from index `first`.
-pub(super) fn usage_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Usage> {
+pub(super) fn usage_at(row: &super::sql::Row<'_>, first: usize) -> super::sql::Result<Usage> {
     Ok(Usage {
         input_tokens: row.get(first)?,
         output_tokens: row.get(first + 1)?,
@@ -511,7 +516,7 @@ fn columns(outcome: &Outcome) -> Columns<'_> {
 impl Store {
     /// A JSONL sink file's length when its last round of deliveries was recorded.
     pub fn sink_file_length(&self, target: &str) -> Result<Option<u64>, StoreError> {
-        use rusqlite::OptionalExtension;
+        use super::sql::OptionalExtension;
         self.conn
             .query_row("SELECT length FROM sink_files WHERE target = ?1", [target], |row| row.get(0))
             .optional()
@@ -533,7 +538,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.without_foreign_keys(|store| {
             let path = store.path.clone();
-            let e = |source| super::sqlite(&path, source);
+            let e = |source| super::database(&path, source);
             let tx = store.conn.transaction().map_err(e)?;
             if let Some(length) = file_length {
                 tx.execute(

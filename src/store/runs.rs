@@ -1,7 +1,7 @@
 //! Runs: one firing of a job for one scheduled instant.
 
+use super::sql::{OptionalExtension, Row, params};
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, Row, params};
 
 use super::{Store, StoreError, from_millis, to_millis};
 
@@ -105,7 +105,7 @@ pub(super) const COLUMNS: &str = "id, job, scheduled_for, run_key, tier, deadlin
                        deadline_missed_at, delivery_failing_since, delivery_error, failover_provider, failover_model, \
                        failover_started_at";
 
-pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<RunRow> {
+pub(super) fn from_row(row: &Row<'_>) -> super::sql::Result<RunRow> {
     Ok(RunRow {
         id: row.get(0)?,
         job: row.get(1)?,
@@ -155,7 +155,11 @@ pub struct NewRun<'a> {
 }
 
 /// Inserts `run` unless its `(job, scheduled_for)` exists; how many rows it added.
-pub(super) fn insert_run(conn: &rusqlite::Connection, run: &NewRun<'_>, now: DateTime<Utc>) -> rusqlite::Result<usize> {
+pub(super) fn insert_run(
+    conn: &super::sql::Connection,
+    run: &NewRun<'_>,
+    now: DateTime<Utc>,
+) -> super::sql::Result<usize> {
     conn.execute(
         "INSERT INTO runs (job, scheduled_for, run_key, tier, deadline_at, state, created_at, lane, tags)
          VALUES (?1, ?2, ?3, ?4, ?5, 'open', ?6, ?7, ?8) ON CONFLICT (job, scheduled_for) DO NOTHING",
@@ -260,12 +264,12 @@ impl Store {
         reason: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction().map_err(|e| super::sqlite(&self.path, e))?;
+        let tx = self.conn.transaction().map_err(|e| super::database(&self.path, e))?;
         tx.execute(
             "UPDATE runs SET state = ?2, reason = ?3, finished_at = ?4 WHERE id = ?1",
             params![id, state.as_str(), reason, to_millis(now)],
         )
-        .map_err(|e| super::sqlite(&self.path, e))?;
+        .map_err(|e| super::database(&self.path, e))?;
         super::events::insert(
             &tx,
             Some(id),
@@ -274,8 +278,8 @@ impl Store {
             &serde_json::json!({ "reason": reason }),
             now,
         )
-        .map_err(|e| super::sqlite(&self.path, e))?;
-        tx.commit().map_err(|e| super::sqlite(&self.path, e))
+        .map_err(|e| super::database(&self.path, e))?;
+        tx.commit().map_err(|e| super::database(&self.path, e))
     }
 }
 
@@ -333,7 +337,7 @@ impl Store {
                 [id],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
-            .map_err(|e| super::sqlite(&self.path, e))?;
+            .map_err(|e| super::database(&self.path, e))?;
         Ok((count, since.map(from_millis)))
     }
 
@@ -347,12 +351,12 @@ impl Store {
         detail: &serde_json::Value,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction().map_err(|e| super::sqlite(&self.path, e))?;
+        let tx = self.conn.transaction().map_err(|e| super::database(&self.path, e))?;
         tx.execute("UPDATE runs SET lane = 'batch', sync_blocked = ?2 WHERE id = ?1", params![id, reason])
-            .map_err(|e| super::sqlite(&self.path, e))?;
+            .map_err(|e| super::database(&self.path, e))?;
         super::events::insert(&tx, Some(id), None, "budget_exceeded", detail, now)
-            .map_err(|e| super::sqlite(&self.path, e))?;
-        tx.commit().map_err(|e| super::sqlite(&self.path, e))
+            .map_err(|e| super::database(&self.path, e))?;
+        tx.commit().map_err(|e| super::database(&self.path, e))
     }
 
     /// Records, once, that an open run passed its deadline: it is late, and
@@ -372,8 +376,8 @@ impl Store {
     /// fails (kept from the first failure); the first failure of a streak is
     /// a `delivery_failed` event. True on the first failure of a streak.
     pub fn record_delivery_failure(&mut self, id: i64, error: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction().map_err(|e| super::sqlite(&self.path, e))?;
-        let e = |source| super::sqlite(&self.path, source);
+        let tx = self.conn.transaction().map_err(|e| super::database(&self.path, e))?;
+        let e = |source| super::database(&self.path, source);
         let since: Option<i64> =
             tx.query_row("SELECT delivery_failing_since FROM runs WHERE id = ?1", [id], |row| row.get(0)).map_err(e)?;
         tx.execute(
@@ -404,13 +408,13 @@ impl Store {
         &mut self,
         id: i64,
         update: &str,
-        values: impl rusqlite::Params,
+        values: impl super::sql::Params,
         kind: &str,
         detail: &serde_json::Value,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction().map_err(|e| super::sqlite(&self.path, e))?;
-        let e = |source| super::sqlite(&self.path, source);
+        let tx = self.conn.transaction().map_err(|e| super::database(&self.path, e))?;
+        let e = |source| super::database(&self.path, source);
         let changed = tx.execute(update, values).map_err(e)? == 1;
         if changed {
             super::events::insert(&tx, Some(id), None, kind, detail, now).map_err(e)?;

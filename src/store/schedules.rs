@@ -1,7 +1,7 @@
 //! Each job's schedule cursor: instants at or before it have been handled.
 
+use super::sql::{OptionalExtension, Row, params};
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, Row, params};
 
 use super::{Store, StoreError, from_millis, to_millis};
 
@@ -42,7 +42,7 @@ impl ScheduleRow {
 
 const COLUMNS: &str = "job, cursor, next_at, last_fired_for, start_failed_for, start_error, after_run";
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<ScheduleRow> {
+fn from_row(row: &Row<'_>) -> super::sql::Result<ScheduleRow> {
     Ok(ScheduleRow {
         job: row.get(0)?,
         cursor: from_millis(row.get(1)?),

@@ -1,8 +1,8 @@
 //! What a pipeline stage reads: the results its upstream job's newest
 //! completed run delivered.
 
+use super::sql::{OptionalExtension, params};
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, params};
 
 use super::runs::{COLUMNS, from_row};
 use super::{RunRow, Store, StoreError, to_millis};
@@ -34,7 +34,7 @@ pub struct LinkedRun {
     pub state: String,
 }
 
-fn linked(row: &rusqlite::Row<'_>) -> rusqlite::Result<LinkedRun> {
+fn linked(row: &super::sql::Row<'_>) -> super::sql::Result<LinkedRun> {
     Ok(LinkedRun { id: row.get(0)?, job: row.get(1)?, run_key: row.get(2)?, state: row.get(3)? })
 }
 

@@ -1,7 +1,7 @@
 //! The sync lane's side of the store: what is left to send, and its results.
 
+use super::sql::{OptionalExtension, params};
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, params};
 
 use super::results::{NewResult, insert_result};
 use super::{Store, StoreError, to_millis};
@@ -72,7 +72,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<SyncSettle, StoreError> {
         let path = self.path.clone();
-        let e = |source| super::sqlite(&path, source);
+        let e = |source| super::database(&path, source);
         let tx = self.conn.transaction().map_err(e)?;
         let state: Option<String> = tx
             .query_row("SELECT state FROM requests WHERE custom_id = ?1", [custom_id], |row| row.get(0))
@@ -93,7 +93,7 @@ impl Store {
             price: None,
         };
         insert_result(&tx, &row, outcome, now).map_err(e)?;
-        let result_id = tx.last_insert_rowid();
+        let result_id = tx.last_insert_rowid().map_err(e)?;
         if already_final {
             tx.commit().map_err(e)?;
             return Ok(SyncSettle::Duplicate);
@@ -126,7 +126,7 @@ impl Store {
     /// Sends a run straight to the sync lane (the router's decision), with why.
     pub fn route_to_sync(&mut self, run_id: i64, reason: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
         let path = self.path.clone();
-        let e = |source| super::sqlite(&path, source);
+        let e = |source| super::database(&path, source);
         let tx = self.conn.transaction().map_err(e)?;
         tx.execute("UPDATE runs SET lane = 'sync' WHERE id = ?1", [run_id]).map_err(e)?;
         super::events::insert(&tx, Some(run_id), None, "routed_to_sync", &serde_json::json!({ "reason": reason }), now)
