@@ -102,6 +102,7 @@ codes! {
     InvalidEnqueue = "E073", Error, "enqueue.max_items is 0 or enqueue.max_wait is not a positive duration";
     SinkDatabaseUrlMissing = "W074", Warning, "the postgres sink has no database URL where validate runs";
     PolicyWithoutSchedule = "W075", Warning, "overlap or catch_up on a job without a schedule, where they do nothing";
+    LocalSinkMultiNode = "W076", Warning, "a file sink on a state that several machines lead in turn";
     BatchEligible = "N080", Note, "a realtime job whose deadline allows the batch lane at half price";
 }
 

@@ -122,7 +122,9 @@ pub fn main() -> ExitCode {
     // `run --simulate` is about the user's job: the simulator's own lines only when asked.
     let quiet_simulator = matches!(&cli.command, Command::Run(args) if args.simulate && !args.simulator_log);
     init_tracing(cli.log_format, quiet_simulator);
-    let result = match cli.command {
+    let mut command = cli.command;
+    resolve_state(&mut command);
+    let result = match command {
         Command::Validate(args) => validate::run(&args),
         Command::Schema => schema::run(),
         Command::Render(args) => render::run(&args),
@@ -173,5 +175,26 @@ fn init_tracing(format: LogFormat, quiet_simulator: bool) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The state at the default path while `ORCHESTRATOR_DATABASE_URL` (or the
+/// systemd credential `orchestrator-database-url`) names a database: the
+/// state is that PostgreSQL database. A path given with `--state` (or
+/// `ORCHESTRATOR_STATE`) other than the default keeps its SQLite file.
+fn resolve_state(command: &mut Command) {
+    let state = match command {
+        Command::Render(args) => &mut args.state,
+        Command::Run(args) => &mut args.state,
+        Command::Serve(args) => &mut args.state,
+        Command::Status(args) => &mut args.state,
+        Command::Cost(args) => &mut args.state,
+        Command::Estimate(args) => &mut args.state,
+        _ => return,
+    };
+    if state.as_path() == std::path::Path::new(crate::store::DEFAULT_PATH)
+        && let Some(url) = crate::store::postgres_sink::database_url()
+    {
+        *state = std::path::PathBuf::from(url);
     }
 }

@@ -11,7 +11,7 @@ use super::setup::{Rehearsal, backend};
 use super::{EXIT_CONFIG, EXIT_USAGE, ProjectArgs};
 use crate::catalog::Catalog;
 use crate::daemon::config::Config;
-use crate::daemon::leadership::{Lead, RENEW_EVERY};
+use crate::daemon::leadership::{LEASE, LEASE_RENEW_EVERY, Lead, RENEW_EVERY};
 use crate::engine::{Engine, EngineSettings, RunOutcome};
 use crate::store::{RunRow, RunState};
 
@@ -98,7 +98,20 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
         let engine = Arc::clone(&backend.engine);
         // Recorded as the leader while it drives (status and a standby's pages name it),
         // and marked stopped on every way out but a kill.
-        let lead = Lead::take(engine.store(), Some(Arc::clone(&backend.lock)), RENEW_EVERY).await?;
+        let lead = match &backend.lock {
+            Some(lock) => Lead::take(engine.store(), Some(Arc::clone(lock)), RENEW_EVERY).await?,
+            None => match Lead::claim(engine.store(), LEASE_RENEW_EVERY, LEASE).await? {
+                Some(lead) => lead,
+                None => {
+                    eprintln!(
+                        "error: another orchestrator process leads {}; two would submit the same requests twice. \
+                         Let it run this job, or stop it first.",
+                        crate::store::shown(&args.state).display()
+                    );
+                    return Ok(super::EXIT_BUSY);
+                }
+            },
+        };
         let outcome = drive(&engine, &job, args, deadline, &lead).await;
         lead.release(engine.store()).await;
         let outcome = outcome?;

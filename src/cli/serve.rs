@@ -112,8 +112,11 @@ pub(super) fn run(args: &Args) -> anyhow::Result<u8> {
             },
         };
         tracing::info!(%listen, jobs = backend.engine.jobs().len(), simulate = args.simulate, "serving");
-        let daemon =
-            Daemon::new(Arc::clone(&backend.engine), Notifier::from_env()).with_state_lock(Arc::clone(&backend.lock));
+        let daemon = Daemon::new(Arc::clone(&backend.engine), Notifier::from_env());
+        let daemon = match &backend.lock {
+            Some(lock) => daemon.with_state_lock(Arc::clone(lock)),
+            None => daemon.with_lease(crate::daemon::leadership::LEASE),
+        };
         // A reload may not bring in a provider the process has no client for.
         let reload_jobs = || {
             let jobs = load_jobs(&args.project, &catalog)?;

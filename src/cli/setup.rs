@@ -64,7 +64,8 @@ pub(super) struct Backend {
     pub providers: Vec<&'static str>,
     /// The state database's lock: held while the process drives the state
     /// (released on exit, even by `kill -9`); a standby waits for it.
-    pub lock: Arc<StateLock>,
+    /// `None` on PostgreSQL, where the lead is a lease in the database.
+    pub lock: Option<Arc<StateLock>>,
 }
 
 impl Backend {
@@ -98,11 +99,17 @@ pub(super) fn missing_providers(jobs: &[Job], known: &[&str]) -> Vec<String> {
 pub(super) async fn backend(
     state: &Path,
     clock: Arc<dyn Clock>,
-    mut settings: EngineSettings,
+    settings: EngineSettings,
     jobs: Vec<Job>,
     simulate: bool,
     standby: bool,
 ) -> anyhow::Result<Result<Backend, u8>> {
+    if crate::store::database_url(state).is_some() {
+        // PostgreSQL: every process may wait for the lease; the schema is
+        // created or migrated under the database's own lock.
+        let store = SharedStore::new(Store::open(state)?);
+        return connect_engine(store, clock, settings, jobs, simulate, None).await;
+    }
     // The lock first: a process that may not drive the state must not migrate it under the one that does.
     let lock = Arc::new(StateLock::open(state)?);
     let held = lock.try_take().with_context(|| format!("cannot lock {}", lock.path()))?;
@@ -123,6 +130,18 @@ pub(super) async fn backend(
         }
     }
     let store = SharedStore::new(Store::open(state)?);
+    connect_engine(store, clock, settings, jobs, simulate, Some(lock)).await
+}
+
+/// The providers (or the simulator), the lanes and the engine over `store`.
+async fn connect_engine(
+    store: SharedStore,
+    clock: Arc<dyn Clock>,
+    mut settings: EngineSettings,
+    jobs: Vec<Job>,
+    simulate: bool,
+    lock: Option<Arc<StateLock>>,
+) -> anyhow::Result<Result<Backend, u8>> {
     // The simulator keeps the engine's time: a rehearsal clock moves its batches too.
     let simulator = match simulate {
         true => Some(

@@ -85,6 +85,18 @@ impl StateLock {
 /// How often a leader renews its row, beside its work.
 pub const RENEW_EVERY: Duration = Duration::from_secs(5);
 
+/// On PostgreSQL: how long a lead lasts without a renewal. A follower
+/// takes over this long after the leader's last renewal (a crash, a kill,
+/// a cut network, a pause), plus up to [`LEASE_POLL`].
+pub const LEASE: Duration = Duration::from_secs(10);
+
+/// On PostgreSQL: how often the leader renews its lease (a few renewals
+/// may fail in a row before it runs out).
+pub const LEASE_RENEW_EVERY: Duration = Duration::from_secs(2);
+
+/// On PostgreSQL: how often a follower looks whether the lease ran out.
+pub const LEASE_POLL: Duration = Duration::from_secs(1);
+
 /// This process's lead, as `serve` and `run` hold it: taken when the
 /// state lock is, renewed as work goes on, released on a clean stop.
 #[derive(Debug)]
@@ -92,6 +104,8 @@ pub struct Lead {
     epoch: i64,
     lock: Option<Arc<StateLock>>,
     every: Duration,
+    /// PostgreSQL: the lease, which ends the lead when it cannot be renewed in time.
+    lease: Option<Duration>,
 }
 
 impl Lead {
@@ -100,7 +114,15 @@ impl Lead {
     pub async fn take(store: &SharedStore, lock: Option<Arc<StateLock>>, every: Duration) -> Result<Lead, StoreError> {
         let (pid, host) = (std::process::id(), crate::store::leadership::host_name());
         let leader = store.call(move |s| s.take_leadership(pid, &host, Utc::now())).await?;
-        Ok(Lead { epoch: leader.epoch, lock, every })
+        Ok(Lead { epoch: leader.epoch, lock, every, lease: None })
+    }
+
+    /// On PostgreSQL: takes the lease if it is free or ran out (`None`
+    /// while another process holds it); renewed every `every`.
+    pub async fn claim(store: &SharedStore, every: Duration, lease: Duration) -> Result<Option<Lead>, StoreError> {
+        let (pid, host) = (std::process::id(), crate::store::leadership::host_name());
+        let leader = store.call(move |s| s.claim_lease(pid, &host, s.database_now()?, lease)).await?;
+        Ok(leader.map(|leader| Lead { epoch: leader.epoch, lock: None, every, lease: Some(lease) }))
     }
 
     /// The epoch of this lead.
@@ -115,19 +137,20 @@ impl Lead {
     /// decides who leads.
     async fn renew(&self, store: &SharedStore) -> Result<(), StoreError> {
         let epoch = self.epoch;
-        let superseded = async || {
-            Ok::<_, StoreError>(StoreError::Superseded { path: store.call(|s| Ok(s.path().to_owned())).await?, epoch })
-        };
+        let superseded =
+            async || Ok::<_, StoreError>(StoreError::Superseded { path: crate::store::shown(store.path()), epoch });
         if self.lock.as_ref().is_some_and(|lock| !lock.still_held()) {
             tracing::error!(epoch, "the state lock file was deleted or replaced: stepping down");
             return Err(superseded().await?);
         }
-        match store.call(move |s| s.renew_leadership(epoch, Utc::now())).await {
+        // A lease's times are all the database's clock's (a file's, this machine's).
+        match store.call(move |s| s.renew_leadership(epoch, s.database_now()?)).await {
             Ok(true) => Ok(()),
-            Ok(false) => {
+            Ok(false) | Err(StoreError::Superseded { .. }) => {
                 tracing::error!(epoch, "another process took over as leader: stepping down");
                 Err(superseded().await?)
             }
+            Err(error) if self.lease.is_some() => Err(error),
             Err(error) => {
                 tracing::error!(%error, "could not renew the leadership row; trying again at the next step");
                 Ok(())
@@ -139,11 +162,29 @@ impl Lead {
     /// polled, beside the work rather than between its steps, so a long
     /// step (a large ingest, a slow download) never looks like a dead
     /// leader. Returns only when the lead was lost.
+    /// On PostgreSQL a renewal that fails is tried again at the next turn
+    /// until the lease would have run out since the last one that worked:
+    /// then another process may lead, and this one steps down.
     pub async fn renew_until_lost(&self, store: &SharedStore) -> StoreError {
+        let mut renewed = std::time::Instant::now();
         loop {
             tokio::time::sleep(self.every.max(Duration::from_millis(100))).await;
-            if let Err(error) = self.renew(store).await {
-                return error;
+            match self.renew(store).await {
+                Ok(()) => renewed = std::time::Instant::now(),
+                Err(error @ StoreError::Superseded { .. }) => return error,
+                Err(error) => {
+                    let Some(lease) = self.lease else { return error };
+                    tracing::error!(%error, epoch = self.epoch, "could not renew the lease; trying again");
+                    // Stop before the lease runs out by the database's clock, with a renewal's time to spare.
+                    if renewed.elapsed() + self.every >= lease {
+                        tracing::error!(
+                            epoch = self.epoch,
+                            "the lease ran out before it could be renewed: stepping down"
+                        );
+                        let path = store.path().to_owned();
+                        return StoreError::LeaseExpired { path: crate::store::shown(&path), epoch: self.epoch };
+                    }
+                }
             }
         }
     }
@@ -152,7 +193,7 @@ impl Lead {
     /// leader for stuck); best effort.
     pub async fn release(&self, store: &SharedStore) {
         let epoch = self.epoch;
-        if let Err(error) = store.call(move |s| s.release_leadership(epoch, Utc::now())).await {
+        if let Err(error) = store.call(move |s| s.release_leadership(epoch, s.database_now()?)).await {
             tracing::warn!(%error, "could not mark the leadership as ended");
         }
     }

@@ -43,6 +43,8 @@ pub struct Daemon {
     max_sleep: Duration,
     lock: Option<Arc<StateLock>>,
     renew_every: Duration,
+    /// PostgreSQL: the lead is a lease in the database, not a lock file.
+    lease: Option<Duration>,
 }
 
 /// How the daemon is told to stop or to reload.
@@ -95,7 +97,18 @@ impl Daemon {
             max_sleep,
             lock: None,
             renew_every: leadership::RENEW_EVERY,
+            lease: None,
         }
+    }
+
+    /// Leads only while holding the lease in the (PostgreSQL) database:
+    /// while another process holds it, the daemon follows, and it takes
+    /// over once the lease runs out. Renews it every
+    /// [`leadership::LEASE_RENEW_EVERY`].
+    pub fn with_lease(mut self, lease: Duration) -> Daemon {
+        self.lease = Some(lease);
+        self.renew_every = leadership::LEASE_RENEW_EVERY.min(lease / 3);
+        self
     }
 
     /// Leads only while holding `lock` (the state database's): when another
@@ -177,6 +190,17 @@ impl Daemon {
     /// up to this build's (a process of another version may have led until
     /// now) and records this process as the leader; `None` when stopped first.
     async fn lead(&self, control: &mut Control, reload: Reload<'_>) -> Result<Option<Lead>, StoreError> {
+        if let Some(lease) = self.lease {
+            let Some(lead) = self.wait_for_lease(lease, control, reload).await? else { return Ok(None) };
+            self.engine.store().call(|s| s.migrate_to_current()).await?;
+            tracing::info!(
+                epoch = lead.epoch(),
+                pid = std::process::id(),
+                "leading: this process holds the lease and drives the state database"
+            );
+            self.notifier.status(&format!("leading (epoch {}); resuming", lead.epoch()));
+            return Ok(Some(lead));
+        }
         if let Some(lock) = &self.lock
             && !self.wait_for_lock(lock, control, reload).await
         {
@@ -233,6 +257,61 @@ impl Daemon {
             }
             if failing_since.is_none_or(|since| since.elapsed() < leadership::STANDBY_GIVE_UP) {
                 self.notifier.watchdog();
+            }
+        }
+    }
+
+    /// As a follower on PostgreSQL: tries the lease every
+    /// [`leadership::LEASE_POLL`] until it is ours, serving the web and
+    /// reloading the manifests meanwhile; `None` when the stop came first.
+    /// A database that cannot be reached for [`leadership::STANDBY_GIVE_UP`]
+    /// stops feeding the watchdog, so the service manager restarts the process.
+    async fn wait_for_lease(
+        &self,
+        lease: Duration,
+        control: &mut Control,
+        reload: Reload<'_>,
+    ) -> Result<Option<Lead>, StoreError> {
+        let (store, every) = (self.engine.store(), self.renew_every);
+        let mut failing_since: Option<std::time::Instant> = None;
+        let mut told = false;
+        loop {
+            match Lead::claim(store, every, lease).await {
+                Ok(Some(lead)) => {
+                    if told {
+                        tracing::info!("the leader's lease ran out or was released: taking over");
+                    }
+                    return Ok(Some(lead));
+                }
+                Ok(None) => {
+                    failing_since = None;
+                    if !told {
+                        let leader = store.call(|s| s.leader()).await.ok().flatten();
+                        let who = leader.map_or_else(
+                            || "another process".to_owned(),
+                            |l| crate::status::LeaderStatus::new(l, Utc::now()).describe(),
+                        );
+                        tracing::info!("following: {who} leads; serving the web until its lease runs out");
+                        self.notifier.ready();
+                        self.notifier.status(&format!("following: {who} leads"));
+                        told = true;
+                    }
+                }
+                Err(error) => {
+                    if failing_since.is_none() {
+                        tracing::error!(%error, "cannot try the lease; trying again");
+                    }
+                    failing_since.get_or_insert_with(std::time::Instant::now);
+                }
+            }
+            if failing_since.is_none_or(|since| since.elapsed() < leadership::STANDBY_GIVE_UP) {
+                self.notifier.watchdog();
+            }
+            tokio::select! {
+                biased;
+                () = control.stop.cancelled() => return Ok(None),
+                Some(()) = control.reload.recv() => self.reload(reload).await,
+                () = tokio::time::sleep(leadership::LEASE_POLL) => {}
             }
         }
     }

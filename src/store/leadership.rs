@@ -9,6 +9,8 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::sql::{OptionalExtension, params};
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -59,8 +61,59 @@ impl Store {
     /// was killed, or its machine died) is a `leader_took_over` event: the
     /// alerts say so, and `status` lists it.
     pub fn take_leadership(&mut self, pid: u32, host: &str, now: DateTime<Utc>) -> Result<Leader, StoreError> {
-        let tx = self.conn.transaction().map_err(|e| database(&self.path, e))?;
+        self.take_leadership_unless(pid, host, now, |_| false).map(|taken| taken.expect("taken unconditionally"))
+    }
+
+    /// On PostgreSQL, where any number of processes may wait to lead: takes
+    /// the lead when nobody holds it, the leader stopped cleanly, or it has
+    /// not renewed for `lease` before `now` (the daemon passes the
+    /// database's clock, [`Store::database_now`], so that the machines'
+    /// clocks do not matter); `None` while a leader holds it.
+    /// From then on every transaction of this process is fenced with the
+    /// new epoch.
+    pub fn claim_lease(
+        &mut self,
+        pid: u32,
+        host: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<Leader>, StoreError> {
+        let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        let taken = self.take_leadership_unless(pid, host, now, |leader| {
+            leader.stopped_at.is_none() && leader.renewed_at + lease > now
+        })?;
+        let ours = taken.as_ref().filter(|leader| leader.pid == std::process::id());
+        if let (Some(leader), Some(url)) = (ours, super::database_url(&self.path)) {
+            super::sql::set_fence(url, Some(leader.epoch));
+        }
+        Ok(taken)
+    }
+
+    /// The database's clock (PostgreSQL), or this machine's (SQLite: one machine).
+    pub fn database_now(&self) -> Result<DateTime<Utc>, StoreError> {
+        match self.conn.dialect() {
+            super::sql::Dialect::Sqlite => Ok(Utc::now()),
+            super::sql::Dialect::Postgres => self
+                .conn
+                .query_row("SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT", [], |row| row.get(0))
+                .map(from_millis)
+                .map_err(|e| self.err(e)),
+        }
+    }
+
+    fn take_leadership_unless(
+        &mut self,
+        pid: u32,
+        host: &str,
+        now: DateTime<Utc>,
+        held: impl FnOnce(&Leader) -> bool,
+    ) -> Result<Option<Leader>, StoreError> {
+        // Not fenced: the process may have led before with an older epoch.
+        let tx = self.conn.unfenced_transaction().map_err(|e| database(&self.path, e))?;
         let previous = leader_in(&tx).map_err(|e| database(&self.path, e))?;
+        if previous.as_ref().is_some_and(held) {
+            return Ok(None);
+        }
         let at = to_millis(now);
         tx.execute(
             "INSERT INTO leadership (id, epoch, pid, host, since, renewed_at) VALUES (1, 1, ?1, ?2, ?3, ?3)
@@ -85,7 +138,7 @@ impl Store {
         if pid == std::process::id() {
             LEADING_EPOCH.store(leader.epoch, Ordering::Relaxed);
         }
-        Ok(leader)
+        Ok(Some(leader))
     }
 
     /// Marks the leader of `epoch` as stopped cleanly at `now` (nothing when
@@ -97,7 +150,11 @@ impl Store {
                 params![epoch, to_millis(now)],
             )
             .map(drop)
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        if let Some(url) = super::database_url(&self.path) {
+            super::sql::set_fence(url, None);
+        }
+        Ok(())
     }
 
     /// Says that the leader of `epoch` still leads at `now`; `false` when

@@ -115,6 +115,18 @@ pub enum StoreError {
         /// The version this build reads.
         supported: usize,
     },
+    /// The leader could not renew its lease before it ran out: another
+    /// process may lead by now.
+    #[error(
+        "state database {path}: the lease of epoch {epoch} ran out before it could be renewed; stepping down \
+         so that nothing is done twice"
+    )]
+    LeaseExpired {
+        /// The database (its URL without the password).
+        path: PathBuf,
+        /// The epoch this process led with.
+        epoch: i64,
+    },
     /// Another process recorded itself as the leader of this database.
     #[error(
         "state database {path}: another process took over as leader (epoch {epoch} is no longer ours); \
@@ -152,7 +164,7 @@ impl Store {
     /// Opens (creating if needed, mode 0600) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(url) = database_url(path) {
-            return Store::open_postgres(path, url);
+            return sql::off_the_runtime(|| Store::open_postgres(path, url));
         }
         create_private(path)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -181,18 +193,11 @@ impl Store {
     }
 
     /// Connects to the PostgreSQL database at `url` and creates or
-    /// migrates its schema. A session that stays idle inside a transaction
-    /// (its process stopped, or paused) is ended by the server after 10 s,
-    /// so it cannot hold the writers' lock, and with it every other
-    /// process, for longer.
+    /// migrates its schema.
     fn open_postgres(path: &Path, url: &str) -> Result<Store, StoreError> {
-        let connect_error = |reason: String| StoreError::Connect { path: shown(path), reason };
-        let client = postgres_sink::connect(url).map_err(|e| connect_error(e.to_string()))?;
-        let mut store = Store { conn: Connection::postgres(client), path: path.to_owned() };
-        store
-            .conn
-            .execute_batch("SET idle_in_transaction_session_timeout = '10s'; SET TIME ZONE 'UTC';")
-            .map_err(|e| store.err(e))?;
+        let conn = Connection::postgres(url, connect_state)
+            .map_err(|reason| StoreError::Connect { path: shown(path), reason })?;
+        let mut store = Store { conn, path: path.to_owned() };
         store.migrate_postgres()?;
         Ok(store)
     }
@@ -233,6 +238,10 @@ impl Store {
     /// It must be at this build's schema version already: a reader never
     /// migrates (another process may be driving it).
     pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        sql::off_the_runtime(|| Store::open_read_only_here(path))
+    }
+
+    fn open_read_only_here(path: &Path) -> Result<Store, StoreError> {
         let store = Store::open_current(path)?;
         let read_only = match store.conn.dialect() {
             sql::Dialect::Sqlite => "PRAGMA query_only = 1;",
@@ -261,6 +270,9 @@ impl Store {
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
+        if self.conn.dialect() == sql::Dialect::Postgres {
+            return self.migrate_postgres();
+        }
         let found = self.schema_version()?;
         let supported = schema::MIGRATIONS.len();
         if found > supported {
@@ -303,9 +315,11 @@ impl Store {
     /// yet), read without creating, migrating or writing anything.
     pub fn stored_version(path: &Path) -> Result<usize, StoreError> {
         if let Some(url) = database_url(path) {
-            let connect_error = |reason: String| StoreError::Connect { path: shown(path), reason };
-            let client = postgres_sink::connect(url).map_err(|e| connect_error(e.to_string()))?;
-            return postgres_version(&Connection::postgres(client)).map_err(|e| database(path, e));
+            return sql::off_the_runtime(|| {
+                let conn = Connection::postgres(url, connect_state)
+                    .map_err(|reason| StoreError::Connect { path: shown(path), reason })?;
+                postgres_version(&conn).map_err(|e| database(path, e))
+            });
         }
         if !path.exists() {
             return Ok(0);
@@ -347,7 +361,25 @@ impl Store {
 }
 
 fn database(path: &Path, source: sql::Error) -> StoreError {
-    StoreError::Database { path: shown(path), source }
+    match source {
+        // A fenced write: this process no longer leads.
+        sql::Error::Fenced { ours, .. } => StoreError::Superseded { path: shown(path), epoch: ours },
+        source => StoreError::Database { path: shown(path), source },
+    }
+}
+
+/// A session for the state: one that stays idle inside a transaction
+/// (its process stopped, or paused) is ended by the server after 10 s, so
+/// it cannot hold the writers' lock, and with it every other process, for
+/// longer; no statement runs for more than 5 minutes.
+fn connect_state(url: &str) -> Result<postgres::Client, String> {
+    let mut client = postgres_sink::connect(url).map_err(|e| e.to_string())?;
+    client
+        .batch_execute(
+            "SET idle_in_transaction_session_timeout = '10s'; SET statement_timeout = '5min'; SET TIME ZONE 'UTC';",
+        )
+        .map_err(|e| sql::Error::from(e).to_string())?;
+    Ok(client)
 }
 
 /// The schema version a PostgreSQL database is at (0: no schema yet).

@@ -10,15 +10,17 @@
 //!
 //! On PostgreSQL every transaction first takes one advisory lock, so that
 //! writers take turns as they do on SQLite (`BEGIN IMMEDIATE`) and the
-//! store's read-then-write steps keep their meaning; then, when the
-//! connection carries a leader's epoch ([`Connection::fence`]), it checks
-//! that the leadership row still holds that epoch. A takeover changes the
-//! row under the same lock, so a process that lost the lead cannot commit
-//! anything after it: its next transaction fails with [`Error::Fenced`].
+//! store's read-then-write steps keep their meaning; then, once this
+//! process leads the database ([`set_fence`]), it checks that the
+//! leadership row still holds its epoch. A takeover changes the row under
+//! the same lock, so a process that lost the lead cannot commit anything
+//! after it: its next transaction fails with [`Error::Fenced`]. A write
+//! outside a transaction runs in one of its own, fenced the same way.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ops::Deref;
+use std::sync::{Mutex, PoisonError};
 
 use bytes::BufMut;
 use postgres::types::{IsNull, Kind, Type};
@@ -26,6 +28,24 @@ use postgres::types::{IsNull, Kind, Type};
 /// The key of the advisory lock every PostgreSQL transaction of the store
 /// takes (any constant: it only has to be the same in every process).
 const WRITER_LOCK: i64 = 0x6f72_6368_6573;
+
+/// The epoch this process leads each PostgreSQL database with, by URL.
+static FENCES: Mutex<Option<HashMap<String, i64>>> = Mutex::new(None);
+
+/// From now on every transaction of this process on the database at `url`
+/// commits only while its leadership row holds `epoch` (`None`: no longer).
+pub fn set_fence(url: &str, epoch: Option<i64>) {
+    let mut fences = FENCES.lock().unwrap_or_else(PoisonError::into_inner);
+    let fences = fences.get_or_insert_with(HashMap::new);
+    match epoch {
+        Some(epoch) => fences.insert(url.to_owned(), epoch),
+        None => fences.remove(url),
+    };
+}
+
+fn fence_of(url: &str) -> Option<i64> {
+    FENCES.lock().unwrap_or_else(PoisonError::into_inner).as_ref().and_then(|fences| fences.get(url).copied())
+}
 
 /// Why a statement failed.
 #[derive(Debug, thiserror::Error)]
@@ -611,18 +631,47 @@ fn starts_word(sql: &str, at: usize, word: &str) -> bool {
         && !before.is_some_and(|c| c.is_alphanumeric() || c == '_')
 }
 
+/// Opens a PostgreSQL connection (the store's connect, with its settings).
+pub type Connect = fn(&str) -> Result<postgres::Client, String>;
+
 /// A PostgreSQL connection with its prepared statements.
 struct PostgresClient {
-    client: postgres::Client,
+    /// Always `Some` until dropped: closing it blocks on its own runtime,
+    /// so `Drop` takes it out to close it where that is allowed.
+    session: Option<postgres::Client>,
     statements: HashMap<String, postgres::Statement>,
+    url: String,
+    connect: Connect,
 }
 
 impl PostgresClient {
+    /// Connects again when the server ended the session (a restart, a
+    /// session idle in a transaction for too long, a cut network); only
+    /// between transactions, so a transaction never continues on another
+    /// session.
+    /// The session.
+    fn client(&mut self) -> &mut postgres::Client {
+        self.session.as_mut().expect("a session until dropped")
+    }
+
+    fn reopen_if_closed(&mut self) -> Result<()> {
+        if !self.client().is_closed() {
+            return Ok(());
+        }
+        let client = (self.connect)(&self.url).map_err(Error::Unsupported)?;
+        tracing::warn!("the state database's connection was closed; connected again");
+        if let Some(old) = self.session.replace(client) {
+            off_the_runtime(move || drop(old));
+        }
+        self.statements.clear();
+        Ok(())
+    }
+
     fn statement(&mut self, sql: &str) -> Result<postgres::Statement> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
-        let statement = self.client.prepare(&to_postgres(sql))?;
+        let statement = self.client().prepare(&to_postgres(sql))?;
         self.statements.insert(sql.to_owned(), statement.clone());
         Ok(statement)
     }
@@ -632,7 +681,7 @@ impl PostgresClient {
         let binds = params.binds()?;
         let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
             binds.iter().map(|b| b as &(dyn postgres::types::ToSql + Sync)).collect();
-        Ok(self.client.query(&statement, &refs)?)
+        Ok(self.client().query(&statement, &refs)?)
     }
 
     fn execute(&mut self, sql: &str, params: &dyn ParamsDyn) -> Result<usize> {
@@ -640,8 +689,27 @@ impl PostgresClient {
         let binds = params.binds()?;
         let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
             binds.iter().map(|b| b as &(dyn postgres::types::ToSql + Sync)).collect();
-        Ok(usize::try_from(self.client.execute(&statement, &refs)?).unwrap_or(usize::MAX))
+        Ok(usize::try_from(self.client().execute(&statement, &refs)?).unwrap_or(usize::MAX))
     }
+}
+
+impl Drop for PostgresClient {
+    fn drop(&mut self) {
+        if let Some(client) = self.session.take() {
+            off_the_runtime(move || drop(client));
+        }
+    }
+}
+
+/// Runs `work` here, or on a thread of its own when this thread runs
+/// async tasks: the synchronous client blocks on a runtime of its own,
+/// which tokio refuses inside another (opening or dropping a store in
+/// async code; its statements run on the blocking pool, where it may).
+pub(crate) fn off_the_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return work();
+    }
+    std::thread::scope(|scope| scope.spawn(work).join().expect("a PostgreSQL connection's thread panicked"))
 }
 
 /// [`Params`] behind a reference, for the PostgreSQL side.
@@ -671,24 +739,20 @@ pub struct Connection {
     /// Whether a transaction is open (PostgreSQL: a write outside one is
     /// wrapped in one, so that it is fenced too).
     in_transaction: Cell<bool>,
-    /// The epoch this connection leads with, once it leads.
-    fence: Cell<Option<i64>>,
 }
 
 impl Connection {
     /// Wraps an open SQLite connection.
     pub fn sqlite(conn: rusqlite::Connection) -> Connection {
-        Connection { engine: Engine::Sqlite(conn), in_transaction: Cell::new(false), fence: Cell::new(None) }
+        Connection { engine: Engine::Sqlite(conn), in_transaction: Cell::new(false) }
     }
 
-    /// Wraps an open PostgreSQL client.
-    pub fn postgres(client: postgres::Client) -> Connection {
-        let client = PostgresClient { client, statements: HashMap::new() };
-        Connection {
-            engine: Engine::Postgres(Box::new(RefCell::new(client))),
-            in_transaction: Cell::new(false),
-            fence: Cell::new(None),
-        }
+    /// Connects to the PostgreSQL database at `url` with `connect` (again
+    /// with it when the session ends).
+    pub fn postgres(url: &str, connect: Connect) -> Result<Connection, String> {
+        let client = off_the_runtime(|| connect(url))?;
+        let client = PostgresClient { session: Some(client), statements: HashMap::new(), url: url.to_owned(), connect };
+        Ok(Connection { engine: Engine::Postgres(Box::new(RefCell::new(client))), in_transaction: Cell::new(false) })
     }
 
     /// The engine's dialect.
@@ -707,18 +771,17 @@ impl Connection {
         }
     }
 
-    /// From now on every transaction of this connection commits only while
-    /// the leadership row holds `epoch` (PostgreSQL; on SQLite the state
-    /// lock keeps a second leader out).
-    pub fn fence(&self, epoch: Option<i64>) {
-        self.fence.set(epoch);
-    }
-
     /// Runs statements without parameters.
     pub fn execute_batch(&self, sql: &str) -> Result<()> {
         match &self.engine {
             Engine::Sqlite(conn) => Ok(conn.execute_batch(sql)?),
-            Engine::Postgres(client) => Ok(client.borrow_mut().client.batch_execute(sql)?),
+            Engine::Postgres(client) => {
+                let mut client = client.borrow_mut();
+                if !self.in_transaction.get() {
+                    client.reopen_if_closed()?;
+                }
+                Ok(client.client().batch_execute(sql)?)
+            }
         }
     }
 
@@ -741,11 +804,8 @@ impl Connection {
                     None => Err(Error::QueryReturnedNoRows),
                 }
             }
-            Engine::Postgres(client) => {
-                let rows = match is_write(sql) {
-                    true => self.fenced(|| client.borrow_mut().query(sql, &params))?,
-                    false => client.borrow_mut().query(sql, &params)?,
-                };
+            Engine::Postgres(_) => {
+                let rows = self.postgres_rows(sql, &params)?;
                 rows.first().map_or(Err(Error::QueryReturnedNoRows), |row| f(&Row::Postgres(row)))
             }
         }
@@ -772,35 +832,31 @@ impl Connection {
     /// Opens a transaction: on SQLite an immediate one (it takes the write
     /// lock first), on PostgreSQL one holding the writers' lock and fenced.
     pub fn transaction(&mut self) -> Result<Transaction<'_>> {
-        self.begin()?;
+        self.begin(true)?;
         Ok(Transaction { conn: self, done: false })
     }
 
-    fn begin(&self) -> Result<()> {
+    /// A transaction that is not fenced: the one that takes the lead.
+    pub fn unfenced_transaction(&mut self) -> Result<Transaction<'_>> {
+        self.begin(false)?;
+        Ok(Transaction { conn: self, done: false })
+    }
+
+    fn begin(&self, fenced: bool) -> Result<()> {
         match &self.engine {
             Engine::Sqlite(conn) => conn.execute_batch("BEGIN IMMEDIATE")?,
             Engine::Postgres(client) => {
                 let mut client = client.borrow_mut();
-                client.client.batch_execute("BEGIN")?;
-                if let Err(e) = self.lock_and_check(&mut client) {
-                    let _ = client.client.batch_execute("ROLLBACK");
+                client.reopen_if_closed()?;
+                client.client().batch_execute("BEGIN")?;
+                if let Err(e) = lock_and_check(&mut client, fenced) {
+                    let _ = client.client().batch_execute("ROLLBACK");
                     return Err(e);
                 }
             }
         }
         self.in_transaction.set(true);
         Ok(())
-    }
-
-    fn lock_and_check(&self, client: &mut PostgresClient) -> Result<()> {
-        client.client.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITER_LOCK])?;
-        let Some(ours) = self.fence.get() else { return Ok(()) };
-        let found: Option<i64> =
-            client.client.query_opt("SELECT epoch FROM leadership WHERE id = 1", &[])?.map(|row| row.get(0));
-        match found {
-            Some(found) if found == ours => Ok(()),
-            found => Err(Error::Fenced { ours, found: found.unwrap_or(0) }),
-        }
     }
 
     fn end(&self, sql: &str) -> Result<()> {
@@ -814,7 +870,7 @@ impl Connection {
         if self.in_transaction.get() {
             return write();
         }
-        self.begin()?;
+        self.begin(true)?;
         match write() {
             Ok(value) => self.end("COMMIT").map(|()| value),
             Err(e) => {
@@ -828,8 +884,27 @@ impl Connection {
         let Engine::Postgres(client) = &self.engine else { unreachable!("a PostgreSQL statement on SQLite") };
         match is_write(sql) {
             true => self.fenced(|| client.borrow_mut().query(sql, params)),
-            false => client.borrow_mut().query(sql, params),
+            false => {
+                let mut client = client.borrow_mut();
+                if !self.in_transaction.get() {
+                    client.reopen_if_closed()?;
+                }
+                client.query(sql, params)
+            }
         }
+    }
+}
+
+/// Takes the writers' lock, then (`fenced`, and this process leads the
+/// database) checks that the leadership row still holds its epoch.
+fn lock_and_check(client: &mut PostgresClient, fenced: bool) -> Result<()> {
+    client.client().execute("SELECT pg_advisory_xact_lock($1)", &[&WRITER_LOCK])?;
+    let Some(ours) = fenced.then(|| fence_of(&client.url)).flatten() else { return Ok(()) };
+    let found: Option<i64> =
+        client.client().query_opt("SELECT epoch FROM leadership WHERE id = 1", &[])?.map(|row| row.get(0));
+    match found {
+        Some(found) if found == ours => Ok(()),
+        found => Err(Error::Fenced { ours, found: found.unwrap_or(0) }),
     }
 }
 

@@ -141,6 +141,7 @@ fn check_sink(job: &Parsed, out: &mut Vec<Diagnostic>) {
             .help(format!("write `{}`", table.to_ascii_lowercase())),
         );
     }
+    check_sink_moves_with_the_leader(job, sink, out);
     if sink.postgres.is_some() && crate::store::postgres_sink::database_url().is_none() {
         out.push(
             job.at_key(
@@ -159,6 +160,42 @@ fn check_sink(job: &Parsed, out: &mut Vec<Diagnostic>) {
             )),
         );
     }
+}
+
+/// W076: on a PostgreSQL state another machine may lead next, and a file
+/// sink writes to the disk of whichever machine leads.
+fn check_sink_moves_with_the_leader(job: &Parsed, sink: &crate::manifest::Sink, out: &mut Vec<Diagnostic>) {
+    if let Some(state) = multi_node_state() {
+        let files = [("sink.jsonl", sink.jsonl.is_some()), ("sink.dir", sink.dir.is_some())];
+        for (key, _) in files.iter().filter(|(_, used)| *used) {
+            out.push(
+                job.at_key(
+                    Code::LocalSinkMultiNode,
+                    key,
+                    format!(
+                        "the state is the PostgreSQL database {state}, which another machine's `serve` may lead \
+                         next; `{key}` writes to the disk of whichever machine leads, so results split between them"
+                    ),
+                )
+                .help(
+                    "write to the shared database with `sink: { postgres: { table: results } }`, hand each result \
+                     to a `command` sink, or keep the path on storage every machine mounts",
+                ),
+            );
+        }
+    }
+}
+
+/// The PostgreSQL state (without its password) where validate runs, if
+/// the state is one: `ORCHESTRATOR_STATE`, or the database URL with no
+/// state file named.
+fn multi_node_state() -> Option<String> {
+    let state = std::env::var("ORCHESTRATOR_STATE").ok().filter(|s| !s.is_empty());
+    let url = match state {
+        Some(state) => crate::store::database_url(std::path::Path::new(&state)).map(str::to_owned),
+        None => crate::store::postgres_sink::database_url(),
+    }?;
+    Some(crate::store::shown(std::path::Path::new(&url)).display().to_string())
 }
 
 fn is_identifier(name: &str) -> bool {
