@@ -19,6 +19,7 @@ mod estimate;
 mod fallback;
 mod full_disk;
 mod memory;
+mod multinode;
 mod postgres_sink;
 mod prepare;
 mod providers;
