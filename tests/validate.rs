@@ -353,6 +353,40 @@ fn a_postgres_sink_needs_a_plain_table_name_and_says_when_its_database_url_is_mi
 }
 
 #[test]
+fn a_file_sink_on_a_postgresql_state_is_said_to_stay_on_one_machine() {
+    let job = "schedule: { cron: '0 6 * * *' }\nmodel: claude-haiku-4-5\nmax_tokens: 100\nprompt: { inline: hi }\n\
+               sink: { jsonl: out/answers.jsonl }\n";
+    let validate = |env: &[(&str, &str)]| {
+        let dir = project_with(job);
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+        command.args(["validate", "--format", "json"]).current_dir(dir.path());
+        command
+            .env_remove("ORCHESTRATOR_DATABASE_URL")
+            .env_remove("ORCHESTRATOR_STATE")
+            .env_remove("CREDENTIALS_DIRECTORY");
+        command.envs(env.iter().copied());
+        let output = command.output().unwrap();
+        let found: Vec<serde_json::Value> = serde_json::from_str(&stdout(&output)).unwrap();
+        (code(&output), found)
+    };
+    let (status, found) = validate(&[]);
+    assert_eq!((status, found.len()), (0, 0), "a SQLite state: the sink is on the one machine: {found:#?}");
+    for env in [
+        [("ORCHESTRATOR_DATABASE_URL", "postgres://writer:hunter2@db.internal/state")],
+        [("ORCHESTRATOR_STATE", "postgres://writer:hunter2@db.internal/state")],
+    ] {
+        let (status, found) = validate(&env);
+        assert_eq!((status, found.len()), (0, 1), "a warning: {found:#?}");
+        assert_eq!((found[0]["code"].as_str(), found[0]["line"].as_i64()), (Some("W076"), Some(5)));
+        let message = found[0]["message"].as_str().unwrap();
+        assert!(message.contains("postgres://writer@db.internal/state") && !message.contains("hunter2"), "{message}");
+        assert!(found[0]["help"].as_str().unwrap().contains("postgres: { table"), "{found:#?}");
+    }
+    let (status, _) = validate(&[("ORCHESTRATOR_STATE", "state/elsewhere.db")]);
+    assert_eq!(status, 0);
+}
+
+#[test]
 fn overlap_and_catch_up_on_a_job_off_the_clock_are_said_to_do_nothing() {
     let queue = "enqueue: { max_items: 10, max_wait: 5m }\nmodel: claude-haiku-4-5\nmax_tokens: 100\n\
                  prompt: { inline: hi }\ncatch_up: all\noverlap: skip\n";

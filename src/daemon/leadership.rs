@@ -6,6 +6,12 @@
 //! process that is alive but stuck keeps the lock: the systemd watchdog ends
 //! it, and then the standby takes over. The store's `leadership` row says
 //! who leads.
+//!
+//! On PostgreSQL, where the processes may be on several machines, there is
+//! no lock file: the row is a lease ([`Lead::claim`]), renewed every
+//! [`LEASE_RENEW_EVERY`] and taken over by a follower once it has not been
+//! renewed for [`LEASE`]; every write of the leader is fenced by its epoch
+//! (`store::sql`).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

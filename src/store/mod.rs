@@ -1,10 +1,12 @@
-//! SQLite state: the source of truth for runs, requests, batches, results,
-//! attempts, events and deliveries. The only module that writes SQL.
+//! The state: the source of truth for runs, requests, batches, results,
+//! attempts, events and deliveries, in a SQLite file or a PostgreSQL
+//! database (`--state postgres://…`). The only module that writes SQL,
+//! once for both engines, through [`sql`].
 //!
 //! Every step that has a side effect at a provider is preceded by a commit
 //! of the intent and followed by a commit of what came back, so a crash at
-//! any point can be repaired on the next start. rusqlite is blocking: async
-//! callers go through `tokio::task::spawn_blocking`.
+//! any point can be repaired on the next start. Both clients are blocking:
+//! async callers go through `tokio::task::spawn_blocking` ([`SharedStore`]).
 
 mod alerts;
 mod attempts;

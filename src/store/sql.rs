@@ -848,7 +848,15 @@ impl Connection {
             Engine::Postgres(client) => {
                 let mut client = client.borrow_mut();
                 client.reopen_if_closed()?;
-                client.client().batch_execute("BEGIN")?;
+                // A session the server ended is found out only by using it:
+                // nothing has happened in the transaction yet, so begin again on a new one.
+                if let Err(error) = client.client().batch_execute("BEGIN") {
+                    if !client.client().is_closed() {
+                        return Err(error.into());
+                    }
+                    client.reopen_if_closed()?;
+                    client.client().batch_execute("BEGIN")?;
+                }
                 if let Err(e) = lock_and_check(&mut client, fenced) {
                     let _ = client.client().batch_execute("ROLLBACK");
                     return Err(e);
@@ -886,10 +894,18 @@ impl Connection {
             true => self.fenced(|| client.borrow_mut().query(sql, params)),
             false => {
                 let mut client = client.borrow_mut();
-                if !self.in_transaction.get() {
-                    client.reopen_if_closed()?;
+                if self.in_transaction.get() {
+                    return client.query(sql, params);
                 }
-                client.query(sql, params)
+                client.reopen_if_closed()?;
+                match client.query(sql, params) {
+                    // A read outside a transaction may be asked again on a new session.
+                    Err(_) if client.client().is_closed() => {
+                        client.reopen_if_closed()?;
+                        client.query(sql, params)
+                    }
+                    read => read,
+                }
             }
         }
     }

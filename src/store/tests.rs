@@ -718,3 +718,27 @@ fn a_process_that_lost_the_lease_commits_nothing() {
     assert_eq!(new.run(run.id).unwrap().unwrap().state, RunState::Open, "the fenced write committed nothing");
     sql::set_fence(database.url().to_str().unwrap(), None);
 }
+
+/// A session the server ended (a restart, a cut network, a session idle
+/// in a transaction for too long) is opened again before the next
+/// statement, not left failing every call until the process restarts.
+#[test]
+fn a_postgresql_session_the_server_ended_is_opened_again() {
+    let Some((database, mut store)) = test_postgres::TestDatabase::with_store() else { return };
+    store.create_run(&feed_run(), at(0)).unwrap();
+    let other = Store::open(database.url()).unwrap();
+    let ended: i64 = other
+        .conn
+        .query_row(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(ended, 1, "the first store's session was ended");
+    let (_, created) =
+        store.create_run(&NewRun { run_key: "feed-b", scheduled_for: at(60), ..feed_run() }, at(1)).unwrap();
+    assert!(created, "written through a new session");
+    assert_eq!(other.open_runs_of("feed").unwrap().len(), 2, "both runs are stored");
+}
