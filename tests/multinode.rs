@@ -84,6 +84,7 @@ fn two_jobs() -> tempfile::TempDir {
 /// `serve --state URL ARGS` in `dir`, logging to `log` (the daemon's loop at debug).
 fn serve(dir: &Path, base_url: &str, url: &str, args: &[&str], log: &Path) -> Child {
     serve_command(dir, base_url, &[&["--state", url], args].concat())
+        .env_remove("ORCHESTRATOR_DATABASE_URL")
         .env("ORCHESTRATOR_API_TOKEN", TOKEN)
         .env("ORCHESTRATOR_LOG", "info,orchestrator::daemon=debug")
         .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
@@ -107,10 +108,17 @@ fn listen_address(log: &Path) -> String {
     format!("http://{field}")
 }
 
-/// A second `serve` on the database, once it follows and serves its web;
-/// the process and the base URL of its web.
+/// A second `serve` on the database, named the way a unit file names it
+/// (`--state postgres`, the URL in `ORCHESTRATOR_DATABASE_URL`), once it
+/// follows and serves its web; the process and the base URL of its web.
 async fn follower(dir: &Path, base_url: &str, url: &str, log: &Path) -> (Child, String) {
-    let child = serve(dir, base_url, url, &[], log);
+    let child = serve_command(dir, base_url, &["--state", "postgres"])
+        .env("ORCHESTRATOR_DATABASE_URL", url)
+        .env("ORCHESTRATOR_API_TOKEN", TOKEN)
+        .env("ORCHESTRATOR_LOG", "info,orchestrator::daemon=debug")
+        .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
+        .spawn()
+        .unwrap();
     wait_until("the follower's web", Duration::from_secs(30), || logged(log, " serving") && logged(log, "following:"))
         .await;
     (child, listen_address(log))
@@ -253,4 +261,19 @@ async fn a_leader_paused_past_its_lease_writes_nothing_when_it_resumes_and_steps
     let (code, _) = wait_exit(follower, Duration::from_secs(15)).await;
     assert_eq!(code, Some(0), "{}", log_of(&follow_log));
     sim.shutdown().await;
+}
+
+#[test]
+fn state_postgres_without_a_database_url_says_what_to_set() {
+    let dir = two_jobs();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["status", "--state", "postgres"])
+        .current_dir(dir.path())
+        .env_remove("ORCHESTRATOR_DATABASE_URL")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("ORCHESTRATOR_DATABASE_URL") && stderr.contains("orchestrator-database-url"), "{stderr}");
 }

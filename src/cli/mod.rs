@@ -123,7 +123,10 @@ pub fn main() -> ExitCode {
     let quiet_simulator = matches!(&cli.command, Command::Run(args) if args.simulate && !args.simulator_log);
     init_tracing(cli.log_format, quiet_simulator);
     let mut command = cli.command;
-    resolve_state(&mut command);
+    if let Err(err) = resolve_state(&mut command) {
+        eprintln!("error: {err:#}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let result = match command {
         Command::Validate(args) => validate::run(&args),
         Command::Schema => schema::run(),
@@ -178,11 +181,12 @@ fn init_tracing(format: LogFormat, quiet_simulator: bool) {
     }
 }
 
-/// The state at the default path while `ORCHESTRATOR_DATABASE_URL` (or the
-/// systemd credential `orchestrator-database-url`) names a database: the
-/// state is that PostgreSQL database. A path given with `--state` (or
-/// `ORCHESTRATOR_STATE`) other than the default keeps its SQLite file.
-fn resolve_state(command: &mut Command) {
+/// `--state postgres` (or `ORCHESTRATOR_STATE=postgres`): the PostgreSQL
+/// database at `ORCHESTRATOR_DATABASE_URL` (or the systemd credential
+/// `orchestrator-database-url`), so its password stays out of the command
+/// line and the unit file. The variable alone does not move the state: a
+/// single machine whose postgres sink uses it keeps its SQLite file.
+fn resolve_state(command: &mut Command) -> anyhow::Result<()> {
     let state = match command {
         Command::Render(args) => &mut args.state,
         Command::Run(args) => &mut args.state,
@@ -190,11 +194,18 @@ fn resolve_state(command: &mut Command) {
         Command::Status(args) => &mut args.state,
         Command::Cost(args) => &mut args.state,
         Command::Estimate(args) => &mut args.state,
-        _ => return,
+        _ => return Ok(()),
     };
-    if state.as_path() == std::path::Path::new(crate::store::DEFAULT_PATH)
-        && let Some(url) = crate::store::postgres_sink::database_url()
-    {
+    if crate::store::names_the_database_url(state) {
+        let Some(url) = crate::store::postgres_sink::database_url() else {
+            anyhow::bail!(
+                "--state postgres names the database at {}, which is not set: set it (e.g. \
+                 postgres://orchestrator@db.internal:5432/orchestrator) or pass the systemd credential `{}`",
+                crate::store::postgres_sink::URL_ENV,
+                crate::store::postgres_sink::URL_CREDENTIAL
+            );
+        };
         *state = std::path::PathBuf::from(url);
     }
+    Ok(())
 }

@@ -398,6 +398,12 @@ pub fn database_url(path: &Path) -> Option<&str> {
     path.to_str().filter(|text| ["postgres://", "postgresql://"].iter().any(|scheme| text.starts_with(scheme)))
 }
 
+/// Whether `--state` is the word `postgres`: the database at
+/// `ORCHESTRATOR_DATABASE_URL` (or its credential).
+pub fn names_the_database_url(path: &Path) -> bool {
+    path.to_str().is_some_and(|text| text.eq_ignore_ascii_case("postgres") || text.eq_ignore_ascii_case("postgresql"))
+}
+
 /// Whether there is state to read at `path`: a file that exists, or a
 /// database URL (connecting tells the rest).
 pub fn state_exists(path: &Path) -> bool {

@@ -187,14 +187,14 @@ fn check_sink_moves_with_the_leader(job: &Parsed, sink: &crate::manifest::Sink, 
 }
 
 /// The PostgreSQL state (without its password) where validate runs, if
-/// the state is one: `ORCHESTRATOR_STATE`, or the database URL with no
-/// state file named.
+/// `ORCHESTRATOR_STATE` names one: a URL, or `postgres` (the database at
+/// `ORCHESTRATOR_DATABASE_URL`).
 fn multi_node_state() -> Option<String> {
-    let state = std::env::var("ORCHESTRATOR_STATE").ok().filter(|s| !s.is_empty());
-    let url = match state {
-        Some(state) => crate::store::database_url(std::path::Path::new(&state)).map(str::to_owned),
-        None => crate::store::postgres_sink::database_url(),
-    }?;
+    let state = std::path::PathBuf::from(std::env::var_os("ORCHESTRATOR_STATE")?);
+    let url = match crate::store::names_the_database_url(&state) {
+        true => crate::store::postgres_sink::database_url()?,
+        false => crate::store::database_url(&state)?.to_owned(),
+    };
     Some(crate::store::shown(std::path::Path::new(&url)).display().to_string())
 }
 
