@@ -277,3 +277,29 @@ fn state_postgres_without_a_database_url_says_what_to_set() {
     assert_eq!(output.status.code(), Some(78), "{stderr}");
     assert!(stderr.contains("ORCHESTRATOR_DATABASE_URL") && stderr.contains("orchestrator-database-url"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_to_drive_a_database_another_process_leads() {
+    let Some(db) = Database::create("multinode_run") else { return };
+    let sim = crate::support::simulator(SimConfig::default()).await;
+    let dir = two_jobs();
+    let lead_log = dir.path().join("lead.log");
+    let leader = serve(dir.path(), &sim.base_url(), &db.url, &[], &lead_log);
+    wait_until("the leader", Duration::from_secs(30), || logged(&lead_log, "leading:")).await;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["run", "bulk", "--state", &db.url, "--config", "orchestrator.yaml"])
+        .current_dir(dir.path())
+        .env("ANTHROPIC_BASE_URL", sim.base_url())
+        .env("ANTHROPIC_API_KEY", "sk-test-not-a-real-key")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("another orchestrator process leads"), "{stderr}");
+    assert_eq!(db.count("SELECT COUNT(*) FROM runs"), 0, "it started nothing");
+    assert_eq!(db.count("SELECT epoch FROM leadership"), 1, "and took no lead");
+    signal(&leader, "TERM");
+    let (code, _) = wait_exit(leader, Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "{}", log_of(&lead_log));
+    sim.shutdown().await;
+}

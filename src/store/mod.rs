@@ -249,7 +249,7 @@ impl Store {
             sql::Dialect::Sqlite => "PRAGMA query_only = 1;",
             sql::Dialect::Postgres => "SET default_transaction_read_only = on;",
         };
-        store.conn.execute_batch(read_only).map_err(|e| store.err(e))?;
+        store.conn.set_session(read_only).map_err(|e| store.err(e))?;
         Ok(store)
     }
 

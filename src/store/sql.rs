@@ -642,6 +642,8 @@ struct PostgresClient {
     statements: HashMap<String, postgres::Statement>,
     url: String,
     connect: Connect,
+    /// Session settings made after connecting, made again on a new session.
+    settings: Vec<String>,
 }
 
 impl PostgresClient {
@@ -655,10 +657,25 @@ impl PostgresClient {
     }
 
     fn reopen_if_closed(&mut self) -> Result<()> {
-        if !self.client().is_closed() {
-            return Ok(());
+        match self.client().is_closed() {
+            true => self.reopen(),
+            false => Ok(()),
         }
-        let client = (self.connect)(&self.url).map_err(Error::Unsupported)?;
+    }
+
+    /// Whether `error` means the session is gone (the server ended it, or
+    /// the connection broke), which the client may not have marked yet.
+    fn lost_session(&mut self, error: &postgres::Error) -> bool {
+        error.is_closed()
+            || self.client().is_closed()
+            || error.as_db_error().is_some_and(|db| db.severity() == "FATAL" || db.code().code().starts_with("57P"))
+    }
+
+    fn reopen(&mut self) -> Result<()> {
+        let mut client = (self.connect)(&self.url).map_err(Error::Unsupported)?;
+        for setting in &self.settings {
+            client.batch_execute(setting)?;
+        }
         tracing::warn!("the state database's connection was closed; connected again");
         if let Some(old) = self.session.replace(client) {
             off_the_runtime(move || drop(old));
@@ -751,7 +768,13 @@ impl Connection {
     /// with it when the session ends).
     pub fn postgres(url: &str, connect: Connect) -> Result<Connection, String> {
         let client = off_the_runtime(|| connect(url))?;
-        let client = PostgresClient { session: Some(client), statements: HashMap::new(), url: url.to_owned(), connect };
+        let client = PostgresClient {
+            session: Some(client),
+            statements: HashMap::new(),
+            url: url.to_owned(),
+            connect,
+            settings: Vec::new(),
+        };
         Ok(Connection { engine: Engine::Postgres(Box::new(RefCell::new(client))), in_transaction: Cell::new(false) })
     }
 
@@ -769,6 +792,16 @@ impl Connection {
             Engine::Sqlite(conn) => Some(conn),
             Engine::Postgres(_) => None,
         }
+    }
+
+    /// Changes a setting of the session (PostgreSQL: made again on every
+    /// new session; SQLite: a PRAGMA of the connection).
+    pub fn set_session(&self, sql: &str) -> Result<()> {
+        self.execute_batch(sql)?;
+        if let Engine::Postgres(client) = &self.engine {
+            client.borrow_mut().settings.push(sql.to_owned());
+        }
+        Ok(())
     }
 
     /// Runs statements without parameters.
@@ -851,10 +884,10 @@ impl Connection {
                 // A session the server ended is found out only by using it:
                 // nothing has happened in the transaction yet, so begin again on a new one.
                 if let Err(error) = client.client().batch_execute("BEGIN") {
-                    if !client.client().is_closed() {
+                    if !client.lost_session(&error) {
                         return Err(error.into());
                     }
-                    client.reopen_if_closed()?;
+                    client.reopen()?;
                     client.client().batch_execute("BEGIN")?;
                 }
                 if let Err(e) = lock_and_check(&mut client, fenced) {
@@ -900,8 +933,8 @@ impl Connection {
                 client.reopen_if_closed()?;
                 match client.query(sql, params) {
                     // A read outside a transaction may be asked again on a new session.
-                    Err(_) if client.client().is_closed() => {
-                        client.reopen_if_closed()?;
+                    Err(Error::Postgres(error)) if client.lost_session(&error) => {
+                        client.reopen()?;
                         client.query(sql, params)
                     }
                     read => read,

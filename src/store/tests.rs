@@ -741,4 +741,12 @@ fn a_postgresql_session_the_server_ended_is_opened_again() {
         store.create_run(&NewRun { run_key: "feed-b", scheduled_for: at(60), ..feed_run() }, at(1)).unwrap();
     assert!(created, "written through a new session");
     assert_eq!(other.open_runs_of("feed").unwrap().len(), 2, "both runs are stored");
+    // A read-only store (the dashboard's) stays read-only on its new session.
+    let reader = Store::open_read_only(database.url()).unwrap();
+    let end_others = "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity
+                      WHERE datname = current_database() AND pid <> pg_backend_pid()";
+    let ended: i64 = other.conn.query_row(end_others, [], |row| row.get(0)).unwrap();
+    assert_eq!(ended, 2, "the writer's and the reader's sessions were ended");
+    let read_only: String = reader.conn.query_row("SHOW default_transaction_read_only", [], |row| row.get(0)).unwrap();
+    assert_eq!(read_only, "on");
 }
