@@ -14,10 +14,10 @@ use serde_json::{Value, json};
 
 use crate::support::db::delivered;
 use crate::support::process::{serve_command, signal, wait_exit};
-use crate::support::{project, simulator_on, skip, wait_until};
+use crate::support::project::{ITEMS, three_items, two_jobs};
+use crate::support::{simulator_on, skip, wait_until};
 
 const TOKEN: &str = "multinode-test-token";
-const ITEMS: usize = 40;
 
 /// A database of its own on the test server, dropped afterwards.
 struct Database {
@@ -66,21 +66,6 @@ fn on_server<T: Send + 'static>(
     std::thread::spawn(move || work(&mut postgres::Client::connect(&url, postgres::NoTls)?)).join().unwrap()
 }
 
-/// `bulk` (40 items, batch tier, in a batch that ends only when the test
-/// moves the simulator's clock) and `triage`, a realtime queue that flushes
-/// at three posted items; both write JSON Lines into the one project
-/// directory both processes share (as a mount every machine has would).
-fn two_jobs() -> tempfile::TempDir {
-    let dir = project::empty();
-    let root = dir.path();
-    project::write_job(root, "bulk", "schedule: { cron: '0 6 * * *' }\ntier: batch\ndeadline: 2h\n", ITEMS, "");
-    let triage = "enqueue: { max_items: 3, max_wait: 1d }\ntier: realtime\ndeadline: 1h\nmodel: claude-haiku-4-5\n\
-                  max_tokens: 64\nprompt: { inline: 'Triage {{ item.subject }}' }\nsink: { jsonl: out/triage.jsonl }\n";
-    std::fs::write(root.join("jobs/triage.yaml"), triage).unwrap();
-    project::write_config(root, "batch: { poll_initial: 1s }\nfallback: { assumed_sync_latency: 1s }\n");
-    dir
-}
-
 /// `serve --state URL ARGS` in `dir`, logging to `log` (the daemon's loop at debug).
 fn serve(dir: &Path, base_url: &str, url: &str, args: &[&str], log: &Path) -> Child {
     serve_command(dir, base_url, &[&["--state", url], args].concat())
@@ -124,12 +109,32 @@ async fn follower(dir: &Path, base_url: &str, url: &str, log: &Path) -> (Child, 
     (child, listen_address(log))
 }
 
-/// Three triage items as JSON Lines, keyed `prefix-N`.
-fn three_items(prefix: &str) -> String {
-    (0..3)
-        .map(|n| json!({ "item": { "subject": format!("ticket {n}") }, "idempotency_key": format!("{prefix}-{n}") }))
-        .map(|entry| format!("{entry}\n"))
-        .collect()
+/// A leader with the bulk run's batch at the provider (which ends it only
+/// when the test moves `clock`), and a follower serving its web at `base`.
+struct Cluster {
+    clock: orchestrator::clock::ManualClock,
+    sim: orchestrator::sim::SimHandle,
+    dir: tempfile::TempDir,
+    leader: Child,
+    lead_log: std::path::PathBuf,
+    follower: Child,
+    base: String,
+    follow_log: std::path::PathBuf,
+}
+
+impl Cluster {
+    async fn start(db: &Database) -> Cluster {
+        let clock = orchestrator::clock::ManualClock::new(chrono::Utc::now());
+        let config = SimConfig { batch_median_secs: 3.0, batch_p95_secs: 3.5, ..SimConfig::default() };
+        let sim = simulator_on(config, &clock).await;
+        let dir = two_jobs();
+        let (lead_log, follow_log) = (dir.path().join("lead.log"), dir.path().join("follow.log"));
+        let leader = serve(dir.path(), &sim.base_url(), &db.url, &["--run-now"], &lead_log);
+        let submitted = "SELECT COUNT(*) FROM batches WHERE provider_batch_id IS NOT NULL";
+        wait_until("the leader's batch", Duration::from_secs(30), || db.count(submitted) == 1).await;
+        let (follower, base) = follower(dir.path(), &sim.base_url(), &db.url, &follow_log).await;
+        Cluster { clock, sim, dir, leader, lead_log, follower, base, follow_log }
+    }
 }
 
 /// Posts `body` (JSON Lines) to `job`'s queue at `base`; the status code.
@@ -160,15 +165,7 @@ fn assert_delivered_once(dir: &Path, triage: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_takes_posted_items_and_takes_over_a_killed_leader_within_15_seconds() {
     let Some(db) = Database::create("multinode_kill") else { return };
-    let clock = orchestrator::clock::ManualClock::new(chrono::Utc::now());
-    let sim =
-        simulator_on(SimConfig { batch_median_secs: 3.0, batch_p95_secs: 3.5, ..SimConfig::default() }, &clock).await;
-    let dir = two_jobs();
-    let (lead_log, follow_log) = (dir.path().join("lead.log"), dir.path().join("follow.log"));
-    let leader = serve(dir.path(), &sim.base_url(), &db.url, &["--run-now"], &lead_log);
-    let submitted = "SELECT COUNT(*) FROM batches WHERE provider_batch_id IS NOT NULL";
-    wait_until("the leader's batch", Duration::from_secs(30), || db.count(submitted) == 1).await;
-    let (follower, base) = follower(dir.path(), &sim.base_url(), &db.url, &follow_log).await;
+    let Cluster { clock, sim, dir, leader, follower, base, follow_log, .. } = Cluster::start(&db).await;
     let shown = status(&base).await;
     assert_eq!(shown["leader"]["pid"], json!(leader.id()), "the follower names the leader: {shown}");
     assert_eq!(shown["leader"]["epoch"], json!(1));
@@ -214,15 +211,7 @@ async fn a_follower_takes_posted_items_and_takes_over_a_killed_leader_within_15_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_paused_past_its_lease_writes_nothing_when_it_resumes_and_steps_down() {
     let Some(db) = Database::create("multinode_pause") else { return };
-    let clock = orchestrator::clock::ManualClock::new(chrono::Utc::now());
-    let sim =
-        simulator_on(SimConfig { batch_median_secs: 3.0, batch_p95_secs: 3.5, ..SimConfig::default() }, &clock).await;
-    let dir = two_jobs();
-    let (lead_log, follow_log) = (dir.path().join("lead.log"), dir.path().join("follow.log"));
-    let leader = serve(dir.path(), &sim.base_url(), &db.url, &["--run-now"], &lead_log);
-    let submitted = "SELECT COUNT(*) FROM batches WHERE provider_batch_id IS NOT NULL";
-    wait_until("the leader's batch", Duration::from_secs(30), || db.count(submitted) == 1).await;
-    let (follower, _base) = follower(dir.path(), &sim.base_url(), &db.url, &follow_log).await;
+    let Cluster { clock, sim, dir, leader, lead_log, follower, follow_log, .. } = Cluster::start(&db).await;
 
     // Paused anywhere: even inside a transaction, the server ends its
     // session after 10 s idle, which frees the writers' lock.

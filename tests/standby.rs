@@ -12,24 +12,10 @@ use serde_json::{Value, json};
 
 use crate::support::db::{count, delivered};
 use crate::support::process::{serve_command, signal, wait_exit};
+use crate::support::project::{ITEMS, three_items, two_jobs};
 use crate::support::{project, simulator_on, wait_until};
 
 const TOKEN: &str = "standby-test-token";
-const ITEMS: usize = 40;
-
-/// `bulk` (40 items, batch tier, in a batch that ends only when the test
-/// moves the simulator's clock) and `triage`, a realtime queue that flushes
-/// at three posted items.
-fn two_jobs() -> tempfile::TempDir {
-    let dir = project::empty();
-    let root = dir.path();
-    project::write_job(root, "bulk", "schedule: { cron: '0 6 * * *' }\ntier: batch\ndeadline: 2h\n", ITEMS, "");
-    let triage = "enqueue: { max_items: 3, max_wait: 1d }\ntier: realtime\ndeadline: 1h\nmodel: claude-haiku-4-5\n\
-                  max_tokens: 64\nprompt: { inline: 'Triage {{ item.subject }}' }\nsink: { jsonl: out/triage.jsonl }\n";
-    std::fs::write(root.join("jobs/triage.yaml"), triage).unwrap();
-    project::write_config(root, "batch: { poll_initial: 1s }\nfallback: { assumed_sync_latency: 1s }\n");
-    dir
-}
 
 /// `serve ARGS` in `dir` with the API token, logging to `log` (the
 /// daemon's loop at debug, for its evidence).
@@ -144,14 +130,6 @@ async fn a_standby_serves_and_queues_while_another_leads_then_takes_over_a_kille
 
     stop_cleanly(standby, &standby_log).await;
     sim.shutdown().await;
-}
-
-/// Three triage items as JSON Lines, keyed `prefix-N`.
-fn three_items(prefix: &str) -> String {
-    (0..3)
-        .map(|n| json!({ "item": { "subject": format!("ticket {n}") }, "idempotency_key": format!("{prefix}-{n}") }))
-        .map(|entry| format!("{entry}\n"))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,16 +75,9 @@ pub enum Error {
         /// The epoch the row holds.
         found: i64,
     },
-    /// A statement the engine cannot run (a SQLite-only one on PostgreSQL).
-    #[error("{0}")]
-    Unsupported(String),
-}
-
-impl Error {
-    /// Whether SQLite said the disk (or the file's quota) is full.
-    pub fn is_disk_full(&self) -> bool {
-        matches!(self, Error::Sqlite(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull))
-    }
+    /// A new session could not be opened (after the server ended the last one).
+    #[error("cannot connect again: {0}")]
+    Reconnect(String),
 }
 
 /// `postgres::Error` shows only "db error"; the server's words are in its source.
@@ -672,7 +665,7 @@ impl PostgresClient {
     }
 
     fn reopen(&mut self) -> Result<()> {
-        let mut client = (self.connect)(&self.url).map_err(Error::Unsupported)?;
+        let mut client = (self.connect)(&self.url).map_err(Error::Reconnect)?;
         for setting in &self.settings {
             client.batch_execute(setting)?;
         }

@@ -29,3 +29,28 @@ pub fn write_job(dir: &Path, name: &str, head: &str, items: usize, extra: &str) 
 pub fn write_config(dir: &Path, text: &str) {
     std::fs::write(dir.join("orchestrator.yaml"), text).unwrap();
 }
+
+/// Items of `two_jobs`' `bulk`.
+pub const ITEMS: usize = 40;
+
+/// `bulk` (40 items, batch tier, in a batch that ends only when the test
+/// moves the simulator's clock) and `triage`, a realtime queue that flushes
+/// at three posted items.
+pub fn two_jobs() -> tempfile::TempDir {
+    let dir = empty();
+    let root = dir.path();
+    write_job(root, "bulk", "schedule: { cron: '0 6 * * *' }\ntier: batch\ndeadline: 2h\n", ITEMS, "");
+    let triage = "enqueue: { max_items: 3, max_wait: 1d }\ntier: realtime\ndeadline: 1h\nmodel: claude-haiku-4-5\n\
+                  max_tokens: 64\nprompt: { inline: 'Triage {{ item.subject }}' }\nsink: { jsonl: out/triage.jsonl }\n";
+    std::fs::write(root.join("jobs/triage.yaml"), triage).unwrap();
+    write_config(root, "batch: { poll_initial: 1s }\nfallback: { assumed_sync_latency: 1s }\n");
+    dir
+}
+
+/// Three triage items as JSON Lines, keyed `prefix-N`.
+pub fn three_items(prefix: &str) -> String {
+    (0..3)
+        .map(|n| serde_json::json!({ "item": { "subject": format!("ticket {n}") }, "idempotency_key": format!("{prefix}-{n}") }))
+        .map(|entry| format!("{entry}\n"))
+        .collect()
+}
