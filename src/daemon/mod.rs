@@ -167,22 +167,35 @@ impl Daemon {
         }
         let clock = Arc::clone(self.engine.clock());
         let _presence = clock.enter();
-        let led = match self.lead(&mut control, reload).await {
+        let (led, leader) = match self.lead(&mut control, reload).await {
             Ok(Some(leader)) => {
                 // Alerts only from the leader: a standby would send each one a second time.
                 if let Some(alerts) = alerts {
                     running.push(tokio::spawn(alerts.run(Arc::clone(&self.engine), control.stop.clone())));
                 }
-                let led = self.lead_until(&leader, options, &mut control, reload, clock.as_ref()).await;
-                if led.is_ok() {
-                    leader.release(self.engine.store()).await;
-                }
-                led
+                (self.lead_until(&leader, options, &mut control, reload, clock.as_ref()).await, Some(leader))
             }
-            Ok(None) => Ok(()),
-            Err(error) => Err(error),
+            Ok(None) => (Ok(()), None),
+            Err(error) => (Err(error), None),
         };
-        self.stop(options.grace, running).await;
+        // Renewed while the sync calls in flight have their grace and store
+        // what came back, and released only after: on PostgreSQL a follower
+        // takes a released or lapsed lease at once, and must not resume beside them.
+        let stopping = self.stop(options.grace, running);
+        tokio::pin!(stopping);
+        match &leader {
+            Some(lead) => tokio::select! {
+                () = &mut stopping => {}
+                lost = lead.renew_until_lost(self.engine.store()) => {
+                    tracing::error!(error = %lost, "the lead was lost while stopping");
+                    stopping.await;
+                }
+            },
+            None => stopping.await,
+        }
+        if let Some(leader) = leader.filter(|_| led.is_ok()) {
+            leader.release(self.engine.store()).await;
+        }
         led
     }
 
