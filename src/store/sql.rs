@@ -640,15 +640,15 @@ struct PostgresClient {
 }
 
 impl PostgresClient {
-    /// Connects again when the server ended the session (a restart, a
-    /// session idle in a transaction for too long, a cut network); only
-    /// between transactions, so a transaction never continues on another
-    /// session.
     /// The session.
     fn client(&mut self) -> &mut postgres::Client {
         self.session.as_mut().expect("a session until dropped")
     }
 
+    /// Connects again when the server ended the session (a restart, a
+    /// session idle in a transaction for too long, a cut network); callers
+    /// do so only between transactions, so a transaction never continues on
+    /// another session.
     fn reopen_if_closed(&mut self) -> Result<()> {
         match self.client().is_closed() {
             true => self.reopen(),
@@ -664,6 +664,7 @@ impl PostgresClient {
             || error.as_db_error().is_some_and(|db| db.severity() == "FATAL" || db.code().code().starts_with("57P"))
     }
 
+    /// A new session, with the settings made on the last one.
     fn reopen(&mut self) -> Result<()> {
         let mut client = (self.connect)(&self.url).map_err(Error::Reconnect)?;
         for setting in &self.settings {
