@@ -877,14 +877,14 @@ impl Connection {
                 client.reopen_if_closed()?;
                 // A session the server ended is found out only by using it:
                 // nothing has happened in the transaction yet, so begin again on a new one.
-                if let Err(error) = client.client().batch_execute("BEGIN") {
-                    if !client.lost_session(&error) {
-                        return Err(error.into());
+                let opened = match begin_locked(&mut client, fenced) {
+                    Err(Error::Postgres(error)) if client.lost_session(&error) => {
+                        client.reopen()?;
+                        begin_locked(&mut client, fenced)
                     }
-                    client.reopen()?;
-                    client.client().batch_execute("BEGIN")?;
-                }
-                if let Err(e) = lock_and_check(&mut client, fenced) {
+                    opened => opened,
+                };
+                if let Err(e) = opened {
                     let _ = client.client().batch_execute("ROLLBACK");
                     return Err(e);
                 }
@@ -938,13 +938,23 @@ impl Connection {
     }
 }
 
-/// Takes the writers' lock, then (`fenced`, and this process leads the
-/// database) checks that the leadership row still holds its epoch.
-fn lock_and_check(client: &mut PostgresClient, fenced: bool) -> Result<()> {
-    client.client().execute("SELECT pg_advisory_xact_lock($1)", &[&WRITER_LOCK])?;
-    let Some(ours) = fenced.then(|| fence_of(&client.url)).flatten() else { return Ok(()) };
-    let found: Option<i64> =
-        client.client().query_opt("SELECT epoch FROM leadership WHERE id = 1", &[])?.map(|row| row.get(0));
+/// Opens a transaction, takes the writers' lock, then (`fenced`, and this
+/// process leads the database) checks that the leadership row still holds
+/// its epoch: one round trip for the three.
+fn begin_locked(client: &mut PostgresClient, fenced: bool) -> Result<()> {
+    let ours = fenced.then(|| fence_of(&client.url)).flatten();
+    let mut sql = format!("BEGIN; SELECT pg_advisory_xact_lock({WRITER_LOCK});");
+    if ours.is_some() {
+        sql.push_str(" SELECT epoch FROM leadership WHERE id = 1;");
+    }
+    let answers = client.client().simple_query(&sql)?;
+    let Some(ours) = ours else { return Ok(()) };
+    // The lock's row, then the epoch's (none when nobody ever led).
+    let mut rows = answers.iter().filter_map(|answer| match answer {
+        postgres::SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    });
+    let found = rows.nth(1).and_then(|row| row.get(0)).and_then(|epoch| epoch.parse::<i64>().ok());
     match found {
         Some(found) if found == ours => Ok(()),
         found => Err(Error::Fenced { ours, found: found.unwrap_or(0) }),
