@@ -158,20 +158,24 @@ impl Store {
 
     /// The run's failures grouped by kind: final results that are not
     /// successes, and failed provider calls (which may have been retried).
-    /// With `MAX(id)` in the select, SQLite takes the bare `error_message`
-    /// from that row: each group shows its latest message.
+    /// Each group shows the message of its latest row (read by its id:
+    /// PostgreSQL has no bare columns beside an aggregate, as SQLite has).
     pub fn run_errors(&self, run_id: i64) -> Result<Vec<ErrorGroup>, StoreError> {
         let mut groups = self.error_groups(
             "result",
-            "SELECT r.status, COALESCE(r.error_type, r.status), COALESCE(r.error_message, ''), COUNT(*), MAX(r.id)
-             FROM results r JOIN requests q ON q.custom_id = r.custom_id
-             WHERE q.run_id = ?1 AND r.status != 'succeeded' GROUP BY 1, 2 ORDER BY 4 DESC, 2",
+            "SELECT g.what, g.kind, COALESCE((SELECT e.error_message FROM results e WHERE e.id = g.latest), ''), g.n
+             FROM (SELECT r.status AS what, COALESCE(r.error_type, r.status) AS kind, COUNT(*) AS n, MAX(r.id) AS latest
+                   FROM results r JOIN requests q ON q.custom_id = r.custom_id
+                   WHERE q.run_id = ?1 AND r.status != 'succeeded' GROUP BY 1, 2) g
+             ORDER BY 4 DESC, 2",
             run_id,
         )?;
         groups.extend(self.error_groups(
             "call",
-            "SELECT a.operation, a.error_type, COALESCE(a.error_message, ''), COUNT(*), MAX(a.id)
-             FROM attempts a WHERE a.run_id = ?1 AND a.error_type IS NOT NULL GROUP BY 1, 2 ORDER BY 4 DESC, 2",
+            "SELECT g.what, g.kind, COALESCE((SELECT e.error_message FROM attempts e WHERE e.id = g.latest), ''), g.n
+             FROM (SELECT a.operation AS what, a.error_type AS kind, COUNT(*) AS n, MAX(a.id) AS latest
+                   FROM attempts a WHERE a.run_id = ?1 AND a.error_type IS NOT NULL GROUP BY 1, 2) g
+             ORDER BY 4 DESC, 2",
             run_id,
         )?);
         Ok(groups)

@@ -151,14 +151,6 @@ impl Dialect {
             }
         }
     }
-
-    /// The larger of two values (a scalar, not the aggregate).
-    pub fn greatest(self, a: &str, b: &str) -> String {
-        match self {
-            Dialect::Sqlite => format!("max({a}, {b})"),
-            Dialect::Postgres => format!("GREATEST({a}, {b})"),
-        }
-    }
 }
 
 /// A borrowed value, as both engines bind and return them.

@@ -750,3 +750,32 @@ fn a_postgresql_session_the_server_ended_is_opened_again() {
     let read_only: String = reader.conn.query_row("SHOW default_transaction_read_only", [], |row| row.get(0)).unwrap();
     assert_eq!(read_only, "on");
 }
+
+both_engines! {
+    fn a_runs_failures_are_grouped_by_kind_with_the_latest_message(store) {
+        let (run, ids, batch) = submitted_batch(&mut store, 3);
+        let errored = |message: &str| Outcome::Errored { error_type: "overloaded_error".into(), message: message.into() };
+        let lines = [(ids[0].clone(), errored("first")), (ids[1].clone(), errored("second")), (ids[2].clone(), success("c"))];
+        store.ingest_batch_results(batch.id, &lines, at(3)).unwrap();
+        let groups = store.run_errors(run.id).unwrap();
+        assert_eq!(groups.len(), 1, "{groups:?}");
+        assert_eq!((groups[0].error_type.as_str(), groups[0].count), ("overloaded_error", 2));
+        // Stored in custom_id order: the second line is the newer row.
+        assert_eq!(groups[0].message, "second");
+    }
+}
+
+both_engines! {
+    fn the_notifier_reads_new_events_of_its_kinds_and_the_alerts_it_sent(store) {
+        let (run, _) = store.create_run(&feed_run(), at(0)).unwrap();
+        let sent = serde_json::json!({ "key": "run_late:feed", "alert": "run_late", "target": "slack", "text": "late" });
+        store.record_event(Some(run.id), Some("feed"), "alert_sent", &sent, at(1)).unwrap();
+        store.record_event(Some(run.id), Some("feed"), "run_late", &serde_json::json!({}), at(2)).unwrap();
+        let found = store.events_after(0, &["run_late", "deadline_missed"], 10).unwrap();
+        let kinds: Vec<&str> = found.iter().map(|(_, event)| event.kind.as_str()).collect();
+        assert_eq!(kinds, ["run_late"]);
+        let alerts = store.sent_alerts_since(at(0)).unwrap();
+        assert_eq!(alerts, [("run_late:feed".to_owned(), "slack".to_owned())].into_iter().collect());
+        assert!(store.sent_alerts_since(at(5)).unwrap().is_empty());
+    }
+}
