@@ -152,6 +152,30 @@ async fn status(base: &str) -> Value {
 const IN_TWO_LIVE_BATCHES: &str = "SELECT COUNT(*) FROM (SELECT m.custom_id FROM batch_requests m
     JOIN batches b ON b.id = m.batch_id WHERE b.state <> 'abandoned' GROUP BY m.custom_id HAVING COUNT(*) > 1) twice";
 
+/// Every dashboard page and JSON endpoint answers from the PostgreSQL
+/// state (their queries are the store's, on the other engine), and so do
+/// `status` and `cost`, naming the leader `pid`.
+async fn assert_pages_and_status_read_the_database(base: &str, url: &str, dir: &Path, pid: u32) {
+    let run = "/runs/1";
+    for page in ["/", "/batches", "/jobs", run, "/metrics", "/api/v1/batches", "/api/v1/jobs", "/api/v1/kpis"] {
+        let response = reqwest::Client::new().get(format!("{base}{page}")).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{page}: {}", response.text().await.unwrap_or_default());
+    }
+    for args in [&["status"][..], &["cost", "--by", "day"], &["cost", "--by", "tag"]] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+            .args(args)
+            .args(["--state", url])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        if args == ["status"] {
+            assert!(stdout.contains(&format!("leader: pid {pid} ")), "{stdout}");
+        }
+    }
+}
+
 /// Every result of both jobs reached its sink exactly once.
 fn assert_delivered_once(dir: &Path, triage: usize) {
     let bulk = delivered(&dir.join("out/bulk.jsonl"));
@@ -200,6 +224,7 @@ async fn a_follower_takes_posted_items_and_takes_over_a_killed_leader_within_15_
     assert_eq!(db.count(IN_TWO_LIVE_BATCHES), 0, "no custom_id in two live batches");
     assert_eq!(sim.stats().batches_created, 1, "the batch was adopted, not submitted again");
     assert_eq!(sim.stats().custom_ids_submitted_more_than_once, 0);
+    assert_pages_and_status_read_the_database(&base, &db.url, dir.path(), follower.id()).await;
 
     signal(&follower, "TERM");
     let (code, _) = wait_exit(follower, Duration::from_secs(15)).await;

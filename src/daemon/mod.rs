@@ -239,11 +239,7 @@ impl Daemon {
         if lock.try_take().unwrap_or(false) {
             return true;
         }
-        let leader = self.engine.store().call(|s| s.leader()).await.ok().flatten();
-        let who = leader.map_or_else(
-            || "another process".to_owned(),
-            |l| crate::status::LeaderStatus::new(l, Utc::now()).describe(),
-        );
+        let who = self.who_leads().await;
         tracing::info!(lock = lock.path(), "standby: {who} leads; serving the web until its lock is released");
         self.notifier.ready();
         self.notifier.status(&format!("standby: {who} leads"));
@@ -274,6 +270,15 @@ impl Daemon {
         }
     }
 
+    /// The leader as the row names it, for a waiting process's log and status.
+    async fn who_leads(&self) -> String {
+        let leader = self.engine.store().call(|s| s.leader()).await.ok().flatten();
+        leader.map_or_else(
+            || "another process".to_owned(),
+            |l| crate::status::LeaderStatus::new(l, Utc::now()).describe(),
+        )
+    }
+
     /// As a follower on PostgreSQL: tries the lease every
     /// [`leadership::LEASE_POLL`] until it is ours, serving the web and
     /// reloading the manifests meanwhile; `None` when the stop came first.
@@ -299,11 +304,7 @@ impl Daemon {
                 Ok(None) => {
                     failing_since = None;
                     if !told {
-                        let leader = store.call(|s| s.leader()).await.ok().flatten();
-                        let who = leader.map_or_else(
-                            || "another process".to_owned(),
-                            |l| crate::status::LeaderStatus::new(l, Utc::now()).describe(),
-                        );
+                        let who = self.who_leads().await;
                         tracing::info!("following: {who} leads; serving the web until its lease runs out");
                         self.notifier.ready();
                         self.notifier.status(&format!("following: {who} leads"));

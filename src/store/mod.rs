@@ -197,9 +197,7 @@ impl Store {
     /// Connects to the PostgreSQL database at `url` and creates or
     /// migrates its schema.
     fn open_postgres(path: &Path, url: &str) -> Result<Store, StoreError> {
-        let conn = Connection::postgres(url, connect_state)
-            .map_err(|reason| StoreError::Connect { path: shown(path), reason })?;
-        let mut store = Store { conn, path: path.to_owned() };
+        let mut store = Store { conn: connect_postgres(path, url)?, path: path.to_owned() };
         store.migrate_postgres()?;
         Ok(store)
     }
@@ -318,9 +316,7 @@ impl Store {
     pub fn stored_version(path: &Path) -> Result<usize, StoreError> {
         if let Some(url) = database_url(path) {
             return sql::off_the_runtime(|| {
-                let conn = Connection::postgres(url, connect_state)
-                    .map_err(|reason| StoreError::Connect { path: shown(path), reason })?;
-                postgres_version(&conn).map_err(|e| database(path, e))
+                postgres_version(&connect_postgres(path, url)?).map_err(|e| database(path, e))
             });
         }
         if !path.exists() {
@@ -368,6 +364,11 @@ fn database(path: &Path, source: sql::Error) -> StoreError {
         sql::Error::Fenced { ours, .. } => StoreError::Superseded { path: shown(path), epoch: ours },
         source => StoreError::Database { path: shown(path), source },
     }
+}
+
+/// A connection to the PostgreSQL state at `url` (`path` as given).
+fn connect_postgres(path: &Path, url: &str) -> Result<Connection, StoreError> {
+    Connection::postgres(url, connect_state).map_err(|reason| StoreError::Connect { path: shown(path), reason })
 }
 
 /// A session for the state: one that stays idle inside a transaction

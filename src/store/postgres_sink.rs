@@ -49,23 +49,7 @@ pub enum PostgresSinkError {
 
 impl From<postgres::Error> for PostgresSinkError {
     fn from(error: postgres::Error) -> PostgresSinkError {
-        // `postgres::Error` shows only "db error"; the server's words are in its source.
-        let text = match error.as_db_error() {
-            Some(db) => {
-                let hint = db.hint().map_or(String::new(), |hint| format!(" ({hint})"));
-                format!("{} {}: {}{hint}", db.severity(), db.code().code(), db.message())
-            }
-            None => {
-                let mut text = error.to_string();
-                let mut cause = std::error::Error::source(&error);
-                while let Some(inner) = cause {
-                    text.push_str(&format!(": {inner}"));
-                    cause = inner.source();
-                }
-                text
-            }
-        };
-        PostgresSinkError::Postgres(text)
+        PostgresSinkError::Postgres(super::sql::postgres_text(&error))
     }
 }
 

@@ -18,7 +18,7 @@
 //! outside a transaction runs in one of its own, fenced the same way.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Deref;
 use std::sync::{Mutex, PoisonError};
 
@@ -30,13 +30,12 @@ use postgres::types::{IsNull, Kind, Type};
 const WRITER_LOCK: i64 = 0x6f72_6368_6573;
 
 /// The epoch this process leads each PostgreSQL database with, by URL.
-static FENCES: Mutex<Option<HashMap<String, i64>>> = Mutex::new(None);
+static FENCES: Mutex<BTreeMap<String, i64>> = Mutex::new(BTreeMap::new());
 
 /// From now on every transaction of this process on the database at `url`
 /// commits only while its leadership row holds `epoch` (`None`: no longer).
 pub fn set_fence(url: &str, epoch: Option<i64>) {
     let mut fences = FENCES.lock().unwrap_or_else(PoisonError::into_inner);
-    let fences = fences.get_or_insert_with(HashMap::new);
     match epoch {
         Some(epoch) => fences.insert(url.to_owned(), epoch),
         None => fences.remove(url),
@@ -44,7 +43,7 @@ pub fn set_fence(url: &str, epoch: Option<i64>) {
 }
 
 fn fence_of(url: &str) -> Option<i64> {
-    FENCES.lock().unwrap_or_else(PoisonError::into_inner).as_ref().and_then(|fences| fences.get(url).copied())
+    FENCES.lock().unwrap_or_else(PoisonError::into_inner).get(url).copied()
 }
 
 /// Why a statement failed.
@@ -80,10 +79,14 @@ pub enum Error {
     Reconnect(String),
 }
 
-/// `postgres::Error` shows only "db error"; the server's words are in its source.
-fn postgres_text(error: &postgres::Error) -> String {
+/// `postgres::Error` shows only "db error": the server's words (and its
+/// hint), or the connection's error with its causes.
+pub(crate) fn postgres_text(error: &postgres::Error) -> String {
     match error.as_db_error() {
-        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        Some(db) => {
+            let hint = db.hint().map_or(String::new(), |hint| format!(" ({hint})"));
+            format!("{} {}: {}{hint}", db.severity(), db.code().code(), db.message())
+        }
         None => {
             let mut text = error.to_string();
             let mut cause = std::error::Error::source(error);
@@ -979,21 +982,12 @@ impl Statement<'_> {
         params: P,
         mut f: F,
     ) -> Result<std::vec::IntoIter<Result<T>>> {
-        let rows: Vec<Result<T>> = match &self.conn.engine {
-            Engine::Sqlite(conn) => {
-                let mut statement = conn.prepare_cached(&self.sql)?;
-                let mut rows = statement.query(sqlite_params(&params))?;
-                let mut read = Vec::new();
-                while let Some(row) = rows.next()? {
-                    read.push(f(&Row::Sqlite(row)));
-                }
-                read
-            }
-            Engine::Postgres(_) => {
-                self.conn.postgres_rows(&self.sql, &params)?.iter().map(|row| f(&Row::Postgres(row))).collect()
-            }
-        };
-        Ok(rows.into_iter())
+        let mut read = Vec::new();
+        self.for_each(params, |row| {
+            read.push(f(row));
+            Ok(())
+        })?;
+        Ok(read.into_iter())
     }
 
     /// Runs it and hands every row to `f` as it comes (SQLite; PostgreSQL
